@@ -1,0 +1,1 @@
+"""Chunking, the object store, repositories, and pack/delta build and read."""

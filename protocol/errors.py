@@ -1,0 +1,37 @@
+"""One exception hierarchy for everything a reader of untrusted bytes can refuse.
+
+Messages name the file and the problem in words a field agent can act on; the CLI prints
+them as they are and exits non-zero.
+"""
+
+
+class CaravaneError(Exception):
+    """Base of every error Caravane raises on purpose."""
+
+
+class FormatError(CaravaneError):
+    """Bytes that do not parse as the document they claim to be."""
+
+
+class PathError(FormatError):
+    """A path in a manifest that is unsafe or not portable."""
+
+
+class VerificationError(CaravaneError):
+    """Content whose hash, size or length does not match what was signed."""
+
+
+class SignatureError(VerificationError):
+    """Metadata not signed by enough trusted keys."""
+
+
+class RollbackError(VerificationError):
+    """Metadata older than what this reader already accepted."""
+
+
+class ExpiredError(VerificationError):
+    """Metadata past its expiry date (freeze attack protection)."""
+
+
+class NotFoundError(CaravaneError):
+    """Something the reader needs is not where it should be."""

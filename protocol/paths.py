@@ -1,0 +1,65 @@
+"""Rules for paths in a manifest.
+
+A manifest comes from the network or a drive, so its paths are hostile until checked: no way
+out of the destination, and nothing a FAT32/exFAT drive or a Windows laptop would mangle.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Iterable
+
+from .errors import PathError
+
+MAX_PATH_BYTES = 4096
+MAX_COMPONENT_BYTES = 255
+
+
+def check_path(path: str) -> str:
+    """Return ``path`` if it is a safe relative path, else raise PathError naming it."""
+    if not isinstance(path, str) or not path:
+        raise PathError("manifest path is empty")
+    shown = repr(path)
+    if unicodedata.normalize("NFC", path) != path:
+        raise PathError(f"manifest path {shown} is not NFC-normalised Unicode")
+    if len(path.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES:
+        raise PathError(f"manifest path {shown} is longer than {MAX_PATH_BYTES} bytes")
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F or 0xD800 <= ord(ch) <= 0xDFFF for ch in path):
+        raise PathError(f"manifest path {shown} contains a control character")
+    if "\\" in path:
+        raise PathError(f"manifest path {shown} contains a backslash")
+    if path.startswith("/") or (len(path) > 1 and path[1] == ":"):
+        raise PathError(f"manifest path {shown} is absolute")
+    for part in path.split("/"):
+        if part in ("", ".", ".."):
+            raise PathError(f"manifest path {shown} has an empty, '.' or '..' component")
+        if len(part.encode("utf-8")) > MAX_COMPONENT_BYTES:
+            raise PathError(f"manifest path {shown} has a name longer than 255 bytes")
+    return path
+
+
+def fold(path: str) -> str:
+    """The key under which a case-insensitive file system would store ``path``."""
+    return unicodedata.normalize("NFC", path.casefold())
+
+
+def check_paths(paths: Iterable[str]) -> None:
+    """Check every path, and that no two collide (exactly, by case, or file vs folder)."""
+    files: dict[str, str] = {}
+    dirs: dict[str, str] = {}
+    for path in paths:
+        check_path(path)
+        key = fold(path)
+        if key in files:
+            other = files[key]
+            what = "twice" if other == path else f"and {other!r}, which differ only by case"
+            raise PathError(f"manifest lists {path!r} {what}")
+        if key in dirs:
+            raise PathError(f"manifest path {path!r} is both a file and a folder")
+        files[key] = path
+        parts = key.split("/")
+        for i in range(1, len(parts)):
+            prefix = "/".join(parts[:i])
+            if prefix in files:
+                raise PathError(f"manifest path {files[prefix]!r} is both a file and a folder")
+            dirs.setdefault(prefix, path)

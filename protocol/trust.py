@@ -1,0 +1,120 @@
+"""The trust rules, as a small state machine over bytes.
+
+Load order (each step needs the previous one):
+
+1. A pinned root, read from the reader's own disk (enrolment or ``repo init --trust``).
+2. Zero or more newer roots, ``root/<N+1>.json``: each must be signed by a threshold of the
+   current root's root keys *and* of its own root keys, and carry version N+1.
+3. Channel metadata: signed by the current root's release role; its version must not be
+   lower than the highest this reader accepted (rollback), and, when it comes from an
+   upstream, it must not have expired (freeze).
+4. Manifests: accepted only when their SHA-256 and length are the ones the verified channel
+   metadata names for that version (no mix-and-match, no endless data).
+
+Objects are then checked against the manifest by the store (``packs/store.py``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+
+from .canonical import load_json
+from .errors import ExpiredError, FormatError, RollbackError, SignatureError, VerificationError
+from .metadata import (
+    ChannelMeta,
+    Envelope,
+    Manifest,
+    ReleaseRef,
+    Root,
+    now_utc,
+    parse_time,
+)
+
+MAX_ROOT_ROTATIONS = 1024
+
+
+class TrustedState:
+    def __init__(self, root_bytes: bytes, what: str = "pinned root metadata") -> None:
+        env = Envelope.from_bytes(root_bytes, what)
+        root = Root.from_dict(env.signed, what)
+        if not root.satisfied(env, "root"):
+            raise SignatureError(f"{what}: not signed by its own root keys")
+        self.root = root
+        self.root_bytes = root_bytes
+
+    def update_root(self, data: bytes, what: str = "next root metadata") -> Root:
+        """Move to root N+1; refuse anything not signed by old and new root keys."""
+        env = Envelope.from_bytes(data, what)
+        new = Root.from_dict(env.signed, what)
+        if new.version != self.root.version + 1:
+            raise RollbackError(f"{what}: version {new.version}, expected {self.root.version + 1}")
+        if not self.root.satisfied(env, "root"):
+            raise SignatureError(f"{what}: not signed by the keys of the root it replaces")
+        if not new.satisfied(env, "root"):
+            raise SignatureError(f"{what}: not signed by its own new root keys")
+        self.root = new
+        self.root_bytes = data
+        return new
+
+    def verify_channel(
+        self,
+        data: bytes,
+        channel: str,
+        known_version: int | None = None,
+        now: datetime | None = None,
+        check_expiry: bool = True,
+        what: str | None = None,
+    ) -> ChannelMeta:
+        """Verify channel metadata read from an upstream or the reader's own store.
+
+        ``known_version`` is the highest version of this channel already accepted; the
+        reader's own store passes ``check_expiry=False`` so an installed release keeps being
+        served after its metadata expired.
+        """
+        what = what or f"channel metadata for {channel!r}"
+        env = Envelope.from_bytes(data, what)
+        if not self.root.satisfied(env, "release"):
+            raise SignatureError(
+                f"{what}: signature does not match the hub's release key; the file was "
+                "changed or comes from another hub"
+            )
+        meta = ChannelMeta.from_dict(env.signed, what)
+        if meta.channel != channel:
+            raise VerificationError(f"{what}: it describes channel {meta.channel!r}")
+        if known_version is not None and meta.version < known_version:
+            raise RollbackError(
+                f"{what}: version {meta.version} is older than version {known_version} "
+                "already accepted (an old copy was replayed)"
+            )
+        if check_expiry and meta.expires is not None:
+            expires = parse_time(meta.expires, f"{what} expires")
+            if (now or now_utc()) > expires:
+                raise ExpiredError(
+                    f"{what}: expired on {meta.expires}; fetch fresh metadata from the hub or "
+                    "a newer drive"
+                )
+        return meta
+
+    @staticmethod
+    def verify_manifest(data: bytes, ref: ReleaseRef, channel: str) -> Manifest:
+        what = f"manifest of {channel!r} version {ref.version}"
+        if len(data) != ref.manifest_length:
+            raise VerificationError(
+                f"{what}: {len(data)} bytes, signed metadata says {ref.manifest_length}"
+            )
+        if hashlib.sha256(data).hexdigest() != ref.manifest_sha256:
+            raise VerificationError(f"{what}: SHA-256 does not match the signed metadata")
+        manifest = Manifest.from_bytes(data, what)
+        if manifest.channel != channel or manifest.version != ref.version:
+            raise VerificationError(f"{what}: it claims {manifest.channel!r} v{manifest.version}")
+        return manifest
+
+
+def root_version_of(data: bytes) -> int:
+    """The version a root file claims, before verification (to order files on disk)."""
+    doc = load_json(data, "root metadata")
+    try:
+        return int(doc["signed"]["version"])
+    except (KeyError, TypeError, ValueError):
+        raise FormatError("root metadata: no version") from None

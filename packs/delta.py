@@ -28,6 +28,8 @@ from fastcdc.fastcdc_cy import chunk_generator
 from protocol.errors import VerificationError
 from protocol.metadata import FileEntry, Manifest
 
+from .zstd_prefix import compress_with_prefix
+
 GROUP_TARGET = 8 * 1024 * 1024
 GROUP_BASE = 32 * 1024 * 1024
 WHOLE_BASE_FILE = 4 * 1024 * 1024
@@ -43,19 +45,66 @@ MAX_WINDOW_LOG = 27
 ReadChunk = Callable[[str, int], bytes]
 
 
+Run = list[int]  # [file index in a manifest, first chunk index, chunk count]
+
+
+def _extend(runs: list[Run], file_idx: int, chunk_idx: int) -> None:
+    last = runs[-1] if runs else None
+    if last and last[0] == file_idx and last[1] + last[2] == chunk_idx:
+        last[2] += 1
+    else:
+        runs.append([file_idx, chunk_idx, 1])
+
+
 @dataclass
 class Group:
+    """New chunks (``targets``, found in manifest B) and old chunks (``base``, in manifest A).
+
+    On the wire both are runs of chunk indices into the manifests, which the receiver holds
+    verified, so a group's header is a few bytes however many chunks it names.
+    """
+
     targets: list[tuple[str, int]] = field(default_factory=list)
+    target_runs: list[Run] = field(default_factory=list)
     base: list[tuple[str, int]] = field(default_factory=list)
+    base_runs: list[Run] = field(default_factory=list)
     target_bytes: int = 0
     base_bytes: int = 0
     _base_ids: set[str] = field(default_factory=set)
 
-    def add_base(self, sha: str, size: int) -> None:
+    def add_target(self, file_idx: int, chunk_idx: int, sha: str, size: int) -> None:
+        self.targets.append((sha, size))
+        _extend(self.target_runs, file_idx, chunk_idx)
+        self.target_bytes += size
+
+    def add_base(self, file_idx: int, chunk_idx: int, sha: str, size: int) -> None:
         if sha not in self._base_ids:
             self._base_ids.add(sha)
             self.base.append((sha, size))
+            _extend(self.base_runs, file_idx, chunk_idx)
             self.base_bytes += size
+
+
+def resolve_runs(runs: object, manifest: Manifest | None, what: str) -> list[tuple[str, int]]:
+    """Turn runs from a pack header into (sha, size) pairs, refusing any out of range."""
+    out: list[tuple[str, int]] = []
+    if not isinstance(runs, list):
+        raise VerificationError(f"{what}: malformed chunk runs")
+    for run in runs:
+        if (
+            not isinstance(run, list)
+            or len(run) != 3
+            or not all(isinstance(x, int) and not isinstance(x, bool) for x in run)
+        ):
+            raise VerificationError(f"{what}: malformed chunk run")
+        f, c, n = run
+        if manifest is None or not 0 <= f < len(manifest.files):
+            raise VerificationError(f"{what}: refers to a file its manifest does not have")
+        chunks = manifest.files[f].chunks
+        if n < 1 or c < 0 or c + n > len(chunks):
+            raise VerificationError(f"{what}: refers to chunks its manifest does not have")
+        out.extend(chunks[c : c + n])
+    return out
 
 
 _VARIABLE = re.compile(r"[0-9a-f]{6,}|\d+", re.IGNORECASE)
@@ -130,17 +179,18 @@ class SimilarityIndex:
 
 def _base_window(
     old: FileEntry, start: int, length: int, new_size: int
-) -> Iterator[tuple[str, int]]:
-    """Chunks of ``old`` around the position matching ``start`` in the new file."""
+) -> Iterator[tuple[int, str, int]]:
+    """Chunks of ``old`` (index, sha, size) around the position of ``start`` in the new file."""
     if old.size <= WHOLE_BASE_FILE:
-        yield from old.chunks
+        for i, (h, n) in enumerate(old.chunks):
+            yield i, h, n
         return
     centre = start * old.size // max(1, new_size)
     lo, hi = centre - NEIGHBOURHOOD, centre + length + NEIGHBOURHOOD
     pos = 0
-    for h, n in old.chunks:
+    for i, (h, n) in enumerate(old.chunks):
         if pos + n > lo and pos < hi:
-            yield h, n
+            yield i, h, n
         pos += n
 
 
@@ -150,49 +200,40 @@ def plan_groups(old: Manifest | None, new: Manifest, read_chunk: ReadChunk) -> I
     index = SimilarityIndex(old, read_chunk)
     sent: set[str] = set()
     group = Group()
-    for f in new.files:
-        fresh = [(h, n) for h, n in f.chunks if h not in have and h not in sent]
-        if not fresh:
+    for fi, f in enumerate(new.files):
+        if all(h in have or h in sent for h, _ in f.chunks):
             continue
-        cands = [index.files[i] for i in index.candidates(f)]
+        cands = [(i, index.files[i]) for i in index.candidates(f)]
         pos = 0
-        offsets = {}
-        for h, n in f.chunks:
-            offsets.setdefault(h, pos)
-            pos += n
-        for h, n in fresh:
-            if h in sent:
+        for ci, (h, n) in enumerate(f.chunks):
+            start, pos = pos, pos + n
+            if h in have or h in sent:
                 continue
             sent.add(h)
-            for cand in cands:
-                for bh, bn in _base_window(cand, offsets[h], n, f.size):
-                    if group.base_bytes + bn > GROUP_BASE:
-                        break
-                    group.add_base(bh, bn)
-            group.targets.append((h, n))
-            group.target_bytes += n
-            if group.target_bytes >= GROUP_TARGET or group.base_bytes >= GROUP_BASE:
+            wanted = [
+                (ai, bi, bh, bn)
+                for ai, cand in cands
+                for bi, bh, bn in _base_window(cand, start, n, f.size)
+                if bh not in group._base_ids
+            ]
+            extra = sum(bn for *_, bn in wanted)
+            if group.targets and (
+                group.base_bytes + extra > GROUP_BASE or group.target_bytes >= GROUP_TARGET
+            ):
                 yield group
                 group = Group()
+            for ai, bi, bh, bn in wanted:
+                if group.base_bytes + bn > GROUP_BASE:
+                    break
+                group.add_base(ai, bi, bh, bn)
+            group.add_target(fi, ci, h, n)
     if group.targets:
         yield group
 
 
-def _params(base_len: int, target_len: int, level: int) -> zstd.ZstdCompressionParameters:
-    window_log = min(MAX_WINDOW_LOG, max(20, math.ceil(math.log2(base_len + target_len + 1))))
-    return zstd.ZstdCompressionParameters.from_level(
-        level, window_log=window_log, write_content_size=True
-    )
-
-
 def compress_group(base: bytes, target: bytes, level: int = LEVEL) -> bytes:
-    params = _params(len(base), len(target), level)
-    if base:
-        d = zstd.ZstdCompressionDict(base, dict_type=zstd.DICT_TYPE_RAWCONTENT)
-        cctx = zstd.ZstdCompressor(dict_data=d, compression_params=params)
-    else:
-        cctx = zstd.ZstdCompressor(compression_params=params)
-    return cctx.compress(target)
+    window_log = min(MAX_WINDOW_LOG, max(20, math.ceil(math.log2(len(base) + len(target) + 1))))
+    return compress_with_prefix(base, target, level, window_log)
 
 
 def decompress_group(base: bytes, payload: bytes, target_len: int, what: str) -> bytes:

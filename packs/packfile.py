@@ -76,7 +76,7 @@ class PackWriter:
         self.out = Path(out)
         self.volume_size = volume_size
         self.volumes: list[Path] = []
-        self.index: list[dict[str, Any]] = []
+        self.index: list[list[int]] = []  # [offset, length] of each entry
         self._fh: BinaryIO | None = None
         self._vol_written = 0
         self._offset = 0
@@ -107,14 +107,7 @@ class PackWriter:
             raise PackError(f"one pack entry ({len(data)} bytes) exceeds the volume size")
         assert self._fh is not None
         self._fh.write(data)
-        self.index.append(
-            {
-                "kind": kind,
-                "offset": self._offset,
-                "length": len(data),
-                "volume": len(self.volumes) - 1,
-            }
-        )
+        self.index.append([self._offset, len(data)])
         self._vol_written += len(data)
         self._offset += len(data)
 

@@ -25,6 +25,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import zstandard as zstd
+
 from protocol.canonical import canonical_bytes
 from protocol.errors import (
     FormatError,
@@ -35,6 +37,7 @@ from protocol.errors import (
 )
 from protocol.keys import PrivateKey, PublicKey
 from protocol.metadata import (
+    MAX_METADATA_BYTES,
     ChannelMeta,
     FileEntry,
     Manifest,
@@ -60,7 +63,7 @@ from .layout import (
     root_relpath,
 )
 from .packfile import DEFAULT_VOLUME_SIZE, PackWriter, read_entries
-from .store import ObjectStore, decode_frame, write_atomic
+from .store import ObjectStore, compress, decode_frame, write_atomic
 
 Progress = Callable[[int], None] | None
 MAX_MANIFEST_BYTES = 256 * 1024 * 1024
@@ -608,16 +611,19 @@ class Repository:
         chunk_bytes = self.store.read  # verified reads: a corrupt hub store never ships
         writer = PackWriter(Path(out), volume_size)
         try:
-            roots = self.root_versions()
-            for v in roots:
+            for v in self.root_versions():
+                if v == 1:
+                    continue  # every reader pinned a root: version 1 at least
                 writer.add(
                     "metadata",
                     {"path": root_relpath(v)},
-                    (self.path / root_relpath(v)).read_bytes(),
+                    compress((self.path / root_relpath(v)).read_bytes(), level),
                 )
             channel_data = self.channel_bytes(channel)
             assert channel_data is not None
-            writer.add("metadata", {"path": channel_relpath(channel)}, channel_data)
+            writer.add(
+                "metadata", {"path": channel_relpath(channel)}, compress(channel_data, level)
+            )
             old_mbytes = self.manifest_bytes(channel, from_version) if from_version else b""
             new_mbytes = self.manifest_bytes(channel, to_version)
             writer.add(
@@ -638,8 +644,9 @@ class Repository:
                 writer.add(
                     "delta",
                     {
-                        "base": [[h, n] for h, n in group.base],
-                        "targets": [[h, n] for h, n in group.targets],
+                        "base_version": from_version,
+                        "base": group.base_runs,
+                        "targets": group.target_runs,
                     },
                     payload,
                 )
@@ -685,6 +692,7 @@ class Repository:
         state = self.trusted
         pending_channel: tuple[str, bytes, ChannelMeta] | None = None
         manifest: Manifest | None = None
+        old: Manifest | None = None
         mbytes = b""
         added = 0
         with self.lock():
@@ -697,8 +705,12 @@ class Repository:
                         )
                     elif entry.kind == "manifest":
                         manifest, mbytes = self._apply_manifest(entry, pending_channel, what)
+                        base_version = entry.header["base_version"]
+                        old = (
+                            self.manifest(manifest.channel, base_version) if base_version else None
+                        )
                     elif entry.kind == "delta":
-                        added += self._apply_delta(entry, what, progress)
+                        added += self._apply_delta(entry, what, progress, old, manifest)
             except TruncatedPackError as exc:
                 raise TruncatedPackError(
                     f"{exc} ({added} objects from it were verified and kept)"
@@ -744,7 +756,7 @@ class Repository:
         self, entry: Any, state: TrustedState, what: str
     ) -> tuple[str, bytes, ChannelMeta] | None:
         path = str(entry.header.get("path", ""))
-        data = entry.payload
+        data = delta.decompress_group(b"", entry.payload, _frame_size(entry.payload, what), what)
         if path.startswith("metadata/root/"):
             version = root_version_of(data)
             if version > state.root.version:
@@ -788,12 +800,18 @@ class Repository:
         data = delta.decompress_group(base, entry.payload, size, what)
         return self.trusted.verify_manifest(data, ref, channel), data
 
-    def _apply_delta(self, entry: Any, what: str, progress: Progress) -> int:
-        try:
-            base_refs = [(str(h), int(n)) for h, n in entry.header["base"]]
-            targets = [(str(h), int(n)) for h, n in entry.header["targets"]]
-        except (KeyError, TypeError, ValueError):
-            raise PackError(f"{what}: malformed delta entry") from None
+    def _apply_delta(
+        self,
+        entry: Any,
+        what: str,
+        progress: Progress,
+        old: Manifest | None,
+        new: Manifest | None,
+    ) -> int:
+        if new is None:
+            raise PackError(f"{what}: delta before the release manifest")
+        base_refs = delta.resolve_runs(entry.header.get("base", []), old, f"{what} base")
+        targets = delta.resolve_runs(entry.header.get("targets"), new, f"{what} targets")
         if (
             sum(n for _, n in targets) > delta.GROUP_TARGET + 16 * 1024 * 1024
             or sum(n for _, n in base_refs) > delta.GROUP_BASE + 16 * 1024 * 1024
@@ -816,6 +834,17 @@ class Repository:
             if progress:
                 progress(len(piece))
         return added
+
+
+def _frame_size(frame: bytes, what: str) -> int:
+    """Declared size of a metadata frame, bounded like any metadata read."""
+    try:
+        size = zstd.get_frame_parameters(frame).content_size
+    except zstd.ZstdError:
+        raise PackError(f"{what}: metadata is not a zstd frame") from None
+    if not 0 <= size <= MAX_METADATA_BYTES:
+        raise PackError(f"{what}: metadata larger than {MAX_METADATA_BYTES} bytes")
+    return size
 
 
 class _OverlayStore(ObjectStore):

@@ -302,9 +302,40 @@ class Repository:
         avg_chunk: int = DEFAULT_AVG,
         progress: Progress = None,
     ) -> PublishResult:
+        """Chunk and store ``source``, then commit it as the channel's next release."""
+        check_channel(channel)
+        self._key("release")  # fail before the long work, not after
+        files = scan_source(Path(source))
+        entries, new_objects, new_bytes, stored = self._ingest(files, avg_chunk, progress)
+        result = self.commit_release(
+            channel, entries, notes=notes, title=title, expires_days=expires_days
+        )
+        result.new_objects, result.new_bytes, result.stored_bytes = new_objects, new_bytes, stored
+        return result
+
+    def commit_release(
+        self,
+        channel: str,
+        entries: list[FileEntry],
+        *,
+        notes: str = "",
+        title: str | None = None,
+        expires_days: int | None = None,
+    ) -> PublishResult:
+        """Sign a release whose objects are all in the store (the hub's upload path too).
+
+        The manifest is written first and the channel metadata last, by renames, so readers
+        see the release all at once or not at all.
+        """
         check_channel(channel)
         release_key = self._key("release")
-        files = scan_source(Path(source))
+        entries = sorted(entries, key=lambda f: f.path.encode())
+        check_paths(f.path for f in entries)
+        missing = {h for f in entries for h, _ in f.chunks if not self.store.has(h)}
+        if missing:
+            raise StoreError(
+                f"cannot publish {channel!r}: {len(missing)} objects are not in the store yet"
+            )
         with self.lock():
             old_bytes = self.channel_bytes(channel)
             old_meta = (
@@ -314,7 +345,6 @@ class Repository:
             )
             version = old_meta.version + 1 if old_meta else 1
             previous = self.manifest(channel, old_meta.version) if old_meta else None
-            entries, new_objects, new_bytes, stored = self._ingest(files, avg_chunk, progress)
             manifest = Manifest(channel, version, format_time(now_utc()), entries, notes)
             mbytes = manifest.to_bytes()
             write_atomic(self.path / manifest_relpath(channel, version), mbytes, self.durable)
@@ -343,9 +373,9 @@ class Repository:
             version=version,
             files=len(entries),
             total_bytes=manifest.total_size,
-            new_objects=new_objects,
-            new_bytes=new_bytes,
-            stored_bytes=stored,
+            new_objects=0,
+            new_bytes=0,
+            stored_bytes=0,
             manifest_sha256=ref.manifest_sha256,
             new_files=[f.path for f in entries if f.path not in old_files],
             changed_files=[
@@ -353,6 +383,15 @@ class Repository:
             ],
             removed_files=sorted(p for p in old_files if p not in new_paths),
         )
+
+    def ingest(
+        self, source: Path, avg_chunk: int = DEFAULT_AVG, progress: Progress = None
+    ) -> tuple[list[FileEntry], int, int, int]:
+        """Chunk and store a folder without publishing it (a curator's client-side build).
+
+        Returns (file entries, new objects, their raw bytes, their stored bytes).
+        """
+        return self._ingest(scan_source(Path(source)), avg_chunk, progress)
 
     def _sign_channel(
         self,

@@ -1,0 +1,458 @@
+"""USB bundles: what a field agent's drive carries to a route of centres, and back.
+
+A drive is an untrusted carrier. It holds a subset of the repository layout (signed metadata,
+manifests, packs) plus a plan per centre; a centre verifies every pack it takes against its own
+pinned root, exactly like a download. Names stay within what FAT32 and exFAT accept, and packs
+are cut into volumes under 4 GiB.
+
+Layout on the drive::
+
+    caravane/bundle.json                 what is on the drive, for whom, in which order
+    caravane/repo/metadata/...           signed root chain and channel metadata
+    caravane/repo/packs/<c>/<a>-<b>.pack pack volumes (.pack, .pack.1, ...)
+    caravane/plans/<centre>.json         per centre: the packs to apply, in order
+    caravane/reports/<centre>.json       written by each centre: its signed report
+    caravane/receipts/<centre>.txt       written by each centre: a plain-language receipt
+
+Preparing is resumable: a pack already on the drive whose entries all verify is kept. The
+bundle description is written last, so a drive pulled out mid-write is recognised as
+incomplete.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from protocol.canonical import load_json
+from protocol.errors import CaravaneError, FormatError, NotFoundError, VerificationError
+from protocol.metadata import check_channel, format_time, now_utc
+
+from .errors import DiskFullError, PackError, StoreError, TruncatedPackError
+from .layout import channel_relpath, pack_relpath, root_relpath
+from .packfile import DEFAULT_VOLUME_SIZE, read_entries, volume_paths
+from .repository import Repository
+from .store import write_atomic
+
+BUNDLE_DIR = "caravane"
+DESCRIPTION = "bundle.json"
+MARGIN = 16 * 1024 * 1024
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+
+Progress = Callable[[int], None] | None
+
+
+class DriveError(CaravaneError):
+    """A drive that cannot be used as it is (read-only, full, not a bundle, tampered)."""
+
+
+def safe_name(name: str) -> str:
+    """A centre name as a FAT32/exFAT-safe file name."""
+    cleaned = _SAFE_NAME.sub("-", name).strip("-.") or "centre"
+    return cleaned[:64]
+
+
+@dataclass
+class Target:
+    """A centre on the route and what the hub last knew it held (channel -> version, 0: none)."""
+
+    name: str
+    installed: dict[str, int]
+    region: str = ""
+
+
+@dataclass
+class PackPlan:
+    channel: str
+    from_version: int
+    to_version: int
+    size: int = 0
+    for_centres: list[str] = field(default_factory=list)
+
+    @property
+    def relpath(self) -> str:
+        return pack_relpath(self.channel, self.from_version, self.to_version)
+
+
+@dataclass
+class PrepareResult:
+    drive: str
+    written: list[dict[str, Any]]
+    skipped: list[dict[str, Any]]
+    bytes_on_drive: int
+    free_after: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def bundle_root(drive: Path) -> Path:
+    return Path(drive) / BUNDLE_DIR
+
+
+def _free(path: Path) -> int:
+    return shutil.disk_usage(path).free
+
+
+def _check_writable(drive: Path) -> None:
+    probe = drive / f".caravane-write-test-{os.getpid()}"
+    try:
+        probe.write_bytes(b"x")
+        probe.unlink()
+    except OSError as exc:
+        if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise DriveError(
+                f"{drive}: the drive is read-only; unlock it (write-protect switch) or use "
+                "another drive / le support est en lecture seule : deverrouillez-le ou "
+                "utilisez-en un autre"
+            ) from None
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFullError(f"{drive}: the drive is full / le support est plein") from None
+        raise DriveError(f"{drive}: cannot write ({exc.strerror})") from None
+
+
+def pack_is_complete(first: Path) -> bool:
+    """True when every entry of a pack on the drive reads back and verifies."""
+    try:
+        for _ in read_entries(first):
+            pass
+    except (PackError, FormatError, OSError):
+        return False
+    return True
+
+
+def pack_size(first: Path) -> int:
+    return sum(p.stat().st_size for p in volume_paths(first))
+
+
+def plan_packs(hub: Repository, targets: list[Target], channels: list[str]) -> list[PackPlan]:
+    """The deduplicated packs the route needs, in priority order.
+
+    Priority: centres furthest behind first (most missing versions), then small updates
+    before large ones, so a drive too small for everything still brings most centres forward.
+    """
+    latest = {c: hub.channel_meta(c).version for c in channels}
+    plans: dict[tuple[str, int, int], PackPlan] = {}
+    behind: dict[tuple[str, int, int], int] = {}
+    for t in targets:
+        lag = sum(latest[c] - min(t.installed.get(c, 0), latest[c]) for c in channels)
+        for c in channels:
+            have = t.installed.get(c, 0)
+            if have >= latest[c]:
+                continue
+            key = (c, have, latest[c])
+            plan = plans.setdefault(key, PackPlan(c, have, latest[c]))
+            plan.for_centres.append(t.name)
+            behind[key] = max(behind.get(key, 0), lag)
+    for key, plan in plans.items():
+        existing = hub.pack_path(*key)
+        plan.size = pack_size(existing) if existing.exists() else _estimate(hub, *key)
+    return sorted(
+        plans.values(), key=lambda p: (-behind[(p.channel, p.from_version, p.to_version)], p.size)
+    )
+
+
+def _estimate(hub: Repository, channel: str, a: int, b: int) -> int:
+    """Upper bound for a pack not built yet: the new bytes of B (packs compress them)."""
+    new = hub.manifest(channel, b).chunk_sizes()
+    old = set(hub.manifest(channel, a).chunk_sizes()) if a else set()
+    return sum(n for h, n in new.items() if h not in old) + 64 * 1024
+
+
+def prepare(
+    hub: Repository,
+    drive: Path,
+    targets: list[Target],
+    channels: list[str],
+    *,
+    volume_size: int = DEFAULT_VOLUME_SIZE,
+    margin: int = MARGIN,
+    progress: Progress = None,
+    prepared_by: str = "hub",
+) -> PrepareResult:
+    """Fill ``drive`` with what the ``targets`` lack, by priority, as far as space allows."""
+    drive = Path(drive)
+    if not drive.is_dir():
+        raise DriveError(f"{drive}: no such folder; is the drive mounted?")
+    _check_writable(drive)
+    for c in channels:
+        check_channel(c)
+    root = bundle_root(drive)
+    (root / "repo").mkdir(parents=True, exist_ok=True)
+    written: list[dict[str, Any]] = []
+    skipped: list[dict[str, Any]] = []
+    chosen: list[PackPlan] = []
+    for plan in plan_packs(hub, targets, channels):
+        dest = root / "repo" / plan.relpath
+        if dest.exists() and pack_is_complete(dest):
+            plan.size = pack_size(dest)
+            chosen.append(plan)
+            written.append(dict(asdict(plan), reused=True))
+            continue
+        for stale in volume_paths(dest):
+            stale.unlink(missing_ok=True)
+        if plan.size + margin > _free(drive):
+            skipped.append(dict(asdict(plan), reason="does not fit on the drive"))
+            continue
+        src = hub.pack_path(plan.channel, plan.from_version, plan.to_version)
+        try:
+            if not src.exists():
+                hub.build_pack(plan.channel, plan.from_version, plan.to_version, src, volume_size)
+            _copy_volumes(src, dest, volume_size, progress)
+        except DiskFullError:
+            for stale in volume_paths(dest):
+                stale.unlink(missing_ok=True)
+            skipped.append(dict(asdict(plan), reason="the drive filled up"))
+            continue
+        plan.size = pack_size(dest)
+        chosen.append(plan)
+        written.append(dict(asdict(plan), reused=False))
+    _write_metadata(hub, root / "repo", channels)
+    plans_dir = root / "plans"
+    for t in targets:
+        steps = [
+            {"channel": p.channel, "from": p.from_version, "to": p.to_version, "pack": p.relpath}
+            for p in chosen
+            if t.name in p.for_centres
+        ]
+        missing = [
+            {"channel": p["channel"], "from": p["from_version"], "to": p["to_version"]}
+            for p in skipped
+            if t.name in p["for_centres"]
+        ]
+        _write_json(
+            plans_dir / f"{safe_name(t.name)}.json",
+            {"centre": t.name, "region": t.region, "steps": steps, "not_on_drive": missing},
+        )
+    description = {
+        "format": "caravane-bundle",
+        "format_version": 1,
+        "created": format_time(now_utc()),
+        "prepared_by": prepared_by,
+        "root_keyids": sorted(hub.trusted.root.keys),
+        "channels": channels,
+        "centres": [t.name for t in targets],
+        "packs": [
+            {
+                "channel": p.channel,
+                "from": p.from_version,
+                "to": p.to_version,
+                "path": p.relpath,
+                "size": p.size,
+            }
+            for p in chosen
+        ],
+        "not_on_drive": skipped,
+    }
+    _write_json(root / DESCRIPTION, description)
+    problems = verify_drive(drive, hub)
+    if problems:
+        raise DriveError(
+            "the drive did not read back correctly: "
+            + "; ".join(problems)
+            + " - try another drive / le support ne relit pas correctement, essayez-en un autre"
+        )
+    return PrepareResult(
+        str(drive),
+        written,
+        skipped,
+        sum(p.size for p in chosen),
+        _free(drive),
+    )
+
+
+def _copy_volumes(src: Path, dest: Path, volume_size: int, progress: Progress) -> None:
+    """Copy pack volumes to the drive through .part names, then rename."""
+    vols = volume_paths(src)
+    if any(v.stat().st_size > volume_size for v in vols):
+        raise PackError(f"{src}: a volume is larger than {volume_size} bytes; rebuild the pack")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    for i, vol in enumerate(vols):
+        target = dest if i == 0 else dest.with_name(f"{dest.name}.{i}")
+        part = target.with_name(target.name + ".part")
+        try:
+            with open(vol, "rb") as fin, open(part, "wb") as fout:
+                while block := fin.read(1024 * 1024):
+                    fout.write(block)
+                    if progress:
+                        progress(len(block))
+                fout.flush()
+                os.fsync(fout.fileno())
+            os.replace(part, target)
+        except OSError as exc:
+            part.unlink(missing_ok=True)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                raise DiskFullError(f"{dest.parent}: the drive is full") from None
+            raise DriveError(f"{target}: cannot write ({exc.strerror})") from None
+
+
+def _write_metadata(hub: Repository, repo: Path, channels: list[str]) -> None:
+    for v in hub.root_versions():
+        write_atomic(repo / root_relpath(v), (hub.path / root_relpath(v)).read_bytes(), True)
+    write_atomic(repo / root_relpath(), (hub.path / root_relpath()).read_bytes(), True)
+    for c in channels:
+        data = hub.channel_bytes(c)
+        if data is None:
+            raise NotFoundError(f"channel {c!r} does not exist on this hub")
+        write_atomic(repo / channel_relpath(c), data, True)
+
+
+def _write_json(path: Path, doc: dict[str, Any]) -> None:
+    write_atomic(path, json.dumps(doc, ensure_ascii=False, indent=2).encode() + b"\n", True)
+
+
+def read_description(drive: Path) -> dict[str, Any]:
+    path = bundle_root(drive) / DESCRIPTION
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise DriveError(
+            f"{drive}: no Caravane bundle on this drive (or it was pulled out while being "
+            "prepared) / aucun lot Caravane sur ce support"
+        ) from None
+    doc = load_json(data, str(path), 16 * 1024 * 1024)
+    if not isinstance(doc, dict) or doc.get("format") != "caravane-bundle":
+        raise DriveError(f"{path}: not a Caravane bundle description")
+    return doc
+
+
+def verify_drive(drive: Path, trust: Repository) -> list[str]:
+    """Read back everything on the drive and check it against ``trust``'s pinned root.
+
+    Returns the problems found (empty: the drive is good to leave).
+    """
+    problems: list[str] = []
+    try:
+        doc = read_description(drive)
+    except CaravaneError as exc:
+        return [str(exc)]
+    repo = bundle_root(drive) / "repo"
+    for c in doc.get("channels", []):
+        try:
+            data = (repo / channel_relpath(c)).read_bytes()
+            trust.trusted.verify_channel(data, c, check_expiry=False)
+        except (OSError, CaravaneError) as exc:
+            problems.append(f"channel metadata {c!r}: {exc}")
+    for p in doc.get("packs", []):
+        first = repo / str(p.get("path", ""))
+        try:
+            for _ in read_entries(first):
+                pass
+        except (PackError, FormatError, OSError) as exc:
+            problems.append(str(exc))
+    return problems
+
+
+@dataclass
+class ImportResult:
+    applied: list[dict[str, Any]]
+    failed: list[str]
+    up_to_date: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(asdict(self), ok=self.ok)
+
+
+def import_drive(
+    store: Repository,
+    drive: Path,
+    channels: list[str] | None = None,
+    progress: Progress = None,
+) -> ImportResult:
+    """Take from the drive what ``store`` needs for ``channels`` and ignore the rest.
+
+    Each pack is verified against the store's pinned root as it is applied. A pack that is
+    truncated or tampered with is refused with a clear message; the objects it delivered
+    before the bad part stay in the store, so the next drive (or the network) continues.
+    """
+    doc = read_description(drive)
+    repo = bundle_root(drive) / "repo"
+    wanted = channels if channels is not None else list(doc.get("channels", []))
+    packs = [p for p in doc.get("packs", []) if p.get("channel") in wanted]
+    applied: list[dict[str, Any]] = []
+    failed: list[str] = []
+    up_to_date: list[str] = []
+    for channel in wanted:
+        try:
+            have = store.latest_local_version(channel)
+        except (NotFoundError, CaravaneError):
+            have = 0
+        chain = sorted((p for p in packs if p["channel"] == channel), key=lambda p: p["from"])
+        progressed = False
+        while True:
+            step = next((p for p in chain if p["from"] == have and p["to"] > have), None)
+            if step is None:
+                break
+            first = repo / str(step["path"])
+            try:
+                res = store.apply_pack(first, progress=progress)
+            except TruncatedPackError as exc:
+                failed.append(
+                    f"{channel}: the drive's pack is incomplete ({exc}); re-insert the drive or "
+                    "bring another one, nothing was lost / paquet incomplet, reinserez le support"
+                )
+                break
+            except (CaravaneError, OSError) as exc:
+                failed.append(
+                    f"{channel}: refused {first.name}: {exc} / paquet refuse (altere ou d'un "
+                    "autre hub)"
+                )
+                break
+            applied.append({"channel": channel, "from": have, "to": res.version})
+            have = res.version
+            progressed = True
+        if not progressed and not any(f.startswith(f"{channel}:") for f in failed):
+            up_to_date.append(channel)
+    return ImportResult(applied, failed, up_to_date)
+
+
+def write_return(drive: Path, centre: str, report: bytes, receipt: str) -> Path:
+    """Write a centre's signed report and plain-language receipt onto the drive."""
+    root = bundle_root(drive)
+    name = safe_name(centre)
+    try:
+        write_atomic(root / "reports" / f"{name}.json", report, True)
+        write_atomic(root / "receipts" / f"{name}.txt", receipt.encode(), True)
+    except StoreError as exc:
+        raise DriveError(f"{drive}: could not write the report ({exc})") from None
+    return root / "reports" / f"{name}.json"
+
+
+def read_reports(drive: Path) -> list[tuple[str, bytes]]:
+    folder = bundle_root(drive) / "reports"
+    if not folder.is_dir():
+        return []
+    return [(p.stem, p.read_bytes()) for p in sorted(folder.glob("*.json"))]
+
+
+def plan_for(drive: Path, centre: str) -> dict[str, Any]:
+    path = bundle_root(drive) / "plans" / f"{safe_name(centre)}.json"
+    if not path.is_file():
+        raise VerificationError(f"{drive}: no plan for centre {centre!r} on this drive")
+    return load_json(path.read_bytes(), str(path))
+
+
+__all__ = [
+    "DriveError",
+    "ImportResult",
+    "PrepareResult",
+    "Target",
+    "import_drive",
+    "plan_for",
+    "prepare",
+    "read_description",
+    "read_reports",
+    "verify_drive",
+    "write_return",
+]

@@ -36,7 +36,8 @@ WHOLE_BASE_FILE = 4 * 1024 * 1024
 NEIGHBOURHOOD = 1024 * 1024
 SKETCH_MAX_FILE = 64 * 1024 * 1024
 SKETCH_AVG = 512
-SKETCH_SAMPLE = 4  # keep one small piece in SKETCH_SAMPLE
+SKETCH_SAMPLE = 4  # keep at least one small piece in SKETCH_SAMPLE ...
+SKETCH_BUDGET = 256 * 1024 * 1024  # ... and fewer when A is large: about 1M pieces at most
 SKETCH_COMMON = 16  # ignore pieces found in more old files than this (boilerplate)
 CANDIDATES = 2
 LEVEL = 19
@@ -115,7 +116,7 @@ def name_key(path: str) -> str:
     return _VARIABLE.sub("#", path.rsplit("/", 1)[-1].lower())
 
 
-def sketch(data: bytes) -> set[int]:
+def sketch(data: bytes, sample: int = SKETCH_SAMPLE) -> set[int]:
     """A sample of hashes of small content-defined pieces: similar files share many."""
     if len(data) < 64:
         return set()
@@ -123,7 +124,7 @@ def sketch(data: bytes) -> set[int]:
     out: set[int] = set()
     for c in chunk_generator(view, 128, SKETCH_AVG, SKETCH_AVG * 8, False, None):
         h = hash(bytes(view[c.offset : c.offset + c.length]))
-        if h % SKETCH_SAMPLE == 0:
+        if h % sample == 0:
             out.add(h)
     return out
 
@@ -142,6 +143,8 @@ class SimilarityIndex:
         self.by_name: dict[str, list[int]] = defaultdict(list)
         self.by_piece: dict[int, list[int]] = defaultdict(list)
         self.read_chunk = read_chunk
+        sketched = sum(f.size for f in self.files if f.size <= SKETCH_MAX_FILE)
+        self.sample = max(SKETCH_SAMPLE, -(-sketched // SKETCH_BUDGET) * 2)
         for i, f in enumerate(self.files):
             self.by_path[f.path] = i
             self.by_name[name_key(f.path)].append(i)
@@ -150,7 +153,7 @@ class SimilarityIndex:
                 if not lst or lst[-1] != i:
                     lst.append(i)
             if 0 < f.size <= SKETCH_MAX_FILE:
-                for piece in sketch(_file_bytes(f, read_chunk)):
+                for piece in sketch(_file_bytes(f, read_chunk), self.sample):
                     lst = self.by_piece[piece]
                     if len(lst) <= SKETCH_COMMON:
                         lst.append(i)
@@ -163,11 +166,11 @@ class SimilarityIndex:
             for i in self.by_chunk.get(h, ()):
                 score[i] += n
         if 0 < new.size <= SKETCH_MAX_FILE:
-            for piece in sketch(_file_bytes(new, self.read_chunk)):
+            for piece in sketch(_file_bytes(new, self.read_chunk), self.sample):
                 owners = self.by_piece.get(piece)
                 if owners and len(owners) <= SKETCH_COMMON:
                     for i in owners:
-                        score[i] += SKETCH_AVG * SKETCH_SAMPLE
+                        score[i] += SKETCH_AVG * self.sample
         same = self.by_path.get(new.path)
         if same is not None:
             score[same] += 1 + 0.05 * self.files[same].size

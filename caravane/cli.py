@@ -422,7 +422,7 @@ def _register_optional() -> None:
     import importlib
 
     for module, names in (
-        ("hub.cli", ("hub", "publish", "usb")),
+        ("hub.cli", ("hub", "publish")),
         ("node.cli", ("node",)),
     ):
         try:
@@ -434,5 +434,7 @@ def _register_optional() -> None:
             if isinstance(cmd, click.Command) and name not in main.commands:
                 main.add_command(cmd, name)
 
+
+from . import usb_cli as _usb_cli  # noqa: E402,F401  (registers `caravane usb`)
 
 _register_optional()

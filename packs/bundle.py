@@ -32,8 +32,15 @@ from pathlib import Path
 from typing import Any
 
 from protocol.canonical import load_json
-from protocol.errors import CaravaneError, FormatError, NotFoundError, VerificationError
+from protocol.errors import (
+    CaravaneError,
+    FormatError,
+    NotFoundError,
+    SignatureError,
+    VerificationError,
+)
 from protocol.metadata import check_channel, format_time, now_utc
+from protocol.trust import TrustedState
 
 from .errors import DiskFullError, PackError, StoreError, TruncatedPackError
 from .layout import channel_relpath, pack_relpath, root_relpath
@@ -198,7 +205,7 @@ def prepare(
             continue
         for stale in volume_paths(dest):
             stale.unlink(missing_ok=True)
-        if plan.size + margin > _free(drive):
+        if plan.size + min(margin, shutil.disk_usage(drive).total // 20) > _free(drive):
             skipped.append(dict(asdict(plan), reason="does not fit on the drive"))
             continue
         src = hub.pack_path(plan.channel, plan.from_version, plan.to_version)
@@ -379,6 +386,8 @@ def import_drive(
     doc = read_description(drive)
     repo = bundle_root(drive) / "repo"
     wanted = channels if channels is not None else list(doc.get("channels", []))
+    wanted = [c for c in wanted if c in doc.get("channels", [])]
+    _check_same_hub(store, repo, wanted)
     packs = [p for p in doc.get("packs", []) if p.get("channel") in wanted]
     applied: list[dict[str, Any]] = []
     failed: list[str] = []
@@ -415,6 +424,30 @@ def import_drive(
         if not progressed and not any(f.startswith(f"{channel}:") for f in failed):
             up_to_date.append(channel)
     return ImportResult(applied, failed, up_to_date)
+
+
+def _check_same_hub(store: Repository, repo: Path, channels: list[str]) -> None:
+    """Refuse at once a drive whose metadata another hub signed (clear message, no work)."""
+    state = TrustedState(store.trusted.root_bytes)
+    for v in sorted(
+        int(p.stem) for p in (repo / "metadata/root").glob("*.json") if p.stem.isdigit()
+    ):
+        if v > state.root.version:
+            try:
+                state.update_root((repo / root_relpath(v)).read_bytes(), f"drive root v{v}")
+            except CaravaneError:
+                break
+    for c in channels:
+        try:
+            state.verify_channel((repo / channel_relpath(c)).read_bytes(), c, check_expiry=False)
+        except SignatureError:
+            raise DriveError(
+                "this drive was prepared by another hub (its signatures do not match this "
+                "centre's keys); nothing was taken from it / ce support vient d'un autre hub, "
+                "rien n'a ete importe"
+            ) from None
+        except (OSError, CaravaneError) as exc:
+            raise DriveError(f"the drive's metadata for {c!r} is unusable: {exc}") from None
 
 
 def write_return(drive: Path, centre: str, report: bytes, receipt: str) -> Path:

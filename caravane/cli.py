@@ -267,19 +267,15 @@ def repo_rotate_root(
     new_root = PrivateKey.load(new_root_key)
     release = PrivateKey.load(new_release_key or directory / "keys/release.pem")
     version = r.rotate_root(
-        {"root": [new_root.public], "release": [release.public]}, [old_root, new_root]
+        {"root": [new_root.public], "release": [release.public]}, [old_root, new_root], release
     )
     new_root.save(directory / "keys/root.pem")
     release.save(directory / "keys/release.pem")
-    meta = []
-    for channel in r.channels():  # re-sign channels with the (maybe new) release key
-        m = r.channel_meta(channel)
-        r._sign_channel(channel, m.version, m.releases, m.title, None, release)
-        meta.append(channel)
     emit(
         as_json,
-        {"ok": True, "root_version": version, "resigned": meta},
-        f"root version {version} published; {len(meta)} channels re-signed",
+        {"ok": True, "root_version": version, "resigned": r.channels()},
+        f"root version {version} published; {len(r.channels())} channels re-signed; "
+        f"keep {new_root_key} offline and delete the old root key once centres have moved",
     )
 
 

@@ -18,7 +18,7 @@ from typing import Any, BinaryIO
 
 from protocol.canonical import canonical_bytes, load_json
 
-from .errors import PackError, TruncatedPackError
+from .errors import FormatError, PackError, TruncatedPackError
 
 MAGIC = b"CRVPACK1"
 ENTRY_MAGIC = b"CE"
@@ -168,7 +168,12 @@ def read_entries(first: Path) -> Iterator[Entry]:
                 hb = _read_exact(fh, hlen)
                 if len(hb) < hlen:
                     raise TruncatedPackError(f"{vol}: pack cut short at byte {offset}")
-                header = load_json(hb, f"{vol} entry header at byte {offset}")
+                try:
+                    header = load_json(hb, f"{vol} entry header at byte {offset}")
+                except FormatError:
+                    raise PackError(
+                        f"{vol}: corrupt entry header at byte {offset} (damaged or tampered)"
+                    ) from None
                 if not isinstance(header, dict) or header.get("kind") not in KINDS:
                     raise PackError(f"{vol}: unknown pack entry kind at byte {offset}")
                 plen = header.get("length")

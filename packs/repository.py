@@ -175,13 +175,13 @@ class Repository:
         path = Path(path)
         if (path / REPO_MARKER).exists():
             raise FormatError(f"{path}: already a Caravane repository")
-        for sub in ("metadata/root", "metadata/channels", "manifests", "objects", "packs"):
-            (path / sub).mkdir(parents=True, exist_ok=True)
         if trust_root is not None:
             data = trust_root if isinstance(trust_root, bytes) else Path(trust_root).read_bytes()
             state = TrustedState(data)  # refuses anything that is not a self-signed root
             version = state.root.version
-        else:
+        for sub in ("metadata/root", "metadata/channels", "manifests", "objects", "packs"):
+            (path / sub).mkdir(parents=True, exist_ok=True)
+        if trust_root is None:
             keys = {role: PrivateKey.generate() for role in ("root", "release")}
             for role, key in keys.items():
                 key.save(path / "keys" / f"{role}.pem")
@@ -236,15 +236,33 @@ class Repository:
             self._trusted = state
         return self._trusted
 
-    def rotate_root(self, new_keys: dict[str, list[PublicKey]], signers: list[PrivateKey]) -> int:
-        """Publish root N+1 (signers must include old and new root keys)."""
+    def rotate_root(
+        self,
+        new_keys: dict[str, list[PublicKey]],
+        signers: list[PrivateKey],
+        release_key: PrivateKey | None = None,
+    ) -> int:
+        """Publish root N+1 (``signers`` hold old and new root keys) and re-sign channels.
+
+        Channel metadata is read under the old root and re-signed with ``release_key`` (the
+        new release key, if it changed), so centres see every channel keep working.
+        """
         with self.lock():
+            metas = [self.channel_meta(c) for c in self.channels()]
             old = self.trusted.root
             new = Root.new(old.version + 1, new_keys)
             data = sign_envelope(new.to_dict(), signers)
             self.trusted.update_root(data)
             write_atomic(self.path / root_relpath(new.version), data, True)
             write_atomic(self.path / root_relpath(), data, True)
+            key = release_key or self._key("release")
+            for m in metas:
+                meta = ChannelMeta(m.channel, m.version, m.releases, m.title, m.expires)
+                write_atomic(
+                    self.path / channel_relpath(m.channel),
+                    sign_envelope(meta.to_dict(), [key]),
+                    True,
+                )
             return new.version
 
     def channels(self) -> list[str]:

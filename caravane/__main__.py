@@ -1,0 +1,3 @@
+from caravane.cli import main
+
+main()

@@ -156,6 +156,55 @@ def scan_source(source: Path) -> list[tuple[str, Path]]:
     return out
 
 
+def ingest_files(
+    store: ObjectStore, files: list[tuple[str, Path]], avg_chunk: int, progress: Progress = None
+) -> tuple[list[FileEntry], int, int, int]:
+    """Chunk, hash and store every file, compressing in worker threads.
+
+    Returns (file entries, new objects, their raw bytes, their stored bytes). Used by the
+    hub's own publish and by a curator's client, which builds locally and uploads only what
+    the hub lacks.
+    """
+    entries: list[FileEntry] = []
+    new_objects = new_bytes = stored = 0
+
+    def put(data: bytes) -> tuple[str, int, int]:
+        sha, written = store.put_raw(data)
+        return sha, len(data), written
+
+    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
+        pending: deque[Future[tuple[str, int, int]]] = deque()
+        for rel, real in files:
+            st = real.stat()
+            fhash = hashlib.sha256()
+            chunks: list[tuple[str, int]] = []
+
+            def drain(keep: int, chunks: list[tuple[str, int]] = chunks) -> None:
+                nonlocal new_objects, new_bytes, stored
+                while len(pending) > keep:
+                    sha, n, w = pending.popleft().result()
+                    chunks.append((sha, n))
+                    if w:
+                        new_objects += 1
+                        new_bytes += n
+                        stored += w
+
+            with open(real, "rb") as fh:
+                for piece in iter_chunks(fh, avg_chunk):
+                    fhash.update(piece)
+                    data = bytes(piece)
+                    pending.append(pool.submit(put, data))
+                    drain(PREFETCH)
+                    if progress:
+                        progress(len(data))
+            drain(0)
+            size = sum(n for _, n in chunks)
+            if size != st.st_size:
+                raise StoreError(f"{real}: changed while it was being published; try again")
+            entries.append(FileEntry(rel, size, _mode_of(st), fhash.hexdigest(), chunks))
+    return entries, new_objects, new_bytes, stored
+
+
 class Repository:
     def __init__(self, path: Path, durable: bool = False) -> None:
         self.path = Path(path)
@@ -324,7 +373,9 @@ class Repository:
         check_channel(channel)
         self._key("release")  # fail before the long work, not after
         files = scan_source(Path(source))
-        entries, new_objects, new_bytes, stored = self._ingest(files, avg_chunk, progress)
+        entries, new_objects, new_bytes, stored = ingest_files(
+            self.store, files, avg_chunk, progress
+        )
         result = self.commit_release(
             channel, entries, notes=notes, title=title, expires_days=expires_days
         )
@@ -409,7 +460,7 @@ class Repository:
 
         Returns (file entries, new objects, their raw bytes, their stored bytes).
         """
-        return self._ingest(scan_source(Path(source)), avg_chunk, progress)
+        return ingest_files(self.store, scan_source(Path(source)), avg_chunk, progress)
 
     def _sign_channel(
         self,
@@ -433,51 +484,6 @@ class Repository:
             return self._sign_channel(
                 channel, meta.version, meta.releases, meta.title, expires_days
             )
-
-    def _ingest(
-        self, files: list[tuple[str, Path]], avg_chunk: int, progress: Progress
-    ) -> tuple[list[FileEntry], int, int, int]:
-        """Chunk, hash and store every file, compressing in worker threads."""
-        entries: list[FileEntry] = []
-        new_objects = new_bytes = stored = 0
-        store = self.store
-
-        def put(data: bytes) -> tuple[str, int, int]:
-            sha, written = store.put_raw(data)
-            return sha, len(data), written
-
-        with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
-            pending: deque[Future[tuple[str, int, int]]] = deque()
-            for rel, real in files:
-                st = real.stat()
-                fhash = hashlib.sha256()
-                chunks: list[tuple[str, int]] = []
-                with open(real, "rb") as fh:
-                    for piece in iter_chunks(fh, avg_chunk):
-                        fhash.update(piece)
-                        data = bytes(piece)
-                        pending.append(pool.submit(put, data))
-                        while len(pending) > PREFETCH:
-                            sha, n, w = pending.popleft().result()
-                            chunks.append((sha, n))
-                            if w:
-                                new_objects += 1
-                                new_bytes += n
-                                stored += w
-                        if progress:
-                            progress(len(data))
-                while pending:
-                    sha, n, w = pending.popleft().result()
-                    chunks.append((sha, n))
-                    if w:
-                        new_objects += 1
-                        new_bytes += n
-                        stored += w
-                size = sum(n for _, n in chunks)
-                if size != st.st_size:
-                    raise StoreError(f"{real}: changed while it was being published; try again")
-                entries.append(FileEntry(rel, size, _mode_of(st), fhash.hexdigest(), chunks))
-        return entries, new_objects, new_bytes, stored
 
     # ------------------------------------------------------------------ checkout
 

@@ -81,11 +81,12 @@ class PackWriter:
         self._vol_written = 0
         self._offset = 0
         for stale in volume_paths(self.out)[1:]:
-            stale.unlink()
+            stale.unlink(missing_ok=True)
         self._open_volume()
 
     def _tmp(self, path: Path) -> Path:
-        return path.with_name(path.name + ".part")
+        # unique per writer: the hub's job and an on-demand request may build one pack at once
+        return path.with_name(f".{path.name}.{os.getpid()}-{id(self):x}.part")
 
     def _open_volume(self) -> None:
         if self._fh is not None:

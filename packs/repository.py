@@ -348,6 +348,44 @@ class Repository:
             raise NotFoundError(f"channel {channel!r} has no version {version} (has: {have})")
         return self.trusted.verify_manifest(self.manifest_bytes(channel, version), ref, channel)
 
+    # ------------------------------------------------------------------ accepting fetched data
+
+    def accept_root(self, data: bytes, what: str = "root metadata") -> int:
+        """Verify root N+1 (signed by old and new keys) fetched from anywhere, and keep it."""
+        with self.lock():
+            root = self.trusted.update_root(data, what)
+            write_atomic(self.path / root_relpath(root.version), data, True)
+            write_atomic(self.path / root_relpath(), data, True)
+            return root.version
+
+    def known_version(self, channel: str) -> int | None:
+        data = self.channel_bytes(channel)
+        if data is None:
+            return None
+        return self.trusted.verify_channel(data, channel, check_expiry=False).version
+
+    def check_channel_bytes(self, channel: str, data: bytes, what: str) -> ChannelMeta:
+        """Verify channel metadata from an upstream: signature, no rollback, not expired."""
+        return self.trusted.verify_channel(data, channel, self.known_version(channel), what=what)
+
+    def accept_channel(self, channel: str, data: bytes, what: str) -> ChannelMeta:
+        """Verify and keep channel metadata if it is newer than what this store knows."""
+        with self.lock():
+            meta = self.check_channel_bytes(channel, data, what)
+            known = self.known_version(channel)
+            if known is None or meta.version > known:
+                write_atomic(self.path / channel_relpath(channel), data, True)
+            return meta
+
+    def accept_manifest(self, channel: str, version: int, data: bytes) -> Manifest:
+        """Verify a fetched manifest against the signed channel metadata, and keep it."""
+        ref = self.channel_meta(channel).releases.get(version)
+        if ref is None:
+            raise NotFoundError(f"channel {channel!r} has no signed version {version}")
+        manifest = self.trusted.verify_manifest(data, ref, channel)
+        write_atomic(self.path / manifest_relpath(channel, version), data, self.durable)
+        return manifest
+
     def latest_local_version(self, channel: str, meta: ChannelMeta | None = None) -> int:
         """The newest release whose manifest this repository holds (a store may lag)."""
         meta = meta or self.channel_meta(channel)

@@ -1,0 +1,416 @@
+"""The node: its identity, its store, its releases, and the jobs that keep them current.
+
+``Node`` ties together what the CLI, the portal and the scheduler need: enrolment with the
+hub (pins the hub's root and makes the centre's own key pair), one sync pass over the
+configured upstreams, rollback, status in plain words, and signed reports that wait in a
+queue until some route (network or drive) carries them to the hub.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from packs.repository import Repository
+from protocol.canonical import load_json
+from protocol.errors import FormatError
+from protocol.keys import PrivateKey
+from protocol.report import Report
+
+from .activate import Releases
+from .config import NodeConfig, UpstreamConfig
+from .errors import NodeError, NotEnrolled
+from .policy import RateLimiter, in_windows, parse_rate_kbit
+from .state import NodeState, now
+from .sync import SyncEngine, SyncResult
+from .upstream import FolderUpstream, Upstream, make_upstream
+
+log = logging.getLogger("caravane.node")
+
+
+def read_enrolment(path: Path) -> dict[str, Any]:
+    try:
+        doc = load_json(Path(path).read_bytes(), f"enrolment file {path}")
+    except OSError as exc:
+        raise NodeError(f"{path}: cannot read the enrolment file ({exc.strerror})") from None
+    if not isinstance(doc, dict) or doc.get("format") != "caravane-enrolment":
+        raise FormatError(f"{path}: not a Caravane enrolment file")
+    for key in ("node_id", "root"):
+        if not doc.get(key):
+            raise FormatError(f"{path}: enrolment file has no {key}")
+    return doc
+
+
+class Node:
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        if not (config.store_dir / "repo.json").is_file():
+            raise NotEnrolled(
+                f"{config.data_dir}: this node is not set up; run `caravane node init` first"
+            )
+        self.repo = Repository(config.store_dir)
+        self.state = NodeState(config.db_url)
+        self.releases = Releases(config.releases_dir, config.live_dir, config.durable)
+        self._sync_lock = threading.Lock()
+
+    @classmethod
+    def open(cls, path: Path) -> Node:
+        return cls(NodeConfig.load(path))
+
+    # ------------------------------------------------------------------ enrolment
+
+    @classmethod
+    def init(
+        cls,
+        data_dir: Path,
+        enrolment: dict[str, Any],
+        *,
+        code: str | None = None,
+        upstreams: list[UpstreamConfig] | None = None,
+        offline: bool = False,
+        port: int = 8480,
+    ) -> Node:
+        """Pin the hub's root, make this centre's key pair, and register it with the hub.
+
+        Offline (a centre that is never online), the registration waits in the queue and
+        travels with the first report, by drive or by network.
+        """
+        data_dir = Path(data_dir).resolve()
+        if (data_dir / "node.toml").exists():
+            raise NodeError(f"{data_dir}: a node is already set up here")
+        data_dir.mkdir(parents=True, exist_ok=True)
+        hub_url = str(enrolment.get("hub_url", "")).rstrip("/")
+        if upstreams is None:
+            upstreams = [UpstreamConfig("hub", "http", hub_url, 10)] if hub_url else []
+        cfg = NodeConfig(
+            data_dir=data_dir,
+            node_id=str(enrolment["node_id"]),
+            name=str(enrolment.get("name", "")),
+            hub_url=hub_url,
+            channels=[str(c) for c in enrolment.get("channels", [])],
+            upstreams=upstreams,
+            port=port,
+        )
+        root = enrolment["root"]
+        Repository.init(cfg.store_dir, root.encode() if isinstance(root, str) else root)
+        key = PrivateKey.generate()
+        key.save(cfg.key_path)
+        cfg.save()
+        node = cls(cfg)
+        code = code or enrolment.get("code")
+        request = {"node_id": cfg.node_id, "code": code, "public_key": key.public.raw.hex()}
+        node.state.set("enrol_request", json.dumps(request))
+        if not offline and hub_url:
+            node.complete_enrolment()
+        return node
+
+    def complete_enrolment(self) -> bool:
+        """Send the pending registration to the hub; True once the hub has our key."""
+        pending = self.state.get("enrol_request")
+        if not pending:
+            return True
+        status, body = self._post("/api/v1/enrol", pending.encode(), "application/json")
+        if status == 200:
+            self.state.set("enrol_request", "")
+            self.state.event("info", "registered with the hub")
+            return True
+        if status in (401, 403, 422):
+            raise NodeError(f"the hub refused the registration: {body.get('error', body)}")
+        raise NodeError(f"the hub did not answer the registration (HTTP {status})")
+
+    def enrol_request(self) -> dict[str, Any] | None:
+        pending = self.state.get("enrol_request")
+        return json.loads(pending) if pending else None
+
+    @property
+    def key(self) -> PrivateKey:
+        return PrivateKey.load(self.config.key_path)
+
+    # ------------------------------------------------------------------ sync
+
+    def upstreams(self, extra: list[Upstream] | None = None) -> list[Upstream]:
+        ups = []
+        for u in self.config.upstreams:
+            try:
+                ups.append(make_upstream(u, self.config.partial_dir, self.config.timeout_seconds))
+            except NodeError as exc:
+                self.state.event("error", str(exc))
+        return (extra or []) + ups
+
+    def engine(
+        self,
+        extra: list[Upstream] | None = None,
+        only: list[Upstream] | None = None,
+        **kwargs: Any,
+    ) -> SyncEngine:
+        cfg = self.config
+        return SyncEngine(
+            self.repo,
+            self.releases,
+            self.state,
+            only if only is not None else self.upstreams(extra),
+            cfg.partial_dir,
+            limiter=RateLimiter(parse_rate_kbit(cfg.bandwidth_kbit)),
+            daily_budget=cfg.daily_budget_mb * 1_000_000,
+            monthly_budget=cfg.monthly_budget_mb * 1_000_000,
+            margin=cfg.margin_mb * 1024 * 1024,
+            **kwargs,
+        )
+
+    def sync(
+        self,
+        *,
+        respect_windows: bool = False,
+        extra: list[Upstream] | None = None,
+        only: list[Upstream] | None = None,
+        **kwargs: Any,
+    ) -> SyncResult:
+        """One pass over every subscribed channel. Only one pass runs at a time."""
+        if respect_windows and not in_windows(self.config.window_list()):
+            return SyncResult(skipped="outside the sync windows " + ", ".join(self.config.windows))
+        if not self._sync_lock.acquire(blocking=False):
+            return SyncResult(skipped="a sync is already running")
+        try:
+            with _process_lock(self.config.data_dir / ".sync.lock"):
+                return self.engine(extra, only, **kwargs).sync(self.channels())
+        finally:
+            self._sync_lock.release()
+
+    def channels(self) -> list[str]:
+        return list(self.config.channels) or self.repo.channels()
+
+    def rollback(self, channel: str) -> int:
+        """Serve the previous release again and keep the current one off until a newer one."""
+        active = self.releases.active(channel)
+        previous = self.releases.previous(channel)
+        if active is None or previous is None:
+            raise NodeError(f"{channel!r} has no previous release on this node to go back to")
+        self.releases.switch(channel, previous)
+        self.state.hold(channel, active)
+        self.state.record_activation(channel, previous, active, "rollback")
+        self.state.event(
+            "warning", f"{channel}: rolled back from version {active} to {previous} by an operator"
+        )
+        return previous
+
+    # ------------------------------------------------------------------ status
+
+    def status(self) -> dict[str, Any]:
+        channels = []
+        for ch in self.channels():
+            active = self.releases.active(ch)
+            try:
+                meta = self.repo.channel_meta(ch)
+                latest, title = meta.version, meta.title
+            except Exception:
+                latest, title = None, ""
+            if active is not None and latest is not None and active >= latest:
+                state = "up-to-date"
+            elif self.state.held(ch) is not None:
+                state = "held"
+            elif latest is None:
+                state = "waiting"
+            else:
+                state = "behind"
+            channels.append(
+                {
+                    "channel": ch,
+                    "title": title,
+                    "active": active,
+                    "latest_known": latest,
+                    "previous": self.releases.previous(ch),
+                    "state": state,
+                    "last_activation": self.state.last_activation(ch),
+                }
+            )
+        usage = shutil.disk_usage(self.config.data_dir)
+        return {
+            "node_id": self.config.node_id,
+            "name": self.config.name,
+            "channels": channels,
+            "disk": {"free": usage.free, "total": usage.total},
+            "upstreams": [
+                {"name": u.name, "kind": u.kind, "url": u.url, "cost": u.cost}
+                for u in self.config.upstreams
+            ],
+            "upstream_health": self.state.upstream_health(),
+            "reports_waiting": len(self.state.unsent_reports()),
+            "registration_waiting": bool(self.state.get("enrol_request")),
+            "recent_events": self.state.recent_events(10),
+        }
+
+    # ------------------------------------------------------------------ reports
+
+    def make_report(self, route: str = "network") -> tuple[int, bytes]:
+        """Sign a report of this centre's state and queue it; it is kept until delivered."""
+        seq = self.state.next_seq()
+        errors = [e["message"] for e in reversed(self.state.recent_events(20, "error"))]
+        report = Report(
+            node_id=self.config.node_id,
+            seq=seq,
+            sent_at=now().strftime("%Y-%m-%dT%H:%M:%SZ"),
+            installed={
+                ch: v for ch in self.channels() if (v := self.releases.active(ch)) is not None
+            },
+            free_disk=shutil.disk_usage(self.config.data_dir).free,
+            errors=errors,
+            usage=self.state.usage(),
+            route=route,
+        )
+        body = report.sign(self.key)
+        self.state.queue_report(seq, body)
+        return seq, body
+
+    def send_reports(self) -> int:
+        """Send every queued report to the hub, oldest first; returns how many went."""
+        if not self.config.hub_url:
+            return 0
+        if self.state.get("enrol_request"):
+            self.complete_enrolment()
+        sent = 0
+        for seq, body in self.state.unsent_reports():
+            status, reply = self._post(
+                f"/api/v1/nodes/{self.config.node_id}/reports", body, "application/json"
+            )
+            if status == 200 or status == 409:  # 409: the hub already has a newer one
+                self.state.mark_sent(seq, "network")
+                sent += 1
+            else:
+                raise NodeError(
+                    f"the hub refused report {seq} (HTTP {status}: {reply.get('error', reply)})"
+                )
+        return sent
+
+    def _post(self, path: str, body: bytes, ctype: str) -> tuple[int, dict[str, Any]]:
+        req = urllib.request.Request(
+            self.config.hub_url + path, data=body, headers={"Content-Type": ctype}, method="POST"
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=self.config.timeout_seconds) as resp:
+                return resp.status, json.loads(resp.read() or b"{}")
+        except urllib.error.HTTPError as exc:
+            try:
+                return exc.code, json.loads(exc.read() or b"{}")
+            except ValueError:
+                return exc.code, {}
+        except (OSError, ValueError) as exc:
+            raise NodeError(
+                f"the hub at {self.config.hub_url} is not reachable ({exc}); the report stays "
+                "queued"
+            ) from None
+
+    # ------------------------------------------------------------------ drives
+
+    def drive_upstream(self, drive: Path) -> Upstream:
+        from packs.bundle import bundle_root
+
+        repo = bundle_root(Path(drive)) / "repo"
+        return FolderUpstream(f"drive:{drive}", repo if repo.is_dir() else Path(drive), cost=0)
+
+    def close(self) -> None:
+        self.state.close()
+
+
+class _process_lock:
+    """One sync per data folder across processes (the agent and a hand-run `node sync`)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __enter__(self) -> None:
+        import fcntl
+
+        self.fh = open(self.path, "a+")
+        try:
+            fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.fh.close()
+            raise NodeError("another sync is running on this node; wait for it to end") from None
+
+    def __exit__(self, *exc: object) -> None:
+        import fcntl
+
+        fcntl.flock(self.fh, fcntl.LOCK_UN)
+        self.fh.close()
+
+
+# --------------------------------------------------------------------------- drives
+
+RECEIPT = """Caravane - {name} ({node_id})
+{when}
+
+{lines_en}
+
+{lines_fr}
+
+The drive can be removed now. / La cle peut etre retiree maintenant.
+"""
+
+
+def import_drive(node: Node, drive: Path, progress: Any = None) -> dict[str, Any]:
+    """Take from a drive what this centre needs, activate it, and write the report back.
+
+    The drive's packs are applied straight from the drive (verified entry by entry); then one
+    sync pass with the drive as the only upstream switches the releases in, or continues a
+    transfer that an earlier drive or the network began. The centre's signed report, any
+    pending registration and a plain-language receipt go back onto the drive.
+    """
+    from packs.bundle import DriveError, bundle_root, read_description, write_return
+    from packs.bundle import import_drive as apply_bundle
+
+    drive = Path(drive)
+    read_description(drive)  # refuses an incomplete or foreign bundle with a clear message
+    channels = node.channels()
+    applied = apply_bundle(node.repo, drive, channels, progress)
+    up = FolderUpstream(f"drive:{drive}", bundle_root(drive) / "repo", cost=-1)
+    result = node.sync(only=[up], route="usb", ignore_demotion=True)
+    errors = list(applied.failed) + result.errors
+    for e in errors:
+        node.state.event("error", f"drive {drive}: {e}")
+    _, report = node.make_report(route="usb")
+    lines_en, lines_fr = [], []
+    for c in result.channels:
+        if c.status == "activated":
+            lines_en.append(f"- {c.channel}: version {c.active} installed")
+            lines_fr.append(f"- {c.channel} : version {c.active} installee")
+        elif c.status == "up-to-date":
+            lines_en.append(f"- {c.channel}: already up to date (version {c.active})")
+            lines_fr.append(f"- {c.channel} : deja a jour (version {c.active})")
+        else:
+            lines_en.append(f"- {c.channel}: NOT installed: {c.message}")
+            lines_fr.append(f"- {c.channel} : NON installe : {c.message}")
+    for e in applied.failed:
+        lines_en.append(f"- problem: {e}")
+        lines_fr.append(f"- probleme : {e}")
+    receipt = RECEIPT.format(
+        name=node.config.name,
+        node_id=node.config.node_id,
+        when=now().strftime("%Y-%m-%d %H:%M UTC"),
+        lines_en="\n".join(lines_en) or "- nothing for this centre on this drive",
+        lines_fr="\n".join(lines_fr) or "- rien pour ce centre sur cette cle",
+    )
+    try:
+        write_return(drive, node.config.node_id, report, receipt)
+        pending = node.state.get("enrol_request")
+        if pending:
+            enrol_dir = bundle_root(drive) / "enrolments"
+            enrol_dir.mkdir(parents=True, exist_ok=True)
+            (enrol_dir / f"{node.config.node_id}.json").write_text(pending, encoding="utf-8")
+        written = True
+    except (DriveError, OSError) as exc:
+        written = False
+        errors.append(f"the report could not be written to the drive ({exc})")
+    return {
+        "ok": not errors and result.complete,
+        "channels": [c.to_dict() for c in result.channels],
+        "applied": applied.applied,
+        "errors": errors,
+        "report_written": written,
+        "receipt": receipt,
+    }

@@ -1,0 +1,269 @@
+"""``caravane node ...``: set up a centre, sync it, serve it, and look after it."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from caravane.cli import emit, fail, handle_errors, json_option, progress_bar
+
+from .config import UPSTREAM_KINDS, UpstreamConfig
+
+DEFAULT_DIR = "caravane-node"
+
+
+def dir_option(func):
+    return click.option(
+        "--dir",
+        "-d",
+        "data_dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=lambda: os.environ.get("CARAVANE_NODE_DIR", DEFAULT_DIR),
+        show_default="caravane-node or $CARAVANE_NODE_DIR",
+        help="The node's data folder (holds node.toml).",
+    )(func)
+
+
+def _parse_upstream(text: str, i: int) -> UpstreamConfig:
+    kind, sep, url = text.partition("=")
+    if not sep or kind not in UPSTREAM_KINDS:
+        raise click.BadParameter(
+            f"{text!r}: write KIND=URL with KIND one of {', '.join(UPSTREAM_KINDS)}"
+        )
+    return UpstreamConfig(f"{kind}{i + 1}", kind, url, cost=(i + 1) * 10)
+
+
+def _open(data_dir: Path):
+    from .agent import Node
+
+    return Node.open(data_dir)
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@click.group()
+def node() -> None:
+    """Run a community centre's node: pull releases, serve them, report back."""
+
+
+@node.command("init")
+@click.argument("data_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--enrolment",
+    "--enrol",
+    "enrolment",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="The enrolment file the hub's admin made for this centre.",
+)
+@click.option("--code", help="The one-time code, if not in the enrolment file.")
+@click.option(
+    "--upstream",
+    "upstreams",
+    multiple=True,
+    help="KIND=URL, cheapest first (http=hub URL, mirror=, peer=, rsync=, folder=). "
+    "Default: the hub named in the enrolment file.",
+)
+@click.option("--offline", is_flag=True, help="Register later (by drive or when online).")
+@click.option("--port", type=int, default=8480, show_default=True, help="Portal port.")
+@json_option
+@handle_errors
+def node_init(
+    data_dir: Path,
+    enrolment: Path | None,
+    code: str | None,
+    upstreams: tuple[str, ...],
+    offline: bool,
+    port: int,
+    as_json: bool,
+) -> None:
+    """Set up a node in DATA_DIR: pin the hub's keys, make this centre's key pair."""
+    from .agent import Node, read_enrolment
+
+    if enrolment is None:
+        fail("give the enrolment file with --enrolment (the hub admin makes it)", as_json)
+        return
+    doc = read_enrolment(enrolment)
+    ups = [_parse_upstream(u, i) for i, u in enumerate(upstreams)] or None
+    n = Node.init(data_dir, doc, code=code, upstreams=ups, offline=offline, port=port)
+    waiting = n.state.get("enrol_request")
+    emit(
+        as_json,
+        {
+            "ok": True,
+            "node_id": n.config.node_id,
+            "data_dir": str(n.config.data_dir),
+            "channels": n.config.channels,
+            "registered": not waiting,
+        },
+        f"node {n.config.node_id} ({n.config.name or 'unnamed'}) set up in {n.config.data_dir}\n"
+        + (
+            "registered with the hub\n"
+            if not waiting
+            else "registration waits: it goes with the first report (network or drive)\n"
+        )
+        + f"next: caravane node sync -d {n.config.data_dir}",
+    )
+
+
+@node.command("sync")
+@dir_option
+@click.option("--from", "sources", multiple=True, help="Extra upstream KIND=URL, tried first.")
+@click.option("--force", is_flag=True, help="Also try upstreams set aside after failures.")
+@click.option("--report/--no-report", default=True, help="Queue and send a report after.")
+@click.option("-v", "--verbose", is_flag=True)
+@json_option
+@handle_errors
+def node_sync(
+    data_dir: Path,
+    sources: tuple[str, ...],
+    force: bool,
+    report: bool,
+    verbose: bool,
+    as_json: bool,
+) -> None:
+    """One sync pass now (ignores the sync windows; the agent honours them)."""
+    from .upstream import make_upstream
+
+    _setup_logging(verbose)
+    n = _open(data_dir)
+    extra = [
+        make_upstream(_parse_upstream(s, i), n.config.partial_dir, n.config.timeout_seconds)
+        for i, s in enumerate(sources)
+    ]
+    for up in extra:
+        up.cost = -1
+    with progress_bar(None, "sync", as_json) as bar:
+        result = n.sync(extra=extra, ignore_demotion=force, progress=bar)
+    sent_note = ""
+    if report:
+        n.make_report()
+        try:
+            sent = n.send_reports()
+            sent_note = f"{sent} report(s) sent to the hub" if sent else ""
+        except Exception as exc:  # an unreachable hub: the report waits in the queue
+            sent_note = f"report queued ({exc})"
+    lines = [_describe(c) for c in result.channels]
+    if result.skipped:
+        lines.append(f"nothing done: {result.skipped}")
+    for name, n_bytes in result.received.items():
+        lines.append(f"received {n_bytes / 1e6:.1f} MB from {name}")
+    lines += [f"problem: {e}" for e in result.errors]
+    if sent_note:
+        lines.append(sent_note)
+    emit(as_json, result.to_dict() | {"report": sent_note}, "\n".join(lines))
+    if not result.complete:
+        sys.exit(2 if result.ok else 1)
+
+
+def _describe(c) -> str:
+    if c.status == "activated":
+        return f"{c.channel}: version {c.active} is now served (came by {c.route})"
+    if c.status == "up-to-date":
+        return f"{c.channel}: up to date (version {c.active})"
+    if c.status == "held":
+        return f"{c.channel}: {c.message}"
+    return f"{c.channel}: {c.status}: {c.message} (serving version {c.active})"
+
+
+@node.command("status")
+@dir_option
+@json_option
+@handle_errors
+def node_status(data_dir: Path, as_json: bool) -> None:
+    """What this centre serves, what it waits for, and what to do next."""
+    n = _open(data_dir)
+    st = n.status()
+    lines = [f"node {st['node_id']} {st['name']}".rstrip()]
+    for c in st["channels"]:
+        lines.append(
+            f"  {c['channel']}: serving {c['active']}, newest known {c['latest_known']}"
+            f" ({c['state']})"
+        )
+    lines.append(f"  free disk: {st['disk']['free'] / 1e9:.1f} GB")
+    if st["reports_waiting"]:
+        lines.append(f"  reports waiting to go to the hub: {st['reports_waiting']}")
+    for h in st["upstream_health"]:
+        if h["demoted_until"]:
+            lines.append(f"  {h['name']}: set aside until {h['demoted_until']} ({h['last_error']})")
+    emit(as_json, st, "\n".join(lines))
+
+
+@node.command("rollback")
+@click.argument("channel")
+@dir_option
+@json_option
+@handle_errors
+def node_rollback(channel: str, data_dir: Path, as_json: bool) -> None:
+    """Serve CHANNEL's previous release again; the newer one stays off until a newer one."""
+    n = _open(data_dir)
+    version = n.rollback(channel)
+    emit(
+        as_json,
+        {"ok": True, "channel": channel, "active": version},
+        f"{channel}: version {version} is served again",
+    )
+
+
+@node.command("report")
+@dir_option
+@click.option("--send/--no-send", default=True)
+@json_option
+@handle_errors
+def node_report(data_dir: Path, send: bool, as_json: bool) -> None:
+    """Sign a report of this centre's state and send it (or queue it)."""
+    n = _open(data_dir)
+    seq, _ = n.make_report()
+    sent = n.send_reports() if send else 0
+    emit(
+        as_json,
+        {"ok": True, "seq": seq, "sent": sent},
+        f"report {seq} " + ("sent" if sent else "queued"),
+    )
+
+
+@node.command("serve")
+@dir_option
+@click.option("--host", default=None, help="Default: from node.toml.")
+@click.option("--port", type=int, default=None, help="Default: from node.toml.")
+@handle_errors
+def node_serve(data_dir: Path, host: str | None, port: int | None) -> None:
+    """Serve the centre's portal and the read-only store for peer centres."""
+    from .serve import serve
+
+    _setup_logging(True)
+    n = _open(data_dir)
+    serve(n, host or n.config.host, port or n.config.port, agent=False)
+
+
+@node.command("run")
+@dir_option
+@click.option("--host", default=None)
+@click.option("--port", type=int, default=None)
+@click.option("--no-serve", is_flag=True, help="Only the agent, no portal.")
+@handle_errors
+def node_run(data_dir: Path, host: str | None, port: int | None, no_serve: bool) -> None:
+    """The long-running agent: syncs in its windows, watches drives, serves the portal."""
+    from .serve import serve
+    from .service import run_agent
+
+    _setup_logging(True)
+    n = _open(data_dir)
+    if no_serve:
+        run_agent(n)
+    else:
+        serve(n, host or n.config.host, port or n.config.port, agent=True)
+
+
+def _dump(obj) -> str:
+    return json.dumps(obj, indent=2, ensure_ascii=False)

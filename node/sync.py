@@ -201,8 +201,6 @@ class SyncEngine:
     def _download(self, up: Upstream, path: str, offset: int, max_length: int) -> Iterator[bytes]:
         throttled = up.kind != "folder"
         for block in up.fetch(path, offset, max_length):
-            if up.metered:
-                self._check_budget(len(block))
             if throttled:
                 self.limiter.take(len(block))
             self.received[up.name] += len(block)
@@ -213,6 +211,8 @@ class SyncEngine:
             if self._unflushed[up.name] >= 1 << 20:
                 self._flush_transfers(up)
             yield block
+            if up.metered:  # after the block is kept: bytes paid for are never thrown away
+                self._check_budget(len(block))
 
     def _read(self, up: Upstream, path: str, max_length: int) -> bytes:
         return b"".join(self._download(up, path, 0, max_length))
@@ -265,6 +265,18 @@ class SyncEngine:
         except BudgetExceeded as exc:
             self._event("warning", str(exc))
             result.errors.append(str(exc))
+            done = {c.channel for c in result.channels}
+            for channel in channels:
+                if channel not in done:
+                    result.channels.append(
+                        ChannelResult(
+                            channel,
+                            "waiting",
+                            active=self.releases.active(channel),
+                            latest=self.repo.known_version(channel),
+                            message=str(exc),
+                        )
+                    )
         finally:
             self._flush_transfers()
             for up in self.upstreams:
@@ -472,6 +484,8 @@ class SyncEngine:
                 partial.unlink(missing_ok=True)
                 self.state.record_ok(up.name)
                 return
+            except DiskFullError:
+                raise  # not the upstream's fault: stop cleanly, keep what arrived
             except TruncatedPackError as exc:
                 self._fail(up, f"the pack from {up.name} ends early ({exc})")
                 continue
@@ -510,6 +524,8 @@ class SyncEngine:
                     break
                 try:
                     self.repo.store.put_compressed(sha, frame, need[sha])
+                except DiskFullError:
+                    raise
                 except BAD_DATA as exc:
                     self._fail(up, f"discarded a tampered object from {up.name}: {exc}")
                     remaining.extend(todo[i:])

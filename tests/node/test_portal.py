@@ -1,0 +1,97 @@
+"""The centre's portal over real HTTP: catalogue, browsing, Range, languages, safety."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+
+import pytest
+
+from tests.node.conftest import World, content
+
+
+def _get(url: str, headers: dict | None = None) -> tuple[int, dict, bytes]:
+    req = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status, dict(r.headers), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read()
+
+
+@pytest.fixture
+def portal(world: World) -> str:
+    world.publish(content(1))
+    n = world.node("centre-a")
+    world.sync(n)
+    return world.serve_node(n)
+
+
+def test_catalogue_in_english_and_french(portal: str) -> None:
+    status, headers, body = _get(portal + "/", {"Accept-Language": "en-GB,en;q=0.9"})
+    assert status == 200 and b"Collections" in body and b"lecons" in body
+    assert b"15 files" in body
+    status, headers, body = _get(portal + "/", {"Accept-Language": "fr-FR,fr;q=0.9,en;q=0.5"})
+    assert headers["Content-Language"] == "fr"
+    assert b"Bienvenue" in body and b"15 fichiers" in body
+    _, headers, body = _get(portal + "/?lang=en", {"Accept-Language": "fr"})
+    assert b"Welcome" in body and "lang=en" in headers.get("Set-Cookie", "")
+
+
+def test_browse_and_open_a_site_as_it_is(portal: str) -> None:
+    status, _, body = _get(portal + "/c/lecons/")
+    assert status == 200 and b"site/" in body and b"videos/" in body
+    status, headers, body = _get(portal + "/c/lecons/site/index.html")
+    assert status == 200 and headers["Content-Type"].startswith("text/html")
+    assert "Leçons v1".encode() in body
+    status, _, body = _get(portal + "/c/lecons/textes/")
+    assert "été-00.txt".encode() in body
+
+
+def test_video_seeks_with_range(portal: str, world: World) -> None:
+    whole = world.versions[1]["videos/lecon-1.mp4"]
+    status, headers, body = _get(
+        portal + "/c/lecons/videos/lecon-1.mp4", {"Range": "bytes=1000000-1000099"}
+    )
+    assert status == 206 and body == whole[1000000:1000100]
+    assert headers["Content-Range"] == f"bytes 1000000-1000099/{len(whole)}"
+
+
+def test_search_by_title(portal: str) -> None:
+    _, _, body = _get(portal + "/search?q=CHAPITRE")
+    assert b"No" in body or b"Nothing" in body  # titles are file names: no match
+    _, _, body = _get(portal + "/search?q=%C3%A9t%C3%A9-01")
+    assert "été-01.txt".encode() in body
+
+
+def test_operator_page_in_plain_words(portal: str) -> None:
+    _, _, body = _get(portal + "/operator", {"Accept-Language": "fr"})
+    assert "à jour (version 1)".encode() in body
+    assert "Rien à faire".encode() in body
+    status, headers, body = _get(portal + "/api/status")
+    assert status == 200 and b'"active": 1' in body
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/c/lecons/../../node.toml",
+        "/c/lecons/%2e%2e/%2e%2e/node.toml",
+        "/c/lecons/..%2f..%2fnode.toml",
+        "/c/nope/",
+        "/c/lecons/absent.txt",
+    ],
+)
+def test_paths_outside_a_release_are_refused(portal: str, path: str) -> None:
+    status, _, body = _get(portal + path)
+    assert status in (400, 404)
+    assert b"BEGIN" not in body and b"[node]" not in body
+
+
+def test_escapes_names_in_pages(world: World) -> None:
+    world.publish({"<script>alert(1)</script>.txt": b"x"})
+    n = world.node("centre-b")
+    world.sync(n)
+    url = world.serve_node(n)
+    _, _, body = _get(url + "/c/lecons/")
+    assert b"<script>alert" not in body and b"&lt;script&gt;" in body

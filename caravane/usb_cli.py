@@ -43,46 +43,88 @@ def usb() -> None:
 @usb.command("prepare")
 @click.argument("drive", type=click.Path(file_okay=False, path_type=Path))
 @click.option(
+    "--nodes",
+    default=None,
+    help="Comma-separated centres (names or ids) of the route, from the hub's fleet state.",
+)
+@click.option("--region", default=None, help="Every centre of this region (hub's fleet state).")
+@click.option(
+    "--channels",
+    default=None,
+    help="Comma-separated channel ids (alone: a drive for centres the hub does not know).",
+)
+@click.option(
+    "--hub-config",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="The hub's hub.toml (default: $CARAVANE_HUB_CONFIG or caravane-hub/hub.toml).",
+)
+@click.option(
     "--repo",
     "repo_dir",
-    required=True,
     type=click.Path(file_okay=False, exists=True, path_type=Path),
-    help="The hub repository, or an up-to-date centre's store.",
+    default=None,
+    help="Work from a repository folder instead of the hub service.",
 )
-@click.option("--channels", required=True, help="Comma-separated channel ids.")
+@click.option(
+    "--node",
+    "node_dir",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="Prepare at an up-to-date centre, from what it holds (for its neighbours).",
+)
 @click.option(
     "--centre",
     "centres",
     multiple=True,
-    help="NAME or NAME=channel:version,... (what it holds; default: nothing). Repeatable.",
+    help="With --repo/--node: NAME or NAME=channel:version,... (what it holds). Repeatable.",
 )
 @click.option("--volume-size", type=int, default=None, help="Bytes per pack volume.")
 @json_option
 @handle_errors
 def usb_prepare(
     drive: Path,
-    repo_dir: Path,
-    channels: str,
+    nodes: str | None,
+    region: str | None,
+    channels: str | None,
+    hub_config: Path | None,
+    repo_dir: Path | None,
+    node_dir: Path | None,
     centres: tuple[str, ...],
     volume_size: int | None,
     as_json: bool,
 ) -> None:
-    """Fill DRIVE with what the centres lack; says what did not fit."""
+    """Fill DRIVE with what a route of centres lacks, by priority; says what did not fit.
+
+    Priority: centres furthest behind first, then small updates before large ones.
+    """
     from packs.packfile import DEFAULT_VOLUME_SIZE
 
-    chans = [c.strip() for c in channels.split(",") if c.strip()]
-    targets = parse_centres(centres or ("any-centre",), chans)
-    repo = Repository(repo_dir)
+    chans = [c.strip() for c in (channels or "").split(",") if c.strip()]
+    vsize = volume_size or DEFAULT_VOLUME_SIZE
     with progress_bar(None, "writing drive", as_json) as bar:
-        res = prepare(
-            repo,
-            drive,
-            targets,
-            chans,
-            volume_size=volume_size or DEFAULT_VOLUME_SIZE,
-            progress=bar,
-            prepared_by="hub" if repo.is_hub else "centre",
-        )
+        if repo_dir is not None or node_dir is not None:
+            repo = Repository(repo_dir if repo_dir is not None else Path(node_dir) / "store")
+            chans = chans or repo.channels()
+            targets = parse_centres(centres or ("any-centre",), chans)
+            res = prepare(
+                repo,
+                drive,
+                targets,
+                chans,
+                volume_size=vsize,
+                progress=bar,
+                prepared_by="hub" if repo.is_hub else "centre",
+            )
+        else:
+            from hub.cli import load
+            from hub.usb import prepare_for_route
+
+            hub = load(_hub_config(hub_config))
+            names = [n.strip() for n in (nodes or "").split(",") if n.strip()]
+            if not (names or region or chans):
+                raise CaravaneError("say which centres: --nodes A,B,C, --region R or --channels")
+            res = prepare_for_route(hub, drive, names, region, chans or None, vsize, bar)
     lines = [f"drive {drive}: {len(res.written)} packs, {res.bytes_on_drive} bytes, verified"]
     for s in res.skipped:
         lines.append(
@@ -91,6 +133,12 @@ def usb_prepare(
         )
     lines.append("the drive can be removed / le support peut etre retire")
     emit(as_json, dict(res.to_dict(), ok=True), "\n".join(lines))
+
+
+def _hub_config(path: Path | None) -> Path:
+    import os
+
+    return path or Path(os.environ.get("CARAVANE_HUB_CONFIG", "caravane-hub/hub.toml"))
 
 
 @usb.command("verify")
@@ -122,25 +170,76 @@ def usb_verify(drive: Path, repo_dir: Path, as_json: bool) -> None:
 @usb.command("import")
 @click.argument("drive", type=click.Path(file_okay=False, exists=True, path_type=Path))
 @click.option(
+    "--node",
+    "node_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="The centre's node folder (default: $CARAVANE_NODE_DIR or caravane-node).",
+)
+@click.option(
     "--store",
     "store_dir",
-    required=True,
     type=click.Path(file_okay=False, exists=True, path_type=Path),
-    help="The centre's store (a repository that pinned the hub's root).",
+    default=None,
+    help="Import into a bare store (a repository that pinned the hub's root) instead.",
 )
-@click.option("--channels", default=None, help="Only these channels (default: all on drive).")
+@click.option("--channels", default=None, help="With --store: only these channels.")
 @json_option
 @handle_errors
-def usb_import(drive: Path, store_dir: Path, channels: str | None, as_json: bool) -> None:
-    """Verify and take from DRIVE what this centre needs; ignore the rest."""
-    store = Repository(store_dir, durable=True)
-    chans = [c.strip() for c in channels.split(",")] if channels else None
+def usb_import(
+    drive: Path,
+    node_dir: Path | None,
+    store_dir: Path | None,
+    channels: str | None,
+    as_json: bool,
+) -> None:
+    """Verify and take from DRIVE what this centre needs, activate it, write the report back."""
+    if store_dir is not None:
+        store = Repository(store_dir, durable=True)
+        chans = [c.strip() for c in channels.split(",")] if channels else None
+        with progress_bar(None, "importing", as_json) as bar:
+            res = import_drive(store, drive, chans, progress=bar)
+        lines = [f"applied {a['channel']} {a['from']} -> {a['to']}" for a in res.applied]
+        lines += [f"up to date: {c}" for c in res.up_to_date]
+        lines += [f"problem: {f}" for f in res.failed]
+        lines.append("the drive can be removed / le support peut etre retire")
+        emit(as_json, res.to_dict(), "\n".join(lines))
+        if not res.ok:
+            raise SystemExit(1)
+        return
+    import os
+
+    from node.agent import Node
+    from node.agent import import_drive as node_import
+
+    node = Node.open(node_dir or Path(os.environ.get("CARAVANE_NODE_DIR", "caravane-node")))
     with progress_bar(None, "importing", as_json) as bar:
-        res = import_drive(store, drive, chans, progress=bar)
-    lines = [f"applied {a['channel']} {a['from']} -> {a['to']}" for a in res.applied]
-    lines += [f"up to date: {c}" for c in res.up_to_date]
-    lines += [f"problem: {f}" for f in res.failed]
-    lines.append("the drive can be removed / le support peut etre retire")
-    emit(as_json, res.to_dict(), "\n".join(lines))
-    if not res.ok:
+        out = node_import(node, drive, progress=bar)
+    emit(as_json, out, out["receipt"].strip())
+    if not out["ok"]:
+        raise SystemExit(1)
+
+
+@usb.command("ingest")
+@click.argument("drive", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option(
+    "--hub-config",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="The hub's hub.toml (default: $CARAVANE_HUB_CONFIG or caravane-hub/hub.toml).",
+)
+@json_option
+@handle_errors
+def usb_ingest(drive: Path, hub_config: Path | None, as_json: bool) -> None:
+    """At the hub: read the reports centres wrote on a returned DRIVE into the fleet state."""
+    from hub.cli import load
+    from hub.usb import ingest
+
+    out = ingest(load(_hub_config(hub_config)), drive)
+    lines = [f"registered: {n}" for n in out["enrolled"]]
+    lines += [f"report from {n} recorded (route: usb)" for n in out["reports"]]
+    lines += [f"already known: {n}" for n in out["already_known"]]
+    lines += [f"refused: {r}" for r in out["refused"]]
+    emit(as_json, out, "\n".join(lines) or "no reports on this drive")
+    if not out["ok"]:
         raise SystemExit(1)

@@ -376,7 +376,12 @@ class Hub:
                     body=report.to_dict(),
                 )
             )
-            return {"accepted": True, "seq": report.seq}
+            return {
+                "accepted": True,
+                "seq": report.seq,
+                "node_id": claimed,
+                "installed": report.installed,
+            }
 
     def record_delivery(self, node_id: str, drive: str, applied: list) -> None:
         with self.db.session() as s:

@@ -348,6 +348,15 @@ class SyncEngine:
                 return res
             manifest = self._manifest(channel, known)
             if manifest is None:
+                # a drive or a static mirror may carry it only inside the pack
+                ref = self.repo.channel_meta(channel).releases[known]
+                where = self.partial_dir.parent
+                needed, free = 2 * ref.size + self.margin, shutil.disk_usage(where).free
+                if free < needed:
+                    raise DiskSpaceError(needed, free, str(where))
+                self._fetch_pack(channel, active, known, None, ref.size)
+                manifest = self._manifest(channel, known, fetch=False)
+            if manifest is None:
                 res.status = "waiting"
                 res.message = f"the manifest of version {known} is not on any upstream yet"
                 return res
@@ -404,11 +413,12 @@ class SyncEngine:
 
     # ------------------------------------------------------------------ steps
 
-    def _manifest(self, channel: str, version: int) -> Manifest | None:
+    def _manifest(self, channel: str, version: int, fetch: bool = True) -> Manifest | None:
         try:
             return self.repo.manifest(channel, version)
         except NotFoundError:
-            pass
+            if not fetch:
+                return None
         ref = self.repo.channel_meta(channel).releases[version]
         for up in self.available():
             try:
@@ -443,10 +453,16 @@ class SyncEngine:
             raise DiskSpaceError(needed, free, str(where))
 
     def _fetch_pack(
-        self, channel: str, base: int | None, target: int, need: dict[str, int]
+        self,
+        channel: str,
+        base: int | None,
+        target: int,
+        need: dict[str, int] | None,
+        release_size: int = 0,
     ) -> None:
         base = base or 0
-        if base:
+        budget = release_size if need is None else sum(need.values())
+        if base and need is not None:
             try:
                 old = self.repo.manifest(channel, base)
             except CaravaneError:
@@ -462,7 +478,7 @@ class SyncEngine:
         rel = pack_relpath(channel, base, target)
         partial = self.partial_dir / rel
         partial.parent.mkdir(parents=True, exist_ok=True)
-        bound = sum(need.values()) + sum(need.values()) // 16 + 16 * 1024 * 1024
+        bound = budget + budget // 16 + 16 * 1024 * 1024
         for up in self.available():
 
             def fetch(up: Upstream = up) -> None:

@@ -809,6 +809,13 @@ class Repository:
                         )
                     elif entry.kind == "manifest":
                         manifest, mbytes = self._apply_manifest(entry, pending_channel, what)
+                        # verified against the signed metadata: keep it even if the pack is
+                        # cut later, so the next carrier knows what to bring
+                        write_atomic(
+                            self.path / manifest_relpath(manifest.channel, manifest.version),
+                            mbytes,
+                            self.durable,
+                        )
                         base_version = entry.header["base_version"]
                         old = (
                             self.manifest(manifest.channel, base_version) if base_version else None

@@ -394,13 +394,20 @@ def pack_verify(pack_file: Path, directory: Path | None, as_json: bool) -> None:
     default=Path("demo"),
     show_default=True,
 )
+@click.option(
+    "--serve",
+    "serve_seconds",
+    type=float,
+    default=0,
+    help="Keep the hub and the portal up this many seconds at the end, to browse them.",
+)
 @json_option
 @handle_errors
-def demo(workdir: Path, as_json: bool) -> None:
-    """Run the main job end to end on embedded defaults, in a scratch folder."""
+def demo(workdir: Path, serve_seconds: float, as_json: bool) -> None:
+    """Run the main job end to end on embedded defaults: a hub and a centre, on 127.0.0.1."""
     from .demo import run_demo
 
-    summary = run_demo(workdir, echo=None if as_json else click.echo)
+    summary = run_demo(workdir, echo=None if as_json else click.echo, serve_seconds=serve_seconds)
     emit(as_json, summary, f"demo finished: everything verified (see {workdir})")
 
 

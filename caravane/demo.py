@@ -83,7 +83,7 @@ def run_demo(
     Repository.init(cfg.repo_dir)
     upgrade(cfg.url)
     hub = Hub(cfg)
-    hub_server = _Server(make_hub_app(cfg, hub, scheduler=False), hub_port)
+    hub_server = ThreadedServer(make_hub_app(cfg, hub, scheduler=False), hub_port)
     say(f"1. hub running on {cfg.base_url} (SQLite and repository in {cfg.data_dir})")
     portal_server = None
     try:
@@ -131,7 +131,7 @@ def run_demo(
         row = next(r for r in hub.fleet() if r["id"] == node.config.node_id)
         say(f"6. the centre reported back: the hub sees {row['installed']} by {row['last_route']}")
 
-        portal_server = _Server(make_portal(node), portal_port)
+        portal_server = ThreadedServer(make_portal(node), portal_port)
         portal = f"http://127.0.0.1:{portal_port}/"
         with urllib.request.urlopen(portal, timeout=10) as resp:
             page_ok = resp.status == 200 and "Découverte" in resp.read().decode()
@@ -154,7 +154,7 @@ def run_demo(
         hub_server.stop()
 
 
-class _Server:
+class ThreadedServer:
     """An aiohttp app on its own loop in a thread (the demo runs hub and portal at once)."""
 
     def __init__(self, app: Any, port: int) -> None:

@@ -13,6 +13,7 @@ import json
 import logging
 import re
 from collections.abc import Awaitable, Callable
+from email.utils import formatdate
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -48,8 +49,8 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return _json_error(exc.status, str(exc))
     except CaravaneError as exc:
         return _json_error(422, str(exc))
-    except web.HTTPRequestEntityTooLarge as exc:
-        return _json_error(413, f"request body too large (limit {exc.max_size} bytes)")
+    except web.HTTPRequestEntityTooLarge:
+        return _json_error(413, f"request body too large (limit {request.client_max_size} bytes)")
     except web.HTTPException as exc:
         if exc.status >= 400 and not request.path.startswith("/repo/"):
             return _json_error(exc.status, exc.reason)
@@ -225,7 +226,49 @@ async def repo_file(request: web.Request) -> web.StreamResponse:
         if not path.is_file():
             raise web.HTTPNotFound()
     cache = MUTABLE if tail.startswith("metadata/") else IMMUTABLE
+    small = _small_file(request, path, cache)
+    if small is not None:
+        return small
     return web.FileResponse(path, headers={"Cache-Control": cache})
+
+
+SMALL_FILE = 1024 * 1024
+
+
+def _small_file(request: web.Request, path: Path, cache: str) -> web.Response | None:
+    """Objects and metadata (tens of KiB) straight from the page cache.
+
+    A whole-file GET of a small file skips FileResponse's sendfile machinery, which costs
+    more than the copy at this size; ETag, If-None-Match and Last-Modified are the same as
+    FileResponse gives, and anything with a Range goes to FileResponse.
+    """
+    if "Range" in request.headers or "If-Range" in request.headers:
+        return None
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    if st.st_size > SMALL_FILE:
+        return None
+    etag = f'"{st.st_mtime_ns:x}-{st.st_size:x}"'
+    headers = {
+        "Cache-Control": cache,
+        "ETag": etag,
+        "Accept-Ranges": "bytes",
+        "Last-Modified": formatdate(st.st_mtime, usegmt=True),
+    }
+    inm = request.headers.get("If-None-Match")
+    if inm is not None and (inm.strip() == "*" or etag in [t.strip() for t in inm.split(",")]):
+        return web.Response(status=304, headers=headers)
+    with open(path, "rb") as fh:
+        body = fh.read()
+    return web.Response(
+        body=body,
+        headers=headers,
+        content_type="application/octet-stream"
+        if not path.name.endswith(".json")
+        else "application/json",
+    )
 
 
 async def _build_pack_on_demand(request: web.Request, channel: str, a: int, b: int) -> None:
@@ -242,7 +285,21 @@ async def _build_pack_on_demand(request: web.Request, channel: str, a: int, b: i
             raise web.HTTPNotFound() from None
         if b not in meta.releases or (a and a not in meta.releases) or a >= b:
             raise web.HTTPNotFound()
+        new_bytes = await run(request, _new_bytes, hub.repo, channel, a, b)
+        if new_bytes > hub.config.on_demand_pack_bytes:
+            # too long to build while a node waits: queue it, the node takes objects now
+            queue = request.app.get("pack_queue")
+            if queue is not None:
+                queue.put_nowait(channel)
+            raise web.HTTPNotFound()
         await run(request, hub.repo.build_pack, channel, a, b, path)
+
+
+def _new_bytes(repo: Any, channel: str, a: int, b: int) -> int:
+    """Raw bytes of release ``b`` that release ``a`` lacks (what a pack a->b carries)."""
+    new = repo.manifest(channel, b).chunk_sizes()
+    old = set(repo.manifest(channel, a).chunk_sizes()) if a else set()
+    return sum(n for h, n in new.items() if h not in old)
 
 
 # --------------------------------------------------------------------------- app

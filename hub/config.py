@@ -26,6 +26,8 @@ class HubConfig:
     stale_after_days: int = 14
     scheduler: bool = True
     pack_pairs: int = 3
+    on_demand_pack_bytes: int = 32 * 1024 * 1024
+    strong_pack_bytes: int = 1024 * 1024 * 1024
     extra: dict = field(default_factory=dict)
 
     @property

@@ -41,11 +41,25 @@ class JobRunner:
             for a in [0, *older]:
                 path = repo.pack_path(c, a, latest)
                 if not path.exists():
-                    repo.build_pack(c, a, latest, path)
+                    repo.build_pack(c, a, latest, path, level=self.pack_level(c, a, latest))
                     built.append(path.name)
         if built:
             log.info("built packs %s", ", ".join(built))
         return built
+
+    def pack_level(self, channel: str, a: int, b: int) -> int:
+        """Strong compression for the usual update; a faster level for very large packs.
+
+        Level 19 runs at a few MB/s on two cores: right for updates of some hundreds of MB,
+        built once and carried many times, but hours for a full 50 GB channel whose content
+        (video, PDF) is compressed already and gains little from it.
+        """
+        from packs import delta
+
+        from .app import _new_bytes
+
+        big = _new_bytes(self.hub.repo, channel, a, b) > self.hub.config.strong_pack_bytes
+        return 9 if big else delta.LEVEL
 
     def collect_garbage(self) -> tuple[int, int]:
         """Objects no retained release uses, and packs of retired releases."""

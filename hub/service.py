@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 
 from packs.repository import Repository
 from protocol.errors import CaravaneError, FormatError, SignatureError
@@ -457,16 +458,21 @@ class Hub:
 
     def take_lease(self, name: str, holder: str, seconds: int) -> bool:
         """One process among several sharing the database runs the jobs."""
-        with self.db.session() as s:
-            lease = s.get(Lease, name, with_for_update=True)
-            t = now()
-            if lease is None:
-                s.add(Lease(name=name, holder=holder, expires_at=t + timedelta(seconds=seconds)))
-                return True
-            if lease.holder == holder or _aware(lease.expires_at) < t:
-                lease.holder = holder
-                lease.expires_at = t + timedelta(seconds=seconds)
-                return True
+        try:
+            with self.db.session() as s:
+                lease = s.get(Lease, name, with_for_update=True)
+                t = now()
+                if lease is None:
+                    s.add(
+                        Lease(name=name, holder=holder, expires_at=t + timedelta(seconds=seconds))
+                    )
+                    return True
+                if lease.holder == holder or _aware(lease.expires_at) < t:
+                    lease.holder = holder
+                    lease.expires_at = t + timedelta(seconds=seconds)
+                    return True
+                return False
+        except IntegrityError:  # another process created the lease at the same instant
             return False
 
     def counts(self) -> dict[str, int]:

@@ -21,9 +21,11 @@ import logging
 import os
 import random
 import shutil
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,7 +55,7 @@ from .activate import Releases
 from .errors import BudgetExceeded, DiskSpaceError, UpstreamError, UpstreamNotFound
 from .policy import RateLimiter
 from .state import NodeState
-from .upstream import Upstream
+from .upstream import HttpUpstream, Upstream
 
 log = logging.getLogger("caravane.node")
 
@@ -64,6 +66,7 @@ ROUTE_OF_KIND = {
     "rsync": "rsync",
     "folder": "usb",
 }
+OBJECT_WORKERS = 4
 BAD_DATA = (VerificationError, SignatureError, RollbackError, ExpiredError, FormatError, PackError)
 
 
@@ -152,6 +155,7 @@ class SyncEngine:
         self._budget_used: int | None = None
         self._by_route: dict[str, int] = defaultdict(int)
         self.errors: list[str] = []
+        self._count_lock = threading.RLock()
 
     # ------------------------------------------------------------------ bookkeeping
 
@@ -203,13 +207,14 @@ class SyncEngine:
         for block in up.fetch(path, offset, max_length):
             if throttled:
                 self.limiter.take(len(block))
-            self.received[up.name] += len(block)
-            self._unflushed[up.name] += len(block)
-            self._by_route[ROUTE_OF_KIND.get(up.kind, "network")] += len(block)
-            if self.progress:
-                self.progress(len(block))
-            if self._unflushed[up.name] >= 1 << 20:
-                self._flush_transfers(up)
+            with self._count_lock:
+                self.received[up.name] += len(block)
+                self._unflushed[up.name] += len(block)
+                self._by_route[ROUTE_OF_KIND.get(up.kind, "network")] += len(block)
+                if self.progress:
+                    self.progress(len(block))
+                if self._unflushed[up.name] >= 1 << 20:
+                    self._flush_transfers(up)
             yield block
             if up.metered:  # after the block is kept: bytes paid for are never thrown away
                 self._check_budget(len(block))
@@ -521,39 +526,72 @@ class SyncEngine:
             if not todo:
                 return
             up.prefetch([object_relpath(s) for s in todo])
-            remaining: list[str] = []
-            for i, sha in enumerate(todo):
-                try:
-                    frame = self._retrying(
-                        up,
-                        lambda up=up, sha=sha: self._read(
-                            up, object_relpath(sha), frame_bound(need[sha])
-                        ),
-                        lambda: 0,
-                    )
-                except UpstreamNotFound:
-                    remaining.append(sha)
-                    continue
-                except UpstreamError as exc:
-                    self._fail(up, str(exc))
-                    remaining.extend(todo[i:])
-                    break
-                try:
-                    self.repo.store.put_compressed(sha, frame, need[sha])
-                except DiskFullError:
-                    raise
-                except BAD_DATA as exc:
-                    self._fail(up, f"discarded a tampered object from {up.name}: {exc}")
-                    remaining.extend(todo[i:])
-                    break
-                finally:
-                    done = getattr(up, "done_with", None)
-                    if done:
-                        done(object_relpath(sha))
-            else:
-                if len(remaining) < len(todo):
-                    self.state.record_ok(up.name)
+            remaining, failure = self._objects_from(up, todo, need)
+            if failure is not None:
+                self._fail(up, failure)
+            elif len(remaining) < len(todo):
+                self.state.record_ok(up.name)
             todo = remaining
+
+    def _objects_from(
+        self, up: Upstream, todo: list[str], need: dict[str, int]
+    ) -> tuple[list[str], str | None]:
+        """Fetch and verify objects from one upstream; a few connections at once over HTTP.
+
+        Returns what it did not get and, if the upstream misbehaved, why. Each worker holds
+        at most one object in flight, so an interruption costs at most ``OBJECT_WORKERS``
+        small objects (well under 1 MiB).
+        """
+        workers = OBJECT_WORKERS if isinstance(up, HttpUpstream) and len(todo) > 16 else 1
+        queue = iter(todo)
+        qlock = threading.Lock()
+        remaining: list[str] = []
+        failure: list[str] = []
+
+        def work(conn: Upstream) -> None:
+            try:
+                while not failure:
+                    with qlock:
+                        sha = next(queue, None)
+                    if sha is None:
+                        return
+                    try:
+                        frame = self._retrying(
+                            conn,
+                            lambda sha=sha: self._read(
+                                conn, object_relpath(sha), frame_bound(need[sha])
+                            ),
+                            lambda: 0,
+                        )
+                        self.repo.store.put_compressed(sha, frame, need[sha])
+                    except UpstreamNotFound:
+                        with qlock:
+                            remaining.append(sha)
+                    except UpstreamError as exc:
+                        with qlock:
+                            remaining.append(sha)
+                            failure.append(str(exc))
+                    except BAD_DATA as exc:
+                        with qlock:
+                            remaining.append(sha)
+                            failure.append(f"discarded a tampered object from {up.name}: {exc}")
+                    finally:
+                        done = getattr(conn, "done_with", None)
+                        if done:
+                            done(object_relpath(sha))
+            finally:
+                if conn is not up:
+                    conn.close()
+
+        if workers == 1:
+            work(up)
+        else:
+            conns = [up] + [up.clone() for _ in range(workers - 1)]  # type: ignore[attr-defined]
+            with ThreadPoolExecutor(workers) as pool:
+                for f in [pool.submit(work, c) for c in conns]:
+                    f.result()  # DiskFullError and the like surface here
+        remaining.extend(queue)  # what nobody started after a failure
+        return sorted(set(remaining)), (failure[0] if failure else None)
 
     # ------------------------------------------------------------------ activation
 

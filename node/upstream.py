@@ -133,6 +133,13 @@ class HttpUpstream(Upstream):
         self.timeout = timeout
         self._conn: http.client.HTTPConnection | None = None
 
+    def clone(self) -> HttpUpstream:
+        """The same upstream on its own connection (for parallel object fetches)."""
+        base = f"{self.scheme}://{self.host}" + (f":{self.port}" if self.port else "")
+        return HttpUpstream(
+            self.name, base + self.prefix, self.kind, self.cost, self.metered, self.timeout
+        )
+
     def _connection(self) -> http.client.HTTPConnection:
         if self._conn is None:
             cls = (

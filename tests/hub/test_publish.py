@@ -1,0 +1,144 @@
+"""Publishing to a running hub: CLI, read-back over HTTP, deduplication, resume, bad uploads."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from hub.client import HubClient
+from packs.layout import channel_relpath, manifest_relpath, object_relpath
+from packs.repository import Repository
+from protocol.metadata import Manifest
+
+from .util import fetch_release, http, node_store, noise, publish_cli, read_tree, write_tree
+
+FILES_V1 = {
+    "lecons/intro.txt": "Bonjour la classe\n" * 50,
+    "lecons/video.bin": noise(300_000, "video"),
+    "README.md": "# Maths\n",
+}
+
+
+def test_cli_publish_then_read_back_and_checkout_bit_identical(running_hub, tmp_path: Path):
+    src = write_tree(tmp_path / "src", FILES_V1)
+    out = publish_cli(running_hub, "maths", src, tmp_path / "cache")
+    assert out["ok"] and out["version"] == 1 and out["complete"]
+    assert out["sent_objects"] > 0
+
+    repo = f"{running_hub.url}/repo"
+    root = http("GET", f"{repo}/metadata/root.json")
+    assert root.status == 200
+    meta = http("GET", f"{repo}/{channel_relpath('maths')}")
+    assert meta.status == 200
+    assert json.loads(meta.body)["signed"]["version"] == 1
+    man = http("GET", f"{repo}/{manifest_relpath('maths', 1)}")
+    assert man.status == 200
+    manifest = Manifest.from_bytes(man.body)
+    assert {f.path for f in manifest.files} == set(FILES_V1)
+    sha = manifest.files[0].chunks[0][0]
+    assert http("GET", f"{repo}/{object_relpath(sha)}").status == 200
+
+    # The API tells the same story.
+    ch = http("GET", f"{running_hub.url}/api/v1/channels/maths", token=running_hub.admin)
+    assert ch.status == 200 and ch.json()["latest"] == 1
+
+    # A centre pinned to the hub's root fetches and checks out exactly what was published.
+    store = node_store(tmp_path / "store", root.body)
+    assert fetch_release(repo, store, "maths") == 1
+    store.checkout("maths", tmp_path / "out")
+    assert read_tree(tmp_path / "out") == read_tree(src)
+    assert store.verify().ok
+
+
+def test_second_publish_uploads_only_new_objects(running_hub, tmp_path: Path):
+    src = write_tree(tmp_path / "src", FILES_V1)
+    first = publish_cli(running_hub, "maths", src, tmp_path / "cache")
+    # A different cache: the hub, not the local cache, decides what is missing.
+    second_src = write_tree(tmp_path / "src", {**FILES_V1, "lecons/new.txt": noise(5000, "n")})
+    second = publish_cli(running_hub, "maths", second_src, tmp_path / "cache2")
+    assert second["version"] == 2
+    assert second["sent_objects"] == 1, (first, second)
+    # Publishing the same content again sends nothing and still makes a release.
+    third = publish_cli(running_hub, "maths", second_src, tmp_path / "cache2")
+    assert third["sent_objects"] == 0 and third["version"] == 3
+
+    store = node_store(
+        tmp_path / "store", (running_hub.hub.repo.path / "metadata/root.json").read_bytes()
+    )
+    fetch_release(f"{running_hub.url}/repo", store, "maths")
+    store.checkout("maths", tmp_path / "out")
+    assert read_tree(tmp_path / "out") == read_tree(second_src)
+
+
+async def test_cut_upload_resumes_and_is_invisible_until_commit(running_hub, tmp_path: Path):
+    files = {f"f{i}.bin": noise(20_000, f"cut{i}") for i in range(8)}
+    src = write_tree(tmp_path / "src", files)
+    client = HubClient(running_hub.url, running_hub.admin)
+    cut = await client.publish("maths", src, cache=tmp_path / "cache", max_objects=3)
+    assert cut["complete"] is False and cut["sent_objects"] == 3
+
+    # Nothing is visible yet: no channel metadata, no release in the API.
+    meta = http("GET", f"{running_hub.url}/repo/{channel_relpath('maths')}")
+    assert meta.status == 404
+    ch = http("GET", f"{running_hub.url}/api/v1/channels/maths", token=running_hub.admin)
+    assert ch.json()["latest"] is None and ch.json()["releases"] == []
+    status = http(
+        "GET", f"{running_hub.url}/api/v1/uploads/{cut['upload']}", token=running_hub.admin
+    ).json()
+    assert status["state"] == "open" and len(status["missing"]) == 5
+    # Committing the cut upload is refused with a clear JSON error.
+    c = http(
+        "POST", f"{running_hub.url}/api/v1/uploads/{cut['upload']}/commit", token=running_hub.admin
+    )
+    assert c.status == 409 and "missing" in c.json()["error"]
+
+    done = await client.publish("maths", src, cache=tmp_path / "cache")
+    assert done["complete"] and done["sent_objects"] == 5 and done["version"] == 1
+    store = node_store(
+        tmp_path / "store", (running_hub.hub.repo.path / "metadata/root.json").read_bytes()
+    )
+    fetch_release(f"{running_hub.url}/repo", store, "maths")
+    store.checkout("maths", tmp_path / "out")
+    assert read_tree(tmp_path / "out") == files
+
+
+def test_object_with_wrong_hash_rejected_nothing_published(running_hub, tmp_path: Path):
+    # Build objects locally the way the client does.
+    local = Repository.init(tmp_path / "local")
+    src = write_tree(tmp_path / "src", {"a.txt": noise(4000, "a"), "b.txt": noise(4000, "b")})
+    local.publish("tmp", src)
+    entries = local.manifest("tmp", 1).files
+    base, tok = running_hub.url, running_hub.admin
+    assert http("POST", f"{base}/api/v1/channels", {"id": "maths"}, tok).status == 201
+    up = http(
+        "POST",
+        f"{base}/api/v1/uploads",
+        {"channel": "maths", "files": [e.to_dict() for e in entries]},
+        tok,
+    )
+    assert up.status == 201
+    uid, missing = up.json()["upload"], up.json()["missing"]
+    assert len(missing) == 2
+    a, b = missing
+    # b's bytes sent under a's name: the hub decodes, hashes, refuses.
+    bad = http(
+        "PUT",
+        f"{base}/api/v1/uploads/{uid}/objects/{a}",
+        local.store.read_frame(b),
+        tok,
+        headers={"Content-Type": "application/octet-stream"},
+    )
+    assert bad.status == 422
+    body = bad.json()
+    assert body["status"] == 422 and body["error"]
+    assert not running_hub.hub.repo.store.has(a)
+    # Garbage bytes too.
+    junk = http("PUT", f"{base}/api/v1/uploads/{uid}/objects/{a}", b"not zstd", tok)
+    assert junk.status == 422 and "error" in junk.json()
+    # An object not part of this upload.
+    other = "0" * 64
+    assert http("PUT", f"{base}/api/v1/uploads/{uid}/objects/{other}", b"x", tok).status == 422
+    commit = http("POST", f"{base}/api/v1/uploads/{uid}/commit", None, tok)
+    assert commit.status == 409
+    assert http("GET", f"{base}/repo/{channel_relpath('maths')}").status == 404
+    assert http("GET", f"{base}/api/v1/channels/maths", token=tok).json()["releases"] == []

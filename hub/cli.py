@@ -93,8 +93,13 @@ def hub_init(
 @hub.command("serve")
 @config_option
 @click.option("--no-scheduler", is_flag=True, help="Do not run scheduled jobs here.")
+@click.option(
+    "--access-log/--no-access-log",
+    default=False,
+    help="Log every request (costs about a third of the request rate; off by default).",
+)
 @handle_errors
-def hub_serve(config_path: Path, no_scheduler: bool) -> None:
+def hub_serve(config_path: Path, no_scheduler: bool, access_log: bool) -> None:
     """Serve the API and the repository (Ctrl-C to stop)."""
     from aiohttp import web
 
@@ -104,7 +109,13 @@ def hub_serve(config_path: Path, no_scheduler: bool) -> None:
     h = load(config_path)
     app = make_app(h.config, h, scheduler=False if no_scheduler else None)
     click.echo(f"hub serving on {h.config.base_url} (repository under /repo/)", err=True)
-    web.run_app(app, host=h.config.host, port=h.config.port, print=None)
+    web.run_app(
+        app,
+        host=h.config.host,
+        port=h.config.port,
+        print=None,
+        access_log=logging.getLogger("aiohttp.access") if access_log else None,
+    )
 
 
 @hub.group("token")

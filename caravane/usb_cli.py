@@ -171,6 +171,7 @@ def usb_verify(drive: Path, repo_dir: Path, as_json: bool) -> None:
 @click.argument("drive", type=click.Path(file_okay=False, exists=True, path_type=Path))
 @click.option(
     "--node",
+    "-d",
     "node_dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,

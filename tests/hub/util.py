@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import urllib.error
@@ -16,6 +15,7 @@ from typing import Any
 
 from packs.layout import channel_relpath, manifest_relpath, object_relpath
 from packs.repository import Repository
+from tests.foundation.conftest import read_tree, write_tree  # noqa: F401 (re-exported)
 
 VENV_BIN = Path(sys.executable).parent
 CARAVANE = str(VENV_BIN / "caravane")
@@ -51,25 +51,6 @@ def http(
             return Answer(r.status, r.headers, r.read())
     except urllib.error.HTTPError as exc:
         return Answer(exc.code, exc.headers, exc.read())
-
-
-def write_tree(folder: Path, files: dict[str, bytes | str]) -> Path:
-    if folder.exists():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
-    for rel, content in files.items():
-        path = folder / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(content.encode() if isinstance(content, str) else content)
-    return folder
-
-
-def read_tree(folder: Path) -> dict[str, bytes]:
-    return {
-        p.relative_to(folder).as_posix(): p.read_bytes()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
 
 
 def noise(n: int, seed: str) -> bytes:

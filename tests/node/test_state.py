@@ -1,0 +1,48 @@
+"""The node's own database: alembic owns its schema; backoff and report queue behave."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import create_engine, inspect
+
+from node.state import NodeState, downgrade, upgrade
+
+TABLES = {
+    "upstream_health",
+    "transfers",
+    "activations",
+    "holds",
+    "report_queue",
+    "usage",
+    "events",
+    "settings",
+}
+
+
+def test_migrates_up_and_down(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'node.db'}"
+    upgrade(url)
+    assert TABLES <= set(inspect(create_engine(url)).get_table_names())
+    downgrade(url)
+    assert not TABLES & set(inspect(create_engine(url)).get_table_names())
+    upgrade(url)
+    assert TABLES <= set(inspect(create_engine(url)).get_table_names())
+
+
+def test_backoff_grows_and_clears(tmp_path: Path) -> None:
+    st = NodeState(f"sqlite:///{tmp_path / 'node.db'}")
+    first = st.record_failure("hub", "cut", base=10)
+    second = st.record_failure("hub", "cut again", base=10)
+    assert second > first and st.demoted_until("hub") is not None
+    st.record_ok("hub")
+    assert st.demoted_until("hub") is None
+
+
+def test_a_sent_report_marks_older_queued_ones(tmp_path: Path) -> None:
+    st = NodeState(f"sqlite:///{tmp_path / 'node.db'}")
+    for _ in range(3):
+        seq = st.next_seq()
+        st.queue_report(seq, b"{}")
+    st.mark_sent(3, "usb")
+    assert st.unsent_reports() == []

@@ -126,6 +126,8 @@ def usb_prepare(
                 raise CaravaneError("say which centres: --nodes A,B,C, --region R or --channels")
             res = prepare_for_route(hub, drive, names, region, chans or None, vsize, bar)
     lines = [f"drive {drive}: {len(res.written)} packs, {res.bytes_on_drive} bytes, verified"]
+    if not res.written and not res.skipped:
+        lines = [f"drive {drive}: nothing to carry, these centres are up to date (as last known)"]
     for s in res.skipped:
         lines.append(
             f"  did not fit: {s['channel']} {s['from_version']}->{s['to_version']} "

@@ -169,15 +169,20 @@ class Node:
         respect_windows: bool = False,
         extra: list[Upstream] | None = None,
         only: list[Upstream] | None = None,
+        wait: bool = False,
         **kwargs: Any,
     ) -> SyncResult:
-        """One pass over every subscribed channel. Only one pass runs at a time."""
+        """One pass over every subscribed channel. Only one pass runs at a time.
+
+        ``wait`` (a drive just plugged in) waits for a running pass to end instead of
+        skipping.
+        """
         if respect_windows and not in_windows(self.config.window_list()):
             return SyncResult(skipped="outside the sync windows " + ", ".join(self.config.windows))
-        if not self._sync_lock.acquire(blocking=False):
+        if not self._sync_lock.acquire(blocking=wait):
             return SyncResult(skipped="a sync is already running")
         try:
-            with _process_lock(self.config.data_dir / ".sync.lock"):
+            with _process_lock(self.config.data_dir / ".sync.lock", wait):
                 return self.engine(extra, only, **kwargs).sync(self.channels())
         finally:
             self._sync_lock.release()
@@ -320,15 +325,16 @@ class Node:
 class _process_lock:
     """One sync per data folder across processes (the agent and a hand-run `node sync`)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, wait: bool = False) -> None:
         self.path = path
+        self.wait = wait
 
     def __enter__(self) -> None:
         import fcntl
 
         self.fh = open(self.path, "a+")
         try:
-            fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(self.fh, fcntl.LOCK_EX | (0 if self.wait else fcntl.LOCK_NB))
         except BlockingIOError:
             self.fh.close()
             raise NodeError("another sync is running on this node; wait for it to end") from None
@@ -369,7 +375,7 @@ def import_drive(node: Node, drive: Path, progress: Any = None) -> dict[str, Any
     channels = node.channels()
     applied = apply_bundle(node.repo, drive, channels, progress)
     up = FolderUpstream(f"drive:{drive}", bundle_root(drive) / "repo", cost=-1)
-    result = node.sync(only=[up], route="usb", ignore_demotion=True)
+    result = node.sync(only=[up], route="usb", ignore_demotion=True, wait=True)
     errors = list(applied.failed) + result.errors
     for e in errors:
         node.state.event("error", f"drive {drive}: {e}")

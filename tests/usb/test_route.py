@@ -150,3 +150,25 @@ def _folder(path: Path, files: dict[str, bytes]) -> Path:
     from tests.foundation.conftest import write_tree
 
     return write_tree(path, files)
+
+
+def test_agent_notices_an_inserted_drive_by_itself(world: World) -> None:
+    from node.service import AgentService
+
+    latest = world.publish(content(1))
+    n = offline_centre(world, "centre-a")
+    media = world.tmp / "media"
+    n.config.usb_mounts = [str(media)]
+    service = AgentService(n)  # not started: the test runs the drive job by hand
+    service.drive_job()  # nothing plugged in yet
+    assert n.releases.active("lecons") is None
+    drive = media / "agent" / "CLE-USB"
+    drive.mkdir(parents=True)
+    prepare_for_route(world.rh.hub, drive, names=["centre-a"])
+    service.drive_job()
+    assert read_tree(n.releases.live_link("lecons")) == world.versions[latest]
+    assert (bundle_root(drive) / "reports" / f"{n.config.node_id}.json").is_file()
+    receipts = list((bundle_root(drive) / "receipts").glob("*.txt"))
+    assert receipts and "La cle peut etre retiree" in receipts[0].read_text()
+    service.drive_job()  # the same insertion is not imported twice
+    assert len(n.state.unsent_reports()) == 1

@@ -61,3 +61,52 @@ def test_sync_with_hub_down_exits_non_zero_and_says_why(world: World, tmp_path: 
     out = run("node", "sync", "-d", str(d))
     assert out.returncode != 0
     assert "no upstream is reachable" in out.stdout
+
+
+def test_node_run_syncs_on_its_own_and_serves_the_portal(world: World, tmp_path: Path) -> None:
+    import signal
+    import time
+    import urllib.request
+
+    from tests.hub.conftest import free_port
+
+    v1 = world.publish(content(1))
+    n = world.node("centre-run", sync_interval_minutes=0.05)
+    n.config.hub_url = world.rh.url
+    n.config.save()
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "caravane",
+            "node",
+            "run",
+            "-d",
+            str(n.config.data_dir),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and n.releases.active("lecons") != v1:
+            time.sleep(0.3)
+        assert n.releases.active("lecons") == v1, "the agent did not sync by itself"
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as r:
+            assert r.status == 200 and b"lecons" in r.read()
+        v2 = world.publish(content(2))
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and n.releases.active("lecons") != v2:
+            time.sleep(0.3)
+        assert n.releases.active("lecons") == v2
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    row = next(r for r in world.rh.hub.fleet() if r["name"] == "centre-run")
+    assert row["installed"].get("lecons") in (v1, v2)

@@ -612,21 +612,30 @@ class SyncEngine:
         self.collect(channel, keep)
 
     def collect(self, channel: str, keep_versions: set[int]) -> None:
-        """Drop manifests and objects no kept release of any channel needs."""
+        """Drop manifests older than the kept releases, then objects no manifest left needs.
+
+        Manifests still on disk (kept releases, and newer ones of other channels whose
+        transfer is under way) are read one at a time, so a channel of hundreds of thousands
+        of objects is collected without holding several parsed manifests at once.
+        """
         folder = self.repo.path / "manifests" / channel
-        keep_objects: set[str] = set()
-        for ch in self.repo.channels():
-            for v in self.releases.installed(ch) + [self.releases.active(ch) or 0]:
-                path = self.repo.path / manifest_relpath(ch, v) if v else None
-                if path is not None and path.is_file():
-                    with contextlib.suppress(FormatError):
-                        keep_objects.update(Manifest.from_bytes(path.read_bytes()).chunk_sizes())
         if folder.is_dir():
             for p in folder.glob("*.json"):
                 old = p.stem.isdigit() and int(p.stem) < max(keep_versions)
                 if old and int(p.stem) not in keep_versions:
                     p.unlink(missing_ok=True)
-        self.repo.collect_garbage(keep_objects)
+        with self.repo.lock():
+            keep: set[str] = set()
+            for path in (self.repo.path / "manifests").glob("*/*.json"):
+                try:
+                    data = path.read_bytes()
+                    keep.update(Manifest.from_bytes(data).chunk_sizes())
+                except (OSError, FormatError):
+                    return  # unsure what is needed: collect nothing this time
+                del data
+            for sha in self.repo.store.iter_ids():
+                if sha not in keep:
+                    self.repo.store.remove(sha)
 
 
 def _valid_prefix(first: Path) -> int:

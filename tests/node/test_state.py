@@ -46,3 +46,13 @@ def test_a_sent_report_marks_older_queued_ones(tmp_path: Path) -> None:
         st.queue_report(seq, b"{}")
     st.mark_sent(3, "usb")
     assert st.unsent_reports() == []
+
+
+def test_schema_head_constant_matches_the_migrations() -> None:
+    from alembic.script import ScriptDirectory
+
+    import migrations
+    from node.state import SCHEMA_HEAD
+
+    script = ScriptDirectory.from_config(migrations.alembic_config("sqlite://", "node"))
+    assert script.get_current_head() == SCHEMA_HEAD

@@ -26,6 +26,7 @@ from protocol.metadata import HEX64
 from .config import HubConfig
 from .errors import HubError, NotFound
 from .service import Hub, Principal
+from .web import add_routes
 
 log = logging.getLogger("caravane.hub")
 HUB_KEY: web.AppKey[Hub] = web.AppKey("hub", Hub)
@@ -332,6 +333,7 @@ def make_app(
     r.add_post("/api/v1/nodes/{nid}/reports", node_report)
     r.add_get("/api/v1/audit", audit)
     r.add_get("/repo/{tail:.+}", repo_file)
+    add_routes(app)
 
     use_scheduler = config.scheduler if scheduler is None else scheduler
 

@@ -1,0 +1,164 @@
+"""The hub's pages without a browser: archive unpacking, sessions, CSRF, roles, escaping."""
+
+from __future__ import annotations
+
+import http.cookiejar
+import io
+import re
+import stat
+import tarfile
+import urllib.error
+import urllib.parse
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from hub.service import Principal
+from hub.web import unpack_archive
+from protocol.errors import PathError
+from tests.hub.conftest import RunningHub, sqlite_hub  # noqa: F401
+
+
+def _zip(path: Path, members: list[tuple[str, bytes, int]]) -> Path:
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data, mode in members:
+            info = zipfile.ZipInfo(name)
+            info.external_attr = mode << 16
+            zf.writestr(info, data)
+    return path
+
+
+def _tar(path: Path, members: list[tarfile.TarInfo]) -> Path:
+    with tarfile.open(path, "w:gz") as tf:
+        for m in members:
+            data = b"x" * m.size
+            tf.addfile(m, io.BytesIO(data) if m.isreg() else None)
+    return path
+
+
+def _member(name: str, kind: bytes = tarfile.REGTYPE, size: int = 1, link: str = ""):
+    m = tarfile.TarInfo(name)
+    m.type, m.size, m.linkname = kind, size if kind == tarfile.REGTYPE else 0, link
+    return m
+
+
+def test_unpack_a_zipped_folder_and_a_tarball(tmp_path: Path) -> None:
+    z = _zip(
+        tmp_path / "a.zip",
+        [("site/", b"", stat.S_IFDIR | 0o755), ("site/index.html", b"<h1>", 0o644)],
+    )
+    root = unpack_archive(z, "zip", tmp_path / "z")
+    assert root.name == "site" and (root / "index.html").read_bytes() == b"<h1>"
+    t = _tar(tmp_path / "a.tar.gz", [_member("./a.txt"), _member("b/c.txt", size=3)])
+    root = unpack_archive(t, "tar", tmp_path / "t")
+    assert sorted(p.name for p in root.iterdir()) == ["a.txt", "b"]
+
+
+@pytest.mark.parametrize(
+    "name, mode",
+    [
+        ("../evil.txt", 0o644),
+        ("/etc/evil", 0o644),
+        ("a/../../evil", 0o644),
+        ("a\\..\\evil", 0o644),
+        ("link", stat.S_IFLNK | 0o777),
+    ],
+)
+def test_zip_traversal_and_links_are_refused(tmp_path: Path, name: str, mode: int) -> None:
+    z = _zip(tmp_path / "bad.zip", [("ok.txt", b"fine", 0o644), (name, b"../../etc", mode)])
+    with pytest.raises(PathError):
+        unpack_archive(z, "zip", tmp_path / "out")
+    assert not (tmp_path / "evil.txt").exists() and not (tmp_path / "evil").exists()
+
+
+@pytest.mark.parametrize(
+    "member",
+    [
+        _member("../evil"),
+        _member("/abs/evil"),
+        _member("sym", tarfile.SYMTYPE, link="/etc/passwd"),
+        _member("hard", tarfile.LNKTYPE, link="../x"),
+        _member("dev", tarfile.CHRTYPE),
+    ],
+)
+def test_tar_traversal_links_and_devices_are_refused(tmp_path: Path, member) -> None:
+    t = _tar(tmp_path / "bad.tar.gz", [_member("ok.txt"), member])
+    with pytest.raises(PathError):
+        unpack_archive(t, "tar", tmp_path / "out")
+    assert not (tmp_path / "evil").exists()
+
+
+def test_not_an_archive_is_refused(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.zip"
+    junk.write_bytes(b"not a zip")
+    with pytest.raises(PathError):
+        unpack_archive(junk, "zip", tmp_path / "out")
+
+
+class Browser:
+    """A cookie-keeping HTTP client, enough for forms."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.jar = http.cookiejar.CookieJar()
+        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.jar))
+
+    def call(self, path: str, form: dict | None = None) -> tuple[int, str]:
+        data = urllib.parse.urlencode(form, doseq=True).encode() if form is not None else None
+        try:
+            with self.opener.open(self.base + path, data, timeout=10) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    def sign_in(self, token: str) -> str:
+        _, body = self.call("/ui/login")
+        csrf = re.search(r'name="csrf" value="([^"]+)"', body).group(1)
+        status, body = self.call("/ui/login", {"csrf": csrf, "token": token})
+        assert status == 200, body
+        return re.search(r'name="csrf" value="([^"]+)"', body).group(1)
+
+
+def test_sessions_csrf_roles_and_escaping(sqlite_hub: RunningHub) -> None:  # noqa: F811
+    hub = sqlite_hub.hub
+    hub.register_node(
+        Principal("admin", "admin"), {"name": "<script>alert(1)</script>", "region": "Kayes"}
+    )
+    b = Browser(sqlite_hub.url)
+    # signed out: pages send to the sign-in page, POSTs are refused
+    status, body = b.call("/ui/fleet")
+    assert status == 200 and 'name="token"' in body
+    assert b.call("/ui/register", {"name": "x"})[0] == 401
+    # the sign-in form needs its CSRF cookie and field
+    assert b.call("/ui/login", {"csrf": "forged", "token": sqlite_hub.admin})[0] == 403
+    csrf = b.sign_in(sqlite_hub.admin)
+    cookie = next(c for c in b.jar if c.name == "caravane_hub_session")
+    assert cookie.has_nonstandard_attr("HttpOnly") and cookie.path == "/ui/"
+    # output is escaped
+    status, body = b.call("/ui/fleet")
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in body and "<script>alert" not in body
+    # a POST without the session's CSRF token does nothing
+    assert b.call("/ui/register", {"name": "x", "csrf": "forged"})[0] == 403
+    status, body = b.call("/ui/register", {"name": "Centre C", "region": "Ségou", "csrf": csrf})
+    assert status == 200 and '"caravane-enrolment"' in body
+    assert {n["name"] for n in hub.fleet("Ségou")} == {"Centre C"}
+    # a curator can neither register nor plan routes; a field agent cannot publish
+    curator = Browser(sqlite_hub.url)
+    ccsrf = curator.sign_in(sqlite_hub.token("curator"))
+    assert curator.call("/ui/register", {"name": "y", "csrf": ccsrf})[0] == 403
+    assert curator.call("/ui/routes?region=Kayes")[0] == 403
+    agent = Browser(sqlite_hub.url)
+    agent.sign_in(sqlite_hub.token("field_agent"))
+    assert agent.call("/ui/publish")[0] == 403
+    assert agent.call("/ui/register")[0] == 403
+    # a revoked token ends its sessions at once
+    from sqlalchemy import update
+
+    from hub.models import Token
+
+    with hub.db.session() as s:
+        s.execute(update(Token).where(Token.name == "test-field_agent").values(revoked=True))
+    status, body = agent.call("/ui/fleet")
+    assert 'name="token"' in body

@@ -77,6 +77,12 @@ def run(size: int) -> dict[str, Any]:
             res = prepare_for_route(hub, drive, names=["new", "at-v1", "at-v2"])
             prepare_s = time.monotonic() - t0
             written = sum(p.stat().st_size for p in drive.rglob("*") if p.is_file())
+            # the usual case: the hub's job built these packs after the publish
+            warm_drive = tmp / "drive-2"
+            warm_drive.mkdir()
+            t0 = time.monotonic()
+            prepare_for_route(hub, warm_drive, names=["new", "at-v1", "at-v2"])
+            warm_s = time.monotonic() - t0
 
             rs = tmp / "rsync-drive"
             t0 = time.monotonic()
@@ -100,6 +106,7 @@ def run(size: int) -> dict[str, Any]:
         "packs": len(res.written),
         "prepare_mb_s": latest_size / prepare_s / 1e6,
         "prepare_s": prepare_s,
+        "prepare_warm_mb_s": latest_size / warm_s / 1e6,
         "import_mb_s": latest_size / import_s / 1e6,
         "rsync_mb_s": latest_size / rsync_s / 1e6,
     }
@@ -130,8 +137,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(
         table(
             "Speed (MB of the latest release per second)",
-            ["caravane usb prepare", "caravane usb import", "rsync -a"],
-            [[f"{r['prepare_mb_s']:.1f}", f"{r['import_mb_s']:.1f}", f"{r['rsync_mb_s']:.1f}"]],
+            [
+                "usb prepare (packs built now)",
+                "usb prepare (packs prebuilt)",
+                "usb import",
+                "rsync -a",
+            ],
+            [
+                [
+                    f"{r['prepare_mb_s']:.1f}",
+                    f"{r['prepare_warm_mb_s']:.1f}",
+                    f"{r['import_mb_s']:.1f}",
+                    f"{r['rsync_mb_s']:.1f}",
+                ]
+            ],
         )
     )
     if args.json:

@@ -29,6 +29,7 @@ import zstandard as zstd
 
 from protocol.canonical import canonical_bytes
 from protocol.errors import (
+    CaravaneError,
     FormatError,
     NotFoundError,
     PathError,
@@ -387,12 +388,26 @@ class Repository:
         return manifest
 
     def latest_local_version(self, channel: str, meta: ChannelMeta | None = None) -> int:
-        """The newest release whose manifest this repository holds (a store may lag)."""
+        """The newest release this repository holds whole (a store may lag).
+
+        A centre's store may hold the manifest of a release whose objects are still on
+        their way (a cut pack keeps its verified manifest), so there every object is checked
+        too; a hub only ever commits complete releases.
+        """
         meta = meta or self.channel_meta(channel)
         for v in sorted(meta.releases, reverse=True):
-            if (self.path / manifest_relpath(channel, v)).is_file():
+            if (self.path / manifest_relpath(channel, v)).is_file() and (
+                self.is_hub or self._complete(channel, v)
+            ):
                 return v
         raise NotFoundError(f"no release of channel {channel!r} is complete in {self.path}")
+
+    def _complete(self, channel: str, version: int) -> bool:
+        try:
+            manifest = self.manifest(channel, version)
+        except CaravaneError:
+            return False
+        return all(self.store.has(sha) for sha in manifest.chunk_sizes())
 
     # ------------------------------------------------------------------ publish
 
@@ -809,13 +824,6 @@ class Repository:
                         )
                     elif entry.kind == "manifest":
                         manifest, mbytes = self._apply_manifest(entry, pending_channel, what)
-                        # verified against the signed metadata: keep it even if the pack is
-                        # cut later, so the next carrier knows what to bring
-                        write_atomic(
-                            self.path / manifest_relpath(manifest.channel, manifest.version),
-                            mbytes,
-                            self.durable,
-                        )
                         base_version = entry.header["base_version"]
                         old = (
                             self.manifest(manifest.channel, base_version) if base_version else None
@@ -823,6 +831,14 @@ class Repository:
                     elif entry.kind == "delta":
                         added += self._apply_delta(entry, what, progress, old, manifest)
             except TruncatedPackError as exc:
+                if manifest is not None:
+                    # verified against the signed metadata: keep it, so whatever carries the
+                    # rest (the network, the next drive) knows what the release needs
+                    write_atomic(
+                        self.path / manifest_relpath(manifest.channel, manifest.version),
+                        mbytes,
+                        self.durable,
+                    )
                 raise TruncatedPackError(
                     f"{exc} ({added} objects from it were verified and kept)"
                 ) from None

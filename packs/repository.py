@@ -166,43 +166,48 @@ def ingest_files(
     hub's own publish and by a curator's client, which builds locally and uploads only what
     the hub lacks.
     """
-    entries: list[FileEntry] = []
     new_objects = new_bytes = stored = 0
+    # one pipeline across files: small files do not each wait for their last chunk
+    per_file: list[tuple[str, os.stat_result, str, list[tuple[str, int]]]] = []
 
     def put(data: bytes) -> tuple[str, int, int]:
         sha, written = store.put_raw(data)
         return sha, len(data), written
 
     with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
-        pending: deque[Future[tuple[str, int, int]]] = deque()
+        pending: deque[tuple[list[tuple[str, int]], Future[tuple[str, int, int]]]] = deque()
+
+        def drain(keep: int) -> None:
+            nonlocal new_objects, new_bytes, stored
+            while len(pending) > keep:
+                chunks, future = pending.popleft()
+                sha, n, w = future.result()
+                chunks.append((sha, n))
+                if w:
+                    new_objects += 1
+                    new_bytes += n
+                    stored += w
+
         for rel, real in files:
             st = real.stat()
             fhash = hashlib.sha256()
             chunks: list[tuple[str, int]] = []
-
-            def drain(keep: int, chunks: list[tuple[str, int]] = chunks) -> None:
-                nonlocal new_objects, new_bytes, stored
-                while len(pending) > keep:
-                    sha, n, w = pending.popleft().result()
-                    chunks.append((sha, n))
-                    if w:
-                        new_objects += 1
-                        new_bytes += n
-                        stored += w
-
             with open(real, "rb") as fh:
                 for piece in iter_chunks(fh, avg_chunk):
                     fhash.update(piece)
                     data = bytes(piece)
-                    pending.append(pool.submit(put, data))
+                    pending.append((chunks, pool.submit(put, data)))
                     drain(PREFETCH)
                     if progress:
                         progress(len(data))
-            drain(0)
-            size = sum(n for _, n in chunks)
-            if size != st.st_size:
-                raise StoreError(f"{real}: changed while it was being published; try again")
-            entries.append(FileEntry(rel, size, _mode_of(st), fhash.hexdigest(), chunks))
+            per_file.append((rel, st, fhash.hexdigest(), chunks))
+        drain(0)
+    entries: list[FileEntry] = []
+    for (rel, st, digest, chunks), (_, real) in zip(per_file, files, strict=True):
+        size = sum(n for _, n in chunks)
+        if size != st.st_size:
+            raise StoreError(f"{real}: changed while it was being published; try again")
+        entries.append(FileEntry(rel, size, _mode_of(st), digest, chunks))
     return entries, new_objects, new_bytes, stored
 
 
@@ -581,12 +586,35 @@ class Repository:
         from the signed manifest, a file made of verified chunks is the file that was signed.
         """
         folder = Path(folder)
+
+        def load(path: str, sha: str, size: int) -> bytes:
+            data = decode_frame(self.store.read_frame(sha), size, f"object {sha[:16]} of {path!r}")
+            if hashlib.sha256(data).hexdigest() != sha:
+                raise VerificationError(
+                    f"{path!r}: object {sha[:16]} in {self.path} does not match its "
+                    "SHA-256 (corrupt or tampered store); run `caravane repo verify`"
+                )
+            return data
+
+        # one pipeline across files, so many small files keep both cores busy
+        upcoming = ((f.path, sha, size) for f in manifest.files for sha, size in f.chunks)
+        pending: deque[Future[bytes]] = deque()
         with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
+
+            def next_chunk() -> bytes:
+                while len(pending) < PREFETCH:
+                    job = next(upcoming, None)
+                    if job is None:
+                        break
+                    pending.append(pool.submit(load, *job))
+                return pending.popleft().result()
+
             for entry in manifest.files:
                 target = folder / entry.path
                 target.parent.mkdir(parents=True, exist_ok=True)
                 with open(target, "wb") as out:
-                    for data in self._stream_file(entry, pool):
+                    for _ in entry.chunks:
+                        data = next_chunk()
                         out.write(data)
                         if progress:
                             progress(len(data))
@@ -596,27 +624,6 @@ class Repository:
                 if not entry.chunks and entry.sha256 != EMPTY_SHA256:
                     raise VerificationError(f"{entry.path!r}: empty, but its SHA-256 is not")
                 os.chmod(target, entry.mode)
-
-    def _stream_file(self, entry: FileEntry, pool: ThreadPoolExecutor) -> Iterator[bytes]:
-        pending: deque[Future[bytes]] = deque()
-
-        def load(sha: str, size: int) -> bytes:
-            data = decode_frame(
-                self.store.read_frame(sha), size, f"object {sha[:16]} of {entry.path!r}"
-            )
-            if hashlib.sha256(data).hexdigest() != sha:
-                raise VerificationError(
-                    f"{entry.path!r}: object {sha[:16]} in {self.path} does not match its "
-                    "SHA-256 (corrupt or tampered store); run `caravane repo verify`"
-                )
-            return data
-
-        for sha, size in entry.chunks:
-            pending.append(pool.submit(load, sha, size))
-            if len(pending) >= PREFETCH:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
 
     # ------------------------------------------------------------------ verify
 

@@ -1,0 +1,1 @@
+"""Benchmarks: run with ``python -m bench.<name>`` or all of them with ``bench/run``."""

@@ -26,10 +26,13 @@ from protocol.metadata import HEX64
 from .config import HubConfig
 from .errors import HubError, NotFound
 from .service import Hub, Principal
-from .web import add_routes
+from .web import PACK_QUEUE, add_routes
 
 log = logging.getLogger("caravane.hub")
 HUB_KEY: web.AppKey[Hub] = web.AppKey("hub", Hub)
+PACK_LOCKS: web.AppKey[dict] = web.AppKey("pack_locks", dict)
+JOBS: web.AppKey[Any] = web.AppKey("jobs", object)
+PACK_WORKER: web.AppKey[asyncio.Task] = web.AppKey("pack_worker", asyncio.Task)
 PACK_RE = re.compile(r"^packs/([a-z0-9][a-z0-9._-]{0,63})/(\d+)-(\d+)\.pack$")
 STATIC_ROOTS = ("metadata/", "manifests/", "objects/", "packs/")
 IMMUTABLE = "public, max-age=31536000, immutable"
@@ -160,7 +163,7 @@ async def commit_upload(request: web.Request) -> web.Response:
     hub = request.app[HUB_KEY]
     out = await run(request, hub.commit_upload, p, request.match_info["uid"])
     if not out.get("already"):
-        request.app["pack_queue"].put_nowait(out["channel"])
+        request.app[PACK_QUEUE].put_nowait(out["channel"])
     return web.json_response(out)
 
 
@@ -274,7 +277,7 @@ def _small_file(request: web.Request, path: Path, cache: str) -> web.Response | 
 
 async def _build_pack_on_demand(request: web.Request, channel: str, a: int, b: int) -> None:
     hub = request.app[HUB_KEY]
-    locks: dict[tuple, asyncio.Lock] = request.app["pack_locks"]
+    locks: dict[tuple, asyncio.Lock] = request.app[PACK_LOCKS]
     lock = locks.setdefault((channel, a, b), asyncio.Lock())
     async with lock:
         path = hub.repo.pack_path(channel, a, b)
@@ -289,7 +292,7 @@ async def _build_pack_on_demand(request: web.Request, channel: str, a: int, b: i
         new_bytes = await run(request, _new_bytes, hub.repo, channel, a, b)
         if new_bytes > hub.config.on_demand_pack_bytes:
             # too long to build while a node waits: queue it, the node takes objects now
-            queue = request.app.get("pack_queue")
+            queue = request.app.get(PACK_QUEUE)
             if queue is not None:
                 queue.put_nowait(channel)
             raise web.HTTPNotFound()
@@ -315,8 +318,8 @@ def make_app(
         client_max_size=max(config.max_json_bytes, config.max_object_bytes) + 1024,
     )
     app[HUB_KEY] = hub
-    app["pack_locks"] = {}
-    app["pack_queue"] = asyncio.Queue()
+    app[PACK_LOCKS] = {}
+    app[PACK_QUEUE] = asyncio.Queue()
     r = app.router
     r.add_get("/api/v1/health", health)
     r.add_post("/api/v1/tokens", create_token)
@@ -341,14 +344,14 @@ def make_app(
         from .jobs import JobRunner
 
         runner = JobRunner(hub)
-        app["jobs"] = runner
-        app["pack_worker"] = asyncio.create_task(_pack_worker(app, runner))
+        app[JOBS] = runner
+        app[PACK_WORKER] = asyncio.create_task(_pack_worker(app, runner))
         if use_scheduler:
             runner.start()
 
     async def stop_background(app: web.Application) -> None:
-        app["pack_worker"].cancel()
-        app["jobs"].stop()
+        app[PACK_WORKER].cancel()
+        app[JOBS].stop()
         hub.db.dispose()
 
     app.on_startup.append(start_background)
@@ -360,7 +363,7 @@ async def _pack_worker(app: web.Application, runner: Any) -> None:
     """After a publish, build the packs nodes will ask for (in the background)."""
     loop = asyncio.get_running_loop()
     while True:
-        channel = await app["pack_queue"].get()
+        channel = await app[PACK_QUEUE].get()
         try:
             await loop.run_in_executor(None, runner.build_recent_packs, channel)
         except Exception:

@@ -52,6 +52,9 @@ from .errors import HubError, NotFound
 from .models import Delivery, Node, NodeReport, Token
 from .service import Hub, Principal, _hash
 
+# packs to build after a publish (the worker lives in hub/app.py; both pages publish)
+PACK_QUEUE: web.AppKey[asyncio.Queue] = web.AppKey("pack_queue", asyncio.Queue)
+
 log = logging.getLogger("caravane.hub.web")
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -513,7 +516,7 @@ async def _publish_job(
     try:
         await run(_publish_blocking, hub, job, p, work, archive, kind, fields)
         job.state = "done"
-        queue = app.get("pack_queue")
+        queue = app.get(PACK_QUEUE)
         if queue is not None:
             queue.put_nowait(job.channel)
     except (HubError, CaravaneError, OSError) as exc:

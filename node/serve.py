@@ -34,6 +34,7 @@ from .agent import Node
 log = logging.getLogger("caravane.node.serve")
 
 NODE_KEY = web.AppKey("node", Node)
+PORTAL_KEY: web.AppKey[Portal] = web.AppKey("portal")
 PEER_ROOTS = ("metadata/", "manifests/", "objects/")
 IMMUTABLE = "public, max-age=31536000, immutable"
 MUTABLE = "public, max-age=60"
@@ -284,7 +285,7 @@ async def errors(request: web.Request, handler: Any) -> web.StreamResponse:
         return await handler(request)
     except web.HTTPException as exc:
         if exc.status in (404, 400) and not request.path.startswith(("/repo/", "/api/")):
-            portal: Portal = request.app["portal"]
+            portal: Portal = request.app[PORTAL_KEY]
             key = "err.not_found" if exc.status == 404 else "err.bad_path"
             t = Translator(portal.lang(request))
             return web.Response(text=t(key), status=exc.status, content_type="text/plain")
@@ -295,13 +296,13 @@ def make_app(node: Node, agent: bool = False) -> web.Application:
     app = web.Application(middlewares=[errors], client_max_size=64 * 1024)
     portal = Portal(node)
     app[NODE_KEY] = node
-    app["portal"] = portal
+    app[PORTAL_KEY] = portal
     r = app.router
     r.add_get("/", portal.catalogue)
     r.add_get("/search", portal.search)
     r.add_get("/operator", portal.operator)
     r.add_get("/api/status", portal.api_status)
-    r.add_get("/c/{channel}", lambda req: _redirect_slash(req))
+    r.add_get("/c/{channel}", _redirect_slash)
     r.add_get("/c/{channel}/", portal.browse)
     r.add_get("/c/{channel}/{path:.*}", portal.browse)
     r.add_get("/repo/{tail:.+}", portal.repo_file)

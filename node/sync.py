@@ -20,6 +20,7 @@ import contextlib
 import logging
 import os
 import random
+import re
 import shutil
 import threading
 import time
@@ -67,6 +68,7 @@ ROUTE_OF_KIND = {
     "folder": "usb",
 }
 OBJECT_WORKERS = 4
+HEX64_QUOTED = re.compile(rb'"([0-9a-f]{64})"')
 BAD_DATA = (VerificationError, SignatureError, RollbackError, ExpiredError, FormatError, PackError)
 
 
@@ -382,7 +384,9 @@ class SyncEngine:
                 )
                 return res
             route = self._route()
-            self.activate(manifest, route)
+            keep = self.activate(manifest, route)
+            del manifest, need  # the parsed manifest is the biggest object of a pass
+            self.collect(channel, keep)
             res.status, res.active, res.route = "activated", known, route
             self.state.set("disk_missing", "0")
             if held is not None:
@@ -595,7 +599,8 @@ class SyncEngine:
 
     # ------------------------------------------------------------------ activation
 
-    def activate(self, manifest: Manifest, route: str) -> None:
+    def activate(self, manifest: Manifest, route: str) -> set[int]:
+        """Build and switch to ``manifest``'s release; returns the versions to keep."""
         channel = manifest.channel
         previous = self.releases.active(channel)
         self.releases.build(self.repo, manifest)
@@ -609,7 +614,7 @@ class SyncEngine:
         keep = {manifest.version} | ({previous} if previous is not None else set())
         self.releases.prune(channel, keep)
         shutil.rmtree(self.partial_dir / "packs" / channel, ignore_errors=True)
-        self.collect(channel, keep)
+        return keep
 
     def collect(self, channel: str, keep_versions: set[int]) -> None:
         """Drop manifests older than the kept releases, then objects no manifest left needs.
@@ -629,9 +634,11 @@ class SyncEngine:
             for path in (self.repo.path / "manifests").glob("*/*.json"):
                 try:
                     data = path.read_bytes()
-                    keep.update(Manifest.from_bytes(data).chunk_sizes())
-                except (OSError, FormatError):
+                except OSError:
                     return  # unsure what is needed: collect nothing this time
+                # every object id in a manifest, without building its objects: file hashes
+                # come along too, which only means keeping nothing extra
+                keep.update(m.decode() for m in HEX64_QUOTED.findall(data))
                 del data
             for sha in self.repo.store.iter_ids():
                 if sha not in keep:

@@ -50,6 +50,7 @@ def test_third_release_prunes_the_oldest_and_unused_objects(world: World) -> Non
     assert world.live(n) == {"only.txt": b"a completely different release"}
     report = n.repo.verify()
     assert report.ok
+    assert report.unreferenced_objects == 0  # v1's objects were collected
 
 
 def test_rollback_holds_until_a_newer_release(world: World) -> None:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .common import median, table
+from .common import median, run_child, table
 
 CACHE = Path(__file__).resolve().parent / ".cache"
 CHANNEL = "bench"
@@ -51,14 +51,26 @@ class Release:
 
 
 PAIRS: list[tuple[str, Release, Release]] = [
-    ("typescript 5.6.2->5.6.3 (npm, patch)",
-     Release("npm", "typescript", "5.6.2"), Release("npm", "typescript", "5.6.3")),
-    ("typescript 5.5.4->5.6.2 (npm, minor)",
-     Release("npm", "typescript", "5.5.4"), Release("npm", "typescript", "5.6.2")),
-    ("Django 5.1.3->5.1.4 (PyPI sdist)",
-     Release("pypi", "Django", "5.1.3"), Release("pypi", "Django", "5.1.4")),
-    ("numpy 2.1.2->2.1.3 (PyPI sdist)",
-     Release("pypi", "numpy", "2.1.2"), Release("pypi", "numpy", "2.1.3")),
+    (
+        "typescript 5.6.2->5.6.3 (npm, patch)",
+        Release("npm", "typescript", "5.6.2"),
+        Release("npm", "typescript", "5.6.3"),
+    ),
+    (
+        "typescript 5.5.4->5.6.2 (npm, minor)",
+        Release("npm", "typescript", "5.5.4"),
+        Release("npm", "typescript", "5.6.2"),
+    ),
+    (
+        "Django 5.1.3->5.1.4 (PyPI sdist)",
+        Release("pypi", "Django", "5.1.3"),
+        Release("pypi", "Django", "5.1.4"),
+    ),
+    (
+        "numpy 2.1.2->2.1.3 (PyPI sdist)",
+        Release("pypi", "numpy", "2.1.2"),
+        Release("pypi", "numpy", "2.1.3"),
+    ),
 ]
 
 
@@ -129,8 +141,19 @@ def _have(tool: str) -> bool:
 def det_tar(folder: Path, out: Path) -> Path:
     """A byte-reproducible tar (sorted, zero mtimes/owners) so tar-based deltas are fair."""
     subprocess.run(
-        ["tar", "--sort=name", "--mtime=@0", "--owner=0", "--group=0", "--numeric-owner",
-         "-cf", str(out), "-C", str(folder), "."],
+        [
+            "tar",
+            "--sort=name",
+            "--mtime=@0",
+            "--owner=0",
+            "--group=0",
+            "--numeric-owner",
+            "-cf",
+            str(out),
+            "-C",
+            str(folder),
+            ".",
+        ],
         check=True,
     )
     return out
@@ -160,9 +183,10 @@ def rsync_wire(a: Path, b: Path, work: Path) -> int:
     dest = work / "rsync-dest"
     shutil.copytree(a, dest, symlinks=True)
     res = subprocess.run(
-        ["rsync", "-a", "-z", "-c", "--no-whole-file", "--delete", "--stats",
-         f"{b}/", f"{dest}/"],
-        check=True, capture_output=True, text=True,
+        ["rsync", "-a", "-z", "-c", "--no-whole-file", "--delete", "--stats", f"{b}/", f"{dest}/"],
+        check=True,
+        capture_output=True,
+        text=True,
     )
     sent = int(re.search(r"Total bytes sent: ([\d,]+)", res.stdout).group(1).replace(",", ""))
     recv = int(re.search(r"Total bytes received: ([\d,]+)", res.stdout).group(1).replace(",", ""))
@@ -178,9 +202,19 @@ def zstd_patch_size(a_tar: Path, b_tar: Path, work: Path) -> int:
     out = work / "patch.zst"
     long = max(27, (max(a_tar.stat().st_size, b_tar.stat().st_size) - 1).bit_length())
     subprocess.run(
-        ["zstd", "-q", "-f", "-19", f"--long={long}", f"--patch-from={a_tar}", str(b_tar),
-         "-o", str(out)],
-        check=True, capture_output=True,
+        [
+            "zstd",
+            "-q",
+            "-f",
+            "-19",
+            f"--long={long}",
+            f"--patch-from={a_tar}",
+            str(b_tar),
+            "-o",
+            str(out),
+        ],
+        check=True,
+        capture_output=True,
     )
     size = out.stat().st_size
     out.unlink()
@@ -307,11 +341,19 @@ def pairs_table(r: dict[str, Any]) -> str:
         if size is None:
             rows.append([name, "n/a (not installed)", "", ""])
         else:
-            rows.append([name, size, f"{size / r['b_bytes'] * 100:.2f}%",
-                         f"{size / r['best_alternative']:.2f}x"])
-    title = (f"{r['pair']}: B = {r['b_bytes']:,} bytes; pack build "
-             f"{r['pack_build_seconds']:.2f} s = {r['pack_build_mb_s']:.1f} MB/s of B; "
-             f"pack / smallest alternative = {r['ratio_to_best']:.2f}x")
+            rows.append(
+                [
+                    name,
+                    size,
+                    f"{size / r['b_bytes'] * 100:.2f}%",
+                    f"{size / r['best_alternative']:.2f}x",
+                ]
+            )
+    title = (
+        f"{r['pair']}: B = {r['b_bytes']:,} bytes; pack build "
+        f"{r['pack_build_seconds']:.2f} s = {r['pack_build_mb_s']:.1f} MB/s of B; "
+        f"pack / smallest alternative = {r['ratio_to_best']:.2f}x"
+    )
     parts = ", ".join(f"{k} {v:,}" for k, v in r["pack_info"]["breakdown"].items())
     return table(title, ["method", "bytes", "of B", "vs best alt"], rows) + (
         f"\ncaravane pack by entry kind (bytes): {parts}"
@@ -321,8 +363,10 @@ def pairs_table(r: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- throughput
 
 
-_ALPHABET = b"eeeeeeeeeeeetttttttttaaaaaaaaooooooooiiiiiiinnnnnnnsssssshhhhhhrrrrrrdddd" \
+_ALPHABET = (
+    b"eeeeeeeeeeeetttttttttaaaaaaaaooooooooiiiiiiinnnnnnnsssssshhhhhhrrrrrrdddd"
     b"lllluuucccmmmwwffggyyppbbvk   \n"
+)
 
 
 def _text_table() -> bytes:
@@ -395,28 +439,11 @@ def child_main(args: argparse.Namespace) -> None:
 
 
 def _run_measured(cmd: list[str], work: Path) -> tuple[float, int]:
-    """(wall seconds, peak RSS bytes) of one command and the processes it waited for.
-
-    Linux keeps ``ru_maxrss`` across ``execve``, so a child forked straight from this (large)
-    Python process would report our RSS; ``/usr/bin/time`` is a small process in between, and
-    the figure it reports is the command's own.
-    """
-    rss_file = work / "rss.txt"
-    timer = ["/usr/bin/time", "-f", "%M", "-o", str(rss_file)] if _TIME else []
-    start = time.monotonic()
-    proc = subprocess.Popen([*timer, *cmd], stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.monotonic() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"{cmd[:6]} failed with status {status}")
-    if _TIME:
-        rss = int(rss_file.read_text().split()[-1]) * 1024
-        rss_file.unlink()
-        return seconds, rss
-    return seconds, usage.ru_maxrss * 1024
-
-
-_TIME = os.path.exists("/usr/bin/time")
+    """(wall seconds, peak RSS bytes) of one command (see bench.common.run_child)."""
+    seconds, rss, code = run_child(cmd)
+    if code != 0:
+        raise RuntimeError(f"{cmd[:6]} failed with status {code}")
+    return seconds, rss
 
 
 def _child(job: str, result: Path, **kw: str) -> tuple[float, int]:
@@ -435,24 +462,33 @@ def bench_throughput(tmp: Path, total: int, runs: int) -> dict[str, Any]:
     src = tmp / "dataset"
     t0 = time.monotonic()
     counts = make_dataset(src, total)
-    print(f"dataset: {counts['total']:,} bytes in {counts['files']} files "
-          f"(text {counts['text']:,}, media {counts['media']:,}, repeats {counts['repeat']:,}),"
-          f" generated in {time.monotonic() - t0:.1f} s", flush=True)
+    print(
+        f"dataset: {counts['total']:,} bytes in {counts['files']} files "
+        f"(text {counts['text']:,}, media {counts['media']:,}, repeats {counts['repeat']:,}),"
+        f" generated in {time.monotonic() - t0:.1f} s",
+        flush=True,
+    )
     size = counts["total"]
     res = tmp / "child.json"
     out: dict[str, Any] = {"dataset": counts, "runs": runs}
-    samples: dict[str, list[tuple[float, int]]] = {k: [] for k in (
-        "caravane publish", "caravane checkout+verify", "tar | zstd -3 -T0",
-        "zstd -d | tar -x")}
+    samples: dict[str, list[tuple[float, int]]] = {
+        k: []
+        for k in (
+            "caravane publish",
+            "caravane checkout+verify",
+            "tar | zstd -3 -T0",
+            "zstd -d | tar -x",
+        )
+    }
     repo = tmp / "repo"
     for n in range(runs):
         if repo.exists():
             shutil.rmtree(repo)
-        samples["caravane publish"].append(
-            _child("publish", res, repo=str(repo), src=str(src)))
+        samples["caravane publish"].append(_child("publish", res, repo=str(repo), src=str(src)))
         dest = tmp / "checkout"
         samples["caravane checkout+verify"].append(
-            _child("checkout", res, repo=str(repo), dest=str(dest)))
+            _child("checkout", res, repo=str(repo), dest=str(dest))
+        )
         if n == 0:
             check = subprocess.run(["diff", "-rq", str(src), str(dest)], capture_output=True)
             if check.returncode:
@@ -460,12 +496,14 @@ def bench_throughput(tmp: Path, total: int, runs: int) -> dict[str, Any]:
             out["store_bytes"] = _dir_size(repo / "objects")
         shutil.rmtree(dest)
         tz = tmp / "full.tar.zst"
-        samples["tar | zstd -3 -T0"].append(_run_measured(
-            ["bash", "-c", f"tar -cf - -C '{src}' . | zstd -q -3 -T0 -o '{tz}'"], tmp))
+        samples["tar | zstd -3 -T0"].append(
+            _run_measured(["bash", "-c", f"tar -cf - -C '{src}' . | zstd -q -3 -T0 -o '{tz}'"], tmp)
+        )
         out["tar_zstd_bytes"] = tz.stat().st_size
         dest.mkdir()
-        samples["zstd -d | tar -x"].append(_run_measured(
-            ["bash", "-c", f"zstd -q -d -c '{tz}' | tar -xf - -C '{dest}'"], tmp))
+        samples["zstd -d | tar -x"].append(
+            _run_measured(["bash", "-c", f"zstd -q -d -c '{tz}' | tar -xf - -C '{dest}'"], tmp)
+        )
         shutil.rmtree(dest)
         tz.unlink()
         print(f"  run {n + 1}/{runs} done", flush=True)
@@ -486,13 +524,19 @@ def bench_throughput(tmp: Path, total: int, runs: int) -> dict[str, Any]:
 def throughput_table(t: dict[str, Any]) -> str:
     """Medians of throughput and peak RSS per job, with the dataset size in the title."""
     rows = [
-        [name, f"{r['mb_s']:.1f}", f"{r['peak_rss_mb']:.0f}",
-         " / ".join(f"{s:.1f}" for s in r["seconds"])]
+        [
+            name,
+            f"{r['mb_s']:.1f}",
+            f"{r['peak_rss_mb']:.0f}",
+            " / ".join(f"{s:.1f}" for s in r["seconds"]),
+        ]
         for name, r in t["results"].items()
     ]
     d = t["dataset"]
-    title = (f"Throughput on {d['total'] / MB:,.0f} MB mixed folder ({d['files']} files), "
-             f"median of {t['runs']}")
+    title = (
+        f"Throughput on {d['total'] / MB:,.0f} MB mixed folder ({d['files']} files), "
+        f"median of {t['runs']}"
+    )
     return table(title, ["job", "MB/s", "peak RSS MB", "seconds per run"], rows)
 
 
@@ -541,6 +585,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 def _machine() -> dict[str, Any]:
     """Enough context to read the figures: cores, memory, tool versions."""
+
     def ver(cmd: list[str]) -> str:
         try:
             out = subprocess.run(cmd, capture_output=True, text=True, timeout=10)

@@ -114,6 +114,21 @@ def _wait_port(port: int, timeout: float = 20) -> None:
     raise RuntimeError(f"nothing listens on {port}")
 
 
+def _measure(
+    port: int, checkin: list[str], objects: list[str], seconds: float, tmp: Path
+) -> dict[int, dict[str, Any]]:
+    """Check-ins and object reads at each node count against the server on ``port``."""
+    _wait_port(port)
+    base = f"http://127.0.0.1:{port}/repo/"
+    return {
+        n: {
+            "checkin": _client(base, checkin, n, seconds, tmp),
+            "objects": _client(base, objects, n, seconds, tmp),
+        }
+        for n in NODE_COUNTS
+    }
+
+
 def run(quick: bool) -> dict[str, Any]:
     from hub.config import HubConfig
     from hub.db import upgrade
@@ -146,13 +161,7 @@ def run(quick: bool) -> dict[str, Any]:
             stderr=subprocess.DEVNULL,
         )
         try:
-            _wait_port(port)
-            for n in NODE_COUNTS:
-                base = f"http://127.0.0.1:{port}/repo/"
-                results["hub"][n] = {
-                    "checkin": _client(base, checkin, n, seconds, tmp),
-                    "objects": _client(base, objects, n, seconds, tmp),
-                }
+            results["hub"] = _measure(port, checkin, objects, seconds, tmp)
             results["hub_peak_rss"] = _vm_hwm(hub.pid)
         finally:
             hub.terminate()
@@ -178,13 +187,7 @@ http {{ access_log off; sendfile on; keepalive_requests 100000;
                 stderr=subprocess.DEVNULL,
             )
             try:
-                _wait_port(nport)
-                for n in NODE_COUNTS:
-                    base = f"http://127.0.0.1:{nport}/repo/"
-                    results["nginx"][n] = {
-                        "checkin": _client(base, checkin, n, seconds, tmp),
-                        "objects": _client(base, objects, n, seconds, tmp),
-                    }
+                results["nginx"] = _measure(nport, checkin, objects, seconds, tmp)
             finally:
                 ng.terminate()
                 ng.wait()

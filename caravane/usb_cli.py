@@ -35,6 +35,14 @@ def parse_centres(values: tuple[str, ...], channels: list[str]) -> list[Target]:
     return targets
 
 
+hub_config_option = click.option(
+    "--hub-config",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="The hub's hub.toml (default: $CARAVANE_HUB_CONFIG or caravane-hub/hub.toml).",
+)
+
+
 @main.group()
 def usb() -> None:
     """Prepare, verify and import USB drives (sneakernet both ways)."""
@@ -53,12 +61,7 @@ def usb() -> None:
     default=None,
     help="Comma-separated channel ids (alone: a drive for centres the hub does not know).",
 )
-@click.option(
-    "--hub-config",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="The hub's hub.toml (default: $CARAVANE_HUB_CONFIG or caravane-hub/hub.toml).",
-)
+@hub_config_option
 @click.option(
     "--repo",
     "repo_dir",
@@ -225,12 +228,7 @@ def usb_import(
 
 @usb.command("ingest")
 @click.argument("drive", type=click.Path(file_okay=False, exists=True, path_type=Path))
-@click.option(
-    "--hub-config",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="The hub's hub.toml (default: $CARAVANE_HUB_CONFIG or caravane-hub/hub.toml).",
-)
+@hub_config_option
 @json_option
 @handle_errors
 def usb_ingest(drive: Path, hub_config: Path | None, as_json: bool) -> None:

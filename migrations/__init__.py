@@ -35,3 +35,42 @@ def downgrade(url: str, which: str = "hub", revision: str = "base") -> None:
     from alembic import command
 
     command.downgrade(alembic_config(url, which), revision)
+
+
+def run_environment(target_metadata: object) -> None:
+    """What each ``env.py`` does: run the migrations offline (SQL) or on a connection.
+
+    A caller may hand its own connection in ``config.attributes["connection"]``.
+    """
+    from alembic import context
+    from sqlalchemy import engine_from_config, pool
+
+    def run(connection: object | None) -> None:
+        if connection is None:
+            context.configure(
+                url=context.config.get_main_option("sqlalchemy.url"),
+                target_metadata=target_metadata,
+                literal_binds=True,
+                render_as_batch=True,
+            )
+        else:
+            context.configure(
+                connection=connection, target_metadata=target_metadata, render_as_batch=True
+            )
+        with context.begin_transaction():
+            context.run_migrations()
+
+    if context.is_offline_mode():
+        run(None)
+        return
+    given = context.config.attributes.get("connection")
+    if given is not None:
+        run(given)
+        return
+    engine = engine_from_config(
+        context.config.get_section(context.config.config_ini_section, {}),
+        prefix="sqlalchemy.",
+        poolclass=pool.NullPool,
+    )
+    with engine.connect() as connection:
+        run(connection)

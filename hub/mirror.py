@@ -42,6 +42,10 @@ def push(repo: Path, dest: str, delete: bool = False) -> list[str]:
         cmd = ["rsync", "-rt", "--partial", *EXCLUDES]
         if delete and sources is steps[0]:
             cmd.append("--delete-after")
+        if sources is steps[1]:
+            # metadata files keep their name and often their size, and two versions can be
+            # written within one second: compare contents, or a mirror may keep stale ones
+            cmd.append("--checksum")
         cmd += [*sources, target]
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode != 0:

@@ -269,6 +269,8 @@ class RsyncUpstream(Upstream):
 
     def _fetch(self, path: str, offset: int) -> Iterator[bytes]:
         local = self.cache / path
+        if path.startswith("metadata/"):
+            local.unlink(missing_ok=True)  # it changes: never answer from an old copy
         if not local.is_file():
             local.parent.mkdir(parents=True, exist_ok=True)
             self._run(["--append-verify", f"{self.source}/{path}", str(local)])

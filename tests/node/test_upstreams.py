@@ -50,12 +50,16 @@ def test_peer_does_not_serve_anything_but_its_store(world: World) -> None:
 @pytest.mark.skipif(shutil.which("rsync") is None, reason="the rsync program is not installed")
 def test_rsync_source(world: World) -> None:
     v1 = world.publish(content(1))
-    mirror = world.mirror_copy("rsync-mirror")
-    n = world.node("centre-a", upstreams=[UpstreamConfig("rsync", "rsync", str(mirror))])
+    source = str(world.hub_repo)  # rsync reads only the repository paths it is asked for
+    n = world.node("centre-a", upstreams=[UpstreamConfig("rsync", "rsync", source)])
     r = world.sync(n)
     assert r.complete, r.to_dict()
     assert world.live(n) == world.versions[v1]
     assert r.channels[0].route == "rsync"
+    # the next release is seen: metadata is never answered from rsync's local cache
+    v2 = world.publish(content(2))
+    r = world.sync(n)
+    assert r.complete and world.live(n) == world.versions[v2]
 
 
 def test_static_mirror_over_http(world: World) -> None:

@@ -28,6 +28,7 @@ class HubConfig:
     pack_pairs: int = 3
     on_demand_pack_bytes: int = 32 * 1024 * 1024
     strong_pack_bytes: int = 1024 * 1024 * 1024
+    gc_grace_hours: int = 24
     extra: dict = field(default_factory=dict)
 
     @property

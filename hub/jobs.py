@@ -63,7 +63,10 @@ class JobRunner:
 
     def collect_garbage(self) -> tuple[int, int]:
         """Objects no retained release uses, and packs of retired releases."""
-        count, freed = self.hub.repo.collect_garbage(keep=self._open_upload_objects())
+        count, freed = self.hub.repo.collect_garbage(
+            keep=self._open_upload_objects,
+            grace_seconds=self.hub.config.gc_grace_hours * 3600,
+        )
         if count:
             log.info("removed %d unused objects (%d bytes)", count, freed)
         return count, freed

@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
+from packs.errors import StoreError
 from packs.repository import Repository
 from protocol.errors import CaravaneError, FormatError, SignatureError
 from protocol.keys import PublicKey
@@ -187,7 +188,8 @@ class Hub:
         return {"upload": uid, "missing": self._missing(chunks)}
 
     def _missing(self, chunks: dict[str, int]) -> list[str]:
-        return [h for h in chunks if not self.repo.store.has(h)]
+        # freshened: an object the hub says it holds is spared by collection for a while
+        return [h for h in chunks if not self.repo.store.freshen(h)]
 
     def _load_upload(self, uid: str) -> tuple[Upload, dict[str, int]]:
         with self.db.session() as s:
@@ -239,13 +241,16 @@ class Hub:
         entries = [FileEntry.from_dict(f) for f in up.files]
         with self.db.session() as s:
             title = s.get(Channel, up.channel_id).title
-        res = self.repo.commit_release(
-            up.channel_id,
-            entries,
-            notes=up.notes,
-            title=title,
-            expires_days=self.config.expires_days or None,
-        )
+        try:
+            res = self.repo.commit_release(
+                up.channel_id,
+                entries,
+                notes=up.notes,
+                title=title,
+                expires_days=self.config.expires_days or None,
+            )
+        except StoreError as exc:  # an object went missing since the check above
+            raise Conflict(str(exc)) from None
         with self.db.session() as s:
             s.add(
                 Release(

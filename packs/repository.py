@@ -15,6 +15,7 @@ import fcntl
 import hashlib
 import os
 import shutil
+import time
 import unicodedata
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -458,12 +459,15 @@ class Repository:
         release_key = self._key("release")
         entries = sorted(entries, key=lambda f: f.path.encode())
         check_paths(f.path for f in entries)
-        missing = {h for f in entries for h, _ in f.chunks if not self.store.has(h)}
-        if missing:
-            raise StoreError(
-                f"cannot publish {channel!r}: {len(missing)} objects are not in the store yet"
-            )
         with self.lock():
+            # checked under the lock that collection takes: what is here now stays until
+            # the release that references it is signed
+            missing = {h for f in entries for h, _ in f.chunks if not self.store.has(h)}
+            if missing:
+                raise StoreError(
+                    f"cannot publish {channel!r}: {len(missing)} objects are not in the store "
+                    "yet; upload them and commit again"
+                )
             old_bytes = self.channel_bytes(channel)
             old_meta = (
                 self.trusted.verify_channel(old_bytes, channel, check_expiry=False)
@@ -703,15 +707,27 @@ class Repository:
                         refs.update(h for h, _ in f.chunks)
         return refs
 
-    def collect_garbage(self, keep: set[str] | None = None) -> tuple[int, int]:
-        """Remove objects no retained manifest uses; returns (objects, bytes) removed."""
+    def collect_garbage(
+        self, keep: Callable[[], set[str]] | None = None, grace_seconds: float = 0.0
+    ) -> tuple[int, int]:
+        """Remove objects no retained manifest uses; returns (objects, bytes) removed.
+
+        Everything is decided under the repository lock that commits take, so a release
+        cannot be signed between reading what is referenced and removing what is not.
+        ``keep`` (objects of uploads still open) is asked under that lock too. Objects
+        written or freshened within ``grace_seconds`` are spared: they belong to uploads
+        in flight, which may have started after ``keep`` was asked.
+        """
         with self.lock():
-            refs = self.referenced_objects() | (keep or set())
+            cutoff = time.time() - grace_seconds
+            refs = self.referenced_objects() | (keep() if keep else set())
             count = freed = 0
             for sha in list(self.store.iter_ids()):
                 if sha not in refs:
-                    freed += self.store.remove(sha)
-                    count += 1
+                    n = self.store.remove_unless_fresh(sha, cutoff)
+                    if n:
+                        freed += n
+                        count += 1
             return count, freed
 
     # ------------------------------------------------------------------ packs

@@ -105,7 +105,7 @@ class ObjectStore:
         """Store a raw chunk unless present; returns (sha, bytes written, 0 if it existed)."""
         sha = sha or hashlib.sha256(data).hexdigest()
         path = self.path_for(sha)
-        if path.is_file():
+        if self.freshen(sha):
             return sha, 0
         frame = compress(data, self.level)
         write_atomic(path, frame, self.durable)
@@ -117,11 +117,35 @@ class ObjectStore:
         data = decode_frame(frame, size, what)
         if hashlib.sha256(data).hexdigest() != sha:
             raise VerificationError(f"{what}: content does not match its SHA-256 (tampered)")
-        path = self.path_for(sha)
-        if path.is_file():
+        if self.freshen(sha):
             return False
-        write_atomic(path, frame, self.durable)
+        write_atomic(self.path_for(sha), frame, self.durable)
         return True
+
+    def freshen(self, sha: str) -> bool:
+        """True if the object is present, after marking it as just used (git does the same).
+
+        Collection spares objects younger than its grace period, so an object that a
+        publish found already here, or was told the hub has, survives until the release
+        that uses it is committed, even when no retained release referenced it before.
+        """
+        try:
+            os.utime(self.path_for(sha))
+        except FileNotFoundError:
+            return False
+        return True
+
+    def remove_unless_fresh(self, sha: str, cutoff: float) -> int:
+        """Remove an object last written or freshened before ``cutoff``; returns bytes freed."""
+        path = self.path_for(sha)
+        try:
+            st = path.stat()
+            if st.st_mtime >= cutoff:
+                return 0
+            path.unlink()
+            return st.st_size
+        except FileNotFoundError:
+            return 0
 
     def read_frame(self, sha: str) -> bytes:
         try:

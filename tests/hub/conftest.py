@@ -128,3 +128,16 @@ def sqlite_hub(tmp_path: Path) -> Iterator[RunningHub]:
     rh, server = start_hub(tmp_path / "hub")
     yield rh
     server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def hub(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Hub]:
+    """A hub without an HTTP server: the jobs run against its repository and database."""
+    url = request.getfixturevalue("pg_url") if request.param == "postgresql" else ""
+    cfg = HubConfig(data_dir=tmp_path / "hub", database_url=url, scheduler=False, keep_last=2)
+    cfg.data_dir.mkdir(parents=True)
+    Repository.init(cfg.repo_dir)
+    upgrade(cfg.url)
+    h = Hub(cfg)
+    yield h
+    h.db.dispose()

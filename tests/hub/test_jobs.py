@@ -5,14 +5,9 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
-import pytest
-
-from hub.config import HubConfig
-from hub.db import upgrade
 from hub.jobs import JobRunner
 from hub.models import Lease, Node
 from hub.service import Hub, Principal, now
@@ -25,19 +20,6 @@ from .conftest import RunningHub
 from .util import cli, http, noise, publish_cli, register_and_enrol, signed_report, write_tree
 
 ADMIN = Principal("tester", "admin")
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def hub(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Hub]:
-    """A hub without an HTTP server: the jobs run against its repository and database."""
-    url = request.getfixturevalue("pg_url") if request.param == "postgresql" else ""
-    cfg = HubConfig(data_dir=tmp_path / "hub", database_url=url, scheduler=False, keep_last=2)
-    cfg.data_dir.mkdir(parents=True)
-    Repository.init(cfg.repo_dir)
-    upgrade(cfg.url)
-    h = Hub(cfg)
-    yield h
-    h.db.dispose()
 
 
 def publish(hub: Hub, tmp: Path, files: dict, channel: str = "maths", commit: bool = True):
@@ -88,6 +70,7 @@ def test_background_worker_builds_packs_after_http_publish(running_hub: RunningH
 
 def test_garbage_collection_after_retention(hub: Hub, tmp_path: Path):
     runner = JobRunner(hub)
+    hub.config.gc_grace_hours = 0  # every object here is seconds old; the race test covers grace
     _, e1 = publish(hub, tmp_path, {"one.bin": noise(20_000, "one"), "common.txt": "c"})
     _, e2 = publish(hub, tmp_path, {"two.bin": noise(20_000, "two"), "common.txt": "c"})
     _, e3 = publish(hub, tmp_path, {"three.bin": noise(20_000, "three"), "common.txt": "c"})

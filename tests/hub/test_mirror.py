@@ -116,6 +116,7 @@ def test_mirror_push_delete_drops_collected_objects(sqlite_hub: RunningHub, tmp_
     publish_cli(
         sqlite_hub, "tiny", write_tree(tmp_path / "s", {"x": noise(9000, "new")}), tmp_path / "c"
     )
+    sqlite_hub.hub.config.gc_grace_hours = 0  # the old objects are only seconds old
     JobRunner(sqlite_hub.hub).collect_garbage()
     assert cli("hub", "mirror", "push", str(dest), "--delete", "--config", cfg).returncode == 0
     after = {p.name for p in (dest / "objects").rglob("*") if p.is_file()}

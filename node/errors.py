@@ -38,8 +38,16 @@ class DiskSpaceError(NodeError):
         self.needed, self.free, self.missing = needed, free, missing
 
 
-class BudgetExceeded(NodeError):
+class PassOver(NodeError):
+    """This sync pass may not move another byte; it ends cleanly and keeps what arrived."""
+
+
+class BudgetExceeded(PassOver):
     """The data budget of a metered link is spent; the sync stops and resumes later."""
+
+
+class PassDeadline(PassOver):
+    """The pass ran out of its time; the next pass continues where this one stopped."""
 
 
 class NotEnrolled(NodeError):

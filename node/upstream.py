@@ -17,7 +17,7 @@ import subprocess
 import tempfile
 import urllib.parse
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from protocol.paths import check_path
@@ -41,6 +41,13 @@ class Upstream(ABC):
         self.kind = kind
         self.cost = cost
         self.metered = metered
+        # told of every block that crosses this upstream, kept or not (set by Transfer)
+        self.meter: Callable[[int], None] | None = None
+
+    def _wire(self, n: int) -> None:
+        """Count ``n`` bytes that crossed the carrier (before any bound or skip)."""
+        if self.meter is not None and n:
+            self.meter(n)
 
     @abstractmethod
     def _fetch(self, path: str, offset: int) -> Iterator[bytes]:
@@ -77,6 +84,9 @@ class Upstream(ABC):
         except UpstreamError:
             return False
 
+    def done_with(self, path: str) -> None:  # noqa: B027 (optional hook)
+        """``path`` is verified and stored: a carrier that cached it may drop its copy."""
+
     def close(self) -> None:  # noqa: B027 (optional hook)
         """Release connections."""
 
@@ -100,6 +110,7 @@ class FolderUpstream(Upstream):
         with fh:
             fh.seek(offset)
             while block := fh.read(BLOCK):
+                self._wire(len(block))
                 yield block
 
     def probe(self) -> bool:
@@ -136,9 +147,11 @@ class HttpUpstream(Upstream):
     def clone(self) -> HttpUpstream:
         """The same upstream on its own connection (for parallel object fetches)."""
         base = f"{self.scheme}://{self.host}" + (f":{self.port}" if self.port else "")
-        return HttpUpstream(
+        twin = HttpUpstream(
             self.name, base + self.prefix, self.kind, self.cost, self.metered, self.timeout
         )
+        twin.meter = self.meter
+        return twin
 
     def _connection(self) -> http.client.HTTPConnection:
         if self._conn is None:
@@ -170,6 +183,9 @@ class HttpUpstream(Upstream):
                 self.close()  # a kept-alive connection the server closed: one fresh try
                 if attempt == 2:
                     raise
+            except BaseException:
+                self.close()  # a timeout mid-request leaves the connection unusable
+                raise
         try:
             if resp.status == 404:
                 resp.read()
@@ -192,6 +208,7 @@ class HttpUpstream(Upstream):
                 block = resp.read(BLOCK)
                 if not block:
                     break
+                self._wire(len(block))
                 got += len(block)
                 if skip:
                     if len(block) <= skip:
@@ -278,6 +295,7 @@ class RsyncUpstream(Upstream):
             with open(local, "rb") as fh:
                 fh.seek(offset)
                 while block := fh.read(BLOCK):
+                    self._wire(len(block))
                     yield block
         finally:
             pass

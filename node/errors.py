@@ -21,6 +21,10 @@ class UpstreamNotFound(UpstreamError):
     """The upstream answered, but does not hold that file (a mirror may lag behind)."""
 
 
+class TooMuchData(UpstreamError):
+    """The upstream sent more than the file can be: cut off, never resumed from it."""
+
+
 class NoUpstreamError(NodeError):
     """No configured upstream is reachable or willing right now."""
 

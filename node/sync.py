@@ -43,7 +43,7 @@ from protocol.errors import CaravaneError, NotFoundError
 from protocol.metadata import MAX_METADATA_BYTES, ChannelMeta, Manifest
 
 from .activate import Releases
-from .errors import DiskSpaceError, PassOver, UpstreamError, UpstreamNotFound
+from .errors import DiskSpaceError, PassOver, TooMuchData, UpstreamError, UpstreamNotFound
 from .policy import RateLimiter
 from .state import NodeState
 from .transfer import BAD_DATA, ROUTE_OF_KIND, Transfer, is_disk_full
@@ -405,7 +405,11 @@ class SyncEngine:
                     self.transfer.copy(up, rel, offset, max(0, bound - offset), fh.write)
                     os.fsync(fh.fileno())
 
-            self.transfer.retrying(download, size)
+            try:
+                self.transfer.retrying(download, size)
+            except TooMuchData:  # what it sent is suspect: keep only entries that verify
+                _truncate(partial, _valid_prefix(partial))
+                raise
             self._apply_pack(up, partial)
             self.transfer.succeeded(up)
 

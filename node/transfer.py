@@ -30,7 +30,13 @@ from typing import TypeVar
 from packs.errors import DiskFullError, PackError
 from protocol.errors import BadDataError
 
-from .errors import BudgetExceeded, PassDeadline, UpstreamError, UpstreamNotFound
+from .errors import (
+    BudgetExceeded,
+    PassDeadline,
+    TooMuchData,
+    UpstreamError,
+    UpstreamNotFound,
+)
 from .policy import RateLimiter
 from .state import NodeState
 from .upstream import Upstream
@@ -258,8 +264,8 @@ class Transfer:
             before = progress()
             try:
                 return fn()
-            except UpstreamNotFound:
-                raise
+            except (UpstreamNotFound, TooMuchData):
+                raise  # asking again would not change the answer
             except UpstreamError as exc:
                 if progress() > before:
                     failures = 0  # it moved forward: the link is up, just flaky

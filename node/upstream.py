@@ -23,7 +23,7 @@ from pathlib import Path
 from protocol.paths import check_path
 
 from .config import UpstreamConfig
-from .errors import UpstreamError, UpstreamNotFound
+from .errors import TooMuchData, UpstreamError, UpstreamNotFound
 
 BLOCK = 64 * 1024
 
@@ -61,7 +61,7 @@ class Upstream(ABC):
             for block in self._fetch(path, offset):
                 got += len(block)
                 if got > max_length:
-                    raise UpstreamError(
+                    raise TooMuchData(
                         self.name, f"{path}: sent more than the {max_length} bytes expected"
                     )
                 yield block

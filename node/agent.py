@@ -12,10 +12,10 @@ import json
 import logging
 import shutil
 import threading
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 from packs.repository import Repository
 from protocol.canonical import load_json
@@ -29,7 +29,7 @@ from .errors import NodeError, NotEnrolled
 from .policy import RateLimiter, in_windows, parse_rate_kbit
 from .state import NodeState, now
 from .sync import SyncEngine, SyncResult
-from .upstream import FolderUpstream, Upstream, make_upstream
+from .upstream import FolderUpstream, Upstream, http_client, make_upstream
 
 log = logging.getLogger("caravane.node")
 
@@ -293,22 +293,23 @@ class Node:
         return sent
 
     def _post(self, path: str, body: bytes, ctype: str) -> tuple[int, dict[str, Any]]:
-        req = urllib.request.Request(
-            self.config.hub_url + path, data=body, headers={"Content-Type": ctype}, method="POST"
-        )
+        """POST to the hub with the same HTTP client as the sync (proxies, redirects)."""
         try:
-            with urllib.request.urlopen(req, timeout=self.config.timeout_seconds) as resp:
-                return resp.status, json.loads(resp.read() or b"{}")
-        except urllib.error.HTTPError as exc:
-            try:
-                return exc.code, json.loads(exc.read() or b"{}")
-            except ValueError:
-                return exc.code, {}
-        except (OSError, ValueError) as exc:
+            with http_client(self.config.timeout_seconds) as client:
+                resp = client.post(
+                    self.config.hub_url + path, content=body, headers={"Content-Type": ctype}
+                )
+                data = resp.read()
+        except httpx.HTTPError as exc:
             raise NodeError(
                 f"the hub at {self.config.hub_url} is not reachable ({exc}); the report stays "
                 "queued"
             ) from None
+        try:
+            reply = json.loads(data or b"{}")
+        except ValueError:
+            reply = {}
+        return resp.status_code, reply if isinstance(reply, dict) else {"reply": reply}
 
     # ------------------------------------------------------------------ drives
 

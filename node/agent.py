@@ -297,7 +297,7 @@ class Node:
         try:
             with http_client(self.config.timeout_seconds) as client:
                 resp = client.post(
-                    self.config.hub_url + path, content=body, headers={"Content-Type": ctype}
+                    self.config.api_url(path), content=body, headers={"Content-Type": ctype}
                 )
                 data = resp.read()
         except httpx.HTTPError as exc:

@@ -30,6 +30,7 @@ from protocol.errors import PathError
 from protocol.paths import check_path
 
 from .agent import Node
+from .config import REPO_PREFIX
 
 log = logging.getLogger("caravane.node.serve")
 
@@ -284,7 +285,7 @@ async def errors(request: web.Request, handler: Any) -> web.StreamResponse:
     try:
         return await handler(request)
     except web.HTTPException as exc:
-        if exc.status in (404, 400) and not request.path.startswith(("/repo/", "/api/")):
+        if exc.status in (404, 400) and not request.path.startswith((REPO_PREFIX + "/", "/api/")):
             portal: Portal = request.app[PORTAL_KEY]
             key = "err.not_found" if exc.status == 404 else "err.bad_path"
             t = Translator(portal.lang(request))
@@ -305,7 +306,7 @@ def make_app(node: Node, agent: bool = False) -> web.Application:
     r.add_get("/c/{channel}", _redirect_slash)
     r.add_get("/c/{channel}/", portal.browse)
     r.add_get("/c/{channel}/{path:.*}", portal.browse)
-    r.add_get("/repo/{tail:.+}", portal.repo_file)
+    r.add_get(REPO_PREFIX + "/{tail:.+}", portal.repo_file)
     r.add_static("/static/", STATIC)
 
     async def usage_loop(app: web.Application) -> Any:

@@ -325,10 +325,7 @@ def make_upstream(cfg: UpstreamConfig, cache_dir: Path, timeout: float) -> Upstr
             timeout,
             cfg.metered,
         )
-    base = cfg.url.rstrip("/")
-    if cfg.kind in ("http", "peer"):
-        base += "/repo"  # the hub and peer centres serve the store under /repo/
-    return HttpUpstream(cfg.name, base, cfg.kind, cfg.cost, cfg.metered, timeout)
+    return HttpUpstream(cfg.name, cfg.repository_url, cfg.kind, cfg.cost, cfg.metered, timeout)
 
 
 def _slug(name: str) -> str:

@@ -160,6 +160,9 @@ class Node:
             daily_budget=cfg.daily_budget_mb * 1_000_000,
             monthly_budget=cfg.monthly_budget_mb * 1_000_000,
             margin=cfg.margin_mb * 1024 * 1024,
+            pass_seconds=cfg.pass_minutes * 60,
+            fetch_seconds=cfg.fetch_minutes * 60,
+            min_rate=cfg.min_rate_kbit * 1000 // 8,
             **kwargs,
         )
 

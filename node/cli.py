@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from caravane.cli import emit, fail, handle_errors, json_option, progress_bar
+from caravane.i18n import size_text
 
 from .config import UPSTREAM_KINDS, UpstreamConfig
 
@@ -157,7 +158,7 @@ def node_sync(
     if result.skipped:
         lines.append(f"nothing done: {result.skipped}")
     for name, n_bytes in result.received.items():
-        lines.append(f"received {n_bytes / 1e6:.1f} MB from {name}")
+        lines.append(f"received {size_text(n_bytes, 'en')} from {name}")
     lines += [f"problem: {e}" for e in result.errors]
     if sent_note:
         lines.append(sent_note)

@@ -95,6 +95,9 @@ class NodeConfig:
     daily_budget_mb: int = 0
     monthly_budget_mb: int = 0
     timeout_seconds: float = 30.0
+    pass_minutes: float = 0.0  # longest sync pass (0: no limit); the next pass continues
+    fetch_minutes: float = 0.0  # longest single fetch before its upstream is set aside
+    min_rate_kbit: int = 0  # under this rate (after a few seconds) an upstream is set aside
     margin_mb: int = 64
     usb_mounts: list[str] = field(default_factory=list)
     host: str = "0.0.0.0"

@@ -25,6 +25,10 @@ class TooMuchData(UpstreamError):
     """The upstream sent more than the file can be: cut off, never resumed from it."""
 
 
+class TooSlow(UpstreamError):
+    """A fetch under the minimum rate or past its deadline: set aside for this pass."""
+
+
 class NoUpstreamError(NodeError):
     """No configured upstream is reachable or willing right now."""
 

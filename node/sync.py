@@ -46,7 +46,7 @@ from .activate import Releases
 from .errors import DiskSpaceError, PassOver, TooMuchData, UpstreamError, UpstreamNotFound
 from .policy import RateLimiter
 from .state import NodeState
-from .transfer import BAD_DATA, ROUTE_OF_KIND, Transfer, is_disk_full
+from .transfer import BAD_DATA, RATE_GRACE_SECONDS, ROUTE_OF_KIND, Transfer, is_disk_full
 from .upstream import HttpUpstream, Upstream
 
 __all__ = [
@@ -142,6 +142,7 @@ class SyncEngine:
         pass_seconds: float = 0.0,
         fetch_seconds: float = 0.0,
         min_rate: int = 0,
+        rate_grace: float = RATE_GRACE_SECONDS,
     ) -> None:
         self.repo = repo
         self.releases = releases
@@ -163,6 +164,7 @@ class SyncEngine:
             pass_seconds=pass_seconds,
             fetch_seconds=fetch_seconds,
             min_rate=min_rate,
+            rate_grace=rate_grace,
         )
 
     @property
@@ -436,7 +438,9 @@ class SyncEngine:
             if not todo:
                 return
             try:
-                up.prefetch([object_relpath(s) for s in todo])
+                up.prefetch(
+                    [object_relpath(s) for s in todo], max(frame_bound(need[s]) for s in todo)
+                )
             except UpstreamError as exc:
                 self.transfer.set_aside(up, str(exc))
                 continue

@@ -34,6 +34,7 @@ from .errors import (
     BudgetExceeded,
     PassDeadline,
     TooMuchData,
+    TooSlow,
     UpstreamError,
     UpstreamNotFound,
 )
@@ -94,6 +95,7 @@ class Transfer:
         pass_seconds: float = 0.0,
         fetch_seconds: float = 0.0,
         min_rate: int = 0,
+        rate_grace: float = RATE_GRACE_SECONDS,
     ) -> None:
         self.state = state
         self.upstreams = sorted(upstreams, key=lambda u: u.cost)
@@ -107,7 +109,8 @@ class Transfer:
         self.progress = progress
         self.pass_seconds = pass_seconds
         self.fetch_seconds = fetch_seconds
-        self.min_rate = min_rate
+        self.min_rate = min_rate  # bytes/s; 0: any rate will do
+        self.rate_grace = rate_grace
         # what this pass moved, per upstream and per route (usb, network, peer ...)
         self.received: dict[str, int] = defaultdict(int)
         self.by_route: dict[str, int] = defaultdict(int)
@@ -264,8 +267,8 @@ class Transfer:
             before = progress()
             try:
                 return fn()
-            except (UpstreamNotFound, TooMuchData):
-                raise  # asking again would not change the answer
+            except (UpstreamNotFound, TooMuchData, TooSlow):
+                raise  # asking the same upstream again would not change the answer
             except UpstreamError as exc:
                 if progress() > before:
                     failures = 0  # it moved forward: the link is up, just flaky
@@ -306,9 +309,9 @@ class Transfer:
     def _check_fetch(self, up: Upstream, path: str, started: float, got: int) -> None:
         elapsed = time.monotonic() - started
         if self.fetch_seconds and elapsed > self.fetch_seconds:
-            raise UpstreamError(up.name, f"{path}: took longer than {self.fetch_seconds:.0f} s")
-        if self.min_rate and elapsed > RATE_GRACE_SECONDS and got / elapsed < self.min_rate:
-            raise UpstreamError(
+            raise TooSlow(up.name, f"{path}: took longer than {self.fetch_seconds:.0f} s")
+        if self.min_rate and elapsed > self.rate_grace and got / elapsed < self.min_rate:
+            raise TooSlow(
                 up.name,
                 f"{path}: too slow ({got / elapsed:.0f} bytes/s, under the "
                 f"{self.min_rate} bytes/s minimum)",

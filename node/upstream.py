@@ -65,15 +65,19 @@ class Upstream(ABC):
             self.meter(n)
 
     @abstractmethod
-    def _fetch(self, path: str, offset: int) -> Iterator[bytes]:
-        """Yield the bytes of ``path`` from ``offset`` to its end; raise UpstreamError."""
+    def _fetch(self, path: str, offset: int, limit: int) -> Iterator[bytes]:
+        """Yield the bytes of ``path`` from ``offset`` to its end; raise UpstreamError.
+
+        ``limit`` is the most bytes the whole file may have: a carrier that copies whole
+        files before serving them (rsync) refuses a bigger one before copying it.
+        """
 
     def fetch(self, path: str, offset: int = 0, max_length: int = 1 << 20) -> Iterator[bytes]:
         """The bytes of ``path`` from ``offset``, never more than ``max_length`` of them."""
         _check_repo_path(path)
         got = 0
         try:
-            for block in self._fetch(path, offset):
+            for block in self._fetch(path, offset, offset + max_length):
                 got += len(block)
                 if got > max_length:
                     raise TooMuchData(
@@ -88,8 +92,8 @@ class Upstream(ABC):
     def read(self, path: str, max_length: int) -> bytes:
         return b"".join(self.fetch(path, 0, max_length))
 
-    def prefetch(self, paths: list[str]) -> None:  # noqa: B027 (optional hook)
-        """A hint that these paths come next (rsync batches them into one run)."""
+    def prefetch(self, paths: list[str], max_size: int = 0) -> None:  # noqa: B027 (optional hook)
+        """A hint that these paths come next, none over ``max_size`` (rsync batches them)."""
 
     def probe(self) -> bool:
         """A cheap check that the upstream is there now (a link up, a drive inserted)."""
@@ -116,7 +120,7 @@ class FolderUpstream(Upstream):
         super().__init__(name, kind, cost)
         self.folder = Path(folder)
 
-    def _fetch(self, path: str, offset: int) -> Iterator[bytes]:
+    def _fetch(self, path: str, offset: int, limit: int) -> Iterator[bytes]:
         target = self.folder / path
         try:
             fh = open(target, "rb")
@@ -186,7 +190,7 @@ class HttpUpstream(Upstream):
             self._client.close()
             self._client = None
 
-    def _fetch(self, path: str, offset: int) -> Iterator[bytes]:
+    def _fetch(self, path: str, offset: int, limit: int) -> Iterator[bytes]:
         headers = {"Range": f"bytes={offset}-"} if offset else {}
         url = self.base_url + urllib.parse.quote(path)
         try:
@@ -275,32 +279,39 @@ class RsyncUpstream(Upstream):
             msg = (proc.stderr.strip().splitlines() or ["?"])[-1][:300]
             raise UpstreamError(self.name, f"rsync exit {proc.returncode}: {msg}")
 
-    def prefetch(self, paths: list[str]) -> None:  # noqa: B027 (optional hook)
+    def prefetch(self, paths: list[str], max_size: int = 0) -> None:
         todo = [p for p in paths if not (self.cache / p).is_file()]
         if not todo:
             return
         self.cache.mkdir(parents=True, exist_ok=True)
+        bound = [f"--max-size={max_size}"] if max_size else []
         with tempfile.NamedTemporaryFile("w", dir=self.cache, suffix=".list") as fh:
             fh.write("\n".join(todo) + "\n")
             fh.flush()
             with contextlib.suppress(UpstreamNotFound):  # fetch reports missing ones
-                self._run([f"--files-from={fh.name}", self.source + "/", str(self.cache) + "/"])
+                self._run(
+                    [*bound, f"--files-from={fh.name}", self.source + "/", str(self.cache) + "/"]
+                )
 
-    def _fetch(self, path: str, offset: int) -> Iterator[bytes]:
+    def _fetch(self, path: str, offset: int, limit: int) -> Iterator[bytes]:
         local = self.cache / path
         if path.startswith("metadata/"):
             local.unlink(missing_ok=True)  # it changes: never answer from an old copy
         if not local.is_file():
             local.parent.mkdir(parents=True, exist_ok=True)
-            self._run(["--append-verify", f"{self.source}/{path}", str(local)])
-        try:
-            with open(local, "rb") as fh:
-                fh.seek(offset)
-                while block := fh.read(BLOCK):
-                    self._wire(len(block))
-                    yield block
-        finally:
-            pass
+            # bounded before the copy: rsync skips a bigger file instead of filling the disk
+            self._run(
+                ["--append-verify", f"--max-size={limit}", f"{self.source}/{path}", str(local)]
+            )
+            if not local.is_file():
+                raise TooMuchData(
+                    self.name, f"{path}: larger than the {limit} bytes expected (not copied)"
+                )
+        with open(local, "rb") as fh:
+            fh.seek(offset)
+            while block := fh.read(BLOCK):
+                self._wire(len(block))
+                yield block
 
     def done_with(self, path: str) -> None:
         (self.cache / path).unlink(missing_ok=True)

@@ -8,6 +8,8 @@ what it refused, and that every byte an upstream sent is counted.
 from __future__ import annotations
 
 import random
+import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +18,7 @@ import pytest
 from node.errors import BudgetExceeded, PassOver
 from node.sync import SyncEngine
 from node.transfer import BAD_DATA
+from node.upstream import RsyncUpstream
 from packs.errors import PackError
 from packs.layout import channel_relpath, object_relpath
 from packs.store import compress
@@ -212,3 +215,57 @@ def test_pack_longer_than_any_pack_of_the_pair_is_counted_and_objects_finish(
     assert any("endless" in e and "more than" in e for e in r.errors)
     assert r.received["endless"] == endless.sent() > 16_000_000
     assert centre.live() == sim.versions[v1]
+
+
+def test_slow_drip_peer_is_set_aside_and_the_next_upstream_finishes_in_time(
+    sim: RepositorySimulator, centre: Centre
+) -> None:
+    """Issue 12: a peer sending a byte now and then must not hold the pass for hours."""
+    v1 = sim.publish(tree(1))
+    pack = sim.build_pack(0, v1)
+    peer, hub = sim.upstream("peer", cost=1, kind="peer"), sim.upstream("hub", cost=2)
+    peer.pace("packs/", delay=0.1, block=1)
+    started = time.monotonic()
+    r = centre.sync([peer, hub], min_rate=2000, rate_grace=0.5, pass_seconds=30)
+    assert r.complete, r.to_dict()
+    assert time.monotonic() - started < 30
+    assert any("peer" in e and "too slow" in e for e in r.errors)
+    assert centre.live() == sim.versions[v1]
+    # the bytes the peer dripped were kept: the hub continued after them
+    dripped = peer.sent(pack)
+    assert dripped > 0 and [f.offset for f in hub.fetches if f.path == pack] == [dripped]
+    assert r.received == {"peer": peer.sent(), "hub": hub.sent()}
+
+
+def test_pass_deadline_ends_the_pass_and_keeps_what_came(
+    sim: RepositorySimulator, centre: Centre
+) -> None:
+    v1 = sim.publish(tree(1))
+    pack = sim.build_pack(0, v1)
+    drip = sim.upstream("drip")
+    drip.pace("packs/", delay=0.05, block=100)
+    started = time.monotonic()
+    r = centre.sync([drip], pass_seconds=1.5)
+    assert time.monotonic() - started < 5
+    assert r.channels[0].status == "waiting"
+    assert any("time limit" in e for e in r.errors)
+    assert (centre.partial_dir / pack).stat().st_size == drip.sent(pack) > 0
+
+
+@pytest.mark.skipif(shutil.which("rsync") is None, reason="the rsync program is not installed")
+def test_rsync_refuses_a_file_bigger_than_planned_before_copying_it(
+    sim: RepositorySimulator, centre: Centre, tmp_path: Path
+) -> None:
+    v1 = sim.publish(tree(1))
+    pack = sim.build_pack(0, v1)
+    source = tmp_path / "rsync-source"
+    shutil.copytree(sim.repo.path, source, ignore=shutil.ignore_patterns("keys"))
+    (source / pack).write_bytes(b"\0" * 30_000_000)  # far more than any pack of 0-1
+    cache = tmp_path / "rsync-cache"
+    rs = RsyncUpstream("rsync", str(source), cache, cost=1)
+    good = sim.upstream("good", cost=2)
+    r = centre.sync([rs, good])
+    assert r.complete, r.to_dict()
+    assert any("rsync" in e and "larger than" in e for e in r.errors)
+    assert not (cache / pack).exists()  # never copied
+    assert r.received.get("rsync", 0) < 1_000_000

@@ -175,7 +175,7 @@ class SimulatedUpstream(Upstream):
     def probe(self) -> bool:
         return self.reachable and self._file("metadata/root.json") is not None
 
-    def _fetch(self, path: str, offset: int) -> Iterator[bytes]:
+    def _fetch(self, path: str, offset: int, limit: int) -> Iterator[bytes]:
         record = Fetch(self.name, path, offset)
         self.fetches.append(record)
         if not self.reachable:

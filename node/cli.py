@@ -6,7 +6,9 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -15,10 +17,15 @@ from caravane.i18n import size_text
 
 from .config import UPSTREAM_KINDS, UpstreamConfig
 
+if TYPE_CHECKING:
+    from .agent import Node
+    from .sync import ChannelResult
+
 DEFAULT_DIR = "caravane-node"
+F = TypeVar("F", bound=Callable[..., Any])
 
 
-def dir_option(func):
+def dir_option(func: F) -> F:
     return click.option(
         "--dir",
         "-d",
@@ -39,7 +46,7 @@ def _parse_upstream(text: str, i: int) -> UpstreamConfig:
     return UpstreamConfig(f"{kind}{i + 1}", kind, url, cost=(i + 1) * 10)
 
 
-def _open(data_dir: Path):
+def _open(data_dir: Path) -> Node:
     from .agent import Node
 
     return Node.open(data_dir)
@@ -167,7 +174,7 @@ def node_sync(
         sys.exit(2 if result.ok else 1)
 
 
-def _describe(c) -> str:
+def _describe(c: ChannelResult) -> str:
     if c.status == "activated":
         return f"{c.channel}: version {c.active} is now served (came by {c.route})"
     if c.status == "up-to-date":
@@ -266,5 +273,5 @@ def node_run(data_dir: Path, host: str | None, port: int | None, no_serve: bool)
         serve(n, host or n.config.host, port or n.config.port, agent=True)
 
 
-def _dump(obj) -> str:
+def _dump(obj: Any) -> str:
     return json.dumps(obj, indent=2, ensure_ascii=False)

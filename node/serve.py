@@ -204,7 +204,7 @@ class Portal:
 
     # ------------------------------------------------------------------ operator
 
-    def plain_status(self, lang: str) -> tuple[dict[str, Any], list[dict], list[str]]:
+    def plain_status(self, lang: str) -> tuple[dict[str, Any], list[dict[str, Any]], list[str]]:
         t = Translator(lang)
         st = self.node.status()
         lines, nxt = [], []
@@ -283,7 +283,8 @@ class Portal:
 @web.middleware
 async def errors(request: web.Request, handler: Any) -> web.StreamResponse:
     try:
-        return await handler(request)
+        response: web.StreamResponse = await handler(request)
+        return response
     except web.HTTPException as exc:
         if exc.status in (404, 400) and not request.path.startswith((REPO_PREFIX + "/", "/api/")):
             portal: Portal = request.app[PORTAL_KEY]

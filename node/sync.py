@@ -563,7 +563,7 @@ class SyncEngine:
                 # come along too, which only means keeping nothing extra
                 keep.update(m.decode() for m in HEX64_QUOTED.findall(data))
                 del data
-            for sha in self.repo.store.iter_ids():
+            for sha in self.repo.store.iter_ids():  # type: ignore[no-untyped-call]
                 if sha not in keep:
                     self.repo.store.remove(sha)
 

@@ -16,7 +16,7 @@ import subprocess
 import tempfile
 import urllib.parse
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 
 import httpx
@@ -72,7 +72,9 @@ class Upstream(ABC):
         files before serving them (rsync) refuses a bigger one before copying it.
         """
 
-    def fetch(self, path: str, offset: int = 0, max_length: int = 1 << 20) -> Iterator[bytes]:
+    def fetch(
+        self, path: str, offset: int = 0, max_length: int = 1 << 20
+    ) -> Generator[bytes, None, None]:
         """The bytes of ``path`` from ``offset``, never more than ``max_length`` of them."""
         _check_repo_path(path)
         got = 0

@@ -1,6 +1,6 @@
 """The node: its identity, its store, its releases, and the jobs that keep them current.
 
-``Node`` ties together what the CLI, the portal and the scheduler need: enrolment with the
+``NodeAgent`` ties together what the CLI, the portal and the scheduler need: enrolment with the
 hub (pins the hub's root and makes the centre's own key pair), one sync pass over the
 configured upstreams, rollback, status in plain words, and signed reports that wait in a
 queue until some route (network or drive) carries them to the hub.
@@ -47,7 +47,9 @@ def read_enrolment(path: Path) -> dict[str, Any]:
     return doc
 
 
-class Node:
+class NodeAgent:
+    """The agent of one centre (the hub's own ``Node`` is the centre's row in its database)."""
+
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
         if not (config.store_dir / "repo.json").is_file():
@@ -60,7 +62,7 @@ class Node:
         self._sync_lock = threading.Lock()
 
     @classmethod
-    def open(cls, path: Path) -> Node:
+    def open(cls, path: Path) -> NodeAgent:
         return cls(NodeConfig.load(path))
 
     # ------------------------------------------------------------------ enrolment
@@ -75,7 +77,7 @@ class Node:
         upstreams: list[UpstreamConfig] | None = None,
         offline: bool = False,
         port: int = 8480,
-    ) -> Node:
+    ) -> NodeAgent:
         """Pin the hub's root, make this centre's key pair, and register it with the hub.
 
         Offline (a centre that is never online), the registration waits in the queue and
@@ -363,7 +365,7 @@ The drive can be removed now. / La cle peut etre retiree maintenant.
 """
 
 
-def import_drive(node: Node, drive: Path, progress: Any = None) -> dict[str, Any]:
+def import_drive_into_centre(node: NodeAgent, drive: Path, progress: Any = None) -> dict[str, Any]:
     """Take from a drive what this centre needs, activate it, and write the report back.
 
     The drive's packs are applied straight from the drive (verified entry by entry); then one

@@ -18,7 +18,7 @@ from caravane.i18n import size_text
 from .config import UPSTREAM_KINDS, UpstreamConfig
 
 if TYPE_CHECKING:
-    from .agent import Node
+    from .agent import NodeAgent
     from .sync import ChannelResult
 
 DEFAULT_DIR = "caravane-node"
@@ -46,10 +46,10 @@ def _parse_upstream(text: str, i: int) -> UpstreamConfig:
     return UpstreamConfig(f"{kind}{i + 1}", kind, url, cost=(i + 1) * 10)
 
 
-def _open(data_dir: Path) -> Node:
-    from .agent import Node
+def _open(data_dir: Path) -> NodeAgent:
+    from .agent import NodeAgent
 
-    return Node.open(data_dir)
+    return NodeAgent.open(data_dir)
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -96,14 +96,14 @@ def node_init(
     as_json: bool,
 ) -> None:
     """Set up a node in DATA_DIR: pin the hub's keys, make this centre's key pair."""
-    from .agent import Node, read_enrolment
+    from .agent import NodeAgent, read_enrolment
 
     if enrolment is None:
         fail("give the enrolment file with --enrolment (the hub admin makes it)", as_json)
         return
     doc = read_enrolment(enrolment)
     ups = [_parse_upstream(u, i) for i, u in enumerate(upstreams)] or None
-    n = Node.init(data_dir, doc, code=code, upstreams=ups, offline=offline, port=port)
+    n = NodeAgent.init(data_dir, doc, code=code, upstreams=ups, offline=offline, port=port)
     waiting = n.state.get("enrol_request")
     emit(
         as_json,

@@ -54,9 +54,9 @@ def test_disk_filling_up_mid_sync_stops_cleanly_and_loses_nothing(
     n = world.node("centre-a")
     n.config.data_dir = small_disk / "node"
     shutil.copytree(world.tmp / "centre-a", n.config.data_dir, symlinks=True)
-    from node.agent import Node
+    from node.agent import NodeAgent
 
-    n = Node.open(n.config.data_dir)
+    n = NodeAgent.open(n.config.data_dir)
     n.config.durable = False
     n.config.margin_mb = 0
     assert world.sync(n).complete

@@ -1,6 +1,6 @@
 """The node: its identity, its store, its releases, and the jobs that keep them current.
 
-``Node`` ties together what the CLI, the portal and the scheduler need: enrolment with the
+``NodeAgent`` ties together what the CLI, the portal and the scheduler need: enrolment with the
 hub (pins the hub's root and makes the centre's own key pair), one sync pass over the
 configured upstreams, rollback, status in plain words, and signed reports that wait in a
 queue until some route (network or drive) carries them to the hub.
@@ -12,10 +12,10 @@ import json
 import logging
 import shutil
 import threading
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 from packs.repository import Repository
 from protocol.canonical import load_json
@@ -29,7 +29,7 @@ from .errors import NodeError, NotEnrolled
 from .policy import RateLimiter, in_windows, parse_rate_kbit
 from .state import NodeState, now
 from .sync import SyncEngine, SyncResult
-from .upstream import FolderUpstream, Upstream, make_upstream
+from .upstream import FolderUpstream, Upstream, http_client, make_upstream
 
 log = logging.getLogger("caravane.node")
 
@@ -47,7 +47,9 @@ def read_enrolment(path: Path) -> dict[str, Any]:
     return doc
 
 
-class Node:
+class NodeAgent:
+    """The agent of one centre (the hub's own ``Node`` is the centre's row in its database)."""
+
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
         if not (config.store_dir / "repo.json").is_file():
@@ -60,7 +62,7 @@ class Node:
         self._sync_lock = threading.Lock()
 
     @classmethod
-    def open(cls, path: Path) -> Node:
+    def open(cls, path: Path) -> NodeAgent:
         return cls(NodeConfig.load(path))
 
     # ------------------------------------------------------------------ enrolment
@@ -75,7 +77,7 @@ class Node:
         upstreams: list[UpstreamConfig] | None = None,
         offline: bool = False,
         port: int = 8480,
-    ) -> Node:
+    ) -> NodeAgent:
         """Pin the hub's root, make this centre's key pair, and register it with the hub.
 
         Offline (a centre that is never online), the registration waits in the queue and
@@ -160,6 +162,9 @@ class Node:
             daily_budget=cfg.daily_budget_mb * 1_000_000,
             monthly_budget=cfg.monthly_budget_mb * 1_000_000,
             margin=cfg.margin_mb * 1024 * 1024,
+            pass_seconds=cfg.pass_minutes * 60,
+            fetch_seconds=cfg.fetch_minutes * 60,
+            min_rate=cfg.min_rate_kbit * 1000 // 8,
             **kwargs,
         )
 
@@ -293,22 +298,23 @@ class Node:
         return sent
 
     def _post(self, path: str, body: bytes, ctype: str) -> tuple[int, dict[str, Any]]:
-        req = urllib.request.Request(
-            self.config.hub_url + path, data=body, headers={"Content-Type": ctype}, method="POST"
-        )
+        """POST to the hub with the same HTTP client as the sync (proxies, redirects)."""
         try:
-            with urllib.request.urlopen(req, timeout=self.config.timeout_seconds) as resp:
-                return resp.status, json.loads(resp.read() or b"{}")
-        except urllib.error.HTTPError as exc:
-            try:
-                return exc.code, json.loads(exc.read() or b"{}")
-            except ValueError:
-                return exc.code, {}
-        except (OSError, ValueError) as exc:
+            with http_client(self.config.timeout_seconds) as client:
+                resp = client.post(
+                    self.config.api_url(path), content=body, headers={"Content-Type": ctype}
+                )
+                data = resp.read()
+        except httpx.HTTPError as exc:
             raise NodeError(
                 f"the hub at {self.config.hub_url} is not reachable ({exc}); the report stays "
                 "queued"
             ) from None
+        try:
+            reply = json.loads(data or b"{}")
+        except ValueError:
+            reply = {}
+        return resp.status_code, reply if isinstance(reply, dict) else {"reply": reply}
 
     # ------------------------------------------------------------------ drives
 
@@ -359,7 +365,7 @@ The drive can be removed now. / La cle peut etre retiree maintenant.
 """
 
 
-def import_drive(node: Node, drive: Path, progress: Any = None) -> dict[str, Any]:
+def import_drive_into_centre(node: NodeAgent, drive: Path, progress: Any = None) -> dict[str, Any]:
     """Take from a drive what this centre needs, activate it, and write the report back.
 
     The drive's packs are applied straight from the drive (verified entry by entry); then one

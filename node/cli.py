@@ -6,18 +6,26 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from caravane.cli import emit, fail, handle_errors, json_option, progress_bar
+from caravane.i18n import size_text
 
 from .config import UPSTREAM_KINDS, UpstreamConfig
 
+if TYPE_CHECKING:
+    from .agent import NodeAgent
+    from .sync import ChannelResult
+
 DEFAULT_DIR = "caravane-node"
+F = TypeVar("F", bound=Callable[..., Any])
 
 
-def dir_option(func):
+def dir_option(func: F) -> F:
     return click.option(
         "--dir",
         "-d",
@@ -38,10 +46,10 @@ def _parse_upstream(text: str, i: int) -> UpstreamConfig:
     return UpstreamConfig(f"{kind}{i + 1}", kind, url, cost=(i + 1) * 10)
 
 
-def _open(data_dir: Path):
-    from .agent import Node
+def _open(data_dir: Path) -> NodeAgent:
+    from .agent import NodeAgent
 
-    return Node.open(data_dir)
+    return NodeAgent.open(data_dir)
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -88,14 +96,14 @@ def node_init(
     as_json: bool,
 ) -> None:
     """Set up a node in DATA_DIR: pin the hub's keys, make this centre's key pair."""
-    from .agent import Node, read_enrolment
+    from .agent import NodeAgent, read_enrolment
 
     if enrolment is None:
         fail("give the enrolment file with --enrolment (the hub admin makes it)", as_json)
         return
     doc = read_enrolment(enrolment)
     ups = [_parse_upstream(u, i) for i, u in enumerate(upstreams)] or None
-    n = Node.init(data_dir, doc, code=code, upstreams=ups, offline=offline, port=port)
+    n = NodeAgent.init(data_dir, doc, code=code, upstreams=ups, offline=offline, port=port)
     waiting = n.state.get("enrol_request")
     emit(
         as_json,
@@ -157,7 +165,7 @@ def node_sync(
     if result.skipped:
         lines.append(f"nothing done: {result.skipped}")
     for name, n_bytes in result.received.items():
-        lines.append(f"received {n_bytes / 1e6:.1f} MB from {name}")
+        lines.append(f"received {size_text(n_bytes, 'en')} from {name}")
     lines += [f"problem: {e}" for e in result.errors]
     if sent_note:
         lines.append(sent_note)
@@ -166,7 +174,7 @@ def node_sync(
         sys.exit(2 if result.ok else 1)
 
 
-def _describe(c) -> str:
+def _describe(c: ChannelResult) -> str:
     if c.status == "activated":
         return f"{c.channel}: version {c.active} is now served (came by {c.route})"
     if c.status == "up-to-date":
@@ -265,5 +273,5 @@ def node_run(data_dir: Path, host: str | None, port: int | None, no_serve: bool)
         serve(n, host or n.config.host, port or n.config.port, agent=True)
 
 
-def _dump(obj) -> str:
+def _dump(obj: Any) -> str:
     return json.dumps(obj, indent=2, ensure_ascii=False)

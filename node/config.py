@@ -16,6 +16,21 @@ from protocol.errors import FormatError
 
 CONFIG_NAME = "node.toml"
 UPSTREAM_KINDS = ("http", "peer", "mirror", "rsync", "folder")
+#: where the hub and peer centres serve their repository (static mirrors serve it at the
+#: URL given, rsync and folders at the path given)
+REPO_PREFIX = "/repo"
+SERVICE_KINDS = ("http", "peer")
+
+
+def repository_url(kind: str, url: str) -> str:
+    """The URL of the repository layout an upstream of ``kind`` at ``url`` serves.
+
+    The one place that knows the hub and peers serve the store under ``/repo``: a node
+    names a hub or a peer by its address and never writes the prefix itself.
+    """
+    if kind in SERVICE_KINDS:
+        return url.rstrip("/") + REPO_PREFIX
+    return url
 
 
 @dataclass
@@ -26,12 +41,17 @@ class UpstreamConfig:
     cost: int = 10
     metered: bool = False
 
+    @property
+    def repository_url(self) -> str:
+        return repository_url(self.kind, self.url)
+
     @classmethod
-    def from_dict(cls, d: dict[str, Any], where: str) -> UpstreamConfig:
+    def from_dict(cls, d: dict[str, Any], where: str, hub_url: str = "") -> UpstreamConfig:
+        """One ``[[upstream]]`` table; an ``http`` upstream without a url is the hub."""
         kind = str(d.get("kind", "http"))
         if kind not in UPSTREAM_KINDS:
             raise FormatError(f"{where}: upstream kind {kind!r} is not one of {UPSTREAM_KINDS}")
-        url = str(d.get("url", "")).strip()
+        url = str(d.get("url", "")).strip() or (hub_url if kind == "http" else "")
         if not url:
             raise FormatError(f"{where}: an upstream needs a url (or a folder path)")
         return cls(
@@ -42,14 +62,12 @@ class UpstreamConfig:
             metered=bool(d.get("metered", False)),
         )
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "kind": self.kind,
-            "url": self.url,
-            "cost": self.cost,
-            "metered": self.metered,
-        }
+    def to_dict(self, hub_url: str = "") -> dict[str, Any]:
+        """The TOML table; the hub's own upstream leaves its url to ``[node] hub_url``."""
+        out: dict[str, Any] = {"name": self.name, "kind": self.kind, "url": self.url}
+        if self.kind == "http" and hub_url and self.url.rstrip("/") == hub_url.rstrip("/"):
+            del out["url"]
+        return out | {"cost": self.cost, "metered": self.metered}
 
 
 def parse_window(text: str) -> tuple[time, time]:
@@ -77,6 +95,9 @@ class NodeConfig:
     daily_budget_mb: int = 0
     monthly_budget_mb: int = 0
     timeout_seconds: float = 30.0
+    pass_minutes: float = 0.0  # longest sync pass (0: no limit); the next pass continues
+    fetch_minutes: float = 0.0  # longest single fetch before its upstream is set aside
+    min_rate_kbit: int = 0  # under this rate (after a few seconds) an upstream is set aside
     margin_mb: int = 64
     usb_mounts: list[str] = field(default_factory=list)
     host: str = "0.0.0.0"
@@ -109,6 +130,10 @@ class NodeConfig:
     def db_url(self) -> str:
         return f"sqlite:///{self.data_dir / 'node.db'}"
 
+    def api_url(self, path: str) -> str:
+        """The hub's API address for ``path`` (``/api/v1/...``)."""
+        return self.hub_url.rstrip("/") + path
+
     def window_list(self) -> list[tuple[time, time]]:
         return [parse_window(w) for w in self.windows]
 
@@ -140,11 +165,14 @@ class NodeConfig:
         data_dir = Path(node.pop("data_dir", ".")).expanduser()
         if not data_dir.is_absolute():
             data_dir = (path.parent / data_dir).resolve()
+        hub_url = str(node.pop("hub_url", "")).rstrip("/")
         ups = [
-            UpstreamConfig.from_dict(u, f"{path} [[upstream]] {i + 1}")
+            UpstreamConfig.from_dict(u, f"{path} [[upstream]] {i + 1}", hub_url)
             for i, u in enumerate(doc.get("upstream", []))
         ]
-        cfg = cls(data_dir=data_dir, upstreams=ups, **node)
+        if not hub_url:  # files that named the hub only as its upstream
+            hub_url = next((u.url.rstrip("/") for u in ups if u.kind == "http"), "")
+        cfg = cls(data_dir=data_dir, upstreams=ups, hub_url=hub_url, **node)
         cfg.host = str(serve.get("host", cfg.host))
         cfg.port = int(serve.get("port", cfg.port))
         cfg.window_list()  # fail on a bad window now, not at 22:00
@@ -165,7 +193,8 @@ class NodeConfig:
             lines.append(f"{key} = {val(getattr(self, key))}")
         lines += ["", "[serve]", f"host = {val(self.host)}", f"port = {self.port}"]
         for u in self.upstreams:
-            lines += ["", "[[upstream]]"] + [f"{k} = {val(v)}" for k, v in u.to_dict().items()]
+            table = u.to_dict(self.hub_url)
+            lines += ["", "[[upstream]]"] + [f"{k} = {val(v)}" for k, v in table.items()]
         return "\n".join(lines) + "\n"
 
     def save(self) -> Path:

@@ -21,6 +21,14 @@ class UpstreamNotFound(UpstreamError):
     """The upstream answered, but does not hold that file (a mirror may lag behind)."""
 
 
+class TooMuchData(UpstreamError):
+    """The upstream sent more than the file can be: cut off, never resumed from it."""
+
+
+class TooSlow(UpstreamError):
+    """A fetch under the minimum rate or past its deadline: set aside for this pass."""
+
+
 class NoUpstreamError(NodeError):
     """No configured upstream is reachable or willing right now."""
 
@@ -38,8 +46,16 @@ class DiskSpaceError(NodeError):
         self.needed, self.free, self.missing = needed, free, missing
 
 
-class BudgetExceeded(NodeError):
+class PassOver(NodeError):
+    """This sync pass may not move another byte; it ends cleanly and keeps what arrived."""
+
+
+class BudgetExceeded(PassOver):
     """The data budget of a metered link is spent; the sync stops and resumes later."""
+
+
+class PassDeadline(PassOver):
+    """The pass ran out of its time; the next pass continues where this one stopped."""
 
 
 class NotEnrolled(NodeError):

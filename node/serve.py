@@ -29,11 +29,12 @@ from caravane.i18n import Translator, negotiate, size_text
 from protocol.errors import PathError
 from protocol.paths import check_path
 
-from .agent import Node
+from .agent import NodeAgent
+from .config import REPO_PREFIX
 
 log = logging.getLogger("caravane.node.serve")
 
-NODE_KEY = web.AppKey("node", Node)
+NODE_KEY = web.AppKey("node", NodeAgent)
 PORTAL_KEY: web.AppKey[Portal] = web.AppKey("portal")
 PEER_ROOTS = ("metadata/", "manifests/", "objects/")
 IMMUTABLE = "public, max-age=31536000, immutable"
@@ -52,7 +53,7 @@ def _env() -> jinja2.Environment:
 
 
 class Portal:
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: NodeAgent) -> None:
         self.node = node
         self.env = _env()
         self.usage: dict[tuple[str, str], int] = defaultdict(int)
@@ -203,7 +204,7 @@ class Portal:
 
     # ------------------------------------------------------------------ operator
 
-    def plain_status(self, lang: str) -> tuple[dict[str, Any], list[dict], list[str]]:
+    def plain_status(self, lang: str) -> tuple[dict[str, Any], list[dict[str, Any]], list[str]]:
         t = Translator(lang)
         st = self.node.status()
         lines, nxt = [], []
@@ -282,9 +283,10 @@ class Portal:
 @web.middleware
 async def errors(request: web.Request, handler: Any) -> web.StreamResponse:
     try:
-        return await handler(request)
+        response: web.StreamResponse = await handler(request)
+        return response
     except web.HTTPException as exc:
-        if exc.status in (404, 400) and not request.path.startswith(("/repo/", "/api/")):
+        if exc.status in (404, 400) and not request.path.startswith((REPO_PREFIX + "/", "/api/")):
             portal: Portal = request.app[PORTAL_KEY]
             key = "err.not_found" if exc.status == 404 else "err.bad_path"
             t = Translator(portal.lang(request))
@@ -292,7 +294,7 @@ async def errors(request: web.Request, handler: Any) -> web.StreamResponse:
         raise
 
 
-def make_app(node: Node, agent: bool = False) -> web.Application:
+def make_app(node: NodeAgent, agent: bool = False) -> web.Application:
     app = web.Application(middlewares=[errors], client_max_size=64 * 1024)
     portal = Portal(node)
     app[NODE_KEY] = node
@@ -305,7 +307,7 @@ def make_app(node: Node, agent: bool = False) -> web.Application:
     r.add_get("/c/{channel}", _redirect_slash)
     r.add_get("/c/{channel}/", portal.browse)
     r.add_get("/c/{channel}/{path:.*}", portal.browse)
-    r.add_get("/repo/{tail:.+}", portal.repo_file)
+    r.add_get(REPO_PREFIX + "/{tail:.+}", portal.repo_file)
     r.add_static("/static/", STATIC)
 
     async def usage_loop(app: web.Application) -> Any:
@@ -337,6 +339,6 @@ async def _redirect_slash(request: web.Request) -> web.Response:
     raise web.HTTPFound(f"/c/{urllib.parse.quote(request.match_info['channel'])}/")
 
 
-def serve(node: Node, host: str, port: int, agent: bool = False) -> None:
+def serve(node: NodeAgent, host: str, port: int, agent: bool = False) -> None:
     log.info("portal on http://%s:%d/", host, port)
     web.run_app(make_app(node, agent), host=host, port=port, print=None)

@@ -15,12 +15,12 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from apscheduler.schedulers.background import BackgroundScheduler
-from apscheduler.schedulers.blocking import BlockingScheduler
+from apscheduler.schedulers.background import BackgroundScheduler  # type: ignore[import-untyped]
+from apscheduler.schedulers.blocking import BlockingScheduler  # type: ignore[import-untyped]
 
 from protocol.errors import CaravaneError
 
-from .agent import Node, import_drive
+from .agent import NodeAgent, import_drive_into_centre
 
 log = logging.getLogger("caravane.node.agent")
 DRIVE_SCAN_SECONDS = 5
@@ -46,7 +46,7 @@ def find_drives(mounts: list[str]) -> list[Path]:
 
 
 class AgentService:
-    def __init__(self, node: Node, portal: Any = None, blocking: bool = False) -> None:
+    def __init__(self, node: NodeAgent, portal: Any = None, blocking: bool = False) -> None:
         self.node = node
         self.portal = portal
         self.seen: dict[Path, float] = {}
@@ -105,7 +105,7 @@ class AgentService:
                 self.portal.drive_notice[str(drive)] = "busy"
             log.info("drive found at %s: importing; do not remove it yet", drive)
             try:
-                out = import_drive(self.node, drive)
+                out = import_drive_into_centre(self.node, drive)
                 for line in out["errors"]:
                     log.warning("drive %s: %s", drive, line)
             except CaravaneError as exc:
@@ -119,7 +119,7 @@ class AgentService:
             log.info("drive %s can be removed now", drive)
 
 
-def run_agent(node: Node) -> None:
+def run_agent(node: NodeAgent) -> None:
     """The agent alone, in the foreground (``caravane node run --no-serve``)."""
     service = AgentService(node, blocking=True)
     with contextlib.suppress(KeyboardInterrupt, SystemExit):

@@ -6,6 +6,7 @@ import random
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import create_engine, event, func, select
 from sqlalchemy.engine import Engine
@@ -50,7 +51,7 @@ def _engine(url: str) -> Engine:
     engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
     @event.listens_for(engine, "connect")
-    def _pragmas(dbapi_conn, _record) -> None:
+    def _pragmas(dbapi_conn: Any, _record: Any) -> None:
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=NORMAL")
@@ -114,7 +115,7 @@ class NodeState:
             until = _aware(row.demoted_until) if row else None
             return until if until and until > now() else None
 
-    def upstream_health(self) -> list[dict]:
+    def upstream_health(self) -> list[dict[str, Any]]:
         with self.session() as s:
             return [
                 {
@@ -161,7 +162,7 @@ class NodeState:
                 )
             )
 
-    def last_activation(self, channel: str) -> dict | None:
+    def last_activation(self, channel: str) -> dict[str, Any] | None:
         with self.session() as s:
             row = s.scalars(
                 select(Activation)
@@ -244,7 +245,7 @@ class NodeState:
         with self.session() as s:
             s.add(Event(at=now(), level=level, message=message[:4000]))
 
-    def recent_events(self, limit: int = 20, level: str | None = None) -> list[dict]:
+    def recent_events(self, limit: int = 20, level: str | None = None) -> list[dict[str, Any]]:
         with self.session() as s:
             q = select(Event).order_by(Event.id.desc()).limit(limit)
             if level:

@@ -1,31 +1,29 @@
 """The sync engine: bring each subscribed channel to its newest signed release.
 
-Order of work for one channel (every step verifies before it keeps anything):
+``SyncEngine`` reads as the protocol, in the order python-tuf's updater reads its roles;
+every step verifies before it keeps anything:
 
-1. root metadata N+1, N+2 ... from the first upstream that has them (old and new keys sign);
-2. channel metadata from every available upstream; the newest valid one wins, a forged,
-   rolled-back or expired copy is discarded and its upstream demoted;
-3. the release manifest, checked against the length and SHA-256 in the channel metadata;
-4. the missing chunks: first as a delta pack (resumed by byte range into ``partial/``, from
-   whichever upstream has it), then one by one as objects for anything still missing;
-5. a release folder built beside the active one, then switched in with one rename.
+1. ``_load_root``: root metadata N+1, N+2 ... (each signed by the old and the new keys);
+2. ``_load_channel``: channel metadata from every upstream; the newest valid one wins, a
+   forged, rolled-back or expired copy is discarded and its upstream set aside;
+3. ``_load_manifest``: the release manifest, checked against the length and SHA-256 in the
+   channel metadata (or, where a drive or a mirror carries only a pack, out of the pack);
+4. ``_fetch_content``: the missing chunks, as a delta pack (resumed by byte range into
+   ``partial/``) when that is the cheaper route, then one by one as objects;
+5. ``_activate``: a release folder built beside the active one, switched in with a rename.
 
-Every verified byte stays on disk, so a cut link, a kill -9 or a reboot costs at most the
-block in flight (packs) or one object.
+How bytes move (which upstream, retries, budgets, deadlines, counting) is not here: it is
+``node.transfer.Transfer``. Every verified byte stays on disk, so a cut link, a kill -9 or
+a reboot costs at most the block in flight (packs) or one object.
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
-import random
 import re
 import shutil
 import threading
-import time
-from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,40 +39,43 @@ from packs.layout import (
 )
 from packs.packfile import MAGIC, read_entries
 from packs.repository import Repository
-from protocol.errors import (
-    CaravaneError,
-    ExpiredError,
-    FormatError,
-    NotFoundError,
-    RollbackError,
-    SignatureError,
-    VerificationError,
-)
+from protocol.errors import CaravaneError, NotFoundError
 from protocol.metadata import MAX_METADATA_BYTES, ChannelMeta, Manifest
 
 from .activate import Releases
-from .errors import BudgetExceeded, DiskSpaceError, UpstreamError, UpstreamNotFound
+from .errors import DiskSpaceError, PassOver, TooMuchData, UpstreamError, UpstreamNotFound
 from .policy import RateLimiter
 from .state import NodeState
+from .transfer import BAD_DATA, RATE_GRACE_SECONDS, ROUTE_OF_KIND, Transfer, is_disk_full
 from .upstream import HttpUpstream, Upstream
 
-log = logging.getLogger("caravane.node")
+__all__ = [
+    "BAD_DATA",
+    "ROUTE_OF_KIND",
+    "ChannelResult",
+    "SyncEngine",
+    "SyncResult",
+    "frame_bound",
+]
 
-ROUTE_OF_KIND = {
-    "http": "network",
-    "mirror": "mirror",
-    "peer": "peer",
-    "rsync": "rsync",
-    "folder": "usb",
-}
 OBJECT_WORKERS = 4
 HEX64_QUOTED = re.compile(rb'"([0-9a-f]{64})"')
-BAD_DATA = (VerificationError, SignatureError, RollbackError, ExpiredError, FormatError, PackError)
+#: room for what a pack carries besides chunks: root and channel metadata, entry headers
+PACK_OVERHEAD = 16 * 1024 * 1024
 
 
 def frame_bound(size: int) -> int:
     """The most bytes a zstd frame of ``size`` raw bytes can take (zstd's compress bound)."""
     return size + (size >> 7) + 4096
+
+
+def pack_bound(carried: int, manifest_length: int = 0) -> int:
+    """The most bytes a pack carrying ``carried`` raw chunk bytes may take on the wire.
+
+    The bound depends on what the pack carries (fixed by the two releases), never on what
+    this centre still lacks: a hub serves the whole pack whatever the centre holds.
+    """
+    return carried + carried // 16 + manifest_length + PACK_OVERHEAD
 
 
 @dataclass
@@ -118,6 +119,8 @@ class SyncResult:
 
 
 class SyncEngine:
+    """One sync pass over a node's store and releases, reading through a ``Transfer``."""
+
     def __init__(
         self,
         repo: Repository,
@@ -136,316 +139,240 @@ class SyncEngine:
         on_event: Callable[[str, str], None] | None = None,
         progress: Callable[[int], Any] | None = None,
         route: str | None = None,
+        pass_seconds: float = 0.0,
+        fetch_seconds: float = 0.0,
+        min_rate: int = 0,
+        rate_grace: float = RATE_GRACE_SECONDS,
     ) -> None:
         self.repo = repo
         self.releases = releases
         self.state = state
-        self.upstreams = sorted(upstreams, key=lambda u: u.cost)
         self.partial_dir = Path(partial_dir)
-        self.limiter = limiter or RateLimiter(0)
-        self.daily_budget = daily_budget
-        self.monthly_budget = monthly_budget
         self.margin = margin
-        self.retries = retries
-        self.retry_base = retry_base
-        self.ignore_demotion = ignore_demotion
-        self.on_event = on_event
-        self.progress = progress
         self.route = route
-        self.received: dict[str, int] = defaultdict(int)
-        self._unflushed: dict[str, int] = defaultdict(int)
-        self._budget_used: int | None = None
-        self._by_route: dict[str, int] = defaultdict(int)
-        self.errors: list[str] = []
-        self._count_lock = threading.RLock()
-
-    # ------------------------------------------------------------------ bookkeeping
-
-    def _event(self, level: str, message: str) -> None:
-        getattr(log, level if level in ("info", "warning", "error") else "info")(message)
-        with contextlib.suppress(Exception):  # the log line above is the record of last resort
-            self.state.event(level, message)
-        if self.on_event:
-            self.on_event(level, message)
-
-    def _fail(self, up: Upstream, message: str) -> None:
-        until = self.state.record_failure(up.name, message)
-        self.errors.append(message)
-        self._event(
-            "warning",
-            f"{message}; upstream {up.name} is set aside until {until:%H:%M} UTC and the "
-            "next one is tried",
+        self.transfer = Transfer(
+            state,
+            upstreams,
+            limiter=limiter,
+            daily_budget=daily_budget,
+            monthly_budget=monthly_budget,
+            retries=retries,
+            retry_base=retry_base,
+            ignore_demotion=ignore_demotion,
+            on_event=on_event,
+            progress=progress,
+            pass_seconds=pass_seconds,
+            fetch_seconds=fetch_seconds,
+            min_rate=min_rate,
+            rate_grace=rate_grace,
         )
-        self._demoted.add(up.name)
 
-    def _flush_transfers(self, up: Upstream | None = None) -> None:
-        for name, n in list(self._unflushed.items()):
-            if n and (up is None or up.name == name):
-                metered = next((u.metered for u in self.upstreams if u.name == name), False)
-                self.state.add_transfer(name, metered, n)
-                self._unflushed[name] = 0
+    @property
+    def upstreams(self) -> list[Upstream]:
+        return self.transfer.upstreams
 
-    def _check_budget(self, n: int) -> None:
-        if not (self.daily_budget or self.monthly_budget):
-            return
-        if self._budget_used is None:
-            self._budget_used = 0
-            self._day_used = self.state.metered_bytes("day")
-            self._month_used = self.state.metered_bytes("month")
-        self._budget_used += n
-        if self.daily_budget and self._day_used + self._budget_used > self.daily_budget:
-            raise BudgetExceeded(
-                f"today's data budget on metered links ({self.daily_budget / 1e6:.0f} MB) is "
-                "spent; the sync stops here and continues tomorrow (what arrived is kept)"
-            )
-        if self.monthly_budget and self._month_used + self._budget_used > self.monthly_budget:
-            raise BudgetExceeded(
-                f"this month's data budget on metered links ({self.monthly_budget / 1e6:.0f} "
-                "MB) is spent; the sync continues next month, or bring a drive"
-            )
-
-    def _download(self, up: Upstream, path: str, offset: int, max_length: int) -> Iterator[bytes]:
-        throttled = up.kind != "folder"
-        for block in up.fetch(path, offset, max_length):
-            if throttled:
-                self.limiter.take(len(block))
-            with self._count_lock:
-                self.received[up.name] += len(block)
-                self._unflushed[up.name] += len(block)
-                self._by_route[ROUTE_OF_KIND.get(up.kind, "network")] += len(block)
-                if self.progress:
-                    self.progress(len(block))
-                if self._unflushed[up.name] >= 1 << 20:
-                    self._flush_transfers(up)
-            yield block
-            if up.metered:  # after the block is kept: bytes paid for are never thrown away
-                self._check_budget(len(block))
-
-    def _read(self, up: Upstream, path: str, max_length: int) -> bytes:
-        return b"".join(self._download(up, path, 0, max_length))
-
-    def _retrying(self, up: Upstream, fn: Callable[[], Any], progress: Callable[[], int]) -> Any:
-        """Run ``fn`` again after a cut: at once while bytes keep arriving, else with backoff."""
-        failures = 0
-        while True:
-            before = progress()
-            try:
-                return fn()
-            except UpstreamNotFound:
-                raise
-            except UpstreamError as exc:
-                if progress() > before:
-                    failures = 0  # it moved forward: the link is up, just flaky
-                    log.info("%s; resuming", exc)
-                    continue
-                failures += 1
-                if failures > self.retries:
-                    raise
-                delay = self.retry_base * 2 ** (failures - 1) * random.uniform(0.5, 1.5)
-                log.info("%s; retry %d in %.1fs", exc, failures, delay)
-                time.sleep(delay)
-
-    # ------------------------------------------------------------------ upstream choice
+    @property
+    def received(self) -> dict[str, int]:
+        return self.transfer.received
 
     def available(self) -> list[Upstream]:
-        out = []
-        for up in self.upstreams:
-            if up.name in self._demoted:
-                continue
-            if not self.ignore_demotion and self.state.demoted_until(up.name):
-                continue
-            out.append(up)
-        return out
+        """Upstreams the next fetch would try, cheapest first (works before ``sync()``)."""
+        return self.transfer.available()
 
     # ------------------------------------------------------------------ the pass
 
     def sync(self, channels: list[str]) -> SyncResult:
-        self._demoted: set[str] = set()
+        """One pass: root first, then each channel in turn; never raises for a bad upstream."""
         result = SyncResult()
-        reachable = [u for u in self.available() if u.probe()]
-        self._demoted |= {u.name for u in self.available() if u not in reachable}
-        try:
-            if reachable:
-                self._update_root()
-            for channel in channels:
-                result.channels.append(self._sync_channel(channel, bool(reachable)))
-        except BudgetExceeded as exc:
-            self._event("warning", str(exc))
-            result.errors.append(str(exc))
-            done = {c.channel for c in result.channels}
-            for channel in channels:
-                if channel not in done:
-                    result.channels.append(
-                        ChannelResult(
-                            channel,
-                            "waiting",
-                            active=self.releases.active(channel),
-                            latest=self.repo.known_version(channel),
-                            message=str(exc),
-                        )
-                    )
-        finally:
-            self._flush_transfers()
-            for up in self.upstreams:
-                up.close()
-        if not reachable:
-            result.skipped = "no upstream is reachable now (link down, no drive inserted)"
-        result.received = dict(self.received)
-        result.errors = list(dict.fromkeys(result.errors + self.errors))
-        return result
-
-    def _update_root(self) -> None:
-        for up in self.available():
-            try:
-                while True:
-                    v = self.repo.trusted.root.version + 1
-                    data = self._read(up, root_relpath(v), MAX_METADATA_BYTES)
-                    self.repo.accept_root(data, f"root v{v} from {up.name}")
-                    self._event("info", f"trusted root updated to version {v} (from {up.name})")
-            except UpstreamNotFound:
-                continue
-            except UpstreamError as exc:
-                self._fail(up, str(exc))
-            except BAD_DATA as exc:
-                self._fail(up, f"{up.name} sent bad root metadata: {exc}")
-
-    def _best_channel(self, channel: str) -> tuple[ChannelMeta | None, Upstream | None]:
-        best: tuple[ChannelMeta | None, bytes | None, Upstream | None] = (None, None, None)
-        for up in self.available():
-            try:
-                data = self._read(up, channel_relpath(channel), MAX_METADATA_BYTES)
-                meta = self.repo.check_channel_bytes(
-                    channel, data, f"channel metadata for {channel!r} from {up.name}"
-                )
-            except UpstreamNotFound:
-                continue
-            except UpstreamError as exc:
-                self._fail(up, str(exc))
-                continue
-            except BAD_DATA as exc:
-                self._fail(up, f"discarded data from {up.name}: {exc}")
-                continue
-            if best[0] is None or meta.version > best[0].version:
-                best = (meta, data, up)
-        meta, data, up = best
-        if meta is not None and data is not None:
-            self.repo.accept_channel(channel, data, f"channel metadata for {channel!r}")
-        return meta, up
-
-    def _sync_channel(self, channel: str, online: bool) -> ChannelResult:
-        active = self.releases.active(channel)
-        res = ChannelResult(channel, "up-to-date", active=active)
+        online = self.transfer.open()
         try:
             if online:
-                self._best_channel(channel)
-            known = self.repo.known_version(channel)
-            res.latest = known
-            if known is None:
-                res.status = "waiting"
-                res.message = f"no release of {channel!r} found yet on any upstream"
-                return res
-            held = self.state.held(channel)
-            if held is not None and known <= held:
-                res.status = "held"
-                res.message = (
-                    f"rolled back by an operator; version {known} stays off until a newer one"
+                self._load_root()
+            for channel in channels:
+                result.channels.append(self._sync_channel(channel, online))
+        except PassOver as exc:  # budget or time spent: the rest waits for the next pass
+            self.transfer.event("warning", str(exc))
+            result.errors.append(str(exc))
+            done = {c.channel for c in result.channels}
+            result.channels += [
+                ChannelResult(
+                    channel,
+                    "waiting",
+                    active=self.releases.active(channel),
+                    latest=self.repo.known_version(channel),
+                    message=str(exc),
                 )
-                return res
-            if active == known:
-                return res
-            manifest = self._manifest(channel, known)
-            if manifest is None:
-                # a drive or a static mirror may carry it only inside the pack
-                ref = self.repo.channel_meta(channel).releases[known]
-                where = self.partial_dir.parent
-                needed, free = 2 * ref.size + self.margin, shutil.disk_usage(where).free
-                if free < needed:
-                    raise DiskSpaceError(needed, free, str(where))
-                self._fetch_pack(channel, active, known, None, ref.size)
-                manifest = self._manifest(channel, known, fetch=False)
-            if manifest is None:
-                res.status = "waiting"
-                res.message = f"the manifest of version {known} is not on any upstream yet"
-                return res
-            need = {s: n for s, n in manifest.chunk_sizes().items() if not self.repo.store.has(s)}
-            if need:
-                self._check_space(manifest, need, active)
-                self._fetch_pack(channel, active, known, need)
-                need = {s: n for s, n in need.items() if not self.repo.store.has(s)}
-            if need:
-                self._fetch_objects(need)
-                need = {s: n for s, n in need.items() if not self.repo.store.has(s)}
-            if need:
-                res.status = "waiting"
-                res.missing_bytes = sum(need.values())
-                res.message = (
-                    f"{len(need)} pieces ({res.missing_bytes / 1e6:.1f} MB) of version {known} "
-                    "are still missing; they will come with the next sync or drive"
-                )
-                return res
-            route = self._route()
-            keep = self.activate(manifest, route)
-            del manifest, need  # the parsed manifest is the biggest object of a pass
-            self.collect(channel, keep)
-            res.status, res.active, res.route = "activated", known, route
-            self.state.set("disk_missing", "0")
-            if held is not None:
-                self.state.hold(channel, None)
+                for channel in channels
+                if channel not in done
+            ]
+        finally:
+            self.transfer.close()
+        if not online:
+            result.skipped = "no upstream is reachable now (link down, no drive inserted)"
+        result.received = dict(self.transfer.received)
+        result.errors = list(dict.fromkeys(result.errors + self.transfer.errors))
+        return result
+
+    def _sync_channel(self, channel: str, online: bool) -> ChannelResult:
+        res = ChannelResult(channel, "up-to-date", active=self.releases.active(channel))
+        try:
+            self._update_channel(res, online)
+        except PassOver:
+            raise  # ends the whole pass, not just this channel
         except DiskSpaceError as exc:
             res.status, res.message = "waiting", str(exc)
             res.missing_bytes = exc.missing
             self.state.set("disk_missing", str(exc.missing))
-            self._event("error", str(exc))
-        except DiskFullError as exc:
-            res.status, res.message = "error", f"{exc}; nothing was lost, free space and sync again"
-            self._event("error", res.message)
-        except BudgetExceeded:
-            raise
-        except OSError as exc:
-            if exc.errno == 28:  # ENOSPC outside the store's own checks
-                res.status = "error"
-                res.message = "the disk filled up; nothing was lost, free space and sync again"
-            else:
-                res.status, res.message = "error", f"{type(exc).__name__}: {exc}"
-            self._event("error", f"{channel}: {res.message}")
-        except CaravaneError as exc:
-            res.status, res.message = "error", str(exc)
-            self._event("error", f"{channel}: {exc}")
+            self.transfer.event("error", str(exc))
+        except (OSError, CaravaneError) as exc:
+            res.status, res.message = "error", _describe_failure(exc)
+            self.transfer.event("error", f"{channel}: {res.message}")
         return res
 
-    def _route(self) -> str:
-        if self.route:
-            return self.route
-        if not self._by_route:
-            return "local"
-        return max(self._by_route.items(), key=lambda kv: kv[1])[0]
+    def _update_channel(self, res: ChannelResult, online: bool) -> None:
+        """The protocol for one channel, steps 2 to 5; fills ``res`` as it goes."""
+        channel = res.channel
+        if online:
+            self._load_channel(channel)
+        known = res.latest = self.repo.known_version(channel)
+        if known is None:
+            res.status = "waiting"
+            res.message = f"no release of {channel!r} found yet on any upstream"
+            return
+        held = self.state.held(channel)
+        if held is not None and known <= held:
+            res.status = "held"
+            res.message = f"rolled back by an operator; version {known} stays off until a newer one"
+            return
+        if res.active == known:
+            return
+        manifest = self._load_manifest(channel, known) or self._manifest_from_pack(
+            channel, res.active, known
+        )
+        if manifest is None:
+            res.status = "waiting"
+            res.message = f"the manifest of version {known} is not on any upstream yet"
+            return
+        missing = self._fetch_content(manifest, res.active)
+        if missing:
+            res.status = "waiting"
+            res.missing_bytes = sum(missing.values())
+            res.message = (
+                f"{len(missing)} pieces ({res.missing_bytes / 1e6:.1f} MB) of version {known} "
+                "are still missing; they will come with the next sync or drive"
+            )
+            return
+        res.route = self._activate(manifest)
+        res.status, res.active = "activated", known
+        if held is not None:
+            self.state.hold(channel, None)
 
-    # ------------------------------------------------------------------ steps
+    # ------------------------------------------------------------------ 1. root
 
-    def _manifest(self, channel: str, version: int, fetch: bool = True) -> Manifest | None:
+    def _load_root(self) -> None:
+        """Every newer root version any upstream holds, one at a time, each verified."""
+        self.transfer.every("root metadata", self._roots_from)
+
+    def _roots_from(self, up: Upstream) -> int:
+        accepted = 0
+        while True:
+            v = self.repo.trusted.root.version + 1
+            try:
+                data = self.transfer.read(up, root_relpath(v), MAX_METADATA_BYTES)
+            except UpstreamNotFound:
+                return accepted
+            self.repo.accept_root(data, f"root v{v} from {up.name}")
+            self.transfer.event("info", f"trusted root updated to version {v} (from {up.name})")
+            accepted += 1
+
+    # ------------------------------------------------------------------ 2. channel
+
+    def _load_channel(self, channel: str) -> ChannelMeta | None:
+        """The newest channel metadata that verifies, from all upstreams (freeze defence)."""
+
+        def from_up(up: Upstream) -> tuple[ChannelMeta, bytes]:
+            data = self.transfer.read(up, channel_relpath(channel), MAX_METADATA_BYTES)
+            what = f"channel metadata for {channel!r} from {up.name}"
+            return self.repo.check_channel_bytes(channel, data, what), data
+
+        found = self.transfer.every(f"channel metadata for {channel!r}", from_up)
+        if not found:
+            return None
+        _, (meta, data) = max(found, key=lambda f: f[1][0].version)
+        self.repo.accept_channel(channel, data, f"channel metadata for {channel!r}")
+        return meta
+
+    # ------------------------------------------------------------------ 3. manifest
+
+    def _load_manifest(self, channel: str, version: int) -> Manifest | None:
+        """The manifest from the store, else from the first upstream whose copy verifies."""
         try:
             return self.repo.manifest(channel, version)
         except NotFoundError:
-            if not fetch:
-                return None
+            pass
         ref = self.repo.channel_meta(channel).releases[version]
-        for up in self.available():
+        path = manifest_relpath(channel, version)
+
+        def from_up(up: Upstream) -> Manifest:
+            data = self.transfer.retrying(
+                lambda: self.transfer.read(up, path, ref.manifest_length), lambda: 0
+            )
+            return self.repo.accept_manifest(channel, version, data)
+
+        return self.transfer.first(f"the manifest of {channel} version {version}", from_up)
+
+    def _manifest_from_pack(self, channel: str, base: int | None, target: int) -> Manifest | None:
+        """A drive or a static mirror may carry the manifest only inside the pack."""
+        ref = self.repo.channel_meta(channel).releases[target]
+        where = self.partial_dir.parent
+        needed, free = 2 * ref.size + self.margin, shutil.disk_usage(where).free
+        if free < needed:
+            raise DiskSpaceError(needed, free, str(where))
+        self._fetch_pack(channel, base or 0, target, pack_bound(ref.size, ref.manifest_length))
+        try:
+            return self.repo.manifest(channel, target)
+        except NotFoundError:
+            return None
+
+    # ------------------------------------------------------------------ 4. content
+
+    def _missing(self, sizes: dict[str, int]) -> dict[str, int]:
+        return {s: n for s, n in sizes.items() if not self.repo.store.has(s)}
+
+    def _fetch_content(self, manifest: Manifest, active: int | None) -> dict[str, int]:
+        """Fetch what the store lacks for ``manifest``; returns what is still missing."""
+        need = self._missing(manifest.chunk_sizes())
+        if not need:
+            return need
+        self._check_space(manifest, need, active)
+        bound = self._pack_plan(manifest, active or 0, need)
+        if bound is not None:
+            self._fetch_pack(manifest.channel, active or 0, manifest.version, bound)
+            need = self._missing(need)
+        if need:
+            self._fetch_objects(need)
+            need = self._missing(need)
+        return need
+
+    def _pack_plan(self, manifest: Manifest, base: int, need: dict[str, int]) -> int | None:
+        """The wire bound of the pack ``base``->target, or None when objects cost less.
+
+        A pack carries every chunk the base release lacks, whatever this centre already
+        holds. When most of that is here (an earlier object transfer, a pack cut short
+        whose entries were applied), fetching the pack would send it all again, so the
+        missing objects come one by one instead.
+        """
+        have: set[str] = set()
+        if base:
             try:
-                data = self._retrying(
-                    up,
-                    lambda up=up: self._read(
-                        up, manifest_relpath(channel, version), ref.manifest_length
-                    ),
-                    lambda: 0,
-                )
-                return self.repo.accept_manifest(channel, version, data)
-            except UpstreamNotFound:
-                continue
-            except UpstreamError as exc:
-                self._fail(up, str(exc))
-            except BAD_DATA as exc:
-                self._fail(up, f"discarded manifest from {up.name}: {exc}")
-        return None
+                have = set(self.repo.manifest(manifest.channel, base).chunk_sizes())
+            except CaravaneError:
+                return None  # the base left the signed metadata: objects it is
+        carried = sum(n for s, n in manifest.chunk_sizes().items() if s not in have)
+        if carried and sum(need.values()) < carried // 2:
+            return None
+        ref = self.repo.channel_meta(manifest.channel).releases[manifest.version]
+        return pack_bound(carried, ref.manifest_length)
 
     def _check_space(self, manifest: Manifest, need: dict[str, int], active: int | None) -> None:
         unchanged = 0
@@ -461,80 +388,67 @@ class SyncEngine:
         if free < needed:
             raise DiskSpaceError(needed, free, str(where))
 
-    def _fetch_pack(
-        self,
-        channel: str,
-        base: int | None,
-        target: int,
-        need: dict[str, int] | None,
-        release_size: int = 0,
-    ) -> None:
-        base = base or 0
-        budget = release_size if need is None else sum(need.values())
-        if base and need is not None:
-            try:
-                old = self.repo.manifest(channel, base)
-            except CaravaneError:
-                return  # the base left the signed metadata: objects it is
-            have = set(old.chunk_sizes())
-            new_bytes = sum(
-                n
-                for s, n in self.repo.manifest(channel, target).chunk_sizes().items()
-                if s not in have
-            )
-            if new_bytes and sum(need.values()) < new_bytes // 2:
-                return  # most of it is here already (an earlier object transfer): finish that way
+    def _fetch_pack(self, channel: str, base: int, target: int, bound: int) -> None:
+        """The pack ``base``->``target`` into ``partial/`` (resumed by range), then applied."""
         rel = pack_relpath(channel, base, target)
         partial = self.partial_dir / rel
         partial.parent.mkdir(parents=True, exist_ok=True)
-        bound = budget + budget // 16 + 16 * 1024 * 1024
-        for up in self.available():
 
-            def fetch(up: Upstream = up) -> None:
-                offset = partial.stat().st_size if partial.exists() else 0
+        def size() -> int:
+            return partial.stat().st_size if partial.exists() else 0
+
+        if size() >= bound:
+            partial.unlink()  # longer than any pack of this pair can be: not a pack of it
+
+        def from_up(up: Upstream) -> None:
+            def download() -> None:
+                offset = size()
                 with open(partial, "ab", buffering=0) as fh:
-                    for block in self._download(up, rel, offset, max(0, bound - offset)):
-                        fh.write(block)
+                    self.transfer.copy(up, rel, offset, max(0, bound - offset), fh.write)
                     os.fsync(fh.fileno())
 
             try:
-                self._retrying(up, fetch, lambda: partial.stat().st_size if partial.exists() else 0)
-            except UpstreamNotFound:
-                continue
-            except UpstreamError as exc:
-                self._fail(up, str(exc))
-                continue
-            try:
-                self.repo.apply_pack(partial)
-                partial.unlink(missing_ok=True)
-                self.state.record_ok(up.name)
-                return
-            except DiskFullError:
-                raise  # not the upstream's fault: stop cleanly, keep what arrived
-            except TruncatedPackError as exc:
-                self._fail(up, f"the pack from {up.name} ends early ({exc})")
-                continue
-            except BAD_DATA as exc:
-                keep = _valid_prefix(partial)
-                with open(partial, "r+b") as fh:
-                    fh.truncate(keep)
-                self._fail(up, f"discarded a damaged pack from {up.name}: {exc}")
-                continue
-            except StoreError as exc:
-                self._fail(up, f"pack from {up.name} could not be applied: {exc}")
-                continue
+                self.transfer.retrying(download, size)
+            except TooMuchData:  # what it sent is suspect: keep only entries that verify
+                _truncate(partial, _valid_prefix(partial))
+                raise
+            self._apply_pack(up, partial)
+            self.transfer.succeeded(up)
+
+        self.transfer.first("a damaged pack", from_up)
+
+    def _apply_pack(self, up: Upstream, partial: Path) -> None:
+        """Apply a downloaded pack; what verified is kept even when the rest is refused."""
+        try:
+            self.repo.apply_pack(partial)
+        except TruncatedPackError as exc:
+            raise UpstreamError(up.name, f"the pack ends early ({exc})") from None
+        except DiskFullError:
+            raise  # not the upstream's fault: stop cleanly, keep what arrived
+        except StoreError as exc:
+            raise UpstreamError(up.name, f"the pack could not be applied: {exc}") from None
+        except BAD_DATA:  # a damaged entry: keep the entries before it, for a resume
+            _truncate(partial, _valid_prefix(partial))
+            raise
+        partial.unlink(missing_ok=True)
 
     def _fetch_objects(self, need: dict[str, int]) -> None:
         todo = sorted(need)
-        for up in self.available():
+        for up in self.transfer.available():
             if not todo:
                 return
-            up.prefetch([object_relpath(s) for s in todo])
+            try:
+                up.prefetch(
+                    [object_relpath(s) for s in todo], max(frame_bound(need[s]) for s in todo)
+                )
+            except UpstreamError as exc:
+                self.transfer.set_aside(up, str(exc))
+                continue
             remaining, failure = self._objects_from(up, todo, need)
             if failure is not None:
-                self._fail(up, failure)
+                self.transfer.set_aside(up, failure)
             elif len(remaining) < len(todo):
-                self.state.record_ok(up.name)
+                self.transfer.succeeded(up)
             todo = remaining
 
     def _objects_from(
@@ -552,6 +466,27 @@ class SyncEngine:
         remaining: list[str] = []
         failure: list[str] = []
 
+        def fetch_one(conn: Upstream, sha: str) -> None:
+            path = object_relpath(sha)
+            try:
+                frame = self.transfer.retrying(
+                    lambda: self.transfer.read(conn, path, frame_bound(need[sha])), lambda: 0
+                )
+                self.repo.store.put_compressed(sha, frame, need[sha])
+            except UpstreamNotFound:
+                with qlock:
+                    remaining.append(sha)
+            except UpstreamError as exc:
+                with qlock:
+                    remaining.append(sha)
+                    failure.append(str(exc))
+            except BAD_DATA as exc:
+                with qlock:
+                    remaining.append(sha)
+                    failure.append(f"discarded a tampered object from {up.name}: {exc}")
+            finally:
+                conn.done_with(path)
+
         def work(conn: Upstream) -> None:
             try:
                 while not failure:
@@ -559,30 +494,7 @@ class SyncEngine:
                         sha = next(queue, None)
                     if sha is None:
                         return
-                    try:
-                        frame = self._retrying(
-                            conn,
-                            lambda sha=sha: self._read(
-                                conn, object_relpath(sha), frame_bound(need[sha])
-                            ),
-                            lambda: 0,
-                        )
-                        self.repo.store.put_compressed(sha, frame, need[sha])
-                    except UpstreamNotFound:
-                        with qlock:
-                            remaining.append(sha)
-                    except UpstreamError as exc:
-                        with qlock:
-                            remaining.append(sha)
-                            failure.append(str(exc))
-                    except BAD_DATA as exc:
-                        with qlock:
-                            remaining.append(sha)
-                            failure.append(f"discarded a tampered object from {up.name}: {exc}")
-                    finally:
-                        done = getattr(conn, "done_with", None)
-                        if done:
-                            done(object_relpath(sha))
+                    fetch_one(conn, sha)
             finally:
                 if conn is not up:
                     conn.close()
@@ -590,14 +502,25 @@ class SyncEngine:
         if workers == 1:
             work(up)
         else:
-            conns = [up] + [up.clone() for _ in range(workers - 1)]  # type: ignore[attr-defined]
+            assert isinstance(up, HttpUpstream)
+            conns: list[Upstream] = [up, *(up.clone() for _ in range(workers - 1))]
             with ThreadPoolExecutor(workers) as pool:
                 for f in [pool.submit(work, c) for c in conns]:
-                    f.result()  # DiskFullError and the like surface here
+                    f.result()  # DiskFullError, PassOver and the like surface here
         remaining.extend(queue)  # what nobody started after a failure
         return sorted(set(remaining)), (failure[0] if failure else None)
 
-    # ------------------------------------------------------------------ activation
+    # ------------------------------------------------------------------ 5. activation
+
+    def _activate(self, manifest: Manifest) -> str:
+        """Switch to ``manifest``'s release, then collect what no kept release needs."""
+        route = self.route or self.transfer.route()
+        channel = manifest.channel
+        keep = self.activate(manifest, route)
+        del manifest  # the parsed manifest is the biggest object of a pass
+        self.collect(channel, keep)
+        self.state.set("disk_missing", "0")
+        return route
 
     def activate(self, manifest: Manifest, route: str) -> set[int]:
         """Build and switch to ``manifest``'s release; returns the versions to keep."""
@@ -606,7 +529,7 @@ class SyncEngine:
         self.releases.build(self.repo, manifest)
         self.releases.switch(channel, manifest.version)
         self.state.record_activation(channel, manifest.version, previous, route)
-        self._event(
+        self.transfer.event(
             "info",
             f"{channel}: version {manifest.version} is now served (was "
             f"{previous if previous is not None else 'none'}; came by {route})",
@@ -640,7 +563,7 @@ class SyncEngine:
                 # come along too, which only means keeping nothing extra
                 keep.update(m.decode() for m in HEX64_QUOTED.findall(data))
                 del data
-            for sha in self.repo.store.iter_ids():
+            for sha in self.repo.store.iter_ids():  # type: ignore[no-untyped-call]
                 if sha not in keep:
                     self.repo.store.remove(sha)
 
@@ -657,3 +580,19 @@ def _valid_prefix(first: Path) -> int:
     except (PackError, TruncatedPackError, OSError):
         pass
     return end if first.exists() and first.stat().st_size >= end else 0
+
+
+def _truncate(path: Path, size: int) -> None:
+    with open(path, "r+b") as fh:
+        fh.truncate(size)
+
+
+def _describe_failure(exc: OSError | CaravaneError) -> str:
+    """What the operator reads when a channel's pass failed for a reason of this centre."""
+    if isinstance(exc, DiskFullError):
+        return f"{exc}; nothing was lost, free space and sync again"
+    if is_disk_full(exc):
+        return "the disk filled up; nothing was lost, free space and sync again"
+    if isinstance(exc, OSError):
+        return f"{type(exc).__name__}: {exc}"
+    return str(exc)

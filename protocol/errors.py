@@ -9,7 +9,15 @@ class CaravaneError(Exception):
     """Base of every error Caravane raises on purpose."""
 
 
-class FormatError(CaravaneError):
+class BadDataError(CaravaneError):
+    """Bytes from a carrier that fail a check: whoever sent them is not to be trusted now.
+
+    A reader that fetches from untrusted carriers (the node's sync engine) catches this one
+    base to set the carrier aside, instead of listing every kind of refusal at each use.
+    """
+
+
+class FormatError(BadDataError):
     """Bytes that do not parse as the document they claim to be."""
 
 
@@ -17,7 +25,7 @@ class PathError(FormatError):
     """A path in a manifest that is unsafe or not portable."""
 
 
-class VerificationError(CaravaneError):
+class VerificationError(BadDataError):
     """Content whose hash, size or length does not match what was signed."""
 
 

@@ -19,7 +19,7 @@ import pytest
 
 from hub.client import HubClient
 from hub.service import Principal
-from node.agent import Node
+from node.agent import NodeAgent
 from node.config import UpstreamConfig
 from node.serve import make_app as make_node_app
 from tests.foundation.conftest import read_tree, write_tree
@@ -73,18 +73,18 @@ class World:
             Principal("admin", "admin"), {"name": name, "channels": [self.channel]}
         )
 
-    def node(self, name: str, upstreams: list[UpstreamConfig] | None = None, **cfg) -> Node:
+    def node(self, name: str, upstreams: list[UpstreamConfig] | None = None, **cfg) -> NodeAgent:
         doc = self.enrolment(name)
         if upstreams is None:
             upstreams = [UpstreamConfig("hub", "http", self.rh.url)]
-        n = Node.init(self.tmp / name, doc, upstreams=upstreams, offline=True)
+        n = NodeAgent.init(self.tmp / name, doc, upstreams=upstreams, offline=True)
         n.config.durable = False
         n.config.timeout_seconds = 5
         for k, v in cfg.items():
             setattr(n.config, k, v)
         n.config.save()
         n.close()
-        return Node.open(self.tmp / name)
+        return NodeAgent.open(self.tmp / name)
 
     def proxy(self, port: int | None = None) -> FaultProxy:
         p = FaultProxy(port or int(self.rh.url.rsplit(":", 1)[1]))
@@ -96,17 +96,17 @@ class World:
         shutil.copytree(self.hub_repo, dest, ignore=shutil.ignore_patterns("keys", ".*"))
         return dest
 
-    def serve_node(self, n: Node) -> str:
+    def serve_node(self, n: NodeAgent) -> str:
         port = free_port()
         server = ServerThread(make_node_app(n), port)
         server.start()
         self.servers.append(server)
         return f"http://127.0.0.1:{port}"
 
-    def live(self, n: Node) -> dict[str, bytes]:
+    def live(self, n: NodeAgent) -> dict[str, bytes]:
         return read_tree(n.releases.live_link(self.channel))
 
-    def sync(self, n: Node, **kw):
+    def sync(self, n: NodeAgent, **kw):
         kw.setdefault("retry_base", 0.05)
         return n.sync(**kw)
 

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from node.agent import Node
+from node.agent import NodeAgent
 from node.upstream import HttpUpstream
 from tests.foundation.conftest import read_tree
 from tests.node.conftest import World, random_bytes
@@ -67,7 +67,7 @@ def test_kill_9_at_random_points_never_serves_a_mix(world: World, tmp_path: Path
         done = subprocess.run(_sync_cmd(d), capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
         assert read_tree(d / "live" / "lecons") == new
-        node = Node.open(d)
+        node = NodeAgent.open(d)
         report = node.repo.verify()
         node.close()
         assert [p for p in report.problems if "missing" not in p] == []

@@ -54,9 +54,9 @@ def test_disk_filling_up_mid_sync_stops_cleanly_and_loses_nothing(
     n = world.node("centre-a")
     n.config.data_dir = small_disk / "node"
     shutil.copytree(world.tmp / "centre-a", n.config.data_dir, symlinks=True)
-    from node.agent import Node
+    from node.agent import NodeAgent
 
-    n = Node.open(n.config.data_dir)
+    n = NodeAgent.open(n.config.data_dir)
     n.config.durable = False
     n.config.margin_mb = 0
     assert world.sync(n).complete
@@ -147,3 +147,31 @@ def test_config_round_trips(tmp_path: Path) -> None:
     again = NodeConfig.load(tmp_path)
     assert again.channels == ["a", "b"] and again.upstreams == cfg.upstreams
     assert os.path.samefile(again.data_dir, tmp_path)
+
+
+def test_hub_url_is_written_once_and_old_files_keep_loading(tmp_path: Path) -> None:
+    old = (
+        '[node]\nnode_id = "n1"\nhub_url = "http://hub.example:8400"\n\n'
+        '[[upstream]]\nname = "hub"\nkind = "http"\nurl = "http://hub.example:8400"\n\n'
+        '[[upstream]]\nname = "voisin"\nkind = "peer"\nurl = "http://10.0.0.7:8480/"\n'
+    )
+    (tmp_path / "node.toml").write_text(old)
+    cfg = NodeConfig.load(tmp_path)
+    assert cfg.hub_url == "http://hub.example:8400"
+    hub, peer = cfg.upstreams
+    assert hub.url == cfg.hub_url
+    assert cfg.save().read_text().count("hub.example") == 1  # the duplicate is gone
+    again = NodeConfig.load(tmp_path)
+    assert again.upstreams == cfg.upstreams and again.hub_url == cfg.hub_url
+    # the repository prefix is derived, never written by hand
+    assert hub.repository_url == "http://hub.example:8400/repo"
+    assert peer.repository_url == "http://10.0.0.7:8480/repo"
+    assert UpstreamConfig("m", "mirror", "https://cdn/x").repository_url == "https://cdn/x"
+    assert again.api_url("/api/v1/enrol") == "http://hub.example:8400/api/v1/enrol"
+
+
+def test_a_file_naming_the_hub_only_as_its_upstream_still_reports_to_it(tmp_path: Path) -> None:
+    (tmp_path / "node.toml").write_text(
+        '[node]\nnode_id = "n1"\n\n[[upstream]]\nkind = "http"\nurl = "http://hub:1/"\n'
+    )
+    assert NodeConfig.load(tmp_path).hub_url == "http://hub:1"

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from node.agent import Node
+from node.agent import NodeAgent
 from tests.foundation.conftest import read_tree
 from tests.node.conftest import World, content
 
@@ -26,7 +26,9 @@ def test_route_through_the_command_line(world: World, tmp_path: Path) -> None:
     config = world.rh.hub.config
     hub_toml = config.data_dir / "hub.toml"
     hub_toml.write_text(config.to_toml())
-    centre = Node.init(tmp_path / "centre", world.enrolment("Kita"), upstreams=[], offline=True)
+    centre = NodeAgent.init(
+        tmp_path / "centre", world.enrolment("Kita"), upstreams=[], offline=True
+    )
     centre.close()
     drive = tmp_path / "drive"
     drive.mkdir()

@@ -14,15 +14,15 @@ from pathlib import Path
 import pytest
 
 from hub.usb import ingest, prepare_for_route
-from node.agent import Node, import_drive
+from node.agent import NodeAgent, import_drive_into_centre
 from packs.bundle import DriveError, bundle_root
 from tests.foundation.conftest import read_tree
 from tests.node.conftest import World, content
 
 
-def offline_centre(world: World, name: str) -> Node:
+def offline_centre(world: World, name: str) -> NodeAgent:
     doc = world.enrolment(name)
-    n = Node.init(world.tmp / name, doc, upstreams=[], offline=True)
+    n = NodeAgent.init(world.tmp / name, doc, upstreams=[], offline=True)
     n.config.durable = False
     return n
 
@@ -42,7 +42,7 @@ def test_route_of_three_centres_never_online(world: World) -> None:
     # the three centres hold nothing: one deduplicated pack serves them all
     assert len(packs_on(drive)) == 1
 
-    out_a = import_drive(a, drive)
+    out_a = import_drive_into_centre(a, drive)
     assert out_a["ok"], out_a
     assert read_tree(a.releases.live_link("lecons")) == world.versions[latest]
     assert "can be removed" in out_a["receipt"]
@@ -53,11 +53,11 @@ def test_route_of_three_centres_never_online(world: World) -> None:
     for p in packs_on(cut):
         with open(p, "r+b") as fh:
             fh.truncate(p.stat().st_size // 2)
-    out_b = import_drive(b, cut)
+    out_b = import_drive_into_centre(b, cut)
     assert not out_b["ok"]
     assert any("incomplete" in e for e in out_b["errors"])
     assert b.releases.active("lecons") is None  # nothing half-activated
-    out_b = import_drive(b, drive)  # re-inserted, whole this time
+    out_b = import_drive_into_centre(b, drive)  # re-inserted, whole this time
     assert out_b["ok"], out_b
     assert read_tree(b.releases.live_link("lecons")) == world.versions[latest]
 
@@ -68,10 +68,10 @@ def test_route_of_three_centres_never_online(world: World) -> None:
     data = bytearray(pack.read_bytes())
     data[len(data) // 2] ^= 0x01
     pack.write_bytes(bytes(data))
-    out_c = import_drive(c, bad)
+    out_c = import_drive_into_centre(c, bad)
     assert not out_c["ok"] and any("refused" in e for e in out_c["errors"])
     assert c.releases.active("lecons") is None
-    out_c = import_drive(c, drive)
+    out_c = import_drive_into_centre(c, drive)
     assert out_c["ok"], out_c
 
     # the drive comes back to the hub
@@ -105,7 +105,7 @@ def test_drive_prepared_for_centres_at_different_versions(world: World) -> None:
     assert set(sizes) == {"1-2.pack", "0-2.pack"}
     assert sizes["1-2.pack"] < sizes["0-2.pack"] / 5  # A only needs the delta
     for n in (a, b):
-        out = import_drive(n, drive)
+        out = import_drive_into_centre(n, drive)
         assert out["ok"], out
         assert read_tree(n.releases.live_link("lecons")) == world.versions[latest]
 
@@ -120,7 +120,7 @@ def test_a_transfer_begun_on_a_drive_finishes_over_the_network(world: World) -> 
         with open(p, "r+b") as fh:
             fh.truncate(int(p.stat().st_size * 0.7))
     full = sum(p.stat().st_size for p in packs_on(drive)) / 0.7
-    out = import_drive(n, drive)
+    out = import_drive_into_centre(n, drive)
     assert not out["ok"]
     r = world.sync(n)
     assert r.complete, r.to_dict()
@@ -142,7 +142,7 @@ def test_drive_from_another_hub_is_refused_with_a_clear_message(world: World) ->
     world.publish(content(1))
     n = offline_centre(world, "centre-a")
     with pytest.raises(DriveError, match="another hub"):
-        import_drive(n, drive)
+        import_drive_into_centre(n, drive)
     assert n.releases.active("lecons") is None
 
 

@@ -13,7 +13,7 @@ import random
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from node.agent import Node
+from node.agent import NodeAgent
 from tests.node.conftest import World
 from tests.web.conftest import make_zip, minimal_pdf, screenshot
 
@@ -47,7 +47,7 @@ def in_thread(fn, *args):
         return pool.submit(fn, *args).result()
 
 
-def report(n: Node, world: World) -> None:
+def report(n: NodeAgent, world: World) -> None:
     assert world.sync(n).complete
     n.make_report()
     assert n.send_reports() >= 1
@@ -88,7 +88,7 @@ def test_publish_fleet_and_portal(world: World, new_page, tmp_path: Path) -> Non
         admin.get_by_role("button", name="Register and download the enrolment file").click()
     enrolment = json.loads(Path(dl.value.path()).read_text(encoding="utf-8"))
     assert enrolment["format"] == "caravane-enrolment" and enrolment["channels"] == ["lecons"]
-    n = Node.init(tmp_path / "kita", enrolment, offline=True)
+    n = NodeAgent.init(tmp_path / "kita", enrolment, offline=True)
     n.config.durable, n.config.timeout_seconds = False, 5
     n.config.save()
     assert n.config.hub_url == hub

@@ -1,0 +1,242 @@
+"""An in-memory repository for the node's sync engine, in the spirit of python-tuf's
+``tests/repository_simulator.py``.
+
+``RepositorySimulator`` publishes releases with the real hub code (``Repository.init`` and
+``publish`` from small folders the test writes, ``build_pack``) and keeps every file of the
+static layout in a dict. ``SimulatedUpstream`` serves that dict through the node's real
+``Upstream`` interface, so a ``SyncEngine`` runs against it with no hub process and no
+socket. Each upstream records every fetch (path, offset, bytes sent) and lets a test
+tamper with, delete or replace any file it serves, make a path fail, or make it slow.
+
+A ``Centre`` is a node's store, releases and state in a temporary folder, with an engine
+factory, so a test reads as: publish, make upstreams, damage one, sync, check.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from node.activate import Releases
+from node.errors import UpstreamError, UpstreamNotFound
+from node.state import NodeState
+from node.sync import SyncEngine, SyncResult
+from node.upstream import Upstream
+from packs.layout import pack_relpath
+from packs.repository import Repository
+from tests.foundation.conftest import read_tree, write_tree
+
+BLOCK = 16 * 1024
+LAYOUT_DIRS = ("metadata", "manifests", "objects", "packs")
+
+
+@dataclass
+class Fetch:
+    """One request an upstream answered: what, from where, and how many bytes it sent."""
+
+    upstream: str
+    path: str
+    offset: int
+    sent: int = 0
+    outcome: str = "open"  # open | done | not found | failed | closed early
+
+
+@dataclass
+class Slow:
+    """Serve matching paths ``block`` bytes at a time, ``delay`` seconds apart."""
+
+    delay: float
+    block: int = 1
+
+
+class RepositorySimulator:
+    """A hub repository built with the real publishing code, served from a dict."""
+
+    def __init__(self, tmp: Path, channel: str = "lecons") -> None:
+        self.tmp = Path(tmp)
+        self.channel = channel
+        self.repo = Repository.init(self.tmp / "sim-hub")
+        self.files: dict[str, bytes] = {}
+        self.versions: dict[int, dict[str, bytes]] = {}
+        self.upstreams: list[SimulatedUpstream] = []
+        self._sources = 0
+        self._snapshot()
+
+    @property
+    def root_bytes(self) -> bytes:
+        return self.files["metadata/root.json"]
+
+    def publish(self, tree: dict[str, bytes], channel: str | None = None) -> int:
+        """Publish ``tree`` as the channel's next signed release; returns its version."""
+        self._sources += 1
+        src = write_tree(self.tmp / f"sim-src-{self._sources}", dict(tree))
+        result = self.repo.publish(channel or self.channel, src)
+        self.versions[result.version] = dict(tree)
+        self._snapshot()
+        return result.version
+
+    def build_pack(self, base: int, target: int, channel: str | None = None) -> str:
+        """Build the pack ``base``->``target`` (0: from nothing); returns its layout path."""
+        ch = channel or self.channel
+        rel = pack_relpath(ch, base, target)
+        self.repo.build_pack(ch, base, target, self.repo.path / rel)
+        self._snapshot()
+        return rel
+
+    def snapshot(self) -> dict[str, bytes]:
+        """A copy of every served file now (to replay an old state: a frozen mirror)."""
+        return dict(self.files)
+
+    def upstream(
+        self, name: str, cost: int = 10, kind: str = "mirror", **kw: Any
+    ) -> SimulatedUpstream:
+        up = SimulatedUpstream(self, name, kind=kind, cost=cost, **kw)
+        self.upstreams.append(up)
+        return up
+
+    def _snapshot(self) -> None:
+        for top in LAYOUT_DIRS:
+            folder = self.repo.path / top
+            if folder.is_dir():
+                for rel, data in read_tree(folder).items():
+                    self.files[f"{top}/{rel}"] = data
+
+
+class SimulatedUpstream(Upstream):
+    """A carrier serving the simulator's files, with per-upstream damage and a fetch log."""
+
+    def __init__(
+        self,
+        sim: RepositorySimulator,
+        name: str,
+        *,
+        kind: str = "mirror",
+        cost: int = 10,
+        metered: bool = False,
+        block: int = BLOCK,
+    ) -> None:
+        super().__init__(name, kind, cost, metered)
+        self.sim = sim
+        self.block = block
+        self.overrides: dict[str, bytes | None] = {}  # None: deleted on this upstream
+        self.failing: dict[str, str] = {}  # path prefix -> error message
+        self.slow: dict[str, Slow] = {}  # path prefix -> pace
+        self.reachable = True
+        self.fetches: list[Fetch] = []
+
+    # ------------------------------------------------------------------ damage
+
+    def tamper(self, path: str, change: Callable[[bytes], bytes]) -> None:
+        self.overrides[path] = change(self._file(path) or b"")
+
+    def replace(self, path: str, data: bytes) -> None:
+        self.overrides[path] = data
+
+    def delete(self, path: str) -> None:
+        self.overrides[path] = None
+
+    def fail(self, prefix: str, message: str = "connection reset by peer") -> None:
+        self.failing[prefix] = message
+
+    def pace(self, prefix: str, delay: float, block: int = 1) -> None:
+        self.slow[prefix] = Slow(delay, block)
+
+    def freeze(self, files: dict[str, bytes]) -> None:
+        """Serve exactly ``files`` from now on (a mirror frozen at an old state)."""
+        self.overrides = {p: None for p in self.sim.files} | dict(files)
+
+    def restore(self) -> None:
+        self.overrides.clear()
+        self.failing.clear()
+        self.slow.clear()
+
+    # ------------------------------------------------------------------ the log
+
+    def sent(self, prefix: str = "") -> int:
+        """Bytes this upstream sent for paths under ``prefix``."""
+        return sum(f.sent for f in self.fetches if f.path.startswith(prefix))
+
+    def paths(self) -> list[str]:
+        return [f.path for f in self.fetches]
+
+    # ------------------------------------------------------------------ Upstream
+
+    def _file(self, path: str) -> bytes | None:
+        if path in self.overrides:
+            return self.overrides[path]
+        return self.sim.files.get(path)
+
+    def _match(self, table: dict[str, Any], path: str) -> Any:
+        return next((v for p, v in table.items() if path.startswith(p)), None)
+
+    def probe(self) -> bool:
+        return self.reachable and self._file("metadata/root.json") is not None
+
+    def _fetch(self, path: str, offset: int, limit: int) -> Iterator[bytes]:
+        record = Fetch(self.name, path, offset)
+        self.fetches.append(record)
+        if not self.reachable:
+            record.outcome = "failed"
+            raise UpstreamError(self.name, f"{path}: the link is down")
+        message = self._match(self.failing, path)
+        if message is not None:
+            record.outcome = "failed"
+            raise UpstreamError(self.name, f"{path}: {message}")
+        data = self._file(path)
+        if data is None:
+            record.outcome = "not found"
+            raise UpstreamNotFound(self.name, f"{path}: not found")
+        pace: Slow | None = self._match(self.slow, path)
+        step = pace.block if pace else self.block
+        try:
+            for start in range(offset, len(data), step):
+                if pace:
+                    time.sleep(pace.delay)
+                block = data[start : start + step]
+                record.sent += len(block)
+                self._wire(len(block))
+                yield block
+        except GeneratorExit:
+            record.outcome = "closed early"
+            raise
+        record.outcome = "done"
+
+
+@dataclass
+class Centre:
+    """A node's store, releases and state in a folder: what a SyncEngine works on."""
+
+    path: Path
+    repo: Repository
+    releases: Releases
+    state: NodeState
+    channels: list[str] = field(default_factory=lambda: ["lecons"])
+
+    @classmethod
+    def create(cls, path: Path, sim: RepositorySimulator) -> Centre:
+        path = Path(path)
+        repo = Repository.init(path / "store", sim.root_bytes)
+        releases = Releases(path / "releases", path / "live", durable=False)
+        state = NodeState(f"sqlite:///{path / 'node.db'}")
+        return cls(path, repo, releases, state, [sim.channel])
+
+    @property
+    def partial_dir(self) -> Path:
+        return self.path / "partial"
+
+    def engine(self, upstreams: list[Upstream], **kw: Any) -> SyncEngine:
+        kw.setdefault("retry_base", 0.01)
+        kw.setdefault("margin", 0)
+        return SyncEngine(self.repo, self.releases, self.state, upstreams, self.partial_dir, **kw)
+
+    def sync(self, upstreams: list[Upstream], **kw: Any) -> SyncResult:
+        return self.engine(upstreams, **kw).sync(self.channels)
+
+    def live(self, channel: str = "lecons") -> dict[str, bytes]:
+        return read_tree(self.releases.live_link(channel))
+
+    def close(self) -> None:
+        self.state.close()

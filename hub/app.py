@@ -14,7 +14,7 @@ import logging
 import re
 from collections.abc import Awaitable, Callable
 from email.utils import formatdate
-from functools import partial
+from functools import wraps
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +23,15 @@ from aiohttp import web
 from protocol.errors import CaravaneError
 from protocol.metadata import HEX64
 
+from .appstate import HUB_KEY, PACK_QUEUE, in_thread, queue_packs
+from .auth import ANY_ROLE, Principal, Role, authorize
 from .config import HubConfig
 from .errors import HubError, NotFound
-from .service import Hub, Principal
-from .web import PACK_QUEUE, add_routes
+from .jobs import JobRunner
+from .service import Hub
+from .web import add_routes
 
 log = logging.getLogger("caravane.hub")
-HUB_KEY: web.AppKey[Hub] = web.AppKey("hub", Hub)
 PACK_LOCKS: web.AppKey[dict] = web.AppKey("pack_locks", dict)
 JOBS: web.AppKey[Any] = web.AppKey("jobs", object)
 PACK_WORKER: web.AppKey[asyncio.Task] = web.AppKey("pack_worker", asyncio.Task)
@@ -64,11 +66,6 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return _json_error(500, "internal error; see the hub's log")
 
 
-async def run(request: web.Request, fn: Callable[..., Any], *args: Any) -> Any:
-    """Run blocking work (database, disk, signing) off the event loop."""
-    return await asyncio.get_running_loop().run_in_executor(None, partial(fn, *args))
-
-
 async def body_json(request: web.Request) -> dict[str, Any]:
     hub = request.app[HUB_KEY]
     if request.content_length and request.content_length > hub.config.max_json_bytes:
@@ -82,10 +79,29 @@ async def body_json(request: web.Request) -> dict[str, Any]:
     return doc
 
 
-async def principal(request: web.Request) -> Principal:
-    return await run(
-        request, request.app[HUB_KEY].authenticate, request.headers.get("Authorization")
-    )
+SignedInHandler = Callable[[web.Request, Principal], Awaitable[web.StreamResponse]]
+
+
+def api(*roles: Role) -> Callable[[SignedInHandler], Handler]:
+    """An API route for token holders: authenticate, then :func:`hub.auth.authorize`.
+
+    The roles are always named (``api(*ANY_ROLE)`` for any token holder); an admin passes
+    everywhere. The check runs before the body is read, so a refused caller costs nothing.
+    """
+    if not roles:
+        raise ValueError("api() needs the roles that may call the route")
+
+    def wrap(fn: SignedInHandler) -> Handler:
+        @wraps(fn)
+        async def handler(request: web.Request) -> web.StreamResponse:
+            hub = request.app[HUB_KEY]
+            p = await in_thread(hub.authenticate, request.headers.get("Authorization"))
+            authorize(p.role, roles)
+            return await fn(request, p)
+
+        return handler
+
+    return wrap
 
 
 # --------------------------------------------------------------------------- API
@@ -93,16 +109,14 @@ async def principal(request: web.Request) -> Principal:
 
 async def health(request: web.Request) -> web.Response:
     hub = request.app[HUB_KEY]
-    counts = await run(request, hub.counts)
+    counts = await in_thread(hub.counts)
     return web.json_response({"ok": True, **counts})
 
 
-async def create_token(request: web.Request) -> web.Response:
-    p = await principal(request)
-    p.require()
+@api("admin")
+async def create_token(request: web.Request, p: Principal) -> web.Response:
     doc = await body_json(request)
-    token = await run(
-        request,
+    token = await in_thread(
         request.app[HUB_KEY].create_token,
         str(doc.get("name", "")),
         str(doc.get("role", "")),
@@ -111,42 +125,40 @@ async def create_token(request: web.Request) -> web.Response:
     return web.json_response({"token": token}, status=201)
 
 
-async def list_channels(request: web.Request) -> web.Response:
-    await principal(request)
-    return web.json_response({"channels": await run(request, request.app[HUB_KEY].channels)})
+@api(*ANY_ROLE)
+async def list_channels(request: web.Request, p: Principal) -> web.Response:
+    return web.json_response({"channels": await in_thread(request.app[HUB_KEY].channels)})
 
 
-async def create_channel(request: web.Request) -> web.Response:
-    p = await principal(request)
+@api("curator")
+async def create_channel(request: web.Request, p: Principal) -> web.Response:
     doc = await body_json(request)
-    out = await run(request, request.app[HUB_KEY].create_channel, p, doc)
+    out = await in_thread(request.app[HUB_KEY].create_channel, p, doc)
     return web.json_response(out, status=201)
 
 
-async def get_channel(request: web.Request) -> web.Response:
-    await principal(request)
+@api(*ANY_ROLE)
+async def get_channel(request: web.Request, p: Principal) -> web.Response:
     return web.json_response(
-        await run(request, request.app[HUB_KEY].channel, request.match_info["cid"])
+        await in_thread(request.app[HUB_KEY].channel, request.match_info["cid"])
     )
 
 
-async def start_upload(request: web.Request) -> web.Response:
-    p = await principal(request)
+@api("curator")
+async def start_upload(request: web.Request, p: Principal) -> web.Response:
     doc = await body_json(request)
+    return web.json_response(await in_thread(request.app[HUB_KEY].start_upload, p, doc), status=201)
+
+
+@api("curator")
+async def upload_status(request: web.Request, p: Principal) -> web.Response:
     return web.json_response(
-        await run(request, request.app[HUB_KEY].start_upload, p, doc), status=201
+        await in_thread(request.app[HUB_KEY].upload_status, p, request.match_info["uid"])
     )
 
 
-async def upload_status(request: web.Request) -> web.Response:
-    p = await principal(request)
-    return web.json_response(
-        await run(request, request.app[HUB_KEY].upload_status, p, request.match_info["uid"])
-    )
-
-
-async def put_object(request: web.Request) -> web.Response:
-    p = await principal(request)
+@api("curator")
+async def put_object(request: web.Request, p: Principal) -> web.Response:
     hub = request.app[HUB_KEY]
     sha = request.match_info["sha"]
     if not HEX64.match(sha):
@@ -154,54 +166,53 @@ async def put_object(request: web.Request) -> web.Response:
     if request.content_length is None or request.content_length > hub.config.max_object_bytes:
         raise HubError(f"object body missing or larger than {hub.config.max_object_bytes}", 413)
     frame = await request.read()
-    new = await run(request, hub.put_object, p, request.match_info["uid"], sha, frame)
+    new = await in_thread(hub.put_object, p, request.match_info["uid"], sha, frame)
     return web.json_response({"stored": sha, "new": new}, status=201 if new else 200)
 
 
-async def commit_upload(request: web.Request) -> web.Response:
-    p = await principal(request)
+@api("curator")
+async def commit_upload(request: web.Request, p: Principal) -> web.Response:
     hub = request.app[HUB_KEY]
-    out = await run(request, hub.commit_upload, p, request.match_info["uid"])
+    out = await in_thread(hub.commit_upload, p, request.match_info["uid"])
     if not out.get("already"):
-        request.app[PACK_QUEUE].put_nowait(out["channel"])
+        queue_packs(request.app, out["channel"])
     return web.json_response(out)
 
 
-async def register_node(request: web.Request) -> web.Response:
-    p = await principal(request)
+@api("admin")
+async def register_node(request: web.Request, p: Principal) -> web.Response:
     doc = await body_json(request)
     return web.json_response(
-        await run(request, request.app[HUB_KEY].register_node, p, doc), status=201
+        await in_thread(request.app[HUB_KEY].register_node, p, doc), status=201
     )
 
 
 async def enrol(request: web.Request) -> web.Response:
+    """No token: the one-time enrolment code in the body is the credential."""
     doc = await body_json(request)
-    return web.json_response(await run(request, request.app[HUB_KEY].enrol, doc))
+    return web.json_response(await in_thread(request.app[HUB_KEY].enrol, doc))
 
 
 async def node_report(request: web.Request) -> web.Response:
+    """No token: the report's signature by the centre's enrolled key is the credential."""
     hub = request.app[HUB_KEY]
     if request.content_length and request.content_length > hub.config.max_json_bytes:
         raise HubError("report too large", 413)
     data = await request.read()
-    out = await run(request, hub.accept_report, data, "network", request.match_info["nid"])
+    out = await in_thread(hub.accept_report, data, "network", request.match_info["nid"])
     return web.json_response(out)
 
 
-async def fleet(request: web.Request) -> web.Response:
-    await principal(request)
+@api(*ANY_ROLE)
+async def fleet(request: web.Request, p: Principal) -> web.Response:
     region = request.query.get("region") or None
     behind = request.query.get("behind") in ("1", "true", "yes")
-    return web.json_response(
-        {"nodes": await run(request, request.app[HUB_KEY].fleet, region, behind)}
-    )
+    return web.json_response({"nodes": await in_thread(request.app[HUB_KEY].fleet, region, behind)})
 
 
-async def audit(request: web.Request) -> web.Response:
-    p = await principal(request)
-    p.require()
-    return web.json_response({"audit": await run(request, request.app[HUB_KEY].audit_log)})
+@api("admin")
+async def audit(request: web.Request, p: Principal) -> web.Response:
+    return web.json_response({"audit": await in_thread(request.app[HUB_KEY].audit_log)})
 
 
 # --------------------------------------------------------------------------- repository
@@ -284,26 +295,17 @@ async def _build_pack_on_demand(request: web.Request, channel: str, a: int, b: i
         if path.is_file():
             return
         try:
-            meta = await run(request, hub.repo.channel_meta, channel)
+            meta = await in_thread(hub.repo.channel_meta, channel)
         except CaravaneError:
             raise web.HTTPNotFound() from None
         if b not in meta.releases or (a and a not in meta.releases) or a >= b:
             raise web.HTTPNotFound()
-        new_bytes = await run(request, _new_bytes, hub.repo, channel, a, b)
+        new_bytes = await in_thread(hub.pack_new_bytes, channel, a, b)
         if new_bytes > hub.config.on_demand_pack_bytes:
             # too long to build while a node waits: queue it, the node takes objects now
-            queue = request.app.get(PACK_QUEUE)
-            if queue is not None:
-                queue.put_nowait(channel)
+            queue_packs(request.app, channel)
             raise web.HTTPNotFound()
-        await run(request, hub.repo.build_pack, channel, a, b, path)
-
-
-def _new_bytes(repo: Any, channel: str, a: int, b: int) -> int:
-    """Raw bytes of release ``b`` that release ``a`` lacks (what a pack a->b carries)."""
-    new = repo.manifest(channel, b).chunk_sizes()
-    old = set(repo.manifest(channel, a).chunk_sizes()) if a else set()
-    return sum(n for h, n in new.items() if h not in old)
+        await in_thread(hub.repo.build_pack, channel, a, b, path)
 
 
 # --------------------------------------------------------------------------- app
@@ -341,8 +343,6 @@ def make_app(
     use_scheduler = config.scheduler if scheduler is None else scheduler
 
     async def start_background(app: web.Application) -> None:
-        from .jobs import JobRunner
-
         runner = JobRunner(hub)
         app[JOBS] = runner
         app[PACK_WORKER] = asyncio.create_task(_pack_worker(app, runner))

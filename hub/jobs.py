@@ -14,6 +14,7 @@ from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from packs import delta
 from protocol.metadata import now_utc, parse_time
 
 from .service import Hub
@@ -54,11 +55,7 @@ class JobRunner:
         built once and carried many times, but hours for a full 50 GB channel whose content
         (video, PDF) is compressed already and gains little from it.
         """
-        from packs import delta
-
-        from .app import _new_bytes
-
-        big = _new_bytes(self.hub.repo, channel, a, b) > self.hub.config.strong_pack_bytes
+        big = self.hub.pack_new_bytes(channel, a, b) > self.hub.config.strong_pack_bytes
         return 9 if big else delta.LEVEL
 
     def collect_garbage(self) -> tuple[int, int]:
@@ -106,7 +103,7 @@ class JobRunner:
     # Scheduling
 
     def _guarded(self, job: Any) -> Any:
-        def run() -> None:
+        def guarded() -> None:
             if not self.hub.take_lease("jobs", self.holder, LEASE_SECONDS):
                 return
             try:
@@ -114,8 +111,8 @@ class JobRunner:
             except Exception:
                 log.exception("scheduled job %s failed", job.__name__)
 
-        run.__name__ = job.__name__
-        return run
+        guarded.__name__ = job.__name__
+        return guarded
 
     def start(self) -> None:
         sched = BackgroundScheduler(timezone="UTC")

@@ -7,7 +7,6 @@ the database records who did what and the fleet's state.
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -23,12 +22,12 @@ from protocol.metadata import FileEntry, check_channel
 from protocol.paths import check_paths
 from protocol.report import Report, report_node_id, verify_report
 
+from .auth import ROLES, Principal, hash_secret
 from .config import HubConfig
 from .db import Database
 from .errors import Conflict, Forbidden, HubError, NotFound, Unauthorized, Unprocessable
 from .models import AuditEntry, Channel, Delivery, Lease, Node, NodeReport, Release, Token, Upload
 
-ROLES = ("admin", "curator", "field_agent")
 MAX_FILES = 1_000_000
 
 
@@ -36,27 +35,10 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
-def _hash(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
-
-
 def _aware(when: datetime | None) -> datetime | None:
     if when is not None and when.tzinfo is None:
         return when.replace(tzinfo=UTC)
     return when
-
-
-class Principal:
-    def __init__(self, name: str, role: str) -> None:
-        self.name = name
-        self.role = role
-
-    def require(self, *roles: str) -> None:
-        """Admins may do everything; other roles only what is listed."""
-        if self.role != "admin" and self.role not in roles:
-            raise Forbidden(
-                f"this needs the role {' or '.join(roles) or 'admin'}; your token is {self.role}"
-            )
 
 
 class Hub:
@@ -86,17 +68,29 @@ class Hub:
             raise HubError(f"unknown role {role!r}; use one of {', '.join(ROLES)}")
         token = "crv_" + secrets.token_urlsafe(32)
         with self.db.session() as s:
-            s.add(Token(name=name, role=role, token_hash=_hash(token), created_at=now()))
+            s.add(Token(name=name, role=role, token_hash=hash_secret(token), created_at=now()))
             self.audit(s, actor, "token.create", name=name, role=role)
         return token
 
     def authenticate(self, header: str | None) -> Principal:
+        """The holder of the ``Authorization: Bearer`` token, or Unauthorized."""
         if not header or not header.startswith("Bearer "):
             raise Unauthorized("missing token: send 'Authorization: Bearer <token>'")
+        p = self.principal_for_token_hash(hash_secret(header[7:].strip()))
+        if p is None:
+            raise Unauthorized("unknown or revoked token")
+        return p
+
+    def principal_for_token_hash(self, token_hash: str) -> Principal | None:
+        """Who holds the token with this hash now; None once it is revoked or unknown.
+
+        Web sessions keep only the hash and ask again on every page, so revoking a token
+        ends its sessions at once.
+        """
         with self.db.session() as s:
-            row = s.scalar(select(Token).where(Token.token_hash == _hash(header[7:].strip())))
+            row = s.scalar(select(Token).where(Token.token_hash == token_hash))
             if row is None or row.revoked:
-                raise Unauthorized("unknown or revoked token")
+                return None
             return Principal(row.name, row.role)
 
     # ------------------------------------------------------------------ channels
@@ -281,7 +275,7 @@ class Hub:
     # ------------------------------------------------------------------ centres
 
     def register_node(self, p: Principal, doc: dict[str, Any]) -> dict[str, Any]:
-        p.require()
+        p.require("admin")
         name = str(doc.get("name", "")).strip()
         if not name:
             raise Unprocessable("a centre needs a name")
@@ -298,7 +292,7 @@ class Hub:
                     name=name,
                     region=str(doc.get("region", "")),
                     subscriptions=subs,
-                    enrol_code_hash=_hash(code),
+                    enrol_code_hash=hash_secret(code),
                     created_at=now(),
                     installed={},
                     last_seq=0,
@@ -327,7 +321,7 @@ class Hub:
             node = s.get(Node, node_id)
             if node is None or node.enrol_code_hash is None:
                 raise Forbidden("unknown centre or enrolment code already used")
-            if not secrets.compare_digest(node.enrol_code_hash, _hash(code)):
+            if not secrets.compare_digest(node.enrol_code_hash, hash_secret(code)):
                 raise Forbidden("wrong enrolment code")
             node.public_key = pub.raw.hex()
             node.enrol_code_hash = None
@@ -389,10 +383,18 @@ class Hub:
             s.add(Delivery(node_id=node_id, drive=drive, at=now(), applied=applied))
             self.audit(s, "usb", "usb.delivery", node=node_id, drive=drive)
 
+    def latest_versions(self) -> dict[str, int]:
+        """Each channel's latest published version, from the signed repository."""
+        return {c: self.repo.channel_meta(c).version for c in self.repo.channels()}
+
+    def pack_new_bytes(self, channel: str, a: int, b: int) -> int:
+        """Raw bytes of release ``b`` that release ``a`` lacks (what a pack a->b carries)."""
+        new = self.repo.manifest(channel, b).chunk_sizes()
+        old = set(self.repo.manifest(channel, a).chunk_sizes()) if a else set()
+        return sum(n for h, n in new.items() if h not in old)
+
     def fleet(self, region: str | None = None, behind_only: bool = False) -> list[dict[str, Any]]:
-        latest = {}
-        for c in self.repo.channels():
-            latest[c] = self.repo.channel_meta(c).version
+        latest = self.latest_versions()
         out = []
         with self.db.session() as s:
             q = select(Node).order_by(Node.region, Node.name)
@@ -423,6 +425,40 @@ class Hub:
                     }
                 )
         return out
+
+    def centre_detail(self, centre_id: str) -> dict[str, Any]:
+        """One centre for its page: fleet row, last 100 reports, drive deliveries."""
+        rows = [n for n in self.fleet() if n["id"] == centre_id]
+        if not rows:
+            raise NotFound(f"no centre {centre_id!r}")
+        with self.db.session() as s:
+            reports = [
+                {
+                    "seq": r.seq,
+                    "received_at": r.received_at,
+                    "route": r.route,
+                    "installed": (r.body or {}).get("installed", {}),
+                    "free_disk": (r.body or {}).get("free_disk"),
+                    "errors": (r.body or {}).get("errors", []),
+                }
+                for r in s.scalars(
+                    select(NodeReport)
+                    .where(NodeReport.node_id == centre_id)
+                    .order_by(NodeReport.id.desc())
+                    .limit(100)
+                )
+            ]
+            deliveries = [
+                {"drive": d.drive, "at": d.at, "applied": d.applied}
+                for d in s.scalars(
+                    select(Delivery)
+                    .where(Delivery.node_id == centre_id)
+                    .order_by(Delivery.id.desc())
+                )
+            ]
+            row = s.get(Node, centre_id)
+            created = row.created_at if row is not None else None
+        return {"node": rows[0], "reports": reports, "deliveries": deliveries, "created": created}
 
     def node_ids(self, names: list[str] | None = None, region: str | None = None) -> list[Node]:
         with self.db.session() as s:

@@ -16,7 +16,7 @@ from packs.bundle import Target, import_drive, prepare, read_description, verify
 from packs.repository import Repository
 from protocol.errors import CaravaneError
 
-from .cli import EXIT_VERIFY, emit, handle_errors, json_option, main, progress_bar
+from .output import EXIT_VERIFY, emit, handle_errors, json_option, progress_bar
 
 
 def parse_centres(values: tuple[str, ...], channels: list[str]) -> list[Target]:
@@ -43,7 +43,7 @@ hub_config_option = click.option(
 )
 
 
-@main.group()
+@click.group()
 def usb() -> None:
     """Prepare, verify and import USB drives (sneakernet both ways)."""
 

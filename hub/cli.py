@@ -1,4 +1,11 @@
-"""``caravane hub ...`` and ``caravane publish``: run a hub, and publish to one."""
+"""``caravane hub ...`` and ``caravane publish``: run a hub, and publish to one.
+
+Each command imports the parts it drives (web server, database, scheduler, HTTP client) when
+it runs, not when ``caravane`` starts: every ``caravane`` invocation loads this module to
+list its commands, and a centre's ``caravane node ...`` should not pay a second of start-up
+for the hub's stack. None of these imports is there to break a cycle: ``hub.cli`` sits on
+top of ``hub`` and imports only :mod:`caravane.output` from the command line package.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +17,7 @@ from pathlib import Path
 
 import click
 
-from caravane.cli import emit, handle_errors, json_option, progress_bar
+from caravane.output import emit, handle_errors, json_option, progress_bar
 
 DEFAULT_DATA = Path("caravane-hub")
 

@@ -123,6 +123,22 @@ class Upload(Base):
     version: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
+class UploadObject(Base):
+    """One object an open upload needs, with its raw size.
+
+    An object PUT looks up this one row (by primary key) instead of reading the upload's
+    whole file list, so its cost does not grow with the size of the release; being in the
+    database, it holds for every hub process serving the same uploads.
+    """
+
+    __tablename__ = "upload_objects"
+    upload_id: Mapped[str] = mapped_column(
+        ForeignKey("uploads.id", ondelete="CASCADE"), primary_key=True
+    )
+    sha: Mapped[str] = mapped_column(String(64), primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+
+
 class Lease(Base):
     """Which hub process runs the scheduled jobs (several may share one database)."""
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import secrets
 import uuid
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from packs.repository import Repository
@@ -26,7 +27,18 @@ from .auth import ROLES, Principal, hash_secret
 from .config import HubConfig
 from .db import Database
 from .errors import Conflict, Forbidden, HubError, NotFound, Unauthorized, Unprocessable
-from .models import AuditEntry, Channel, Delivery, Lease, Node, NodeReport, Release, Token, Upload
+from .models import (
+    AuditEntry,
+    Channel,
+    Delivery,
+    Lease,
+    Node,
+    NodeReport,
+    Release,
+    Token,
+    Upload,
+    UploadObject,
+)
 
 MAX_FILES = 1_000_000
 
@@ -46,7 +58,6 @@ class Hub:
         self.config = config
         self.repo = Repository(config.repo_dir)
         self.db = db or Database(config.url)
-        self._upload_chunks: dict[str, dict[str, int]] = {}
 
     # ------------------------------------------------------------------ audit
 
@@ -162,6 +173,7 @@ class Hub:
             check_paths(e.path for e in entries)
         except FormatError as exc:
             raise Unprocessable(str(exc)) from None
+        chunks = {h: n for e in entries for h, n in e.chunks}
         with self.db.session() as s:
             if s.get(Channel, cid) is None:
                 raise NotFound(f"no channel {cid!r}; create it first")
@@ -176,42 +188,62 @@ class Hub:
                     files=[e.to_dict() for e in entries],
                 )
             )
-        chunks = {h: n for e in entries for h, n in e.chunks}
-        self._upload_chunks[uid] = chunks
+            s.flush()
+            if chunks:
+                s.execute(
+                    insert(UploadObject),
+                    [{"upload_id": uid, "sha": h, "size": n} for h, n in chunks.items()],
+                )
         return {"upload": uid, "missing": self._missing(chunks)}
 
-    def _missing(self, chunks: dict[str, int]) -> list[str]:
+    def _missing(self, chunks: Iterable[str]) -> list[str]:
         return [h for h in chunks if not self.repo.store.has(h)]
 
-    def _load_upload(self, uid: str) -> tuple[Upload, dict[str, int]]:
+    def _upload_objects(self, uid: str) -> list[str]:
         with self.db.session() as s:
-            up = s.get(Upload, uid)
-            if up is None:
-                raise NotFound(f"no upload {uid!r}")
-            s.expunge(up)
-        chunks = self._upload_chunks.get(uid)
-        if chunks is None:
-            chunks = {h: n for f in up.files for h, n in f["chunks"]}
-            self._upload_chunks[uid] = chunks
-        return up, chunks
+            return list(s.scalars(select(UploadObject.sha).where(UploadObject.upload_id == uid)))
+
+    def _upload_head(self, uid: str) -> tuple[str, str, int | None]:
+        """(channel, state, version) of an upload, without its file list."""
+        with self.db.session() as s:
+            row = s.execute(
+                select(Upload.channel_id, Upload.state, Upload.version).where(Upload.id == uid)
+            ).first()
+        if row is None:
+            raise NotFound(f"no upload {uid!r}")
+        return row[0], row[1], row[2]
 
     def upload_status(self, p: Principal, uid: str) -> dict[str, Any]:
         p.require("curator")
-        up, chunks = self._load_upload(uid)
+        _, state, version = self._upload_head(uid)
         return {
             "upload": uid,
-            "state": up.state,
-            "version": up.version,
-            "missing": self._missing(chunks) if up.state == "open" else [],
+            "state": state,
+            "version": version,
+            "missing": self._missing(self._upload_objects(uid)) if state == "open" else [],
         }
 
     def put_object(self, p: Principal, uid: str, sha: str, frame: bytes) -> bool:
-        """Store one object of an open upload, verified; True if it was new."""
+        """Store one object of an open upload, verified; True if it was new.
+
+        One indexed lookup (the upload's state and this object's size), whatever the size
+        of the release: the per-object cost of a publish stays flat.
+        """
         p.require("curator")
-        up, chunks = self._load_upload(uid)
-        if up.state != "open":
-            raise Conflict(f"upload {uid} is {up.state}")
-        size = chunks.get(sha)
+        with self.db.session() as s:
+            row = s.execute(
+                select(Upload.state, UploadObject.size)
+                .select_from(Upload)
+                .outerjoin(
+                    UploadObject, (UploadObject.upload_id == Upload.id) & (UploadObject.sha == sha)
+                )
+                .where(Upload.id == uid)
+            ).first()
+        if row is None:
+            raise NotFound(f"no upload {uid!r}")
+        state, size = row
+        if state != "open":
+            raise Conflict(f"upload {uid} is {state}")
         if size is None:
             raise Unprocessable(f"object {sha[:16]} is not part of upload {uid}")
         try:
@@ -219,13 +251,51 @@ class Hub:
         except CaravaneError as exc:
             raise Unprocessable(str(exc)) from None
 
+    def put_objects(self, p: Principal, uid: str, records: list[tuple[str, bytes]]) -> int:
+        """Store many objects of an open upload (one batch), each verified; how many were new.
+
+        Two indexed queries for the whole batch. Every object must belong to the upload
+        (checked before any is stored); each is verified against its hash on its own, so a
+        bad one refuses the batch from that object on and the good ones before it stay.
+        """
+        p.require("curator")
+        shas = [sha for sha, _ in records]
+        with self.db.session() as s:
+            state = s.scalar(select(Upload.state).where(Upload.id == uid))
+            sizes: dict[str, int] = {
+                sha: size
+                for sha, size in s.execute(
+                    select(UploadObject.sha, UploadObject.size).where(
+                        UploadObject.upload_id == uid, UploadObject.sha.in_(shas)
+                    )
+                )
+            }
+        if state is None:
+            raise NotFound(f"no upload {uid!r}")
+        if state != "open":
+            raise Conflict(f"upload {uid} is {state}")
+        stray = [sha for sha in shas if sha not in sizes]
+        if stray:
+            raise Unprocessable(f"object {stray[0][:16]} is not part of upload {uid}")
+        new = 0
+        for sha, frame in records:
+            try:
+                new += self.repo.store.put_compressed(sha, frame, sizes[sha])
+            except CaravaneError as exc:
+                raise Unprocessable(str(exc)) from None
+        return new
+
     def commit_upload(self, p: Principal, uid: str) -> dict[str, Any]:
         """Sign the release (long: runs in a worker thread). Visible only when complete."""
         p.require("curator")
-        up, chunks = self._load_upload(uid)
+        with self.db.session() as s:
+            up = s.get(Upload, uid)
+            if up is None:
+                raise NotFound(f"no upload {uid!r}")
+            s.expunge(up)
         if up.state == "committed":
             return {"channel": up.channel_id, "version": up.version, "already": True}
-        missing = self._missing(chunks)
+        missing = self._missing(self._upload_objects(uid))
         if missing:
             raise Conflict(
                 f"{len(missing)} objects are still missing; upload them and commit again"
@@ -255,7 +325,6 @@ class Hub:
             row = s.get(Upload, uid)
             row.state, row.version = "committed", res.version
             self.audit(s, p.name, "release.publish", channel=up.channel_id, version=res.version)
-        self._upload_chunks.pop(uid, None)
         self.apply_retention(up.channel_id)
         return dict(res.to_dict(), already=False)
 

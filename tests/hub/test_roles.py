@@ -16,7 +16,6 @@ from tests.web.test_safety import Browser
 from .conftest import RunningHub
 from .util import http
 
-
 MAY_API = {
     "admin": ("GET", "/api/v1/audit", None),
     "curator": ("POST", "/api/v1/channels", {"id": "maths"}),

@@ -107,7 +107,7 @@ def usb_prepare(
     vsize = volume_size or DEFAULT_VOLUME_SIZE
     with progress_bar(None, "writing drive", as_json) as bar:
         if repo_dir is not None or node_dir is not None:
-            repo = Repository(repo_dir if repo_dir is not None else Path(node_dir) / "store")
+            repo = Repository(repo_dir if repo_dir is not None else Path(str(node_dir)) / "store")
             chans = chans or repo.channels()
             targets = parse_centres(centres or ("any-centre",), chans)
             res = prepare(

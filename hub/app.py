@@ -4,6 +4,12 @@ The repository is served as immutable files (objects, manifests, packs: cached f
 and two small mutable kinds (root and channel metadata: cached for a minute), with Range and
 ETag handled by aiohttp's FileResponse (sendfile). Every API error is a JSON body
 ``{"error": ..., "status": ...}`` and never stops the service.
+
+Vocabulary: the code says *centre* for a place the hub knows (``register_centre``,
+``Centre``), *node* only for the agent software running there. The API's paths and JSON keys
+still say node (``/api/v1/nodes``, ``node_id``, ``"nodes"`` in the fleet and health answers,
+the enrolment document): node agents already in the field and operators' scripts read them,
+and renaming them would break every one of those at once for no gain.
 """
 
 from __future__ import annotations
@@ -33,9 +39,9 @@ from .service import Hub
 from .web import add_routes
 
 log = logging.getLogger("caravane.hub")
-PACK_LOCKS: web.AppKey[dict] = web.AppKey("pack_locks", dict)
-JOBS: web.AppKey[Any] = web.AppKey("jobs", object)
-PACK_WORKER: web.AppKey[asyncio.Task] = web.AppKey("pack_worker", asyncio.Task)
+PACK_LOCKS: web.AppKey[dict[tuple[str, int, int], asyncio.Lock]] = web.AppKey("pack_locks", dict)
+JOBS: web.AppKey[JobRunner] = web.AppKey("jobs", JobRunner)
+PACK_WORKER: web.AppKey[asyncio.Task[None]] = web.AppKey("pack_worker", asyncio.Task)
 PACK_RE = re.compile(r"^packs/([a-z0-9][a-z0-9._-]{0,63})/(\d+)-(\d+)\.pack$")
 STATIC_ROOTS = ("metadata/", "manifests/", "objects/", "packs/")
 IMMUTABLE = "public, max-age=31536000, immutable"
@@ -241,10 +247,10 @@ async def commit_upload(request: web.Request, p: Principal) -> web.Response:
 
 
 @api("admin")
-async def register_node(request: web.Request, p: Principal) -> web.Response:
+async def register_centre(request: web.Request, p: Principal) -> web.Response:
     doc = await body_json(request)
     return web.json_response(
-        await in_thread(request.app[HUB_KEY].register_node, p, doc), status=201
+        await in_thread(request.app[HUB_KEY].register_centre, p, doc), status=201
     )
 
 
@@ -254,7 +260,7 @@ async def enrol(request: web.Request) -> web.Response:
     return web.json_response(await in_thread(request.app[HUB_KEY].enrol, doc))
 
 
-async def node_report(request: web.Request) -> web.Response:
+async def centre_report(request: web.Request) -> web.Response:
     """No token: the report's signature by the centre's enrolled key is the credential."""
     hub = request.app[HUB_KEY]
     data = await read_body(request, hub.config.max_json_bytes, "report")
@@ -347,7 +353,7 @@ def _small_file(request: web.Request, path: Path, cache: str) -> web.Response | 
 
 async def _build_pack_on_demand(request: web.Request, channel: str, a: int, b: int) -> None:
     hub = request.app[HUB_KEY]
-    locks: dict[tuple, asyncio.Lock] = request.app[PACK_LOCKS]
+    locks = request.app[PACK_LOCKS]
     lock = locks.setdefault((channel, a, b), asyncio.Lock())
     async with lock:
         path = hub.repo.pack_path(channel, a, b)
@@ -393,10 +399,10 @@ def make_app(
     r.add_put("/api/v1/uploads/{uid}/objects/{sha}", put_object)
     r.add_post("/api/v1/uploads/{uid}/objects", put_objects)
     r.add_post("/api/v1/uploads/{uid}/commit", commit_upload)
-    r.add_post("/api/v1/nodes", register_node)
+    r.add_post("/api/v1/nodes", register_centre)
     r.add_get("/api/v1/nodes", fleet)
     r.add_post("/api/v1/enrol", enrol)
-    r.add_post("/api/v1/nodes/{nid}/reports", node_report)
+    r.add_post("/api/v1/nodes/{nid}/reports", centre_report)
     r.add_get("/api/v1/audit", audit)
     r.add_get("/repo/{tail:.+}", repo_file)
     add_routes(app)
@@ -420,7 +426,7 @@ def make_app(
     return app
 
 
-async def _pack_worker(app: web.Application, runner: Any) -> None:
+async def _pack_worker(app: web.Application, runner: JobRunner) -> None:
     """After a publish, build the packs nodes will ask for (in the background)."""
     loop = asyncio.get_running_loop()
     while True:

@@ -29,7 +29,7 @@ class HubConfig:
     pack_pairs: int = 3
     on_demand_pack_bytes: int = 32 * 1024 * 1024
     strong_pack_bytes: int = 1024 * 1024 * 1024
-    extra: dict = field(default_factory=dict)
+    extra: dict[str, object] = field(default_factory=dict)
 
     @property
     def repo_dir(self) -> Path:

@@ -92,7 +92,7 @@ class JobRunner:
             log.info("refreshed the expiry of %s", ", ".join(refreshed))
         return refreshed
 
-    def flag_stale_nodes(self) -> list[str]:
+    def flag_stale_centres(self) -> list[str]:
         flagged = self.hub.flag_stale()
         if flagged:
             log.warning(
@@ -119,7 +119,7 @@ class JobRunner:
         sched.add_job(self._guarded(self.build_recent_packs), "interval", minutes=10)
         sched.add_job(self._guarded(self.collect_garbage), "interval", hours=6)
         sched.add_job(self._guarded(self.refresh_expiring), "interval", hours=12)
-        sched.add_job(self._guarded(self.flag_stale_nodes), "interval", hours=1)
+        sched.add_job(self._guarded(self.flag_stale_centres), "interval", hours=1)
         sched.start()
         self.scheduler = sched
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import func, insert, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from packs.repository import Repository
 from protocol.errors import CaravaneError, FormatError, SignatureError
@@ -29,16 +30,18 @@ from .db import Database
 from .errors import Conflict, Forbidden, HubError, NotFound, Unauthorized, Unprocessable
 from .models import (
     AuditEntry,
+    Centre,
+    CentreReport,
     Channel,
     Delivery,
     Lease,
-    Node,
-    NodeReport,
     Release,
     Token,
     Upload,
     UploadObject,
 )
+
+__all__ = ["ROLES", "Hub", "Principal", "now"]  # Principal and ROLES: from hub.auth
 
 MAX_FILES = 1_000_000
 
@@ -61,7 +64,8 @@ class Hub:
 
     # ------------------------------------------------------------------ audit
 
-    def audit(self, s, actor: str, action: str, **detail: Any) -> None:
+    def audit(self, s: Session, actor: str, action: str, **detail: Any) -> None:
+        """Add an audit entry in the caller's transaction (it lands only if the change does)."""
         s.add(AuditEntry(at=now(), actor=actor, action=action, detail=detail))
 
     def audit_log(self, limit: int = 100) -> list[dict[str, Any]]:
@@ -153,6 +157,13 @@ class Hub:
                     for r in releases
                 ],
             }
+
+    @staticmethod
+    def _channel_row(s: Session, cid: str) -> Channel:
+        c = s.get(Channel, cid)
+        if c is None:
+            raise NotFound(f"no channel {cid!r}")
+        return c
 
     def channels(self) -> list[dict[str, Any]]:
         with self.db.session() as s:
@@ -302,7 +313,7 @@ class Hub:
             )
         entries = [FileEntry.from_dict(f) for f in up.files]
         with self.db.session() as s:
-            title = s.get(Channel, up.channel_id).title
+            title = self._channel_row(s, up.channel_id).title
         res = self.repo.commit_release(
             up.channel_id,
             entries,
@@ -323,6 +334,8 @@ class Hub:
                 )
             )
             row = s.get(Upload, uid)
+            if row is None:  # deleted while signing: the release stands, say so in the log
+                raise NotFound(f"upload {uid} vanished while it was being committed")
             row.state, row.version = "committed", res.version
             self.audit(s, p.name, "release.publish", channel=up.channel_id, version=res.version)
         self.apply_retention(up.channel_id)
@@ -330,7 +343,7 @@ class Hub:
 
     def apply_retention(self, cid: str) -> list[int]:
         with self.db.session() as s:
-            keep = s.get(Channel, cid).keep_last
+            keep = self._channel_row(s, cid).keep_last
         dropped = self.repo.retain(cid, keep)
         if dropped:
             with self.db.session() as s:
@@ -343,7 +356,12 @@ class Hub:
 
     # ------------------------------------------------------------------ centres
 
-    def register_node(self, p: Principal, doc: dict[str, Any]) -> dict[str, Any]:
+    def register_centre(self, p: Principal, doc: dict[str, Any]) -> dict[str, Any]:
+        """Record a centre and make its enrolment document (with a one-time code).
+
+        The document's keys (``node_id``...) are read by the node agent at the centre:
+        they stay as they are for agents already in the field.
+        """
         p.require("admin")
         name = str(doc.get("name", "")).strip()
         if not name:
@@ -356,7 +374,7 @@ class Hub:
         code = secrets.token_urlsafe(12)
         with self.db.session() as s:
             s.add(
-                Node(
+                Centre(
                     id=node_id,
                     name=name,
                     region=str(doc.get("region", "")),
@@ -379,6 +397,10 @@ class Hub:
             "root": (self.repo.path / "metadata/root.json").read_text(encoding="utf-8"),
         }
 
+    # The node agents and scripts outside hub/ (tests/node, bench) call it by its first name;
+    # kept until they move to register_centre.
+    register_node = register_centre
+
     def enrol(self, doc: dict[str, Any]) -> dict[str, Any]:
         """A centre registers the public key it made; the one-time code is then spent."""
         node_id, code = str(doc.get("node_id", "")), str(doc.get("code", ""))
@@ -387,53 +409,55 @@ class Hub:
         except FormatError as exc:
             raise Unprocessable(str(exc)) from None
         with self.db.session() as s:
-            node = s.get(Node, node_id)
-            if node is None or node.enrol_code_hash is None:
+            centre = s.get(Centre, node_id)
+            if centre is None or centre.enrol_code_hash is None:
                 raise Forbidden("unknown centre or enrolment code already used")
-            if not secrets.compare_digest(node.enrol_code_hash, hash_secret(code)):
+            if not secrets.compare_digest(centre.enrol_code_hash, hash_secret(code)):
                 raise Forbidden("wrong enrolment code")
-            node.public_key = pub.raw.hex()
-            node.enrol_code_hash = None
-            node.enrolled_at = now()
+            centre.public_key = pub.raw.hex()
+            centre.enrol_code_hash = None
+            centre.enrolled_at = now()
             self.audit(s, f"node:{node_id}", "node.enrol", keyid=pub.keyid)
-            return {"node_id": node_id, "channels": node.subscriptions, "name": node.name}
+            return {"node_id": node_id, "channels": centre.subscriptions, "name": centre.name}
 
-    def accept_report(self, data: bytes, route: str, node_id: str | None = None) -> dict[str, Any]:
+    def accept_report(
+        self, data: bytes, route: str, centre_id: str | None = None
+    ) -> dict[str, Any]:
         """Verify and store a signed report; refuse forged, replayed and older ones."""
         try:
             claimed = report_node_id(data)
         except FormatError as exc:
             raise Unprocessable(str(exc)) from None
-        if node_id is not None and claimed != node_id:
-            raise Forbidden(f"report is about centre {claimed}, not {node_id}")
+        if centre_id is not None and claimed != centre_id:
+            raise Forbidden(f"report is about centre {claimed}, not {centre_id}")
         with self.db.session() as s:
-            node = s.get(Node, claimed, with_for_update=True)
-            if node is None or not node.public_key:
+            centre = s.get(Centre, claimed, with_for_update=True)
+            if centre is None or not centre.public_key:
                 raise Forbidden(f"centre {claimed} is not enrolled")
             try:
                 report: Report = verify_report(
-                    data, PublicKey(bytes.fromhex(node.public_key)), claimed
+                    data, PublicKey(bytes.fromhex(centre.public_key)), claimed
                 )
             except SignatureError as exc:
                 raise Forbidden(str(exc)) from None
             except FormatError as exc:
                 raise Unprocessable(str(exc)) from None
-            if report.seq <= node.last_seq:
+            if report.seq <= centre.last_seq:
                 raise Conflict(
                     f"report {report.seq} of centre {claimed} is not newer than "
-                    f"{node.last_seq} (replayed)"
+                    f"{centre.last_seq} (replayed)"
                 )
             route = route if route != "network" else report.route
-            node.last_seq = report.seq
-            node.last_contact = now()
-            node.last_route = route
-            node.installed = report.installed
-            node.free_disk = report.free_disk
-            node.last_error = report.errors[-1] if report.errors else None
-            node.stale = False
+            centre.last_seq = report.seq
+            centre.last_contact = now()
+            centre.last_route = route
+            centre.installed = report.installed
+            centre.free_disk = report.free_disk
+            centre.last_error = report.errors[-1] if report.errors else None
+            centre.stale = False
             s.add(
-                NodeReport(
-                    node_id=claimed,
+                CentreReport(
+                    centre_id=claimed,
                     seq=report.seq,
                     received_at=now(),
                     route=route,
@@ -447,10 +471,11 @@ class Hub:
                 "installed": report.installed,
             }
 
-    def record_delivery(self, node_id: str, drive: str, applied: list) -> None:
+    def record_delivery(self, centre_id: str, drive: str, applied: list[dict[str, Any]]) -> None:
+        """A returned drive brought ``applied`` (channel, version) to a centre."""
         with self.db.session() as s:
-            s.add(Delivery(node_id=node_id, drive=drive, at=now(), applied=applied))
-            self.audit(s, "usb", "usb.delivery", node=node_id, drive=drive)
+            s.add(Delivery(centre_id=centre_id, drive=drive, at=now(), applied=applied))
+            self.audit(s, "usb", "usb.delivery", node=centre_id, drive=drive)
 
     def latest_versions(self) -> dict[str, int]:
         """Each channel's latest published version, from the signed repository."""
@@ -466,9 +491,9 @@ class Hub:
         latest = self.latest_versions()
         out = []
         with self.db.session() as s:
-            q = select(Node).order_by(Node.region, Node.name)
+            q = select(Centre).order_by(Centre.region, Centre.name)
             if region:
-                q = q.where(Node.region == region)
+                q = q.where(Centre.region == region)
             for n in s.scalars(q):
                 behind = {
                     c: latest[c] - int(n.installed.get(c, 0))
@@ -511,9 +536,9 @@ class Hub:
                     "errors": (r.body or {}).get("errors", []),
                 }
                 for r in s.scalars(
-                    select(NodeReport)
-                    .where(NodeReport.node_id == centre_id)
-                    .order_by(NodeReport.id.desc())
+                    select(CentreReport)
+                    .where(CentreReport.centre_id == centre_id)
+                    .order_by(CentreReport.id.desc())
                     .limit(100)
                 )
             ]
@@ -521,19 +546,30 @@ class Hub:
                 {"drive": d.drive, "at": d.at, "applied": d.applied}
                 for d in s.scalars(
                     select(Delivery)
-                    .where(Delivery.node_id == centre_id)
+                    .where(Delivery.centre_id == centre_id)
                     .order_by(Delivery.id.desc())
                 )
             ]
-            row = s.get(Node, centre_id)
+            row = s.get(Centre, centre_id)
             created = row.created_at if row is not None else None
-        return {"node": rows[0], "reports": reports, "deliveries": deliveries, "created": created}
+        return {
+            "centre": rows[0],
+            "reports": reports,
+            "deliveries": deliveries,
+            "created": created,
+        }
 
-    def node_ids(self, names: list[str] | None = None, region: str | None = None) -> list[Node]:
+    def find_centres(
+        self, names: list[str] | None = None, region: str | None = None
+    ) -> list[Centre]:
+        """The centre rows (detached) of a region and/or named by name or id; all if neither.
+
+        Raises NotFound naming every name that matches no centre.
+        """
         with self.db.session() as s:
-            q = select(Node)
+            q = select(Centre)
             if region:
-                q = q.where(Node.region == region)
+                q = q.where(Centre.region == region)
             rows = list(s.scalars(q))
             for r in rows:
                 s.expunge(r)
@@ -552,7 +588,7 @@ class Hub:
         limit = now() - timedelta(days=days or self.config.stale_after_days)
         flagged = []
         with self.db.session() as s:
-            for n in s.scalars(select(Node).where(Node.public_key.is_not(None))):
+            for n in s.scalars(select(Centre).where(Centre.public_key.is_not(None))):
                 last = _aware(n.last_contact) or _aware(n.enrolled_at)
                 if last is not None and last < limit and not n.stale:
                     n.stale = True
@@ -572,7 +608,8 @@ class Hub:
                         Lease(name=name, holder=holder, expires_at=t + timedelta(seconds=seconds))
                     )
                     return True
-                if lease.holder == holder or _aware(lease.expires_at) < t:
+                expires = _aware(lease.expires_at)
+                if lease.holder == holder or expires is None or expires < t:
                     lease.holder = holder
                     lease.expires_at = t + timedelta(seconds=seconds)
                     return True
@@ -584,8 +621,9 @@ class Hub:
         with self.db.session() as s:
             return {
                 "channels": s.scalar(select(func.count()).select_from(Channel)) or 0,
-                "nodes": s.scalar(select(func.count()).select_from(Node)) or 0,
-                "reports": s.scalar(select(func.count()).select_from(NodeReport)) or 0,
+                # "nodes": the key the health check has always answered (monitoring reads it)
+                "nodes": s.scalar(select(func.count()).select_from(Centre)) or 0,
+                "reports": s.scalar(select(func.count()).select_from(CentreReport)) or 0,
             }
 
 

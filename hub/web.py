@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 
 from caravane.i18n import Translator, negotiate, size_text
 from packs.bundle import plan_packs
@@ -88,7 +88,7 @@ class PublishJob:
     files: int = 0
     error: str = ""
     started: float = field(default_factory=time.time)
-    task: asyncio.Task | None = field(default=None, repr=False)
+    task: asyncio.Task[None] | None = field(default=None, repr=False)
 
     @property
     def percent(self) -> int:
@@ -141,10 +141,12 @@ def when_text(value: Any) -> str:
         try:
             value = datetime.fromisoformat(value)
         except ValueError:
-            return value
+            return str(value)
+    if not isinstance(value, datetime):
+        return str(value)
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return str(value.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC"))
 
 
 def lang_of(request: web.Request) -> str:
@@ -364,12 +366,14 @@ async def _read_multipart(
         part = await reader.next()
         if part is None:
             break
-        if part.name == "archive" and part.filename:  # type: ignore[union-attr]
-            filename = Path(part.filename).name  # type: ignore[union-attr]
+        if not isinstance(part, BodyPartReader):  # nested multipart: not something we send
+            raise HubError("unexpected nested multipart body", 400)
+        if part.name == "archive" and part.filename:
+            filename = Path(part.filename).name
             archive = work / "upload.bin"
             written = 0
             with open(archive, "wb") as fh:
-                while chunk := await part.read_chunk(UPLOAD_PIECE):  # type: ignore[union-attr]
+                while chunk := await part.read_chunk(UPLOAD_PIECE):
                     written += len(chunk)
                     if written > MAX_ARCHIVE_BYTES:
                         raise HubError(f"archive larger than {MAX_ARCHIVE_BYTES} bytes", 413)
@@ -377,7 +381,7 @@ async def _read_multipart(
         elif part.name in ("csrf", "channel", "notes", "title"):
             fields[part.name] = (await part.read(decode=True)).decode("utf-8", "replace")[:10000]
         else:
-            await part.release()  # type: ignore[union-attr]
+            await part.release()
     return fields, archive, filename
 
 
@@ -455,11 +459,11 @@ def unpack_archive(archive: Path, kind: str, dest: Path) -> Path:
                 if not member.isreg():
                     raise PathError(f"archive member {rel!r} is a link or a special file")
                 (real_dest / rel).parent.mkdir(parents=True, exist_ok=True)
-                src = tf.extractfile(member)
-                if src is None:
+                member_data = tf.extractfile(member)
+                if member_data is None:
                     raise PathError(f"archive member {rel!r} cannot be read")
-                with src, open(target(rel), "xb") as out:
-                    shutil.copyfileobj(src, out, UPLOAD_PIECE)
+                with member_data, open(target(rel), "xb") as out:
+                    shutil.copyfileobj(member_data, out, UPLOAD_PIECE)
                 if member.mode & 0o111:
                     os.chmod(out.name, 0o755)
     entries = [p for p in real_dest.iterdir()]
@@ -469,7 +473,13 @@ def unpack_archive(archive: Path, kind: str, dest: Path) -> Path:
 
 
 def _publish_blocking(
-    hub: Hub, job: PublishJob, p: Principal, work: Path, archive: Path, kind: str, fields: dict
+    hub: Hub,
+    job: PublishJob,
+    p: Principal,
+    work: Path,
+    archive: Path,
+    kind: str,
+    fields: dict[str, str],
 ) -> None:
     job.state = "unpacking"
     root = unpack_archive(archive, kind, work / "content")
@@ -507,7 +517,7 @@ async def _publish_job(
     work: Path,
     archive: Path,
     kind: str,
-    fields: dict,
+    fields: dict[str, str],
 ) -> None:
     hub = app[UI_KEY].hub
     try:
@@ -550,7 +560,7 @@ async def register(request: web.Request) -> web.Response:
         "region": str(form.get("region", "")).strip(),
         "channels": [str(c) for c in form.getall("channels", [])],
     }
-    out = await in_thread(hub.register_node, request["ui_principal"], doc)
+    out = await in_thread(hub.register_centre, request["ui_principal"], doc)
     filename = f"enrolment-{out['node_id']}.json"
     return web.Response(
         body=json.dumps(out, indent=2, ensure_ascii=False).encode(),
@@ -562,7 +572,9 @@ async def register(request: web.Request) -> web.Response:
     )
 
 
-def _fleet_rows(hub: Hub, region: str | None, behind: bool) -> tuple[list[dict], list[str], dict]:
+def _fleet_rows(
+    hub: Hub, region: str | None, behind: bool
+) -> tuple[list[dict[str, Any]], list[str], dict[str, int]]:
     rows = hub.fleet(region, behind)
     regions = sorted({n["region"] for n in hub.fleet() if n["region"]})
     latest = hub.latest_versions()
@@ -578,7 +590,7 @@ async def fleet(request: web.Request) -> web.Response:
     return render(
         request,
         "fleet.html",
-        nodes=rows,
+        centres=rows,
         regions=regions,
         latest=latest,
         region=region or "",
@@ -599,7 +611,7 @@ async def centre(request: web.Request) -> web.Response:
 def route_plan(hub: Hub, names: list[str], region: str | None) -> dict[str, Any]:
     targets, chans = route_targets(hub, names, region)
     plans = plan_packs(hub.repo, targets, chans)
-    by_id = {n.id: n for n in hub.node_ids(None, None)}
+    by_id = {n.id: n for n in hub.find_centres()}
     return {
         "format": "caravane-route-plan",
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -638,16 +650,16 @@ def _route_query(request: web.Request) -> tuple[list[str], str | None]:
 async def routes(request: web.Request) -> web.Response:
     hub = request.app[UI_KEY].hub
     names, region = _route_query(request)
-    nodes = await in_thread(hub.fleet)
-    regions = sorted({n["region"] for n in nodes if n["region"]})
+    centres = await in_thread(hub.fleet)
+    regions = sorted({n["region"] for n in centres if n["region"]})
     plan = None
     if names or region:
         plan = await in_thread(route_plan, hub, names, region)
-    names_of = {n["id"]: n["name"] for n in nodes}
+    names_of = {n["id"]: n["name"] for n in centres}
     return render(
         request,
         "routes.html",
-        nodes=nodes,
+        centres=centres,
         regions=regions,
         region=region or "",
         chosen=set(names),

@@ -7,6 +7,7 @@ batch reads only the rows it needs, on every engine and across hub processes.
 
 from __future__ import annotations
 
+import json
 import struct
 from pathlib import Path
 
@@ -104,7 +105,7 @@ def test_migration_fills_in_open_uploads(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'hub.db'}"
     upgrade(url, "0001")
     engine = create_engine(url)
-    files = '[{"path": "a", "chunks": [["%s", 10], ["%s", 20]]}]' % ("a" * 64, "b" * 64)
+    files = json.dumps([{"path": "a", "chunks": [["a" * 64, 10], ["b" * 64, 20]]}])
     with engine.begin() as c:
         c.execute(
             text(

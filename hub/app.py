@@ -419,7 +419,7 @@ def make_app(
     async def stop_background(app: web.Application) -> None:
         app[PACK_WORKER].cancel()
         app[JOBS].stop()
-        hub.db.dispose()
+        hub.close()
 
     app.on_startup.append(start_background)
     app.on_cleanup.append(stop_background)

@@ -68,6 +68,15 @@ class Hub:
         """Add an audit entry in the caller's transaction (it lands only if the change does)."""
         s.add(AuditEntry(at=now(), actor=actor, action=action, detail=detail))
 
+    def record(self, actor: str, action: str, **detail: Any) -> None:
+        """An audit entry on its own (for work done outside the database, e.g. a drive)."""
+        with self.db.session() as s:
+            self.audit(s, actor, action, **detail)
+
+    def close(self) -> None:
+        """Release the database connections (the service stops)."""
+        self.db.dispose()
+
     def audit_log(self, limit: int = 100) -> list[dict[str, Any]]:
         with self.db.session() as s:
             rows = s.scalars(select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit))

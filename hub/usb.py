@@ -61,15 +61,13 @@ def prepare_for_route(
         if channels:
             chans = [c for c in chans if c in channels]
     result = prepare(hub.repo, drive, targets, chans, volume_size=volume_size, progress=progress)
-    with hub.db.session() as s:
-        hub.audit(
-            s,
-            "usb",
-            "usb.prepare",
-            drive=str(drive),
-            centres=[t.name for t in targets],
-            packs=len(result.written),
-        )
+    hub.record(
+        "usb",
+        "usb.prepare",
+        drive=str(drive),
+        centres=[t.name for t in targets],
+        packs=len(result.written),
+    )
     return result
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import filecmp
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ SAMPLE = {
 }
 
 
-def _write_tree(folder: Path, files: dict[str, str | bytes]) -> None:
+def _write_tree(folder: Path, files: Mapping[str, str | bytes]) -> None:
     for rel, content in files.items():
         path = folder / rel
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -57,10 +57,11 @@ def run_demo(
     import urllib.request
 
     from hub.app import make_app as make_hub_app
+    from hub.auth import Principal
     from hub.client import HubClient
     from hub.config import HubConfig
     from hub.db import upgrade
-    from hub.service import Hub, Principal
+    from hub.service import Hub
     from node.agent import Node
     from node.serve import make_app as make_portal
 
@@ -74,7 +75,7 @@ def run_demo(
     def port() -> int:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
-            return sock.getsockname()[1]
+            return int(sock.getsockname()[1])
 
     hub_port, portal_port = port(), port()
     cfg = HubConfig(data_dir=workdir / "hub", port=hub_port, scheduler=False)

@@ -19,7 +19,8 @@ LOCALES = Path(__file__).parent / "locales"
 
 @cache
 def catalogue(lang: str) -> dict[str, str]:
-    return json.loads((LOCALES / f"{lang}.json").read_text(encoding="utf-8"))
+    doc: dict[str, str] = json.loads((LOCALES / f"{lang}.json").read_text(encoding="utf-8"))
+    return doc
 
 
 def negotiate(query_lang: str | None, cookie_lang: str | None, accept: str | None) -> str:

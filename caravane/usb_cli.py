@@ -16,7 +16,7 @@ from packs.bundle import Target, import_drive, prepare, read_description, verify
 from packs.repository import Repository
 from protocol.errors import CaravaneError
 
-from .cli import EXIT_VERIFY, emit, handle_errors, json_option, main, progress_bar
+from .output import EXIT_VERIFY, emit, handle_errors, json_option, progress_bar
 
 
 def parse_centres(values: tuple[str, ...], channels: list[str]) -> list[Target]:
@@ -43,7 +43,7 @@ hub_config_option = click.option(
 )
 
 
-@main.group()
+@click.group()
 def usb() -> None:
     """Prepare, verify and import USB drives (sneakernet both ways)."""
 
@@ -107,7 +107,7 @@ def usb_prepare(
     vsize = volume_size or DEFAULT_VOLUME_SIZE
     with progress_bar(None, "writing drive", as_json) as bar:
         if repo_dir is not None or node_dir is not None:
-            repo = Repository(repo_dir if repo_dir is not None else Path(node_dir) / "store")
+            repo = Repository(repo_dir if repo_dir is not None else Path(str(node_dir)) / "store")
             chans = chans or repo.channels()
             targets = parse_centres(centres or ("any-centre",), chans)
             res = prepare(

@@ -4,6 +4,12 @@ The repository is served as immutable files (objects, manifests, packs: cached f
 and two small mutable kinds (root and channel metadata: cached for a minute), with Range and
 ETag handled by aiohttp's FileResponse (sendfile). Every API error is a JSON body
 ``{"error": ..., "status": ...}`` and never stops the service.
+
+Vocabulary: the code says *centre* for a place the hub knows (``register_centre``,
+``Centre``), *node* only for the agent software running there. The API's paths and JSON keys
+still say node (``/api/v1/nodes``, ``node_id``, ``"nodes"`` in the fleet and health answers,
+the enrolment document): node agents already in the field and operators' scripts read them,
+and renaming them would break every one of those at once for no gain.
 """
 
 from __future__ import annotations
@@ -12,9 +18,10 @@ import asyncio
 import json
 import logging
 import re
+import struct
 from collections.abc import Awaitable, Callable
 from email.utils import formatdate
-from functools import partial
+from functools import wraps
 from pathlib import Path
 from typing import Any
 
@@ -23,16 +30,18 @@ from aiohttp import web
 from protocol.errors import CaravaneError
 from protocol.metadata import HEX64
 
+from .appstate import HUB_KEY, PACK_QUEUE, in_thread, queue_packs
+from .auth import ANY_ROLE, Principal, Role, authorize
 from .config import HubConfig
 from .errors import HubError, NotFound
-from .service import Hub, Principal
-from .web import PACK_QUEUE, add_routes
+from .jobs import JobRunner
+from .service import Hub
+from .web import add_routes
 
 log = logging.getLogger("caravane.hub")
-HUB_KEY: web.AppKey[Hub] = web.AppKey("hub", Hub)
-PACK_LOCKS: web.AppKey[dict] = web.AppKey("pack_locks", dict)
-JOBS: web.AppKey[Any] = web.AppKey("jobs", object)
-PACK_WORKER: web.AppKey[asyncio.Task] = web.AppKey("pack_worker", asyncio.Task)
+PACK_LOCKS: web.AppKey[dict[tuple[str, int, int], asyncio.Lock]] = web.AppKey("pack_locks", dict)
+JOBS: web.AppKey[JobRunner] = web.AppKey("jobs", JobRunner)
+PACK_WORKER: web.AppKey[asyncio.Task[None]] = web.AppKey("pack_worker", asyncio.Task)
 PACK_RE = re.compile(r"^packs/([a-z0-9][a-z0-9._-]{0,63})/(\d+)-(\d+)\.pack$")
 STATIC_ROOTS = ("metadata/", "manifests/", "objects/", "packs/")
 IMMUTABLE = "public, max-age=31536000, immutable"
@@ -64,17 +73,28 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return _json_error(500, "internal error; see the hub's log")
 
 
-async def run(request: web.Request, fn: Callable[..., Any], *args: Any) -> Any:
-    """Run blocking work (database, disk, signing) off the event loop."""
-    return await asyncio.get_running_loop().run_in_executor(None, partial(fn, *args))
+async def read_body(request: web.Request, limit: int, what: str) -> bytes:
+    """The request body, refused with 413 as soon as it passes ``limit`` bytes.
+
+    Each route has its own limit (JSON, one object, a batch of objects); the server-wide
+    ``client_max_size`` is only the largest of them, so a chunked body without a length is
+    counted here as it arrives.
+    """
+    if request.content_length is not None and request.content_length > limit:
+        raise HubError(f"{what} larger than {limit} bytes", 413)
+    body = bytearray()
+    async for piece in request.content.iter_chunked(256 * 1024):
+        body += piece
+        if len(body) > limit:
+            raise HubError(f"{what} larger than {limit} bytes", 413)
+    return bytes(body)
 
 
 async def body_json(request: web.Request) -> dict[str, Any]:
     hub = request.app[HUB_KEY]
-    if request.content_length and request.content_length > hub.config.max_json_bytes:
-        raise HubError(f"JSON body larger than {hub.config.max_json_bytes} bytes", 413)
+    data = await read_body(request, hub.config.max_json_bytes, "JSON body")
     try:
-        doc = json.loads(await request.read())
+        doc = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise HubError("body is not valid JSON", 400) from None
     if not isinstance(doc, dict):
@@ -82,10 +102,29 @@ async def body_json(request: web.Request) -> dict[str, Any]:
     return doc
 
 
-async def principal(request: web.Request) -> Principal:
-    return await run(
-        request, request.app[HUB_KEY].authenticate, request.headers.get("Authorization")
-    )
+SignedInHandler = Callable[[web.Request, Principal], Awaitable[web.StreamResponse]]
+
+
+def api(*roles: Role) -> Callable[[SignedInHandler], Handler]:
+    """An API route for token holders: authenticate, then :func:`hub.auth.authorize`.
+
+    The roles are always named (``api(*ANY_ROLE)`` for any token holder); an admin passes
+    everywhere. The check runs before the body is read, so a refused caller costs nothing.
+    """
+    if not roles:
+        raise ValueError("api() needs the roles that may call the route")
+
+    def wrap(fn: SignedInHandler) -> Handler:
+        @wraps(fn)
+        async def handler(request: web.Request) -> web.StreamResponse:
+            hub = request.app[HUB_KEY]
+            p = await in_thread(hub.authenticate, request.headers.get("Authorization"))
+            authorize(p.role, roles)
+            return await fn(request, p)
+
+        return handler
+
+    return wrap
 
 
 # --------------------------------------------------------------------------- API
@@ -93,16 +132,14 @@ async def principal(request: web.Request) -> Principal:
 
 async def health(request: web.Request) -> web.Response:
     hub = request.app[HUB_KEY]
-    counts = await run(request, hub.counts)
+    counts = await in_thread(hub.counts)
     return web.json_response({"ok": True, **counts})
 
 
-async def create_token(request: web.Request) -> web.Response:
-    p = await principal(request)
-    p.require()
+@api("admin")
+async def create_token(request: web.Request, p: Principal) -> web.Response:
     doc = await body_json(request)
-    token = await run(
-        request,
+    token = await in_thread(
         request.app[HUB_KEY].create_token,
         str(doc.get("name", "")),
         str(doc.get("role", "")),
@@ -111,97 +148,136 @@ async def create_token(request: web.Request) -> web.Response:
     return web.json_response({"token": token}, status=201)
 
 
-async def list_channels(request: web.Request) -> web.Response:
-    await principal(request)
-    return web.json_response({"channels": await run(request, request.app[HUB_KEY].channels)})
+@api(*ANY_ROLE)
+async def list_channels(request: web.Request, p: Principal) -> web.Response:
+    return web.json_response({"channels": await in_thread(request.app[HUB_KEY].channels)})
 
 
-async def create_channel(request: web.Request) -> web.Response:
-    p = await principal(request)
+@api("curator")
+async def create_channel(request: web.Request, p: Principal) -> web.Response:
     doc = await body_json(request)
-    out = await run(request, request.app[HUB_KEY].create_channel, p, doc)
+    out = await in_thread(request.app[HUB_KEY].create_channel, p, doc)
     return web.json_response(out, status=201)
 
 
-async def get_channel(request: web.Request) -> web.Response:
-    await principal(request)
+@api(*ANY_ROLE)
+async def get_channel(request: web.Request, p: Principal) -> web.Response:
     return web.json_response(
-        await run(request, request.app[HUB_KEY].channel, request.match_info["cid"])
+        await in_thread(request.app[HUB_KEY].channel, request.match_info["cid"])
     )
 
 
-async def start_upload(request: web.Request) -> web.Response:
-    p = await principal(request)
+@api("curator")
+async def start_upload(request: web.Request, p: Principal) -> web.Response:
     doc = await body_json(request)
+    return web.json_response(await in_thread(request.app[HUB_KEY].start_upload, p, doc), status=201)
+
+
+@api("curator")
+async def upload_status(request: web.Request, p: Principal) -> web.Response:
     return web.json_response(
-        await run(request, request.app[HUB_KEY].start_upload, p, doc), status=201
+        await in_thread(request.app[HUB_KEY].upload_status, p, request.match_info["uid"])
     )
 
 
-async def upload_status(request: web.Request) -> web.Response:
-    p = await principal(request)
-    return web.json_response(
-        await run(request, request.app[HUB_KEY].upload_status, p, request.match_info["uid"])
-    )
-
-
-async def put_object(request: web.Request) -> web.Response:
-    p = await principal(request)
+@api("curator")
+async def put_object(request: web.Request, p: Principal) -> web.Response:
     hub = request.app[HUB_KEY]
     sha = request.match_info["sha"]
     if not HEX64.match(sha):
         raise HubError("object id must be a SHA-256 hex digest", 400)
-    if request.content_length is None or request.content_length > hub.config.max_object_bytes:
-        raise HubError(f"object body missing or larger than {hub.config.max_object_bytes}", 413)
-    frame = await request.read()
-    new = await run(request, hub.put_object, p, request.match_info["uid"], sha, frame)
+    if request.content_length is None:
+        raise HubError("object body without a Content-Length", 411)
+    frame = await read_body(request, hub.config.max_object_bytes, "object body")
+    new = await in_thread(hub.put_object, p, request.match_info["uid"], sha, frame)
     return web.json_response({"stored": sha, "new": new}, status=201 if new else 200)
 
 
-async def commit_upload(request: web.Request) -> web.Response:
-    p = await principal(request)
+BATCH_RECORD = struct.Struct(">32sI")  # raw SHA-256, then the frame's length
+MAX_BATCH_OBJECTS = 4096
+
+
+def parse_batch(body: bytes, max_object: int) -> list[tuple[str, bytes]]:
+    """Split a batch body: records of (32-byte SHA-256, 4-byte big-endian length, frame).
+
+    A binary layout rather than JSON or multipart: no encoding of the frames, and the body
+    is cut with a memory view, so the cost per object is a few slices.
+    """
+    view = memoryview(body)
+    out: list[tuple[str, bytes]] = []
+    pos = 0
+    while pos < len(view):
+        if pos + BATCH_RECORD.size > len(view):
+            raise HubError("batch body ends inside a record header", 400)
+        raw, n = BATCH_RECORD.unpack_from(view, pos)
+        pos += BATCH_RECORD.size
+        if n > max_object:
+            raise HubError(f"object larger than {max_object} bytes in a batch", 413)
+        if pos + n > len(view):
+            raise HubError("batch body ends inside an object", 400)
+        out.append((raw.hex(), bytes(view[pos : pos + n])))
+        pos += n
+        if len(out) > MAX_BATCH_OBJECTS:
+            raise HubError(f"more than {MAX_BATCH_OBJECTS} objects in one batch", 413)
+    return out
+
+
+@api("curator")
+async def put_objects(request: web.Request, p: Principal) -> web.Response:
+    """Many objects of an upload in one request (what ``caravane publish`` sends).
+
+    One round trip, one token check and two database lookups per batch instead of per
+    object: the per-object cost of publishing through the API is then the verification
+    and the write, as for a local publish.
+    """
     hub = request.app[HUB_KEY]
-    out = await run(request, hub.commit_upload, p, request.match_info["uid"])
+    body = await read_body(request, hub.config.max_batch_bytes, "batch body")
+    records = parse_batch(body, hub.config.max_object_bytes)
+    new = await in_thread(hub.put_objects, p, request.match_info["uid"], records)
+    return web.json_response({"stored": len(records), "new": new})
+
+
+@api("curator")
+async def commit_upload(request: web.Request, p: Principal) -> web.Response:
+    hub = request.app[HUB_KEY]
+    out = await in_thread(hub.commit_upload, p, request.match_info["uid"])
     if not out.get("already"):
-        request.app[PACK_QUEUE].put_nowait(out["channel"])
+        queue_packs(request.app, out["channel"])
     return web.json_response(out)
 
 
-async def register_node(request: web.Request) -> web.Response:
-    p = await principal(request)
+@api("admin")
+async def register_centre(request: web.Request, p: Principal) -> web.Response:
     doc = await body_json(request)
     return web.json_response(
-        await run(request, request.app[HUB_KEY].register_node, p, doc), status=201
+        await in_thread(request.app[HUB_KEY].register_centre, p, doc), status=201
     )
 
 
 async def enrol(request: web.Request) -> web.Response:
+    """No token: the one-time enrolment code in the body is the credential."""
     doc = await body_json(request)
-    return web.json_response(await run(request, request.app[HUB_KEY].enrol, doc))
+    return web.json_response(await in_thread(request.app[HUB_KEY].enrol, doc))
 
 
-async def node_report(request: web.Request) -> web.Response:
+async def centre_report(request: web.Request) -> web.Response:
+    """No token: the report's signature by the centre's enrolled key is the credential."""
     hub = request.app[HUB_KEY]
-    if request.content_length and request.content_length > hub.config.max_json_bytes:
-        raise HubError("report too large", 413)
-    data = await request.read()
-    out = await run(request, hub.accept_report, data, "network", request.match_info["nid"])
+    data = await read_body(request, hub.config.max_json_bytes, "report")
+    out = await in_thread(hub.accept_report, data, "network", request.match_info["nid"])
     return web.json_response(out)
 
 
-async def fleet(request: web.Request) -> web.Response:
-    await principal(request)
+@api(*ANY_ROLE)
+async def fleet(request: web.Request, p: Principal) -> web.Response:
     region = request.query.get("region") or None
     behind = request.query.get("behind") in ("1", "true", "yes")
-    return web.json_response(
-        {"nodes": await run(request, request.app[HUB_KEY].fleet, region, behind)}
-    )
+    return web.json_response({"nodes": await in_thread(request.app[HUB_KEY].fleet, region, behind)})
 
 
-async def audit(request: web.Request) -> web.Response:
-    p = await principal(request)
-    p.require()
-    return web.json_response({"audit": await run(request, request.app[HUB_KEY].audit_log)})
+@api("admin")
+async def audit(request: web.Request, p: Principal) -> web.Response:
+    return web.json_response({"audit": await in_thread(request.app[HUB_KEY].audit_log)})
 
 
 # --------------------------------------------------------------------------- repository
@@ -277,33 +353,24 @@ def _small_file(request: web.Request, path: Path, cache: str) -> web.Response | 
 
 async def _build_pack_on_demand(request: web.Request, channel: str, a: int, b: int) -> None:
     hub = request.app[HUB_KEY]
-    locks: dict[tuple, asyncio.Lock] = request.app[PACK_LOCKS]
+    locks = request.app[PACK_LOCKS]
     lock = locks.setdefault((channel, a, b), asyncio.Lock())
     async with lock:
         path = hub.repo.pack_path(channel, a, b)
         if path.is_file():
             return
         try:
-            meta = await run(request, hub.repo.channel_meta, channel)
+            meta = await in_thread(hub.repo.channel_meta, channel)
         except CaravaneError:
             raise web.HTTPNotFound() from None
         if b not in meta.releases or (a and a not in meta.releases) or a >= b:
             raise web.HTTPNotFound()
-        new_bytes = await run(request, _new_bytes, hub.repo, channel, a, b)
+        new_bytes = await in_thread(hub.pack_new_bytes, channel, a, b)
         if new_bytes > hub.config.on_demand_pack_bytes:
             # too long to build while a node waits: queue it, the node takes objects now
-            queue = request.app.get(PACK_QUEUE)
-            if queue is not None:
-                queue.put_nowait(channel)
+            queue_packs(request.app, channel)
             raise web.HTTPNotFound()
-        await run(request, hub.repo.build_pack, channel, a, b, path)
-
-
-def _new_bytes(repo: Any, channel: str, a: int, b: int) -> int:
-    """Raw bytes of release ``b`` that release ``a`` lacks (what a pack a->b carries)."""
-    new = repo.manifest(channel, b).chunk_sizes()
-    old = set(repo.manifest(channel, a).chunk_sizes()) if a else set()
-    return sum(n for h, n in new.items() if h not in old)
+        await in_thread(hub.repo.build_pack, channel, a, b, path)
 
 
 # --------------------------------------------------------------------------- app
@@ -315,7 +382,8 @@ def make_app(
     hub = hub or Hub(config)
     app = web.Application(
         middlewares=[errors_middleware],
-        client_max_size=max(config.max_json_bytes, config.max_object_bytes) + 1024,
+        client_max_size=max(config.max_json_bytes, config.max_object_bytes, config.max_batch_bytes)
+        + 1024,
     )
     app[HUB_KEY] = hub
     app[PACK_LOCKS] = {}
@@ -329,11 +397,12 @@ def make_app(
     r.add_post("/api/v1/uploads", start_upload)
     r.add_get("/api/v1/uploads/{uid}", upload_status)
     r.add_put("/api/v1/uploads/{uid}/objects/{sha}", put_object)
+    r.add_post("/api/v1/uploads/{uid}/objects", put_objects)
     r.add_post("/api/v1/uploads/{uid}/commit", commit_upload)
-    r.add_post("/api/v1/nodes", register_node)
+    r.add_post("/api/v1/nodes", register_centre)
     r.add_get("/api/v1/nodes", fleet)
     r.add_post("/api/v1/enrol", enrol)
-    r.add_post("/api/v1/nodes/{nid}/reports", node_report)
+    r.add_post("/api/v1/nodes/{nid}/reports", centre_report)
     r.add_get("/api/v1/audit", audit)
     r.add_get("/repo/{tail:.+}", repo_file)
     add_routes(app)
@@ -341,8 +410,6 @@ def make_app(
     use_scheduler = config.scheduler if scheduler is None else scheduler
 
     async def start_background(app: web.Application) -> None:
-        from .jobs import JobRunner
-
         runner = JobRunner(hub)
         app[JOBS] = runner
         app[PACK_WORKER] = asyncio.create_task(_pack_worker(app, runner))
@@ -352,14 +419,14 @@ def make_app(
     async def stop_background(app: web.Application) -> None:
         app[PACK_WORKER].cancel()
         app[JOBS].stop()
-        hub.db.dispose()
+        hub.close()
 
     app.on_startup.append(start_background)
     app.on_cleanup.append(stop_background)
     return app
 
 
-async def _pack_worker(app: web.Application, runner: Any) -> None:
+async def _pack_worker(app: web.Application, runner: JobRunner) -> None:
     """After a publish, build the packs nodes will ask for (in the background)."""
     loop = asyncio.get_running_loop()
     while True:

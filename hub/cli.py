@@ -1,4 +1,11 @@
-"""``caravane hub ...`` and ``caravane publish``: run a hub, and publish to one."""
+"""``caravane hub ...`` and ``caravane publish``: run a hub, and publish to one.
+
+Each command imports the parts it drives (web server, database, scheduler, HTTP client) when
+it runs, not when ``caravane`` starts: every ``caravane`` invocation loads this module to
+list its commands, and a centre's ``caravane node ...`` should not pay a second of start-up
+for the hub's stack. None of these imports is there to break a cycle: ``hub.cli`` sits on
+top of ``hub`` and imports only :mod:`caravane.output` from the command line package.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +13,24 @@ import asyncio
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import click
 
-from caravane.cli import emit, handle_errors, json_option, progress_bar
+from caravane.output import emit, handle_errors, json_option, progress_bar
+
+if TYPE_CHECKING:
+    from .service import Hub
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 DEFAULT_DATA = Path("caravane-hub")
 
 
-def config_option(func):
+def config_option(func: Callable[P, R]) -> Callable[P, R]:
     return click.option(
         "--config",
         "config_path",
@@ -26,7 +41,8 @@ def config_option(func):
     )(func)
 
 
-def load(config_path: Path):
+def load(config_path: Path) -> Hub:
+    """The hub of a configuration file, its database migrated to the current schema."""
     from .config import HubConfig
     from .db import upgrade
     from .service import Hub
@@ -159,10 +175,10 @@ def channel_add(
     as_json: bool,
 ) -> None:
     """Create a channel."""
-    from .service import Principal
+    from .auth import Principal
 
     h = load(config_path)
-    doc = {
+    doc: dict[str, Any] = {
         "id": channel_id,
         "title": title or channel_id,
         "language": language,
@@ -174,12 +190,12 @@ def channel_add(
     emit(as_json, dict(out, ok=True), f"channel {channel_id} created")
 
 
-@hub.group("node")
-def node_group() -> None:
-    """Centres: register them and see their state."""
+@hub.group("centre")
+def centre_group() -> None:
+    """Centres: register them (their state: `caravane hub status`)."""
 
 
-@node_group.command("add")
+@centre_group.command("add")
 @config_option
 @click.argument("name")
 @click.option("--region", default="")
@@ -192,14 +208,14 @@ def node_group() -> None:
 )
 @json_option
 @handle_errors
-def node_add(
+def centre_add(
     config_path: Path, name: str, region: str, channels: str, out: Path, as_json: bool
 ) -> None:
     """Register a centre and write its enrolment file (contains a one-time code)."""
-    from .service import Principal
+    from .auth import Principal
 
     h = load(config_path)
-    doc = h.register_node(
+    doc = h.register_centre(
         Principal("cli", "admin"), {"name": name, "region": region, "channels": channels}
     )
     out.write_text(json.dumps(doc, ensure_ascii=False, indent=2), encoding="utf-8")
@@ -210,6 +226,18 @@ def node_add(
         f"centre {name} registered as {doc['node_id']}; give {out} to its operator "
         f"(`caravane node init --enrol {out.name}`)",
     )
+
+
+# `caravane hub node add` was the first name: kept, hidden, for scripts that still use it
+hub.add_command(
+    click.Group(
+        "node",
+        commands={"add": centre_add},
+        help="Deprecated: use `caravane hub centre`.",
+        hidden=True,
+        deprecated=True,
+    )
+)
 
 
 @hub.command("status")
@@ -268,13 +296,13 @@ def hub_jobs(config_path: Path, names: tuple[str, ...], as_json: bool) -> None:
     from .jobs import JobRunner
 
     runner = JobRunner(load(config_path))
-    jobs = {
+    jobs: dict[str, Callable[[], object]] = {
         "packs": runner.build_recent_packs,
         "gc": runner.collect_garbage,
         "expiry": runner.refresh_expiring,
-        "stale": runner.flag_stale_nodes,
+        "stale": runner.flag_stale_centres,
     }
-    out = {}
+    out: dict[str, object] = {}
     for name in names or tuple(jobs):
         if name not in jobs:
             raise click.ClickException(f"unknown job {name}; use {', '.join(jobs)}")

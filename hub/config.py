@@ -20,6 +20,7 @@ class HubConfig:
     public_url: str = ""
     max_json_bytes: int = 8 * 1024 * 1024
     max_object_bytes: int = 2 * 1024 * 1024
+    max_batch_bytes: int = 16 * 1024 * 1024  # one POST of many objects (the publish client)
     expires_days: int = 365
     refresh_before_days: int = 30
     keep_last: int = 5
@@ -29,7 +30,7 @@ class HubConfig:
     on_demand_pack_bytes: int = 32 * 1024 * 1024
     strong_pack_bytes: int = 1024 * 1024 * 1024
     gc_grace_hours: int = 24
-    extra: dict = field(default_factory=dict)
+    extra: dict[str, object] = field(default_factory=dict)
 
     @property
     def repo_dir(self) -> Path:

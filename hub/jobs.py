@@ -14,6 +14,7 @@ from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from packs import delta
 from protocol.metadata import now_utc, parse_time
 
 from .service import Hub
@@ -54,11 +55,7 @@ class JobRunner:
         built once and carried many times, but hours for a full 50 GB channel whose content
         (video, PDF) is compressed already and gains little from it.
         """
-        from packs import delta
-
-        from .app import _new_bytes
-
-        big = _new_bytes(self.hub.repo, channel, a, b) > self.hub.config.strong_pack_bytes
+        big = self.hub.pack_new_bytes(channel, a, b) > self.hub.config.strong_pack_bytes
         return 9 if big else delta.LEVEL
 
     def collect_garbage(self) -> tuple[int, int]:
@@ -72,15 +69,7 @@ class JobRunner:
         return count, freed
 
     def _open_upload_objects(self) -> set[str]:
-        from sqlalchemy import select
-
-        from .models import Upload
-
-        keep: set[str] = set()
-        with self.hub.db.session() as s:
-            for up in s.scalars(select(Upload).where(Upload.state == "open")):
-                keep.update(h for f in up.files for h, _ in f["chunks"])
-        return keep
+        return self.hub.open_upload_objects()
 
     def refresh_expiring(self) -> list[str]:
         """Re-sign channel metadata that expires within ``refresh_before_days``."""
@@ -98,7 +87,7 @@ class JobRunner:
             log.info("refreshed the expiry of %s", ", ".join(refreshed))
         return refreshed
 
-    def flag_stale_nodes(self) -> list[str]:
+    def flag_stale_centres(self) -> list[str]:
         flagged = self.hub.flag_stale()
         if flagged:
             log.warning(
@@ -109,7 +98,7 @@ class JobRunner:
     # Scheduling
 
     def _guarded(self, job: Any) -> Any:
-        def run() -> None:
+        def guarded() -> None:
             if not self.hub.take_lease("jobs", self.holder, LEASE_SECONDS):
                 return
             try:
@@ -117,15 +106,15 @@ class JobRunner:
             except Exception:
                 log.exception("scheduled job %s failed", job.__name__)
 
-        run.__name__ = job.__name__
-        return run
+        guarded.__name__ = job.__name__
+        return guarded
 
     def start(self) -> None:
         sched = BackgroundScheduler(timezone="UTC")
         sched.add_job(self._guarded(self.build_recent_packs), "interval", minutes=10)
         sched.add_job(self._guarded(self.collect_garbage), "interval", hours=6)
         sched.add_job(self._guarded(self.refresh_expiring), "interval", hours=12)
-        sched.add_job(self._guarded(self.flag_stale_nodes), "interval", hours=1)
+        sched.add_job(self._guarded(self.flag_stale_centres), "interval", hours=1)
         sched.start()
         self.scheduler = sched
 

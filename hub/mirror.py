@@ -37,7 +37,7 @@ def push(repo: Path, dest: str, delete: bool = False) -> list[str]:
         [*(f"{repo / d}" for d in CONTENT if (repo / d).exists())],
         [str(repo / "metadata"), str(repo / "repo.json")],
     ]
-    done = []
+    done: list[str] = []
     for sources in steps:
         cmd = ["rsync", "-rt", "--partial", *EXCLUDES]
         if delete and sources is steps[0]:

@@ -7,6 +7,7 @@ objects); the database holds who did what, the fleet's state, and work in progre
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -60,12 +61,17 @@ class Token(Base):
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
-class Node(Base):
+class Centre(Base):
+    """A community centre as the hub knows it: registration, enrolment, last known state.
+
+    The table keeps its first name (``nodes``) so existing databases need no migration.
+    """
+
     __tablename__ = "nodes"
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
     region: Mapped[str] = mapped_column(String(100), default="")
-    subscriptions: Mapped[list] = mapped_column(JSON, default=list)
+    subscriptions: Mapped[list[str]] = mapped_column(JSON, default=list)
     public_key: Mapped[str | None] = mapped_column(String(64), nullable=True)
     enrol_code_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
@@ -73,20 +79,24 @@ class Node(Base):
     last_contact: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     last_route: Mapped[str | None] = mapped_column(String(20), nullable=True)
     last_seq: Mapped[int] = mapped_column(BigInteger, default=0)
-    installed: Mapped[dict] = mapped_column(JSON, default=dict)
+    installed: Mapped[dict[str, int]] = mapped_column(JSON, default=dict)
     free_disk: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     stale: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
-class NodeReport(Base):
+class CentreReport(Base):
+    """A signed report a centre sent (over the network or on a drive), as received."""
+
     __tablename__ = "node_reports"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    node_id: Mapped[str] = mapped_column(ForeignKey("nodes.id", ondelete="CASCADE"), index=True)
+    centre_id: Mapped[str] = mapped_column(
+        "node_id", ForeignKey("nodes.id", ondelete="CASCADE"), index=True
+    )
     seq: Mapped[int] = mapped_column(BigInteger)
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     route: Mapped[str] = mapped_column(String(20))
-    body: Mapped[dict] = mapped_column(JSON)
+    body: Mapped[dict[str, Any]] = mapped_column(JSON)
 
 
 class Delivery(Base):
@@ -94,10 +104,12 @@ class Delivery(Base):
 
     __tablename__ = "deliveries"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    node_id: Mapped[str] = mapped_column(ForeignKey("nodes.id", ondelete="CASCADE"), index=True)
+    centre_id: Mapped[str] = mapped_column(
+        "node_id", ForeignKey("nodes.id", ondelete="CASCADE"), index=True
+    )
     drive: Mapped[str] = mapped_column(String(200))
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    applied: Mapped[list] = mapped_column(JSON, default=list)
+    applied: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
 
 
 class AuditEntry(Base):
@@ -106,7 +118,7 @@ class AuditEntry(Base):
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     actor: Mapped[str] = mapped_column(String(100))
     action: Mapped[str] = mapped_column(String(50))
-    detail: Mapped[dict] = mapped_column(JSON, default=dict)
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
 
 class Upload(Base):
@@ -118,9 +130,25 @@ class Upload(Base):
     created_by: Mapped[str] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     notes: Mapped[str] = mapped_column(Text, default="")
-    files: Mapped[list] = mapped_column(JSON)
+    files: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     state: Mapped[str] = mapped_column(String(20), default="open")
     version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+
+class UploadObject(Base):
+    """One object an open upload needs, with its raw size.
+
+    An object PUT looks up this one row (by primary key) instead of reading the upload's
+    whole file list, so its cost does not grow with the size of the release; being in the
+    database, it holds for every hub process serving the same uploads.
+    """
+
+    __tablename__ = "upload_objects"
+    upload_id: Mapped[str] = mapped_column(
+        ForeignKey("uploads.id", ondelete="CASCADE"), primary_key=True
+    )
+    sha: Mapped[str] = mapped_column(String(64), primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)
 
 
 class Lease(Base):

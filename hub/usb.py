@@ -32,14 +32,14 @@ def route_targets(
     hub: Hub, names: list[str] | None, region: str | None
 ) -> tuple[list[Target], list[str]]:
     """The centres of a route and the channels they subscribe to, from the fleet state."""
-    nodes = hub.node_ids(names or None, region)
-    if not nodes:
+    centres = hub.find_centres(names or None, region)
+    if not centres:
         where = f"in region {region!r}" if region else "registered"
-        raise HubError(f"no centres {where}; register them with `caravane hub node add`")
-    channels = sorted({c for n in nodes for c in n.subscriptions} & set(hub.repo.channels()))
+        raise HubError(f"no centres {where}; register them with `caravane hub centre add`")
+    channels = sorted({c for n in centres for c in n.subscriptions} & set(hub.repo.channels()))
     targets = [
         Target(n.id, {c: int((n.installed or {}).get(c, 0)) for c in n.subscriptions}, n.region)
-        for n in nodes
+        for n in centres
     ]
     return targets, channels
 
@@ -61,15 +61,13 @@ def prepare_for_route(
         if channels:
             chans = [c for c in chans if c in channels]
     result = prepare(hub.repo, drive, targets, chans, volume_size=volume_size, progress=progress)
-    with hub.db.session() as s:
-        hub.audit(
-            s,
-            "usb",
-            "usb.prepare",
-            drive=str(drive),
-            centres=[t.name for t in targets],
-            packs=len(result.written),
-        )
+    hub.record(
+        "usb",
+        "usb.prepare",
+        drive=str(drive),
+        centres=[t.name for t in targets],
+        packs=len(result.written),
+    )
     return result
 
 
@@ -98,12 +96,12 @@ def ingest(hub: Hub, drive: Path) -> dict[str, Any]:
         except CaravaneError as exc:
             refused.append(f"{name}: {exc}")
             continue
-        node_id = out.get("node_id", name)
+        centre_id = out.get("node_id", name)
         installed = out.get("installed", {})
         hub.record_delivery(
-            node_id, label, [{"channel": c, "version": v} for c, v in installed.items()]
+            centre_id, label, [{"channel": c, "version": v} for c, v in installed.items()]
         )
-        accepted.append(node_id)
+        accepted.append(centre_id)
     return {
         "ok": not refused,
         "drive": label,

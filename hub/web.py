@@ -32,13 +32,12 @@ import zipfile
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import partial
+from functools import wraps
 from pathlib import Path
 from typing import Any
 
 import jinja2
-from aiohttp import web
-from sqlalchemy import select
+from aiohttp import BodyPartReader, web
 
 from caravane.i18n import Translator, negotiate, size_text
 from packs.bundle import plan_packs
@@ -48,12 +47,11 @@ from protocol.errors import CaravaneError, PathError
 from protocol.metadata import check_channel
 from protocol.paths import check_path
 
+from .appstate import HUB_KEY, in_thread, queue_packs
+from .auth import ANY_ROLE, Principal, Role, hash_secret, may
 from .errors import HubError, NotFound
-from .models import Delivery, Node, NodeReport, Token
-from .service import Hub, Principal, _hash
-
-# packs to build after a publish (the worker lives in hub/app.py; both pages publish)
-PACK_QUEUE: web.AppKey[asyncio.Queue] = web.AppKey("pack_queue", asyncio.Queue)
+from .service import Hub
+from .usb import route_targets
 
 log = logging.getLogger("caravane.hub.web")
 
@@ -90,7 +88,7 @@ class PublishJob:
     files: int = 0
     error: str = ""
     started: float = field(default_factory=time.time)
-    task: asyncio.Task | None = field(default=None, repr=False)
+    task: asyncio.Task[None] | None = field(default=None, repr=False)
 
     @property
     def percent(self) -> int:
@@ -130,11 +128,7 @@ class WebUI:
 
     def principal_of(self, s: Session) -> Principal | None:
         """The session's token, read again: a revoked token ends its sessions at once."""
-        with self.hub.db.session() as db:
-            row = db.scalar(select(Token).where(Token.token_hash == s.token_hash))
-            if row is None or row.revoked:
-                return None
-            return Principal(row.name, row.role)
+        return self.hub.principal_for_token_hash(s.token_hash)
 
 
 UI_KEY: web.AppKey[WebUI] = web.AppKey("hub_web", WebUI)
@@ -147,14 +141,12 @@ def when_text(value: Any) -> str:
         try:
             value = datetime.fromisoformat(value)
         except ValueError:
-            return value
+            return str(value)
+    if not isinstance(value, datetime):
+        return str(value)
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
-
-
-async def run(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    return await asyncio.get_running_loop().run_in_executor(None, partial(fn, *args, **kwargs))
+    return str(value.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC"))
 
 
 def lang_of(request: web.Request) -> str:
@@ -182,7 +174,7 @@ def render(request: web.Request, name: str, status: int = 200, **ctx: Any) -> we
         size=lambda n: size_text(n, lang),
         session=s,
         user=p,
-        can=lambda *roles: p is not None and (p.role == "admin" or p.role in roles),
+        can=lambda *roles: p is not None and may(p.role, roles),
         switch_href=lang_href(request, t("lang.switch_code")),
         path=request.path,
         **ctx,
@@ -204,14 +196,21 @@ def error_page(request: web.Request, status: int, message: str) -> web.Response:
 Page = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def page(*roles: str, post: bool = False) -> Callable[[Page], Page]:
-    """A signed-in page: session, role (``()``: any role), CSRF on POST, errors as HTML."""
+def page(*roles: Role, post: bool = False) -> Callable[[Page], Page]:
+    """A signed-in page: session, role check, CSRF on POST, errors as HTML.
+
+    The roles that may see the page are always named (``page(*ANY_ROLE)`` for every
+    signed-in person); the check is :func:`hub.auth.may`, the same rule as the API's.
+    """
+    if not roles:
+        raise ValueError("page() needs the roles that may see it")
 
     def wrap(fn: Page) -> Page:
+        @wraps(fn)
         async def handler(request: web.Request) -> web.StreamResponse:
             ui = request.app[UI_KEY]
             s = ui.session(request)
-            p = await run(ui.principal_of, s) if s else None
+            p = await in_thread(ui.principal_of, s) if s else None
             if s is None or p is None:
                 ui.sessions.pop(request.cookies.get(SESSION_COOKIE, ""), None)  # revoked token
                 if post:
@@ -219,7 +218,7 @@ def page(*roles: str, post: bool = False) -> Callable[[Page], Page]:
                 nxt = urllib.parse.quote(request.path_qs, safe="")
                 raise web.HTTPFound(f"/ui/login?next={nxt}")
             request["ui_session"], request["ui_principal"] = s, p
-            if roles and p.role != "admin" and p.role not in roles:
+            if not may(p.role, roles):
                 t = Translator(lang_of(request))
                 return error_page(request, 403, t("hub.forbidden", role=p.role))
             if post and request.content_type != "multipart/form-data":
@@ -277,10 +276,10 @@ async def login(request: web.Request) -> web.Response:
         return _login_page(request, 403, t("hub.bad_csrf"))
     token = str(form.get("token", "")).strip()
     try:
-        p = await run(ui.hub.authenticate, f"Bearer {token}")
+        p = await in_thread(ui.hub.authenticate, f"Bearer {token}")
     except HubError:
         return _login_page(request, 401, t("hub.login_failed"))
-    sid = ui.new_session(_hash(token), p)
+    sid = ui.new_session(hash_secret(token), p)
     resp = web.HTTPFound(_safe_next(str(form.get("next", ""))))
     resp.set_cookie(
         SESSION_COOKIE,
@@ -295,7 +294,7 @@ async def login(request: web.Request) -> web.Response:
     raise resp
 
 
-@page(post=True)
+@page(*ANY_ROLE, post=True)
 async def logout(request: web.Request) -> web.Response:
     ui = request.app[UI_KEY]
     ui.sessions.pop(request.cookies.get(SESSION_COOKIE, ""), None)
@@ -311,16 +310,16 @@ async def index(request: web.Request) -> web.Response:
 # --------------------------------------------------------------------------- channels
 
 
-@page()
+@page(*ANY_ROLE)
 async def channels(request: web.Request) -> web.Response:
     hub = request.app[UI_KEY].hub
-    return render(request, "channels.html", channels=await run(hub.channels))
+    return render(request, "channels.html", channels=await in_thread(hub.channels))
 
 
 @page("curator")
 async def publish_form(request: web.Request) -> web.Response:
     hub = request.app[UI_KEY].hub
-    ids = [c["id"] for c in await run(hub.channels)]
+    ids = [c["id"] for c in await in_thread(hub.channels)]
     return render(
         request, "publish.html", channel_ids=ids, channel=request.query.get("channel", "")
     )
@@ -367,12 +366,14 @@ async def _read_multipart(
         part = await reader.next()
         if part is None:
             break
-        if part.name == "archive" and part.filename:  # type: ignore[union-attr]
-            filename = Path(part.filename).name  # type: ignore[union-attr]
+        if not isinstance(part, BodyPartReader):  # nested multipart: not something we send
+            raise HubError("unexpected nested multipart body", 400)
+        if part.name == "archive" and part.filename:
+            filename = Path(part.filename).name
             archive = work / "upload.bin"
             written = 0
             with open(archive, "wb") as fh:
-                while chunk := await part.read_chunk(UPLOAD_PIECE):  # type: ignore[union-attr]
+                while chunk := await part.read_chunk(UPLOAD_PIECE):
                     written += len(chunk)
                     if written > MAX_ARCHIVE_BYTES:
                         raise HubError(f"archive larger than {MAX_ARCHIVE_BYTES} bytes", 413)
@@ -380,7 +381,7 @@ async def _read_multipart(
         elif part.name in ("csrf", "channel", "notes", "title"):
             fields[part.name] = (await part.read(decode=True)).decode("utf-8", "replace")[:10000]
         else:
-            await part.release()  # type: ignore[union-attr]
+            await part.release()
     return fields, archive, filename
 
 
@@ -458,11 +459,11 @@ def unpack_archive(archive: Path, kind: str, dest: Path) -> Path:
                 if not member.isreg():
                     raise PathError(f"archive member {rel!r} is a link or a special file")
                 (real_dest / rel).parent.mkdir(parents=True, exist_ok=True)
-                src = tf.extractfile(member)
-                if src is None:
+                member_data = tf.extractfile(member)
+                if member_data is None:
                     raise PathError(f"archive member {rel!r} cannot be read")
-                with src, open(target(rel), "xb") as out:
-                    shutil.copyfileobj(src, out, UPLOAD_PIECE)
+                with member_data, open(target(rel), "xb") as out:
+                    shutil.copyfileobj(member_data, out, UPLOAD_PIECE)
                 if member.mode & 0o111:
                     os.chmod(out.name, 0o755)
     entries = [p for p in real_dest.iterdir()]
@@ -472,7 +473,13 @@ def unpack_archive(archive: Path, kind: str, dest: Path) -> Path:
 
 
 def _publish_blocking(
-    hub: Hub, job: PublishJob, p: Principal, work: Path, archive: Path, kind: str, fields: dict
+    hub: Hub,
+    job: PublishJob,
+    p: Principal,
+    work: Path,
+    archive: Path,
+    kind: str,
+    fields: dict[str, str],
 ) -> None:
     job.state = "unpacking"
     root = unpack_archive(archive, kind, work / "content")
@@ -510,22 +517,20 @@ async def _publish_job(
     work: Path,
     archive: Path,
     kind: str,
-    fields: dict,
+    fields: dict[str, str],
 ) -> None:
     hub = app[UI_KEY].hub
     try:
-        await run(_publish_blocking, hub, job, p, work, archive, kind, fields)
+        await in_thread(_publish_blocking, hub, job, p, work, archive, kind, fields)
         job.state = "done"
-        queue = app.get(PACK_QUEUE)
-        if queue is not None:
-            queue.put_nowait(job.channel)
+        queue_packs(app, job.channel)
     except (HubError, CaravaneError, OSError) as exc:
         job.state, job.error = "failed", str(exc)
     except Exception as exc:  # the page says it failed; the log says why
         log.exception("publishing %s from the web failed", job.archive)
         job.state, job.error = "failed", f"internal error ({type(exc).__name__})"
     finally:
-        await run(shutil.rmtree, work, True)
+        await in_thread(shutil.rmtree, work, True)
 
 
 @page("curator")
@@ -542,7 +547,7 @@ async def job_status(request: web.Request) -> web.Response:
 @page("admin")
 async def register_form(request: web.Request) -> web.Response:
     hub = request.app[UI_KEY].hub
-    ids = [c["id"] for c in await run(hub.channels)]
+    ids = [c["id"] for c in await in_thread(hub.channels)]
     return render(request, "register.html", channel_ids=ids)
 
 
@@ -555,7 +560,7 @@ async def register(request: web.Request) -> web.Response:
         "region": str(form.get("region", "")).strip(),
         "channels": [str(c) for c in form.getall("channels", [])],
     }
-    out = await run(hub.register_node, request["ui_principal"], doc)
+    out = await in_thread(hub.register_centre, request["ui_principal"], doc)
     filename = f"enrolment-{out['node_id']}.json"
     return web.Response(
         body=json.dumps(out, indent=2, ensure_ascii=False).encode(),
@@ -567,23 +572,25 @@ async def register(request: web.Request) -> web.Response:
     )
 
 
-def _fleet_rows(hub: Hub, region: str | None, behind: bool) -> tuple[list[dict], list[str], dict]:
+def _fleet_rows(
+    hub: Hub, region: str | None, behind: bool
+) -> tuple[list[dict[str, Any]], list[str], dict[str, int]]:
     rows = hub.fleet(region, behind)
     regions = sorted({n["region"] for n in hub.fleet() if n["region"]})
-    latest = {c: hub.repo.channel_meta(c).version for c in hub.repo.channels()}
+    latest = hub.latest_versions()
     return rows, regions, latest
 
 
-@page()
+@page(*ANY_ROLE)
 async def fleet(request: web.Request) -> web.Response:
     hub = request.app[UI_KEY].hub
     region = request.query.get("region") or None
     behind = request.query.get("behind") in ("1", "on", "true")
-    rows, regions, latest = await run(_fleet_rows, hub, region, behind)
+    rows, regions, latest = await in_thread(_fleet_rows, hub, region, behind)
     return render(
         request,
         "fleet.html",
-        nodes=rows,
+        centres=rows,
         regions=regions,
         latest=latest,
         region=region or "",
@@ -591,41 +598,10 @@ async def fleet(request: web.Request) -> web.Response:
     )
 
 
-def _centre(hub: Hub, nid: str) -> dict[str, Any]:
-    rows = [n for n in hub.fleet() if n["id"] == nid]
-    if not rows:
-        raise NotFound(f"no centre {nid!r}")
-    with hub.db.session() as s:
-        reports = [
-            {
-                "seq": r.seq,
-                "received_at": r.received_at,
-                "route": r.route,
-                "installed": (r.body or {}).get("installed", {}),
-                "free_disk": (r.body or {}).get("free_disk"),
-                "errors": (r.body or {}).get("errors", []),
-            }
-            for r in s.scalars(
-                select(NodeReport)
-                .where(NodeReport.node_id == nid)
-                .order_by(NodeReport.id.desc())
-                .limit(100)
-            )
-        ]
-        deliveries = [
-            {"drive": d.drive, "at": d.at, "applied": d.applied}
-            for d in s.scalars(
-                select(Delivery).where(Delivery.node_id == nid).order_by(Delivery.id.desc())
-            )
-        ]
-        created = s.get(Node, nid).created_at
-    return {"node": rows[0], "reports": reports, "deliveries": deliveries, "created": created}
-
-
-@page()
+@page(*ANY_ROLE)
 async def centre(request: web.Request) -> web.Response:
     hub = request.app[UI_KEY].hub
-    info = await run(_centre, hub, request.match_info["nid"])
+    info = await in_thread(hub.centre_detail, request.match_info["nid"])
     return render(request, "centre.html", **info)
 
 
@@ -633,11 +609,9 @@ async def centre(request: web.Request) -> web.Response:
 
 
 def route_plan(hub: Hub, names: list[str], region: str | None) -> dict[str, Any]:
-    from .usb import route_targets
-
     targets, chans = route_targets(hub, names, region)
     plans = plan_packs(hub.repo, targets, chans)
-    by_id = {n.id: n for n in hub.node_ids(None, None)}
+    by_id = {n.id: n for n in hub.find_centres()}
     return {
         "format": "caravane-route-plan",
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -676,16 +650,16 @@ def _route_query(request: web.Request) -> tuple[list[str], str | None]:
 async def routes(request: web.Request) -> web.Response:
     hub = request.app[UI_KEY].hub
     names, region = _route_query(request)
-    nodes = await run(hub.fleet)
-    regions = sorted({n["region"] for n in nodes if n["region"]})
+    centres = await in_thread(hub.fleet)
+    regions = sorted({n["region"] for n in centres if n["region"]})
     plan = None
     if names or region:
-        plan = await run(route_plan, hub, names, region)
-    names_of = {n["id"]: n["name"] for n in nodes}
+        plan = await in_thread(route_plan, hub, names, region)
+    names_of = {n["id"]: n["name"] for n in centres}
     return render(
         request,
         "routes.html",
-        nodes=nodes,
+        centres=centres,
         regions=regions,
         region=region or "",
         chosen=set(names),
@@ -699,7 +673,7 @@ async def routes(request: web.Request) -> web.Response:
 async def route_plan_download(request: web.Request) -> web.Response:
     hub = request.app[UI_KEY].hub
     names, region = _route_query(request)
-    plan = await run(route_plan, hub, names, region)
+    plan = await in_thread(route_plan, hub, names, region)
     return web.Response(
         body=json.dumps(plan, indent=2, ensure_ascii=False).encode(),
         content_type="application/json",
@@ -712,8 +686,6 @@ async def route_plan_download(request: web.Request) -> web.Response:
 
 def add_routes(app: web.Application) -> None:
     """The pages under /ui/ (called by hub.app.make_app)."""
-    from .app import HUB_KEY  # here: hub.app imports this module
-
     app[UI_KEY] = WebUI(app[HUB_KEY])
     r = app.router
     r.add_get("/ui", index)

@@ -10,11 +10,13 @@ from pathlib import Path
 import click
 import pytest
 
-from caravane.cli import main
+import caravane.cli
+from caravane.cli import Caravane, main, register_commands
 
 from .conftest import read_tree, write_tree
 
 EXE = [sys.executable, "-m", "caravane"]
+register_commands(main)  # what `caravane` does before reading its command line
 
 
 def run(*args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
@@ -140,3 +142,40 @@ def test_root_rotation_through_the_cli(tmp_path: Path) -> None:
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     out = json.loads(run("demo", "--dir", tmp_path / "demo", "--json").stdout)
     assert out["ok"] and out["centre_identical"] and out["versions"] == [1, 2]
+
+
+def test_every_group_is_registered_in_one_place() -> None:
+    assert set(main.commands) >= {"keys", "repo", "pack", "demo", "publish", "hub", "node", "usb"}
+    assert {name for _, _, name in caravane.cli.COMMANDS} == set(main.commands)
+
+
+def test_a_group_that_fails_to_import_stops_caravane_loudly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A missing dependency inside a sub-command's module is an error, not a missing command."""
+    from click.testing import CliRunner
+
+    (tmp_path / "broken_commands.py").write_text("import not_installed_library_xyz\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(
+        caravane.cli, "COMMANDS", (*caravane.cli.COMMANDS, ("broken_commands", "cmd", "broken"))
+    )
+    root = Caravane(name="caravane")
+    result = CliRunner().invoke(root, ["--help"])
+    assert result.exit_code == 1
+    assert "error: the `caravane broken` commands cannot be loaded" in result.output
+    assert "broken_commands" in result.output and "not_installed_library_xyz" in result.output
+    assert "reinstall" in result.output
+
+
+def test_the_real_command_fails_loudly_when_hub_cli_cannot_import() -> None:
+    code = (
+        "import sys, runpy; sys.modules['hub.cli'] = None; "
+        "runpy.run_module('caravane', run_name='__main__')"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code, "repo", "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert r.stderr.startswith("error: the `caravane hub` commands cannot be loaded")
+    assert "hub.cli" in r.stderr and "Traceback" not in r.stderr

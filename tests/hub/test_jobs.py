@@ -9,7 +9,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from hub.jobs import JobRunner
-from hub.models import Lease, Node
+from hub.models import Centre, Lease
 from hub.service import Hub, Principal, now
 from packs.chunker import DEFAULT_AVG
 from packs.repository import Repository, ingest_files, scan_source
@@ -111,23 +111,23 @@ def test_refresh_expiring_metadata(hub: Hub, tmp_path: Path):
 
 def _set_last_contact(hub: Hub, node_id: str, days_ago: int) -> None:
     with hub.db.session() as s:
-        node = s.get(Node, node_id)
-        node.last_contact = now() - timedelta(days=days_ago)
-        node.enrolled_at = now() - timedelta(days=days_ago)
+        centre = s.get(Centre, node_id)
+        centre.last_contact = now() - timedelta(days=days_ago)
+        centre.enrolled_at = now() - timedelta(days=days_ago)
 
 
-def test_flag_stale_nodes(running_hub: RunningHub):
+def test_flag_stale_centres(running_hub: RunningHub):
     hub = running_hub.hub
     runner = JobRunner(hub)
     quiet, qkey = register_and_enrol(running_hub.url, running_hub.admin, "Quiet")
     fresh, _ = register_and_enrol(running_hub.url, running_hub.admin, "Fresh")
     http("POST", f"{running_hub.url}/api/v1/nodes", {"name": "Never enrolled"}, running_hub.admin)
     _set_last_contact(hub, quiet["node_id"], 30)
-    assert runner.flag_stale_nodes() == ["Quiet"]
+    assert runner.flag_stale_centres() == ["Quiet"]
     fleet = {n["name"]: n for n in hub.fleet()}
     assert fleet["Quiet"]["stale"] is True
     assert fleet["Fresh"]["stale"] is False and fleet["Never enrolled"]["stale"] is False
-    assert runner.flag_stale_nodes() == []  # flagged once, not again
+    assert runner.flag_stale_centres() == []  # flagged once, not again
     assert any(e["action"] == "node.stale" for e in hub.audit_log())
     # A report from the centre clears the flag.
     nid = quiet["node_id"]

@@ -19,6 +19,7 @@ TABLES = {
     "deliveries",
     "audit_log",
     "uploads",
+    "upload_objects",
     "leases",
 }
 

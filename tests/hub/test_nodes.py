@@ -189,7 +189,7 @@ def test_enrolment_code_is_one_time(running_hub: RunningHub):
     assert unknown.status == 403
 
 
-def test_cli_node_add_writes_private_enrolment_file(tmp_path: Path):
+def test_cli_centre_add_writes_private_enrolment_file(tmp_path: Path):
     data = tmp_path / "hubdata"
     r = cli("hub", "init", "--data", str(data), "--json")
     assert r.returncode == 0, r.stderr
@@ -197,7 +197,7 @@ def test_cli_node_add_writes_private_enrolment_file(tmp_path: Path):
     out = tmp_path / "centre.json"
     r = cli(
         "hub",
-        "node",
+        "centre",
         "add",
         "Centre Ouest",
         "--region",
@@ -217,3 +217,15 @@ def test_cli_node_add_writes_private_enrolment_file(tmp_path: Path):
     r = cli("hub", "status", "--config", cfg, "--json")
     (node,) = json.loads(r.stdout)["nodes"]
     assert node["name"] == "Centre Ouest" and node["enrolled"] is False
+
+
+def test_cli_hub_node_is_a_hidden_deprecated_alias(tmp_path: Path):
+    r = cli("hub", "init", "--data", str(tmp_path / "hubdata"), "--json")
+    cfg = json.loads(r.stdout)["config"]
+    help_text = cli("hub", "--help").stdout
+    assert "centre" in help_text and " node " not in help_text
+    out = tmp_path / "old.json"
+    r = cli("hub", "node", "add", "Centre Est", "--out", str(out), "--config", cfg, "--json")
+    assert r.returncode == 0, r.stderr
+    assert "deprecated" in r.stderr.lower() or "deprecated" in r.stdout.lower()
+    assert json.loads(out.read_text())["name"] == "Centre Est"

@@ -123,7 +123,7 @@ class Browser:
 
 def test_sessions_csrf_roles_and_escaping(sqlite_hub: RunningHub) -> None:  # noqa: F811
     hub = sqlite_hub.hub
-    hub.register_node(
+    hub.register_centre(
         Principal("admin", "admin"), {"name": "<script>alert(1)</script>", "region": "Kayes"}
     )
     b = Browser(sqlite_hub.url)

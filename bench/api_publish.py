@@ -1,0 +1,263 @@
+"""Publishing through the hub's API against publishing into a repository folder.
+
+The same generated folder (about 128 MB in some 3,000 files: text, HTML, compressible data,
+random media, a few large files) is published twice, each time into an empty hub:
+
+* ``caravane repo publish REPO lecons FOLDER`` (local: chunk, compress, sign), and
+* ``caravane publish lecons FOLDER --hub URL`` against ``caravane hub serve`` (the curator's
+  client chunks and compresses into its cache, asks which objects the hub lacks, uploads
+  them in parallel, and the hub verifies each, then signs),
+
+on SQLite and, when reachable, on PostgreSQL (``CARAVANE_TEST_POSTGRES``). Both commands run
+as child processes with a cold local cache, and the table gives the ratio. Issue 10 measured
+478 s against 8.8 s (55x) before the upload's file list stopped being reloaded per object.
+
+Run alone: ``python -m bench.api_publish [--quick] [--json out.json]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, text
+
+from bench.common import free_port, run_child
+
+PG_URL = os.environ.get(
+    "CARAVANE_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+CARAVANE = [sys.executable, "-m", "caravane"]
+
+
+def make_folder(folder: Path, total: int, files: int, seed: int = 10) -> tuple[int, int]:
+    """Mixed content: 55 % small text/HTML, 25 % compressible data, 20 % random media."""
+    rnd = random.Random(seed)
+    words = [
+        "leçon",
+        "école",
+        "calcul",
+        "lecture",
+        "science",
+        "village",
+        "eau",
+        "soleil",
+        "the",
+        "and",
+    ]
+    big = max(1, files // 300)  # a few large media files hold a good part of the bytes
+    budget_big = total * 35 // 100
+    written = 0
+    count = 0
+    for i in range(big):
+        path = folder / "media" / f"video-{i:02d}.mp4"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        n = budget_big // big
+        path.write_bytes(rnd.randbytes(n))
+        written += n
+        count += 1
+    small = files - big
+    per = (total - written) // small
+    for i in range(small):
+        kind = i % 4
+        d = folder / ("site", "textes", "data", "images")[kind] / f"d{i % 40:02d}"
+        d.mkdir(parents=True, exist_ok=True)
+        n = max(200, int(rnd.expovariate(1 / per)))
+        if kind == 3:
+            data = rnd.randbytes(n)
+            name = f"img-{i:05d}.png"
+        elif kind == 2:
+            data = "".join(f"{j},{rnd.randint(0, 999)},{j % 7}\n" for j in range(n // 10)).encode()
+            name = f"table-{i:05d}.csv"
+        else:
+            data = " ".join(rnd.choice(words) for _ in range(n // 6)).encode()
+            name = f"page-{i:05d}.html" if kind == 0 else f"texte-{i:05d}.txt"
+        (d / name).write_bytes(data)
+        written += len(data)
+        count += 1
+    return count, written
+
+
+def _pg_database() -> str | None:
+    try:
+        admin = create_engine(
+            PG_URL, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3}
+        )
+        name = f"caravane_bench_{uuid.uuid4().hex[:8]}"
+        with admin.connect() as c:
+            c.execute(text(f'CREATE DATABASE "{name}"'))
+        admin.dispose()
+    except Exception:
+        return None
+    return PG_URL.rsplit("/", 1)[0] + f"/{name}"
+
+
+def _drop_pg(url: str) -> None:
+    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(text(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def _wait_port(port: int, seconds: float = 30) -> None:
+    import socket
+
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"hub did not start on port {port}")
+
+
+def via_repo(folder: Path, tmp: Path) -> float:
+    repo = tmp / "repo"
+    subprocess.run([*CARAVANE, "repo", "init", str(repo)], check=True, capture_output=True)
+    seconds, _, code = run_child([*CARAVANE, "repo", "publish", str(repo), "lecons", str(folder)])
+    if code:
+        raise RuntimeError("repo publish failed")
+    return seconds
+
+
+def via_hub(folder: Path, tmp: Path, database_url: str) -> float:
+    data, port = tmp / "hub", free_port()
+    init = subprocess.run(
+        [
+            *CARAVANE,
+            "hub",
+            "init",
+            "--data",
+            str(data),
+            "--port",
+            str(port),
+            "--database-url",
+            database_url,
+            "--json",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    token = json.loads(init.stdout)["admin_token"]
+    server = subprocess.Popen(
+        [*CARAVANE, "hub", "serve", "--config", str(data / "hub.toml"), "--no-scheduler"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_port(port)
+        env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+        seconds, _, code = run_child(
+            [
+                *CARAVANE,
+                "publish",
+                "lecons",
+                str(folder),
+                "--hub",
+                f"http://127.0.0.1:{port}",
+                "--token",
+                token,
+                "--cache",
+                str(tmp / "curator-cache"),
+            ],
+            env=env,
+        )
+        if code:
+            raise RuntimeError("publish --hub failed")
+        return seconds
+    finally:
+        # killed, not stopped: after the commit the hub builds the release's packs (minutes
+        # at level 19 for 128 MB), and a graceful stop would wait for that, not measured here
+        server.kill()
+        server.wait()
+
+
+def run(quick: bool, repeat: int) -> dict[str, Any]:
+    """Each database: ``repeat`` rounds of (repo publish, publish --hub), medians compared.
+
+    The two commands alternate within a round, so a neighbour's load on a shared machine
+    weighs on both sides alike; the median of the rounds drops the outliers.
+    """
+    total, files = (32_000_000, 800) if quick else (128_000_000, 3000)
+    out: dict[str, Any] = {"rows": [], "repeat": repeat}
+    with tempfile.TemporaryDirectory(prefix="caravane-bench-publish-") as t:
+        tmp = Path(t)
+        folder = tmp / "content"
+        count, size = make_folder(folder, total, files)
+        out.update(files=count, bytes=size)
+        for label in ("SQLite", "PostgreSQL"):
+            local_runs: list[float] = []
+            api_runs: list[float] = []
+            for i in range(repeat):
+                url = "" if label == "SQLite" else _pg_database()
+                if url is None:
+                    break
+                work = tmp / f"{label}-{i}"
+                work.mkdir()
+                try:
+                    local_runs.append(via_repo(folder, work))
+                    api_runs.append(via_hub(folder, work, url))
+                finally:
+                    shutil.rmtree(work, ignore_errors=True)
+                    if url:
+                        _drop_pg(url)
+            if not api_runs:
+                out["rows"].append({"database": label, "skipped": "PostgreSQL not reachable"})
+                continue
+            local, api = statistics.median(local_runs), statistics.median(api_runs)
+            out["rows"].append(
+                {
+                    "database": label,
+                    "repo_publish_s": local,
+                    "api_publish_s": api,
+                    "ratio": api / local,
+                    "repo_runs": local_runs,
+                    "api_runs": api_runs,
+                }
+            )
+    return out
+
+
+def table(res: dict[str, Any]) -> str:
+    lines = [
+        f"publish {res['files']} files, {res['bytes'] / 1e6:.0f} MB (cold caches, empty hub; "
+        f"median of {res['repeat']})",
+        f"{'database':12} {'repo publish':>13} {'publish --hub':>14} {'ratio':>6}",
+    ]
+    for r in res["rows"]:
+        if "skipped" in r:
+            lines.append(f"{r['database']:12} skipped: {r['skipped']}")
+            continue
+        lines.append(
+            f"{r['database']:12} {r['repo_publish_s']:>12.1f}s {r['api_publish_s']:>13.1f}s "
+            f"{r['ratio']:>5.2f}x"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="32 MB in 800 files")
+    ap.add_argument("--json", type=Path, help="also write the figures here")
+    ap.add_argument("--repeat", type=int, default=None, help="rounds (default 3, quick 1)")
+    args = ap.parse_args()
+    res = run(args.quick, args.repeat or (1 if args.quick else 3))
+    print(table(res))
+    if args.json:
+        args.json.write_text(json.dumps(res, indent=2))
+
+
+if __name__ == "__main__":
+    main()

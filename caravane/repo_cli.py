@@ -1,0 +1,328 @@
+"""The repository commands: ``caravane keys | repo | pack | demo``.
+
+They work on repository folders directly (no service, no database), so they run at the hub,
+at a centre, or on a curator's laptop. The root command (:mod:`caravane.cli`) adds them.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from packs.packfile import DEFAULT_VOLUME_SIZE, read_entries
+from packs.repository import Repository, scan_source
+from protocol.errors import CaravaneError
+from protocol.keys import PrivateKey
+
+from .demo import run_demo
+from .output import EXIT_VERIFY, emit, handle_errors, json_option, progress_bar, size_text
+
+# ---------------------------------------------------------------------------- keys
+
+
+@click.group()
+def keys() -> None:
+    """Make and inspect Ed25519 signing keys."""
+
+
+@keys.command("generate")
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@json_option
+@handle_errors
+def keys_generate(out: Path, as_json: bool) -> None:
+    """Write a new private key to OUT (mode 0600) and its public key to OUT.pub."""
+    if out.exists():
+        raise CaravaneError(f"{out} exists; refusing to overwrite a key")
+    key = PrivateKey.generate()
+    key.save(out)
+    pub = out.with_name(out.name + ".pub")
+    pub.write_text(json.dumps(key.public.to_dict()) + "\n")
+    emit(
+        as_json,
+        {"ok": True, "private": str(out), "public": str(pub), "keyid": key.keyid},
+        f"wrote private key {out} (keep it offline) and public key {pub}\nkey id {key.keyid}",
+    )
+
+
+# ---------------------------------------------------------------------------- repo
+
+
+@click.group()
+def repo() -> None:
+    """Create, publish into, verify and check out a repository folder."""
+
+
+@repo.command("init")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--trust",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="Pin this root.json instead of making keys: a store that receives a hub's content.",
+)
+@json_option
+@handle_errors
+def repo_init(directory: Path, trust: Path | None, as_json: bool) -> None:
+    """Create a repository in DIRECTORY (new signing keys under DIRECTORY/keys)."""
+    r = Repository.init(directory, trust_root=trust)
+    root = r.trusted.root
+    text = (
+        f"initialised store {directory}, pinned root version {root.version}"
+        if trust
+        else f"initialised repository {directory}; signing keys are in {directory / 'keys'} "
+        "(back them up, keep them off any mirror)"
+    )
+    emit(as_json, {"ok": True, "path": str(directory), "root_version": root.version}, text)
+
+
+@repo.command("publish")
+@click.argument("directory", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.argument("channel")
+@click.argument("source", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--notes", default="", help="Release notes.")
+@click.option("--title", default=None, help="Channel title.")
+@click.option("--expires-days", type=int, default=None, help="Sign metadata with an expiry.")
+@click.option("--avg-chunk", type=int, default=64 * 1024, show_default=True)
+@json_option
+@handle_errors
+def repo_publish(
+    directory: Path,
+    channel: str,
+    source: Path,
+    notes: str,
+    title: str | None,
+    expires_days: int | None,
+    avg_chunk: int,
+    as_json: bool,
+) -> None:
+    """Publish SOURCE as the next signed release of CHANNEL."""
+    r = Repository(directory)
+    total = sum(p.stat().st_size for _, p in scan_source(source))
+    with progress_bar(total, f"publishing {channel}", as_json) as bar:
+        res = r.publish(
+            channel,
+            source,
+            notes=notes,
+            title=title,
+            expires_days=expires_days,
+            avg_chunk=avg_chunk,
+            progress=bar,
+        )
+    lines = [
+        f"published {channel} version {res.version}: {res.files} files, "
+        f"{size_text(res.total_bytes)}",
+        f"new: {res.new_objects} objects, {size_text(res.new_bytes)} "
+        f"({size_text(res.stored_bytes)} stored compressed)",
+        f"files added {len(res.new_files)}, changed {len(res.changed_files)}, "
+        f"removed {len(res.removed_files)}",
+    ]
+    for label, paths in (("+", res.new_files), ("~", res.changed_files), ("-", res.removed_files)):
+        lines += [f"  {label} {p}" for p in paths[:20]]
+        if len(paths) > 20:
+            lines.append(f"  {label} ... and {len(paths) - 20} more")
+    emit(as_json, dict(res.to_dict(), ok=True), "\n".join(lines))
+
+
+@repo.command("verify")
+@click.argument("directory", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@json_option
+@handle_errors
+def repo_verify(directory: Path, as_json: bool) -> None:
+    """Check every signature, manifest and object of a repository."""
+    r = Repository(directory)
+    with progress_bar(None, "verifying", as_json) as bar:
+        report = r.verify(progress=bar)
+    text = (
+        f"{'OK' if report.ok else 'FAILED'}: {len(report.channels)} channels, "
+        f"{report.objects_checked} objects ({size_text(report.bytes_checked)}) verified, "
+        f"{report.unreferenced_objects} unreferenced"
+    )
+    for problem in report.problems:
+        text += f"\n  problem: {problem}"
+    emit(as_json, report.to_dict(), text)
+    if not report.ok:
+        click.echo(f"error: {len(report.problems)} problems found in {directory}", err=True)
+        sys.exit(EXIT_VERIFY)
+
+
+@repo.command("checkout")
+@click.argument("directory", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.argument("channel")
+@click.argument("dest", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--version", "version", type=int, default=None, help="Default: the latest.")
+@click.option("--replace", is_flag=True, help="Replace DEST if it exists.")
+@json_option
+@handle_errors
+def repo_checkout(
+    directory: Path, channel: str, dest: Path, version: int | None, replace: bool, as_json: bool
+) -> None:
+    """Write a verified release of CHANNEL into DEST (all or nothing)."""
+    r = Repository(directory)
+    m = r.manifest(channel, version)
+    with progress_bar(m.total_size, f"checking out {channel}", as_json) as bar:
+        r.checkout(channel, dest, m.version, replace=replace, progress=bar)
+    emit(
+        as_json,
+        {
+            "ok": True,
+            "channel": channel,
+            "version": m.version,
+            "files": len(m.files),
+            "bytes": m.total_size,
+            "dest": str(dest),
+        },
+        f"checked out {channel} version {m.version} into {dest}: {len(m.files)} files, "
+        f"{size_text(m.total_size)}, every file verified",
+    )
+
+
+@repo.command("rotate-root")
+@click.argument("directory", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--new-root-key", type=click.Path(exists=True, path_type=Path), required=True)
+@click.option("--new-release-key", type=click.Path(exists=True, path_type=Path))
+@json_option
+@handle_errors
+def repo_rotate_root(
+    directory: Path, new_root_key: Path, new_release_key: Path | None, as_json: bool
+) -> None:
+    """Publish a new root signed by the old and the new root keys, and switch keys."""
+    r = Repository(directory)
+    old_root = PrivateKey.load(directory / "keys/root.pem")
+    new_root = PrivateKey.load(new_root_key)
+    release = PrivateKey.load(new_release_key or directory / "keys/release.pem")
+    version = r.rotate_root(
+        {"root": [new_root.public], "release": [release.public]}, [old_root, new_root], release
+    )
+    new_root.save(directory / "keys/root.pem")
+    release.save(directory / "keys/release.pem")
+    emit(
+        as_json,
+        {"ok": True, "root_version": version, "resigned": r.channels()},
+        f"root version {version} published; {len(r.channels())} channels re-signed; "
+        f"keep {new_root_key} offline and delete the old root key once centres have moved",
+    )
+
+
+# ---------------------------------------------------------------------------- pack
+
+
+@click.group()
+def pack() -> None:
+    """Build, verify and apply packs: one resumable file from release A to B."""
+
+
+@pack.command("build")
+@click.argument("directory", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.argument("channel")
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--from", "from_version", type=int, default=0, show_default=True)
+@click.option("--to", "to_version", type=int, default=None, help="Default: the latest.")
+@click.option("--volume-size", type=int, default=None, help="Bytes per volume (FAT32: 4 GiB).")
+@click.option("--level", type=click.IntRange(1, 22), default=19, show_default=True)
+@json_option
+@handle_errors
+def pack_build(
+    directory: Path,
+    channel: str,
+    out: Path,
+    from_version: int,
+    to_version: int | None,
+    volume_size: int | None,
+    level: int,
+    as_json: bool,
+) -> None:
+    """Build the pack that takes a holder of --from to --to."""
+    r = Repository(directory)
+    to_version = to_version or r.channel_meta(channel).version
+    with progress_bar(None, "building pack", as_json) as bar:
+        info = r.build_pack(
+            channel,
+            from_version,
+            to_version,
+            out,
+            volume_size or DEFAULT_VOLUME_SIZE,
+            level=level,
+            progress=bar,
+        )
+    emit(
+        as_json,
+        dict(info.to_dict(), ok=True),
+        f"pack {channel} {from_version} -> {to_version}: {size_text(info.size)} in "
+        f"{len(info.volumes)} volume(s), {info.new_chunks} new chunks "
+        f"({size_text(info.new_bytes)} before compression)",
+    )
+
+
+@pack.command("apply")
+@click.argument("pack_file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.argument("directory", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@json_option
+@handle_errors
+def pack_apply(pack_file: Path, directory: Path, as_json: bool) -> None:
+    """Verify PACK_FILE against DIRECTORY's pinned root and add its release to DIRECTORY."""
+    r = Repository(directory, durable=True)
+    with progress_bar(None, "applying pack", as_json) as bar:
+        res = r.apply_pack(pack_file, progress=bar)
+    emit(
+        as_json,
+        dict(res.to_dict(), ok=True),
+        f"applied: {res.channel} version {res.version} is complete in {directory} "
+        f"({res.objects_added} objects added)",
+    )
+
+
+@pack.command("verify")
+@click.argument("pack_file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option(
+    "--repo",
+    "directory",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    help="Also check signatures and content against this repository or store.",
+)
+@json_option
+@handle_errors
+def pack_verify(pack_file: Path, directory: Path | None, as_json: bool) -> None:
+    """Check a pack's entries (and, with --repo, its signatures and every chunk)."""
+    counts: dict[str, int] = {}
+    summary: dict[str, Any] = {}
+    for entry in read_entries(pack_file):
+        counts[entry.kind] = counts.get(entry.kind, 0) + 1
+        if entry.kind == "end":
+            summary = entry.header.get("summary", {})
+    result: dict[str, Any] = {"ok": True, "entries": counts, "summary": summary}
+    text = f"pack {pack_file}: {sum(counts.values())} entries intact"
+    if directory is not None:
+        r = Repository(directory)
+        res = r.apply_pack(pack_file, dry_run=True)
+        result["release"] = {"channel": res.channel, "version": res.version}
+        text += f"; signatures and content verified for {res.channel} version {res.version}"
+    emit(as_json, result, text)
+
+
+# ---------------------------------------------------------------------------- demo
+
+
+@click.command("demo")
+@click.option(
+    "--dir",
+    "workdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("demo"),
+    show_default=True,
+)
+@click.option(
+    "--serve",
+    "serve_seconds",
+    type=float,
+    default=0,
+    help="Keep the hub and the portal up this many seconds at the end, to browse them.",
+)
+@json_option
+@handle_errors
+def demo(workdir: Path, serve_seconds: float, as_json: bool) -> None:
+    """Run the main job end to end on embedded defaults: a hub and a centre, on 127.0.0.1."""
+    summary = run_demo(workdir, echo=None if as_json else click.echo, serve_seconds=serve_seconds)
+    emit(as_json, summary, f"demo finished: everything verified (see {workdir})")

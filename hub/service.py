@@ -28,6 +28,7 @@ from .config import HubConfig
 from .db import Database
 from .errors import Conflict, Forbidden, HubError, NotFound, Unauthorized, Unprocessable
 from .models import AuditEntry, Channel, Delivery, Lease, Node, NodeReport, Release, Token, Upload
+from .usage import record_usage
 
 ROLES = ("admin", "curator", "field_agent")
 MAX_FILES = 1_000_000
@@ -382,6 +383,7 @@ class Hub:
                     body=report.to_dict(),
                 )
             )
+            record_usage(s, claimed, node.region, report)  # once per (centre, seq)
             return {
                 "accepted": True,
                 "seq": report.seq,

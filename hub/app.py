@@ -26,6 +26,7 @@ from protocol.metadata import HEX64
 from .config import HubConfig
 from .errors import HubError, NotFound
 from .service import Hub, Principal
+from .usage_web import add_usage_routes
 from .web import PACK_QUEUE, add_routes
 
 log = logging.getLogger("caravane.hub")
@@ -337,6 +338,7 @@ def make_app(
     r.add_get("/api/v1/audit", audit)
     r.add_get("/repo/{tail:.+}", repo_file)
     add_routes(app)
+    add_usage_routes(app)
 
     use_scheduler = config.scheduler if scheduler is None else scheduler
 

@@ -4,6 +4,8 @@ threshold on every answer."""
 
 from __future__ import annotations
 
+import csv
+import io
 import itertools
 import json
 import random
@@ -33,6 +35,7 @@ from hub.usage import (
     week_of,
 )
 from packs.bundle import BUNDLE_DIR, DESCRIPTION, write_return
+from protocol.keys import PrivateKey
 from protocol.report import Report
 from tests.hub.conftest import RunningHub, running_hub, sqlite_hub  # noqa: F401
 from tests.hub.util import cli, http, register_and_enrol
@@ -352,3 +355,122 @@ def test_usage_on_a_drive_counts_once(sqlite_hub: RunningHub, tmp_path: Path) ->
     with engine.connect() as c:
         assert c.execute(text("SELECT count(*) FROM usage_reports")).scalar() == 1
     engine.dispose()
+
+
+# --------------------------------------------------------------------------- HTTP: API, CSV
+
+
+def seed_usage(rh: RunningHub, tmp: Path) -> dict[str, str]:
+    """A channel in two releases and four centres, reports sent over HTTP.
+
+    Kita (Kayes) opened a.pdf 50 times, c.mp4 8 times and b.html 4 times (under the
+    threshold); Nioro (Kayes) reported and nobody opened anything; Sikasso's one centre
+    opened a.pdf twice (under the threshold, and alone in its region); Bobo never reported.
+    """
+    from tests.hub.util import publish_cli, write_tree
+
+    files = {"a.pdf": b"%PDF a", "b.html": b"<h1>b</h1>", "c.mp4": b"mp4", "d.txt": b"d"}
+    publish_cli(rh, "lecons", write_tree(tmp / "v1", files), tmp / "cache")
+    publish_cli(rh, "lecons", write_tree(tmp / "v2", dict(files, **{"e.pdf": b"e"})), tmp / "cache")
+    today = datetime.now(UTC).date()
+    ids = {}
+
+    def send(nid: str, key: PrivateKey, seq: int, ago: int, v: int, usage: dict[str, int]) -> None:
+        rep = Report(nid, seq, stamp(today - timedelta(days=ago)), {"lecons": v}, usage=usage)
+        ans = http("POST", f"{rh.url}/api/v1/nodes/{nid}/reports", rep.sign(key))
+        assert ans.status == 200, ans.body
+
+    for name, region in (("Kita", "Kayes"), ("Nioro", "Kayes"), ("Sikasso", "Sikasso")):
+        doc, key = register_and_enrol(rh.url, rh.admin, name, region=region, channels="lecons")
+        ids[name] = nid = doc["node_id"]
+        if name == "Kita":
+            send(nid, key, 1, 21, 1, {"lecons/a.pdf": 30, "lecons/b.html": 3})
+            send(nid, key, 2, 7, 2, {"lecons/a.pdf": 50, "lecons/b.html": 4, "lecons/c.mp4": 8})
+        elif name == "Nioro":
+            send(nid, key, 1, 7, 2, {})
+        else:
+            send(nid, key, 1, 7, 2, {"lecons/a.pdf": 2})
+    doc, _ = register_and_enrol(rh.url, rh.admin, "Bobo", region="Hauts-Bassins")
+    ids["Bobo"] = doc["node_id"]
+    return ids
+
+
+def test_json_api_and_csv_with_the_threshold(sqlite_hub: RunningHub, tmp_path: Path) -> None:  # noqa: F811
+    seed_usage(sqlite_hub, tmp_path)
+    base = f"{sqlite_hub.url}/api/v1/usage"
+    curator = sqlite_hub.token("curator")
+    # who may ask
+    assert http("GET", f"{base}/files?channel=lecons").status == 401
+    assert (
+        http("GET", f"{base}/files?channel=lecons", token=sqlite_hub.token("field_agent")).status
+        == 403
+    )
+    # clear errors for bad filters
+    bad = http("GET", f"{base}/files?channel=lecons&weeks=many", token=curator)
+    assert bad.status == 400 and "weeks" in bad.json()["error"]
+    bad = http("GET", f"{base}/files?channel=nope", token=curator)
+    assert bad.status == 404 and "nope" in bad.json()["error"]
+    assert http("GET", f"{base}/sideways", token=curator).status == 404
+
+    files = http("GET", f"{base}/files?channel=lecons", token=curator).json()
+    assert [(f["path"], f["count"]) for f in files["files"]] == [("a.pdf", 52), ("c.mp4", 8)]
+    assert files["other"] == {"other": True, "items": 1, "count": None, "suppressed": True}
+    assert files["min_count"] == 5
+    never = http("GET", f"{base}/never-used?channel=lecons", token=curator).json()
+    assert never["version"] == 2 and never["never_used"] == ["d.txt", "e.pdf"]
+    centres = http("GET", f"{base}/centres", token=curator).json()
+    assert [(c["name"], c["count"]) for c in centres["centres"]] == [("Kita", 62)]
+    assert centres["other"]["items"] == 1 and centres["other"]["suppressed"]
+    assert [c["name"] for c in centres["nobody_opened"]] == ["Nioro"]
+    assert [c["name"] for c in centres["no_report"]] == ["Bobo"]
+    regions = http("GET", f"{base}/regions", token=curator).json()
+    assert [(r["region"], r["count"]) for r in regions["regions"]] == [("Kayes", 62)]
+    trend = http("GET", f"{base}/trend?channel=lecons&by=month&weeks=52", token=curator).json()
+    assert sum(p["total"] for p in trend["points"]) == 64  # all regions together
+    assert [r["version"] for r in trend["releases"]] == [1, 2]
+
+    # the same answers as CSV: a header row, UTF-8, small counts as "<5", nothing under 5
+    ans = http("GET", f"{base}/files?channel=lecons&format=csv", token=curator)
+    assert ans.status == 200 and ans.headers["Content-Type"] == "text/csv; charset=utf-8"
+    rows = list(csv.reader(io.StringIO(ans.body.decode("utf-8"))))
+    assert rows[0] == ["channel", "region", "since", "until", "kind", "path", "items", "count"]
+    assert [(r[4], r[5], r[6], r[7]) for r in rows[1:]] == [
+        ("file", "a.pdf", "1", "52"),
+        ("file", "c.mp4", "1", "8"),
+        ("other", "", "1", "<5"),
+    ]
+    for kind in (
+        "centres.csv",
+        "regions.csv",
+        "trend.csv?channel=lecons",
+        "never-used.csv?channel=lecons",
+    ):
+        ans = http("GET", f"{base}/{kind}", token=curator)
+        assert ans.status == 200, (kind, ans.body)
+        body = ans.body.decode("utf-8")
+        for r in csv.DictReader(io.StringIO(body)):
+            n = r.get("count", "")
+            assert n in ("", "0", "<5") or int(n) >= 5, (kind, r)
+    centres_csv = http("GET", f"{base}/centres.csv", token=curator).body.decode()
+    assert ",Kita,Kayes,1,62," in centres_csv and ",nobody_opened," in centres_csv
+    assert "Sikasso" not in centres_csv  # one centre under the threshold: not named
+
+
+def test_threshold_is_configurable(tmp_path: Path) -> None:
+    from tests.hub.conftest import start_hub
+
+    rh, server = start_hub(tmp_path / "hub", extra={"usage_min_count": 2})
+    try:
+        seed_usage(rh, tmp_path)
+        curator = rh.token("curator")
+        files = http("GET", f"{rh.url}/api/v1/usage/files?channel=lecons", token=curator).json()
+        assert files["min_count"] == 2
+        assert [(f["path"], f["count"]) for f in files["files"]] == [
+            ("a.pdf", 52),
+            ("c.mp4", 8),
+            ("b.html", 4),
+        ]
+        regions = http("GET", f"{rh.url}/api/v1/usage/regions", token=curator).json()
+        assert ("Sikasso", 2) in [(r["region"], r["count"]) for r in regions["regions"]]
+    finally:
+        server.stop()

@@ -253,12 +253,13 @@ def chart(trend: dict[str, Any], width: int = 760, height: int = 260) -> dict[st
     than the table.
     """
     points = trend["points"]
+    monthly = trend["by"] == "month"
     left, right, top, bottom = 48, 10, 14, 40
     plot_w, plot_h = width - left - right, height - top - bottom
     n = max(1, len(points))
     step = plot_w / n
     peak = max([p["total"] for p in points] + [1])
-    scale = _nice(peak)
+    scale = 4 * _nice(peak / 4)  # four grid steps of a round size
     versions = sorted({r["version"] for p in points for r in p["versions"]})
     colour = {v: PALETTE[i % len(PALETTE)] for i, v in enumerate(versions)}
     bars = []
@@ -284,14 +285,14 @@ def chart(trend: dict[str, Any], width: int = 760, height: int = 260) -> dict[st
         {"y": round(top + plot_h - plot_h * k / 4, 1), "label": int(scale * k / 4)}
         for k in range(5)
     ]
-    every = max(1, n // 8)
+    every = -(-n // 6)  # at most six labels: they must not overlap
     labels = [
-        {"x": round(left + i * step + step / 2, 1), "text": p["start"]}
+        {"x": round(left + i * step + step / 2, 1), "text": p["start"][: 7 if monthly else 10]}
         for i, p in enumerate(points)
         if i % every == 0
     ]
     starts = [date.fromisoformat(p["start"]) for p in points]
-    marks = []
+    marks: list[dict[str, Any]] = []
     for rel in trend["releases"]:
         if not rel["published"] or not starts:
             continue
@@ -299,7 +300,11 @@ def chart(trend: dict[str, Any], width: int = 760, height: int = 260) -> dict[st
         idx = max((i for i, s in enumerate(starts) if s <= day), default=None)
         if idx is None or day > starts[-1] + timedelta(days=31):
             continue
-        marks.append({"x": round(left + idx * step + step / 2, 1), "label": f"v{rel['version']}"})
+        x = round(left + idx * step + step / 2, 1)
+        if marks and marks[-1]["x"] == x:  # two releases in one bar: one mark, both names
+            marks[-1]["label"] += f", v{rel['version']}"
+        else:
+            marks.append({"x": x, "label": f"v{rel['version']}"})
     return {
         "width": width,
         "height": height,
@@ -316,8 +321,8 @@ def chart(trend: dict[str, Any], width: int = 760, height: int = 260) -> dict[st
     }
 
 
-def _nice(peak: int) -> int:
-    """A round axis maximum at or above ``peak`` (1, 2, 5 x a power of ten)."""
+def _nice(peak: float) -> int:
+    """A round number at or above ``peak`` (1, 2, 5 x a power of ten)."""
     base = 1
     while True:
         for k in (1, 2, 5):

@@ -16,10 +16,13 @@ report is retried:
   one before, and the increment already booked for the one after is taken back and booked
   again against the newcomer. Only those two neighbours are touched, and the totals are the
   same for every arrival order (tests/hub/test_usage.py checks all orders of a sequence).
-* Increments go into two rollup tables the pages read: ``usage_centre_weeks`` (centre,
-  channel, release, week, month, region) and ``usage_file_months`` (channel, file, release,
-  region, month). They stay small enough for a fleet of 5,000 centres reporting weekly for a
-  year to answer every page in well under a second (bench/usage.py, docs/USAGE.md).
+* Increments go into three rollup tables the pages read: ``usage_centre_weeks`` (centre,
+  channel, release, week, month), ``usage_region_weeks`` (channel, release, region, week,
+  month) and ``usage_file_months`` (channel, file, release, region, month); the last two
+  also hold an all-regions row (region ``*``) so that a fleet-wide question reads one row
+  per file or week instead of adding up every region. They stay small enough for a fleet of
+  5,000 centres reporting weekly for a year to answer every page in well under a second
+  (bench/usage.py, docs/USAGE.md).
 
 An increment is booked in the week and month of the report's ``sent_at`` (when the counts
 were taken, not when a drive brought them), to the release the centre had installed for
@@ -66,6 +69,7 @@ from .db import Database
 
 DEFAULT_MIN_COUNT = 5
 MIN_COUNT_ENV = "CARAVANE_USAGE_MIN_COUNT"
+ALL_REGIONS = "*"  # the rollups' all-regions rows (a centre's region "*" is booked as "(*)")
 
 usage_metadata = MetaData()
 
@@ -104,7 +108,19 @@ usage_centre_weeks = Table(
     Column("region", String(100), nullable=False),
     Column("count", BigInteger, nullable=False),
     Index("ix_usage_centre_weeks_channel_week", "channel", "week"),
-    Index("ix_usage_centre_weeks_week", "week"),
+    Index("ix_usage_centre_weeks_week", "week", "centre_id", postgresql_include=["count"]),
+)
+
+usage_region_weeks = Table(
+    "usage_region_weeks",
+    usage_metadata,
+    Column("channel", String(64), primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("region", String(100), primary_key=True),
+    Column("week", Date, primary_key=True),
+    Column("month", Date, primary_key=True),
+    Column("count", BigInteger, nullable=False),
+    Index("ix_usage_region_weeks_channel_region_week", "channel", "region", "week"),
 )
 
 usage_file_months = Table(
@@ -116,7 +132,7 @@ usage_file_months = Table(
     Column("region", String(100), primary_key=True),
     Column("month", Date, primary_key=True),
     Column("count", BigInteger, nullable=False),
-    Index("ix_usage_file_months_channel_month", "channel", "month"),
+    Index("ix_usage_file_months_channel_region_month", "channel", "region", "month"),
 )
 
 # the hub's own tables, read only (named here, not imported: the models are being renamed)
@@ -199,6 +215,9 @@ class _Batch:
     months: dict[tuple[str, int, int, str, date], int] = field(
         default_factory=lambda: defaultdict(int)
     )
+    regions: dict[tuple[str, int, str, date, date], int] = field(
+        default_factory=lambda: defaultdict(int)
+    )
 
     def book(
         self,
@@ -214,7 +233,9 @@ class _Batch:
             channel = channel_of[fid]
             version = int(snap.installed.get(channel, 0))
             self.weeks[(centre, channel, version, week, month, snap.region)] += sign * n
-            self.months[(channel, fid, version, snap.region, month)] += sign * n
+            for region in (snap.region, ALL_REGIONS):
+                self.months[(channel, fid, version, region, month)] += sign * n
+                self.regions[(channel, version, region, week, month)] += sign * n
 
 
 def _insert(session: Session, tbl: Table) -> Any:
@@ -225,32 +246,44 @@ def _insert(session: Session, tbl: Table) -> Any:
 
 
 def _file_ids(session: Session, keys: Iterable[str]) -> dict[str, tuple[int, str]]:
-    """``channel/path`` -> (file id, channel), creating ids for paths never seen."""
+    """``channel/path`` -> (file id, channel), creating ids for paths never seen.
+
+    Known paths (nearly all, after a centre's first reports) cost one SELECT per channel;
+    only new ones are inserted (ON CONFLICT: two centres may bring the same new path at once).
+    """
     wanted: dict[tuple[str, str], str] = {}
     for key in keys:
         channel, sep, path = key.partition("/")
         if sep and channel and path:
             wanted[(channel, path)] = key
-    if not wanted:
-        return {}
-    ins = _insert(session, usage_files)
-    session.execute(
-        ins.on_conflict_do_nothing(index_elements=["channel", "path"]),
-        [{"channel": c, "path": p} for c, p in sorted(wanted)],
-    )
     out: dict[str, tuple[int, str]] = {}
-    by_channel: dict[str, list[str]] = defaultdict(list)
-    for c, p in wanted:
-        by_channel[c].append(p)
-    for c, paths in by_channel.items():
-        for i in range(0, len(paths), 500):
-            rows = session.execute(
-                select(usage_files.c.id, usage_files.c.path).where(
-                    usage_files.c.channel == c, usage_files.c.path.in_(paths[i : i + 500])
+    if not wanted:
+        return out
+
+    def lookup(pairs: Iterable[tuple[str, str]]) -> None:
+        by_channel: dict[str, list[str]] = defaultdict(list)
+        for c, p in pairs:
+            by_channel[c].append(p)
+        for c, paths in sorted(by_channel.items()):
+            for i in range(0, len(paths), 1000):
+                rows = session.execute(
+                    select(usage_files.c.id, usage_files.c.path).where(
+                        usage_files.c.channel == c, usage_files.c.path.in_(paths[i : i + 1000])
+                    )
                 )
+                for fid, p in rows:
+                    out[wanted[(c, p)]] = (int(fid), c)
+
+    lookup(wanted)
+    missing = sorted(cp for cp, key in wanted.items() if key not in out)
+    if missing:
+        ins = _insert(session, usage_files)
+        for i in range(0, len(missing), 1000):
+            rows = [{"channel": c, "path": p} for c, p in missing[i : i + 1000]]
+            session.execute(
+                ins.values(rows).on_conflict_do_nothing(index_elements=["channel", "path"])
             )
-            for fid, p in rows:
-                out[wanted[(c, p)]] = (int(fid), c)
+        lookup(missing)
     return out
 
 
@@ -308,6 +341,20 @@ def _apply(session: Session, batch: _Batch) -> None:
         for (ch, f, v, rg, m), n in sorted(batch.months.items())
         if n
     ]
+    regions = [
+        {"channel": ch, "version": v, "region": rg, "week": w, "month": m, "count": n}
+        for (ch, v, rg, w, m), n in sorted(batch.regions.items())
+        if n
+    ]
+    if regions:
+        ins = _insert(session, usage_region_weeks)
+        session.execute(
+            ins.on_conflict_do_update(
+                index_elements=["channel", "version", "region", "week", "month"],
+                set_={"count": usage_region_weeks.c.count + ins.excluded.count},
+            ),
+            regions,
+        )
     if weeks:
         ins = _insert(session, usage_centre_weeks)
         session.execute(
@@ -352,7 +399,7 @@ def record_usage(
     snap = _Snap(
         report.seq,
         when.date(),
-        region or "",
+        "(*)" if region == ALL_REGIONS else region or "",
         {str(k): int(v) for k, v in report.installed.items()},
         counts,
     )
@@ -476,29 +523,50 @@ class UsageService:
     def _file_counts(
         self, channel: str, period: Period, region: str | None
     ) -> list[dict[str, Any]]:
-        f, fm = usage_files.c, usage_file_months.c
-        q = (
-            select(f.path, func.sum(fm.count).label("n"))
-            .select_from(usage_file_months.join(usage_files, f.id == fm.file_id))
+        fm = usage_file_months.c
+        sums = (
+            select(fm.file_id, func.sum(fm.count).label("n"))
             .where(
                 fm.channel == channel,
+                fm.region == (region or ALL_REGIONS),
                 fm.month >= month_of(period.since),
                 fm.month <= month_of(period.until),
             )
-            .group_by(f.path)
-            .having(func.sum(fm.count) > 0)
-            .order_by(func.sum(fm.count).desc(), f.path)
+            .group_by(fm.file_id)
+            .subquery()
         )
-        if region:
-            q = q.where(fm.region == region)
+        q = (
+            select(usage_files.c.path, sums.c.n)
+            .join(usage_files, usage_files.c.id == sums.c.file_id)
+            .where(sums.c.n > 0)
+            .order_by(sums.c.n.desc(), usage_files.c.path)
+        )
         with self.db.session() as s:
             return [{"path": p, "count": int(n)} for p, n in s.execute(q)]
 
+    def content(
+        self, channel: str, period: Period, region: str | None = None, by: str = "week"
+    ) -> dict[str, Any]:
+        """What the content page shows: trend, most used and never used (one file count)."""
+        counts = self._file_counts(channel, period, region)
+        return {
+            "trend": self.trend(channel, period, region, by),
+            "files": self.files(channel, period, region, 50, counts),
+            "never": self.never_used(channel, period, region, 200, counts),
+        }
+
     def files(
-        self, channel: str, period: Period, region: str | None = None, limit: int = 50
+        self,
+        channel: str,
+        period: Period,
+        region: str | None = None,
+        limit: int = 50,
+        counts: list[dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
         """Most used files of a channel (whole months of the period), protected."""
-        protected = protect(self._file_counts(channel, period, region), self.min_count)
+        if counts is None:
+            counts = self._file_counts(channel, period, region)
+        protected = protect(counts, self.min_count)
         top = [r for r in protected if "other" not in r]
         other = [r for r in protected if "other" in r]
         return {
@@ -512,10 +580,17 @@ class UsageService:
         }
 
     def never_used(
-        self, channel: str, period: Period, region: str | None = None, limit: int = 200
+        self,
+        channel: str,
+        period: Period,
+        region: str | None = None,
+        limit: int = 200,
+        counts: list[dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
         """Files of the channel's latest release that nobody opened in the period."""
-        used = {r["path"] for r in self._file_counts(channel, period, region)}
+        if counts is None:
+            counts = self._file_counts(channel, period, region)
+        used = {r["path"] for r in counts}
         latest, paths = None, []
         if self.repo is not None:
             try:
@@ -545,19 +620,22 @@ class UsageService:
         by: str = "week",
     ) -> dict[str, Any]:
         """Openings per week (or month) and per release, with the releases' dates."""
-        cw = usage_centre_weeks.c
+        rw = usage_region_weeks.c
         if by == "month":
-            bucket, first = cw.month, month_of(period.since)
+            bucket, first = rw.month, month_of(period.since)
         else:
-            bucket, first = cw.week, week_of(period.since)
+            bucket, first = rw.week, week_of(period.since)
         q = (
-            select(bucket.label("b"), cw.version, func.sum(cw.count))
-            .where(cw.channel == channel, bucket >= first, bucket <= period.until)
-            .group_by(bucket, cw.version)
-            .order_by(bucket, cw.version)
+            select(bucket.label("b"), rw.version, func.sum(rw.count))
+            .where(
+                rw.channel == channel,
+                rw.region == (region or ALL_REGIONS),
+                bucket >= first,
+                bucket <= period.until,
+            )
+            .group_by(bucket, rw.version)
+            .order_by(bucket, rw.version)
         )
-        if region:
-            q = q.where(cw.region == region)
         rel = _releases.c
         rq = (
             select(rel.version, rel.published_at)
@@ -647,15 +725,19 @@ class UsageService:
         }
 
     def by_region(self, period: Period, channel: str | None = None) -> dict[str, Any]:
-        cw = usage_centre_weeks.c
+        rw = usage_region_weeks.c
         q = (
-            select(cw.region, func.sum(cw.count))
-            .where(cw.week >= week_of(period.since), cw.week <= period.until)
-            .group_by(cw.region)
-            .order_by(func.sum(cw.count).desc(), cw.region)
+            select(rw.region, func.sum(rw.count))
+            .where(
+                rw.region != ALL_REGIONS,
+                rw.week >= week_of(period.since),
+                rw.week <= period.until,
+            )
+            .group_by(rw.region)
+            .order_by(func.sum(rw.count).desc(), rw.region)
         )
         if channel:
-            q = q.where(cw.channel == channel)
+            q = q.where(rw.channel == channel)
         with self.db.session() as s:
             rows = [{"region": r or "", "count": int(n)} for r, n in s.execute(q) if n]
         protected = protect(rows, self.min_count)

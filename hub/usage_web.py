@@ -344,13 +344,8 @@ def _content_page(svc: UsageService, q: Any) -> dict[str, Any]:
         "min_count": svc.min_count,
     }
     if f.channel and f.channel in channels:
-        trend = svc.trend(f.channel, f.period, f.region, f.by)
-        ctx.update(
-            trend=trend,
-            chart=chart(trend),
-            files=svc.files(f.channel, f.period, f.region, limit=50),
-            never=svc.never_used(f.channel, f.period, f.region, limit=200),
-        )
+        content = svc.content(f.channel, f.period, f.region, f.by)
+        ctx.update(content, chart=chart(content["trend"]))
     return ctx
 
 

@@ -58,7 +58,26 @@ def upgrade() -> None:
         sa.Column("count", sa.BigInteger, nullable=False),
     )
     op.create_index("ix_usage_centre_weeks_channel_week", "usage_centre_weeks", ["channel", "week"])
-    op.create_index("ix_usage_centre_weeks_week", "usage_centre_weeks", ["week"])
+    op.create_index(
+        "ix_usage_centre_weeks_week",
+        "usage_centre_weeks",
+        ["week", "centre_id"],
+        postgresql_include=["count"],
+    )
+    op.create_table(
+        "usage_region_weeks",
+        sa.Column("channel", sa.String(64), primary_key=True),
+        sa.Column("version", sa.Integer, primary_key=True),
+        sa.Column("region", sa.String(100), primary_key=True),
+        sa.Column("week", sa.Date, primary_key=True),
+        sa.Column("month", sa.Date, primary_key=True),
+        sa.Column("count", sa.BigInteger, nullable=False),
+    )
+    op.create_index(
+        "ix_usage_region_weeks_channel_region_week",
+        "usage_region_weeks",
+        ["channel", "region", "week"],
+    )
     op.create_table(
         "usage_file_months",
         sa.Column("channel", sa.String(64), primary_key=True),
@@ -68,11 +87,16 @@ def upgrade() -> None:
         sa.Column("month", sa.Date, primary_key=True),
         sa.Column("count", sa.BigInteger, nullable=False),
     )
-    op.create_index("ix_usage_file_months_channel_month", "usage_file_months", ["channel", "month"])
+    op.create_index(
+        "ix_usage_file_months_channel_region_month",
+        "usage_file_months",
+        ["channel", "region", "month"],
+    )
 
 
 def downgrade() -> None:
     op.drop_table("usage_file_months")
+    op.drop_table("usage_region_weeks")
     op.drop_table("usage_centre_weeks")
     op.drop_table("usage_reports")
     op.drop_table("usage_files")

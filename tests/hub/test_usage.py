@@ -31,6 +31,7 @@ from hub.usage import (
     usage_file_months,
     usage_files,
     usage_metadata,
+    usage_region_weeks,
     usage_reports,
     week_of,
 )
@@ -61,7 +62,12 @@ def rollup(db: Database) -> dict[str, Any]:
             for r in s.execute(select(usage_file_months))
             if r.count
         }
-    return {"weeks": weeks, "months": months}
+        regions = {
+            (r.channel, r.version, r.region, r.week, r.month): r.count
+            for r in s.execute(select(usage_region_weeks))
+            if r.count
+        }
+    return {"weeks": weeks, "months": months, "regions": regions}
 
 
 def _setup_db(url: str) -> Database:
@@ -82,7 +88,7 @@ def _setup_db(url: str) -> Database:
 
 def _clear(db: Database) -> None:
     with db.session() as s:
-        for t in (usage_file_months, usage_centre_weeks, usage_reports):
+        for t in (usage_file_months, usage_centre_weeks, usage_region_weeks, usage_reports):
             s.execute(t.delete())
 
 

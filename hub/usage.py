@@ -63,6 +63,9 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from protocol.errors import FormatError, PathError
+from protocol.metadata import check_channel
+from protocol.paths import check_path
 from protocol.report import Report
 
 from .db import Database
@@ -94,7 +97,7 @@ usage_reports = Table(
     Column("region", String(100), nullable=False),
     Column("installed", JSON, nullable=False),
     Column("counts", JSON, nullable=False),
-    Index("ix_usage_reports_day", "day"),
+    Index("ix_usage_reports_day", "day", "centre_id"),  # "who reported": index only
 )
 
 usage_centre_weeks = Table(
@@ -245,6 +248,12 @@ def _insert(session: Session, tbl: Table) -> Any:
     return sqlite.insert(tbl)
 
 
+# (database URL) -> (channel, path) -> file id: ids never change once committed, and nearly
+# every key of a report was seen before, so a report usually costs no lookup at all
+_FILE_IDS: dict[str, dict[tuple[str, str], int]] = {}
+FILE_ID_CACHE = 500_000
+
+
 def _file_ids(session: Session, keys: Iterable[str]) -> dict[str, tuple[int, str]]:
     """``channel/path`` -> (file id, channel), creating ids for paths never seen.
 
@@ -253,14 +262,21 @@ def _file_ids(session: Session, keys: Iterable[str]) -> dict[str, tuple[int, str
     """
     wanted: dict[tuple[str, str], str] = {}
     for key in keys:
-        channel, sep, path = key.partition("/")
-        if sep and channel and path:
-            wanted[(channel, path)] = key
+        channel, _, path = key.partition("/")
+        try:  # a centre names only real channels and paths; anything else is not booked
+            wanted[(check_channel(channel), check_path(path))] = key
+        except (FormatError, PathError):
+            continue
     out: dict[str, tuple[int, str]] = {}
-    if not wanted:
+    cache = _FILE_IDS.setdefault(str(session.get_bind().engine.url), {})
+    for cp, key in list(wanted.items()):
+        fid = cache.get(cp)
+        if fid is not None:
+            out[key] = (fid, cp[0])
+    if len(out) == len(wanted):
         return out
 
-    def lookup(pairs: Iterable[tuple[str, str]]) -> None:
+    def lookup(pairs: Iterable[tuple[str, str]], remember: bool) -> None:
         by_channel: dict[str, list[str]] = defaultdict(list)
         for c, p in pairs:
             by_channel[c].append(p)
@@ -273,8 +289,13 @@ def _file_ids(session: Session, keys: Iterable[str]) -> dict[str, tuple[int, str
                 )
                 for fid, p in rows:
                     out[wanted[(c, p)]] = (int(fid), c)
+                    if remember:
+                        cache[(c, p)] = int(fid)
 
-    lookup(wanted)
+    if len(cache) > FILE_ID_CACHE:
+        cache.clear()
+    # rows found before this transaction inserts any are committed: safe to remember
+    lookup([cp for cp, key in wanted.items() if key not in out], remember=True)
     missing = sorted(cp for cp, key in wanted.items() if key not in out)
     if missing:
         ins = _insert(session, usage_files)
@@ -283,7 +304,7 @@ def _file_ids(session: Session, keys: Iterable[str]) -> dict[str, tuple[int, str
             session.execute(
                 ins.values(rows).on_conflict_do_nothing(index_elements=["channel", "path"])
             )
-        lookup(missing)
+        lookup(missing, remember=False)  # ours until commit: not remembered
     return out
 
 
@@ -696,6 +717,8 @@ class UsageService:
         cq = select(c.id, c.name, c.region, c.last_contact).where(c.public_key.is_not(None))
         if region:
             cq = cq.where(c.region == region)
+            # the centres of the region now (a centre that moved keeps its earlier counts)
+            q = q.where(cw.centre_id.in_(select(c.id).where(c.region == region)))
         rq = select(ur.centre_id).where(ur.day >= period.since, ur.day <= period.until).distinct()
         with self.db.session() as s:
             counts = {str(i): int(n) for i, n in s.execute(q)}

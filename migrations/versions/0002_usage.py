@@ -41,7 +41,7 @@ def upgrade() -> None:
         sa.Column("installed", sa.JSON, nullable=False),
         sa.Column("counts", sa.JSON, nullable=False),
     )
-    op.create_index("ix_usage_reports_day", "usage_reports", ["day"])
+    op.create_index("ix_usage_reports_day", "usage_reports", ["day", "centre_id"])
     op.create_table(
         "usage_centre_weeks",
         sa.Column(

@@ -208,6 +208,18 @@ def test_every_arrival_order_gives_the_same_totals(
     assert rollup(sqlite_db) == expected
 
 
+def test_only_real_channels_and_paths_are_booked(sqlite_db: Database) -> None:
+    _clear(sqlite_db)
+    usage = {"lecons/ok.pdf": 6, "lecons/../x": 2, "BAD CHANNEL/x": 3, "noslash": 4,
+             "lecons/neg.pdf": -5, "/abs": 1}  # fmt: skip
+    _record(sqlite_db, "c1", "Kayes", Report("c1", 1, stamp(MONDAY), {"lecons": 1}, usage=usage))
+    months = rollup(sqlite_db)["months"]
+    assert {k[1] for k in months} == {"ok.pdf"}
+    with sqlite_db.session() as s:
+        counts = s.execute(select(usage_reports.c.counts)).scalar_one()
+    assert list(counts.values()) == [6]
+
+
 def test_reset_is_booked_as_new_openings(sqlite_db: Database) -> None:
     _clear(sqlite_db)
     d = MONDAY

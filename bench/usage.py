@@ -212,8 +212,8 @@ def generate(
     finally:
         raw.close()
     vacuum = create_engine(db.url, isolation_level="AUTOCOMMIT")  # outside a transaction
-    with vacuum.connect() as c:
-        c.execute(text("VACUUM ANALYZE"))
+    with vacuum.connect() as conn:
+        conn.execute(text("VACUUM ANALYZE"))
     vacuum.dispose()
     return {
         "reports": reports,
@@ -249,7 +249,8 @@ def per_report_path(
                 {"id": f"live{c:04d}", "name": f"Live {c}", "region": REGIONS[c % len(REGIONS)],
                  "k": "00" * 32, "at": datetime.now(UTC)},
             )  # fmt: skip
-    in_order, shuffled = [], []
+    in_order: list[tuple[str, Report]] = []
+    shuffled: list[tuple[str, Report]] = []
     for c in range(centres):
         cid = f"live{c:04d}"
         cumulative: dict[str, int] = {}

@@ -406,7 +406,9 @@ def record_usage(
     """Book a verified report's usage in the caller's transaction; False if already booked.
 
     Called by ``Hub.accept_report`` in the session that stores the report, so the usage and
-    the report are committed together or not at all.
+    the report are committed together or not at all. The caller holds the centre's row lock
+    (``with_for_update``): two reports of one centre are never booked at once, so the
+    neighbours read here are the ones the new report sits between.
     """
     r = usage_reports.c
     seen = session.execute(

@@ -37,6 +37,7 @@ from .errors import HubError, NotFound
 from .jobs import JobRunner
 from .service import Hub
 from .web import add_routes
+from .usage_web import add_usage_routes
 
 log = logging.getLogger("caravane.hub")
 PACK_LOCKS: web.AppKey[dict[tuple[str, int, int], asyncio.Lock]] = web.AppKey("pack_locks", dict)
@@ -406,6 +407,7 @@ def make_app(
     r.add_get("/api/v1/audit", audit)
     r.add_get("/repo/{tail:.+}", repo_file)
     add_routes(app)
+    add_usage_routes(app)
 
     use_scheduler = config.scheduler if scheduler is None else scheduler
 

@@ -41,6 +41,7 @@ from .models import (
     Upload,
     UploadObject,
 )
+from .usage import record_usage
 
 __all__ = ["ROLES", "Hub", "Principal", "now"]  # Principal and ROLES: from hub.auth
 
@@ -489,6 +490,7 @@ class Hub:
                     body=report.to_dict(),
                 )
             )
+            record_usage(s, claimed, centre.region, report)  # once per (centre, seq)
             return {
                 "accepted": True,
                 "seq": report.seq,

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from hub.service import Principal
-from node.agent import Node
+from node.agent import NodeAgent
 from node.config import UpstreamConfig
 from tests.support.faultproxy import FaultProxy
 
@@ -33,9 +33,11 @@ from .common import free_port, run_child, start_hub, table, write_random_files
 RATE = 2_000_000 / 8  # 2 Mbit/s in bytes per second
 
 
-def _node(hub: Any, url: str, where: Path, name: str) -> Node:
-    doc = hub.register_node(Principal("bench", "admin"), {"name": name, "channels": ["bench"]})
-    n = Node.init(where / name, doc, upstreams=[UpstreamConfig("hub", "http", url)], offline=True)
+def _node(hub: Any, url: str, where: Path, name: str) -> NodeAgent:
+    doc = hub.register_centre(Principal("bench", "admin"), {"name": name, "channels": ["bench"]})
+    n = NodeAgent.init(
+        where / name, doc, upstreams=[UpstreamConfig("hub", "http", url)], offline=True
+    )
     n.config.durable = False
     n.config.timeout_seconds = 10
     n.config.save()

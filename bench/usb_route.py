@@ -21,7 +21,7 @@ from typing import Any
 
 from hub.service import Principal
 from hub.usb import prepare_for_route
-from node.agent import Node, import_drive
+from node.agent import NodeAgent, import_drive_into_centre
 
 from .common import start_hub, table
 
@@ -57,15 +57,15 @@ def run(size: int) -> dict[str, Any]:
                 hub.repo.publish("bench", _release(tmp / "src", size, v))
                 if v < 3:
                     # a centre that stopped at version v (it reported it by drive or network)
-                    doc = hub.register_node(
+                    doc = hub.register_centre(
                         Principal("bench", "admin"), {"name": f"at-v{v}", "channels": ["bench"]}
                     )
                     with hub.db.session() as s:
-                        from hub.models import Node as NodeRow
+                        from hub.models import Centre as CentreRow
 
-                        s.get(NodeRow, doc["node_id"]).installed = {"bench": v}
+                        s.get(CentreRow, doc["node_id"]).installed = {"bench": v}
                     centres.append((doc, v))
-            doc0 = hub.register_node(
+            doc0 = hub.register_centre(
                 Principal("bench", "admin"), {"name": "new", "channels": ["bench"]}
             )
             centres.insert(0, (doc0, 0))
@@ -90,10 +90,10 @@ def run(size: int) -> dict[str, Any]:
             rsync_s = time.monotonic() - t0
 
             # import at the centre holding nothing (the biggest job)
-            node = Node.init(tmp / "centre", doc0, upstreams=[], offline=True)
+            node = NodeAgent.init(tmp / "centre", doc0, upstreams=[], offline=True)
             node.config.durable = False
             t0 = time.monotonic()
-            out = import_drive(node, drive)
+            out = import_drive_into_centre(node, drive)
             import_s = time.monotonic() - t0
             assert out["ok"], out
         finally:

@@ -62,7 +62,7 @@ def run_demo(
     from hub.config import HubConfig
     from hub.db import upgrade
     from hub.service import Hub
-    from node.agent import Node
+    from node.agent import NodeAgent
     from node.serve import make_app as make_portal
 
     say = echo or (lambda _msg: None)
@@ -94,13 +94,13 @@ def run_demo(
         v1 = asyncio.run(client.publish("decouverte", content, title="Découverte", cache=cache))
         say(f"2. curator published 'decouverte' v{v1['version']} through the API")
 
-        enrolment = hub.register_node(
+        enrolment = hub.register_centre(
             Principal("demo-admin", "admin"),
             {"name": "Centre de démonstration", "region": "demo", "channels": ["decouverte"]},
         )
         enrol_file = workdir / "enrolment.json"
         enrol_file.write_text(json.dumps(enrolment, ensure_ascii=False), encoding="utf-8")
-        node = Node.init(workdir / "centre", enrolment, port=portal_port)
+        node = NodeAgent.init(workdir / "centre", enrolment, port=portal_port)
         say(f"3. centre enrolled with its own key pair in {node.config.data_dir}")
         r1 = node.sync()
         say(

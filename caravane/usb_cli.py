@@ -215,12 +215,11 @@ def usb_import(
         return
     import os
 
-    from node.agent import Node
-    from node.agent import import_drive as node_import
+    from node.agent import NodeAgent, import_drive_into_centre
 
-    node = Node.open(node_dir or Path(os.environ.get("CARAVANE_NODE_DIR", "caravane-node")))
+    node = NodeAgent.open(node_dir or Path(os.environ.get("CARAVANE_NODE_DIR", "caravane-node")))
     with progress_bar(None, "importing", as_json) as bar:
-        out = node_import(node, drive, progress=bar)
+        out = import_drive_into_centre(node, drive, progress=bar)
     emit(as_json, out, out["receipt"].strip())
     if not out["ok"]:
         raise SystemExit(1)

@@ -36,8 +36,8 @@ from .config import HubConfig
 from .errors import HubError, NotFound
 from .jobs import JobRunner
 from .service import Hub
-from .web import add_routes
 from .usage_web import add_usage_routes
+from .web import add_routes
 
 log = logging.getLogger("caravane.hub")
 PACK_LOCKS: web.AppKey[dict[tuple[str, int, int], asyncio.Lock]] = web.AppKey("pack_locks", dict)

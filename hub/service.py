@@ -423,10 +423,6 @@ class Hub:
             "root": (self.repo.path / "metadata/root.json").read_text(encoding="utf-8"),
         }
 
-    # The node agents and scripts outside hub/ (tests/node, bench) call it by its first name;
-    # kept until they move to register_centre.
-    register_node = register_centre
-
     def enrol(self, doc: dict[str, Any]) -> dict[str, Any]:
         """A centre registers the public key it made; the one-time code is then spent."""
         node_id, code = str(doc.get("node_id", "")), str(doc.get("code", ""))

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from caravane.cli import emit, fail, handle_errors, json_option, progress_bar
 from caravane.i18n import size_text
+from caravane.output import emit, fail, handle_errors, json_option, progress_bar
 
 from .config import UPSTREAM_KINDS, UpstreamConfig
 

@@ -69,7 +69,7 @@ class World:
         return version
 
     def enrolment(self, name: str) -> dict:
-        return self.rh.hub.register_node(
+        return self.rh.hub.register_centre(
             Principal("admin", "admin"), {"name": name, "channels": [self.channel]}
         )
 

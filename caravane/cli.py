@@ -165,9 +165,10 @@ def repo_publish(
     as_json: bool,
 ) -> None:
     """Publish SOURCE as the next signed release of CHANNEL."""
-    from packs.repository import Repository, scan_source
+    from packs.hub_repository import HubRepository
+    from packs.repository import scan_source
 
-    r = Repository(directory)
+    r = HubRepository(directory)
     total = sum(p.stat().st_size for _, p in scan_source(source))
     with progress_bar(total, f"publishing {channel}", as_json) as bar:
         res = r.publish(
@@ -260,9 +261,9 @@ def repo_rotate_root(
     directory: Path, new_root_key: Path, new_release_key: Path | None, as_json: bool
 ) -> None:
     """Publish a new root signed by the old and the new root keys, and switch keys."""
-    from packs.repository import Repository
+    from packs.hub_repository import HubRepository
 
-    r = Repository(directory)
+    r = HubRepository(directory)
     old_root = PrivateKey.load(directory / "keys/root.pem")
     new_root = PrivateKey.load(new_root_key)
     release = PrivateKey.load(new_release_key or directory / "keys/release.pem")
@@ -339,9 +340,9 @@ def pack_build(
 @handle_errors
 def pack_apply(pack_file: Path, directory: Path, as_json: bool) -> None:
     """Verify PACK_FILE against DIRECTORY's pinned root and add its release to DIRECTORY."""
-    from packs.repository import Repository
+    from packs.centre_store import CentreStore
 
-    r = Repository(directory, durable=True)
+    r = CentreStore(directory, durable=True)
     with progress_bar(None, "applying pack", as_json) as bar:
         res = r.apply_pack(pack_file, progress=bar)
     emit(
@@ -377,7 +378,7 @@ def pack_verify(pack_file: Path, directory: Path | None, as_json: bool) -> None:
     text = f"pack {pack_file}: {sum(counts.values())} entries intact"
     if directory is not None:
         r = Repository(directory)
-        res = r.apply_pack(pack_file, dry_run=True)
+        res = r.verify_pack(pack_file)
         result["release"] = {"channel": res.channel, "version": res.version}
         text += f"; signatures and content verified for {res.channel} version {res.version}"
     emit(as_json, result, text)

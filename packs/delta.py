@@ -125,7 +125,12 @@ def sketch(data: bytes, sample: int = SKETCH_SAMPLE) -> set[int]:
     view = memoryview(data)
     out: set[int] = set()
     for c in chunk_generator(view, 128, SKETCH_AVG, SKETCH_AVG * 8, False, None):
-        h = hash(bytes(view[c.offset : c.offset + c.length]))
+        # a stable hash, not hash(): that one changes with each process's PYTHONHASHSEED, so
+        # the sample, the bases chosen and the pack's bytes would too (a rebuilt pack would
+        # not match the one a centre is resuming by byte range, nor a mirror's copy)
+        h = int.from_bytes(
+            hashlib.blake2b(view[c.offset : c.offset + c.length], digest_size=8).digest()
+        )
         if h % sample == 0:
             out.add(h)
     return out

@@ -256,9 +256,9 @@ def casync_size(a: Path, b: Path, work: Path) -> int | None:
 
 def caravane_pack(a: Path, b: Path, work: Path) -> tuple[int, float, dict[str, Any]]:
     """A hub publishes A then B; the pack 1->2 is what a centre holding A downloads."""
-    from packs.repository import Repository
+    from packs.hub_repository import HubRepository
 
-    repo = Repository.init(work / "hub")
+    repo = HubRepository.init(work / "hub")
     repo.publish(CHANNEL, a)
     repo.publish(CHANNEL, b)
     start = time.monotonic()
@@ -284,9 +284,9 @@ def pack_breakdown(pack: Path) -> dict[str, int]:
 
 def _check_pack(hub: Any, work: Path, b: Path) -> None:
     """A pack that does not reproduce B would win on size by cheating; apply and compare."""
-    from packs.repository import Repository
+    from packs.centre_store import CentreStore
 
-    store = Repository.init(work / "store", trust_root=hub.path / "metadata/root.json")
+    store = CentreStore.init(work / "store", trust_root=hub.path / "metadata/root.json")
     hub.build_pack(CHANNEL, 0, 1, work / "full.pack")
     store.apply_pack(work / "full.pack")
     store.apply_pack(work / "a-b.pack")
@@ -425,14 +425,14 @@ def make_dataset(folder: Path, total: int, seed: int = 20241125) -> dict[str, in
 
 def child_main(args: argparse.Namespace) -> None:
     """Runs in a child process so its peak RSS is its own, not the parent's accumulated one."""
-    from packs.repository import Repository
+    from packs.hub_repository import HubRepository
 
     start = time.monotonic()
     if args.child == "publish":
-        repo = Repository.init(Path(args.repo))
+        repo = HubRepository.init(Path(args.repo))
         repo.publish(CHANNEL, Path(args.src))
     elif args.child == "checkout":
-        Repository(Path(args.repo)).checkout(CHANNEL, Path(args.dest))
+        HubRepository(Path(args.repo)).checkout(CHANNEL, Path(args.dest))
     else:
         raise SystemExit(f"unknown child job {args.child}")
     Path(args.result).write_text(json.dumps({"seconds": time.monotonic() - start}))

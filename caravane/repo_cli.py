@@ -13,6 +13,8 @@ from typing import Any
 
 import click
 
+from packs.centre_store import CentreStore
+from packs.hub_repository import HubRepository
 from packs.packfile import DEFAULT_VOLUME_SIZE, read_entries
 from packs.repository import Repository, scan_source
 from protocol.errors import CaravaneError
@@ -99,7 +101,7 @@ def repo_publish(
     as_json: bool,
 ) -> None:
     """Publish SOURCE as the next signed release of CHANNEL."""
-    r = Repository(directory)
+    r = HubRepository(directory)
     total = sum(p.stat().st_size for _, p in scan_source(source))
     with progress_bar(total, f"publishing {channel}", as_json) as bar:
         res = r.publish(
@@ -189,7 +191,7 @@ def repo_rotate_root(
     directory: Path, new_root_key: Path, new_release_key: Path | None, as_json: bool
 ) -> None:
     """Publish a new root signed by the old and the new root keys, and switch keys."""
-    r = Repository(directory)
+    r = HubRepository(directory)
     old_root = PrivateKey.load(directory / "keys/root.pem")
     new_root = PrivateKey.load(new_root_key)
     release = PrivateKey.load(new_release_key or directory / "keys/release.pem")
@@ -263,7 +265,7 @@ def pack_build(
 @handle_errors
 def pack_apply(pack_file: Path, directory: Path, as_json: bool) -> None:
     """Verify PACK_FILE against DIRECTORY's pinned root and add its release to DIRECTORY."""
-    r = Repository(directory, durable=True)
+    r = CentreStore(directory, durable=True)
     with progress_bar(None, "applying pack", as_json) as bar:
         res = r.apply_pack(pack_file, progress=bar)
     emit(
@@ -296,7 +298,7 @@ def pack_verify(pack_file: Path, directory: Path | None, as_json: bool) -> None:
     text = f"pack {pack_file}: {sum(counts.values())} entries intact"
     if directory is not None:
         r = Repository(directory)
-        res = r.apply_pack(pack_file, dry_run=True)
+        res = r.verify_pack(pack_file)
         result["release"] = {"channel": res.channel, "version": res.version}
         text += f"; signatures and content verified for {res.channel} version {res.version}"
     emit(as_json, result, text)

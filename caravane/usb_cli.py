@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from packs.bundle import Target, import_drive, prepare, read_description, verify_drive
+from packs.centre_store import CentreStore
 from packs.repository import Repository
 from protocol.errors import CaravaneError
 
@@ -201,7 +202,7 @@ def usb_import(
 ) -> None:
     """Verify and take from DRIVE what this centre needs, activate it, write the report back."""
     if store_dir is not None:
-        store = Repository(store_dir, durable=True)
+        store = CentreStore(store_dir, durable=True)
         chans = [c.strip() for c in channels.split(",")] if channels else None
         with progress_bar(None, "importing", as_json) as bar:
             res = import_drive(store, drive, chans, progress=bar)

@@ -75,7 +75,7 @@ def hub_init(
     data_dir: Path, database_url: str, host: str, port: int, public_url: str, as_json: bool
 ) -> None:
     """Create a hub: configuration, signed repository, database, first admin token."""
-    from packs.repository import Repository
+    from packs.hub_repository import HubRepository
 
     from .config import CONFIG_NAME, HubConfig
     from .db import upgrade
@@ -93,7 +93,7 @@ def hub_init(
     if path.exists():
         raise click.ClickException(f"{path} exists: this folder already holds a hub")
     if not (cfg.repo_dir / "repo.json").exists():
-        Repository.init(cfg.repo_dir)
+        HubRepository.init(cfg.repo_dir)
     upgrade(cfg.url)
     path.write_text(cfg.to_toml(), encoding="utf-8")
     token = Hub(cfg).create_token("admin", "admin", "init")

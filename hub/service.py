@@ -1,7 +1,7 @@
 """What the hub does, independent of HTTP: tokens, channels, publishing, centres, reports.
 
 Every method is synchronous and short, or says it is long; the aiohttp layer runs them in a
-thread pool. Content goes through ``packs.Repository`` (the static, signed repository);
+thread pool. Content goes through ``HubRepository`` (the static, signed repository);
 the database records who did what and the fleet's state.
 """
 
@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from packs.errors import StoreError
-from packs.repository import Repository
+from packs.hub_repository import HubRepository
 from protocol.errors import CaravaneError, FormatError, SignatureError
 from protocol.keys import PublicKey
 from protocol.metadata import FileEntry, check_channel
@@ -61,7 +61,7 @@ def _aware(when: datetime | None) -> datetime | None:
 class Hub:
     def __init__(self, config: HubConfig, db: Database | None = None) -> None:
         self.config = config
-        self.repo = Repository(config.repo_dir)
+        self.repo = HubRepository(config.repo_dir)
         self.db = db or Database(config.url)
 
     # ------------------------------------------------------------------ audit

@@ -19,7 +19,7 @@ import os
 import shutil
 from pathlib import Path
 
-from packs.repository import Repository
+from packs.centre_store import CentreStore
 from protocol.metadata import Manifest
 
 from .errors import NodeError
@@ -64,7 +64,7 @@ class Releases:
 
     # ------------------------------------------------------------------ build, switch
 
-    def build(self, repo: Repository, manifest: Manifest) -> Path:
+    def build(self, repo: CentreStore, manifest: Manifest) -> Path:
         """Materialise a release (hard links for unchanged files); return its final folder."""
         channel, version = manifest.channel, manifest.version
         final = self.folder(channel, version)
@@ -99,7 +99,7 @@ class Releases:
         return final
 
     def _link_unchanged(
-        self, repo: Repository, manifest: Manifest, channel: str, staging: Path
+        self, repo: CentreStore, manifest: Manifest, channel: str, staging: Path
     ) -> set[str]:
         active = self.active(channel)
         if active is None:

@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from packs.repository import Repository
+from packs.centre_store import CentreStore
 from protocol.canonical import load_json
 from protocol.errors import FormatError
 from protocol.keys import PrivateKey
@@ -56,7 +56,7 @@ class NodeAgent:
             raise NotEnrolled(
                 f"{config.data_dir}: this node is not set up; run `caravane node init` first"
             )
-        self.repo = Repository(config.store_dir)
+        self.repo = CentreStore(config.store_dir)
         self.state = NodeState(config.db_url)
         self.releases = Releases(config.releases_dir, config.live_dir, config.durable)
         self._sync_lock = threading.Lock()
@@ -100,7 +100,7 @@ class NodeAgent:
             port=port,
         )
         root = enrolment["root"]
-        Repository.init(cfg.store_dir, root.encode() if isinstance(root, str) else root)
+        CentreStore.init(cfg.store_dir, root.encode() if isinstance(root, str) else root)
         key = PrivateKey.generate()
         key.save(cfg.key_path)
         cfg.save()

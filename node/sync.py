@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from packs.centre_store import CentreStore
 from packs.errors import DiskFullError, PackError, StoreError, TruncatedPackError
 from packs.layout import (
     channel_relpath,
@@ -38,7 +39,6 @@ from packs.layout import (
     root_relpath,
 )
 from packs.packfile import MAGIC, read_entries
-from packs.repository import Repository
 from protocol.errors import CaravaneError, NotFoundError
 from protocol.metadata import MAX_METADATA_BYTES, ChannelMeta, Manifest
 
@@ -123,7 +123,7 @@ class SyncEngine:
 
     def __init__(
         self,
-        repo: Repository,
+        repo: CentreStore,
         releases: Releases,
         state: NodeState,
         upstreams: list[Upstream],
@@ -563,7 +563,7 @@ class SyncEngine:
                 # come along too, which only means keeping nothing extra
                 keep.update(m.decode() for m in HEX64_QUOTED.findall(data))
                 del data
-            for sha in self.repo.store.iter_ids():  # type: ignore[no-untyped-call]
+            for sha in self.repo.store.iter_ids():
                 if sha not in keep:
                     self.repo.store.remove(sha)
 

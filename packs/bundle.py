@@ -42,10 +42,12 @@ from protocol.errors import (
 from protocol.metadata import check_channel, format_time, now_utc
 from protocol.trust import TrustedState
 
+from . import changes
+from .centre_store import CentreStore
 from .errors import DiskFullError, PackError, StoreError, TruncatedPackError
 from .layout import channel_relpath, pack_relpath, root_relpath
 from .packfile import DEFAULT_VOLUME_SIZE, read_entries, volume_paths
-from .repository import Repository
+from .repository import RepositoryBase, Snapshot
 from .store import write_atomic
 
 BUNDLE_DIR = "caravane"
@@ -139,13 +141,14 @@ def pack_size(first: Path) -> int:
     return sum(p.stat().st_size for p in volume_paths(first))
 
 
-def plan_packs(hub: Repository, targets: list[Target], channels: list[str]) -> list[PackPlan]:
+def plan_packs(hub: RepositoryBase, targets: list[Target], channels: list[str]) -> list[PackPlan]:
     """The deduplicated packs the route needs, in priority order.
 
     Priority: centres furthest behind first (most missing versions), then small updates
     before large ones, so a drive too small for everything still brings most centres forward.
     """
-    latest = {c: hub.channel_meta(c).version for c in channels}
+    snap = hub.snapshot()
+    latest = {c: snap.channel(c).version for c in channels}
     plans: dict[tuple[str, int, int], PackPlan] = {}
     behind: dict[tuple[str, int, int], int] = {}
     for t in targets:
@@ -160,21 +163,20 @@ def plan_packs(hub: Repository, targets: list[Target], channels: list[str]) -> l
             behind[key] = max(behind.get(key, 0), lag)
     for key, plan in plans.items():
         existing = hub.pack_path(*key)
-        plan.size = pack_size(existing) if existing.exists() else _estimate(hub, *key)
+        plan.size = pack_size(existing) if existing.exists() else _estimate(snap, *key)
     return sorted(
         plans.values(), key=lambda p: (-behind[(p.channel, p.from_version, p.to_version)], p.size)
     )
 
 
-def _estimate(hub: Repository, channel: str, a: int, b: int) -> int:
+def _estimate(snap: Snapshot, channel: str, a: int, b: int) -> int:
     """Upper bound for a pack not built yet: the new bytes of B (packs compress them)."""
-    new = hub.manifest(channel, b).chunk_sizes()
-    old = set(hub.manifest(channel, a).chunk_sizes()) if a else set()
-    return sum(n for h, n in new.items() if h not in old) + 64 * 1024
+    old = snap.manifest(channel, a) if a else None
+    return changes.new_bytes(old, snap.manifest(channel, b)) + 64 * 1024
 
 
 def prepare(
-    hub: Repository,
+    hub: RepositoryBase,
     drive: Path,
     targets: list[Target],
     channels: list[str],
@@ -300,7 +302,7 @@ def _copy_volumes(src: Path, dest: Path, volume_size: int, progress: Progress) -
             raise DriveError(f"{target}: cannot write ({exc.strerror})") from None
 
 
-def _write_metadata(hub: Repository, repo: Path, channels: list[str]) -> None:
+def _write_metadata(hub: RepositoryBase, repo: Path, channels: list[str]) -> None:
     for v in hub.root_versions():
         write_atomic(repo / root_relpath(v), (hub.path / root_relpath(v)).read_bytes(), True)
     write_atomic(repo / root_relpath(), (hub.path / root_relpath()).read_bytes(), True)
@@ -330,7 +332,7 @@ def read_description(drive: Path) -> dict[str, Any]:
     return doc
 
 
-def verify_drive(drive: Path, trust: Repository) -> list[str]:
+def verify_drive(drive: Path, trust: RepositoryBase) -> list[str]:
     """Read back everything on the drive and check it against ``trust``'s pinned root.
 
     Returns the problems found (empty: the drive is good to leave).
@@ -372,7 +374,7 @@ class ImportResult:
 
 
 def import_drive(
-    store: Repository,
+    store: CentreStore,
     drive: Path,
     channels: list[str] | None = None,
     progress: Progress = None,
@@ -426,7 +428,7 @@ def import_drive(
     return ImportResult(applied, failed, up_to_date)
 
 
-def _check_same_hub(store: Repository, repo: Path, channels: list[str]) -> None:
+def _check_same_hub(store: RepositoryBase, repo: Path, channels: list[str]) -> None:
     """Refuse at once a drive whose metadata another hub signed (clear message, no work)."""
     state = TrustedState(store.trusted.root_bytes)
     for v in sorted(
@@ -473,7 +475,10 @@ def plan_for(drive: Path, centre: str) -> dict[str, Any]:
     path = bundle_root(drive) / "plans" / f"{safe_name(centre)}.json"
     if not path.is_file():
         raise VerificationError(f"{drive}: no plan for centre {centre!r} on this drive")
-    return load_json(path.read_bytes(), str(path))
+    doc = load_json(path.read_bytes(), str(path))
+    if not isinstance(doc, dict):
+        raise VerificationError(f"{path}: not a plan")
+    return doc
 
 
 __all__ = [

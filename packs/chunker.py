@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import BinaryIO
 
-from fastcdc.fastcdc_cy import chunk_generator
+from fastcdc.fastcdc_cy import chunk_generator  # type: ignore[import-untyped]
 
 DEFAULT_AVG = 64 * 1024
 READ_SIZE = 8 * 1024 * 1024

@@ -21,13 +21,15 @@ import re
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import zstandard as zstd
-from fastcdc.fastcdc_cy import chunk_generator
+from fastcdc.fastcdc_cy import chunk_generator  # type: ignore[import-untyped]
 
 from protocol.errors import VerificationError
 from protocol.metadata import FileEntry, Manifest
 
+from .changes import missing_chunks
 from .zstd_prefix import compress_with_prefix
 
 GROUP_TARGET = 8 * 1024 * 1024
@@ -123,7 +125,12 @@ def sketch(data: bytes, sample: int = SKETCH_SAMPLE) -> set[int]:
     view = memoryview(data)
     out: set[int] = set()
     for c in chunk_generator(view, 128, SKETCH_AVG, SKETCH_AVG * 8, False, None):
-        h = hash(bytes(view[c.offset : c.offset + c.length]))
+        # a stable hash, not hash(): that one changes with each process's PYTHONHASHSEED, so
+        # the sample, the bases chosen and the pack's bytes would too (a rebuilt pack would
+        # not match the one a centre is resuming by byte range, nor a mirror's copy)
+        h = int.from_bytes(
+            hashlib.blake2b(view[c.offset : c.offset + c.length], digest_size=8).digest()
+        )
         if h % sample == 0:
             out.add(h)
     return out
@@ -198,21 +205,23 @@ def _base_window(
 
 
 def plan_groups(old: Manifest | None, new: Manifest, read_chunk: ReadChunk) -> Iterator[Group]:
-    """Group the chunks of ``new`` that ``old`` lacks, each with a base of old chunks."""
-    have = set(old.chunk_sizes()) if old else set()
+    """Group the chunks of ``new`` that ``old`` lacks, each with a base of old chunks.
+
+    The chunks sent are exactly :func:`packs.changes.missing_chunks` of the two manifests,
+    each once, in the order ``new`` first uses them.
+    """
+    wanted_chunks = missing_chunks(old, new)
     index = SimilarityIndex(old, read_chunk)
-    sent: set[str] = set()
     group = Group()
     for fi, f in enumerate(new.files):
-        if all(h in have or h in sent for h, _ in f.chunks):
+        if not any(h in wanted_chunks for h, _ in f.chunks):
             continue
         cands = [(i, index.files[i]) for i in index.candidates(f)]
         pos = 0
         for ci, (h, n) in enumerate(f.chunks):
             start, pos = pos, pos + n
-            if h in have or h in sent:
-                continue
-            sent.add(h)
+            if wanted_chunks.pop(h, None) is None:
+                continue  # A has it, or an earlier group already carries it
             wanted = [
                 (ai, bi, bh, bn)
                 for ai, cand in cands
@@ -246,7 +255,7 @@ def decompress_group(base: bytes, payload: bytes, target_len: int, what: str) ->
         raise VerificationError(f"{what}: not a zstd frame") from None
     if params.content_size != target_len:
         raise VerificationError(f"{what}: declares {params.content_size} bytes, not {target_len}")
-    kwargs = {"max_window_size": 1 << MAX_WINDOW_LOG}
+    kwargs: dict[str, Any] = {"max_window_size": 1 << MAX_WINDOW_LOG}
     if base:
         kwargs["dict_data"] = zstd.ZstdCompressionDict(base, dict_type=zstd.DICT_TYPE_RAWCONTENT)
     try:

@@ -11,6 +11,7 @@ import errno
 import hashlib
 import os
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import zstandard as zstd
@@ -30,7 +31,8 @@ def _compressor(level: int) -> zstd.ZstdCompressor:
         cache = _local.cctx = {}
     if level not in cache:
         cache[level] = zstd.ZstdCompressor(level=level, write_content_size=True)
-    return cache[level]
+    compressor: zstd.ZstdCompressor = cache[level]
+    return compressor
 
 
 def _decompressor() -> zstd.ZstdDecompressor:
@@ -170,7 +172,7 @@ class ObjectStore:
         except FileNotFoundError:
             return 0
 
-    def iter_ids(self):
+    def iter_ids(self) -> Iterator[str]:
         base = self.root / "objects"
         if not base.is_dir():
             return

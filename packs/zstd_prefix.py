@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import threading
+from typing import Any
 
 import zstandard as zstd
 
@@ -73,7 +74,7 @@ def compress_with_prefix(prefix: bytes, data: bytes, level: int, window_log: int
         params = zstd.ZstdCompressionParameters.from_level(
             level, window_log=window_log, enable_ldm=True, write_content_size=True
         )
-        kwargs: dict = {"compression_params": params}
+        kwargs: dict[str, Any] = {"compression_params": params}
         if prefix:
             kwargs["dict_data"] = zstd.ZstdCompressionDict(
                 prefix, dict_type=zstd.DICT_TYPE_RAWCONTENT

@@ -136,7 +136,12 @@ class Root:
     roles: dict[str, Role]
 
     @classmethod
-    def new(cls, version: int, role_keys: dict[str, list[PublicKey]], thresholds=None) -> Root:
+    def new(
+        cls,
+        version: int,
+        role_keys: dict[str, list[PublicKey]],
+        thresholds: dict[str, int] | None = None,
+    ) -> Root:
         keys: dict[str, PublicKey] = {}
         roles: dict[str, Role] = {}
         for role in ROLES:

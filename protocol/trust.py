@@ -87,7 +87,21 @@ class TrustedState:
                 f"{what}: version {meta.version} is older than version {known_version} "
                 "already accepted (an old copy was replayed)"
             )
-        if check_expiry and meta.expires is not None:
+        if check_expiry:
+            self.check_expiry(meta, now, what)
+        return meta
+
+    @staticmethod
+    def check_expiry(
+        meta: ChannelMeta, now: datetime | None = None, what: str | None = None
+    ) -> ChannelMeta:
+        """Refuse verified channel metadata whose expiry has passed (a freeze attack).
+
+        Separate from :meth:`verify_channel` so a reader that already verified these very
+        bytes in the same operation checks their freshness without a second signature check.
+        """
+        what = what or f"channel metadata for {meta.channel!r}"
+        if meta.expires is not None:
             expires = parse_time(meta.expires, f"{what} expires")
             if (now or now_utc()) > expires:
                 raise ExpiredError(

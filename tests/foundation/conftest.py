@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from packs.repository import Repository
+from packs.centre_store import CentreStore
+from packs.hub_repository import HubRepository
 from protocol.keys import PrivateKey
 from protocol.metadata import Envelope, sign_envelope
 
@@ -40,7 +41,7 @@ def read_tree(folder: Path) -> dict[str, bytes]:
 @dataclass
 class RepoSim:
     tmp: Path
-    hub: Repository
+    hub: HubRepository
     channel: str = "maths"
     _n: int = 0
 
@@ -49,8 +50,8 @@ class RepoSim:
         src = write_tree(self.tmp / f"src-{self._n}", files)
         return self.hub.publish(self.channel, src, **kw).version
 
-    def store(self, name: str = "store") -> Repository:
-        return Repository.init(self.tmp / name, trust_root=self.hub.path / "metadata/root.json")
+    def store(self, name: str = "store") -> CentreStore:
+        return CentreStore.init(self.tmp / name, trust_root=self.hub.path / "metadata/root.json")
 
     def pack(self, a: int, b: int) -> Path:
         out = self.tmp / f"pack-{a}-{b}.pack"
@@ -90,4 +91,4 @@ class RepoSim:
 
 @pytest.fixture
 def sim(tmp_path: Path) -> RepoSim:
-    return RepoSim(tmp_path, Repository.init(tmp_path / "hub"))
+    return RepoSim(tmp_path, HubRepository.init(tmp_path / "hub"))

@@ -91,9 +91,9 @@ def test_metadata_signed_by_another_key_is_refused(sim: RepoSim):
 
 
 def test_pack_from_another_hub_is_refused(sim: RepoSim, tmp_path: Path):
-    from packs.repository import Repository
+    from packs.hub_repository import HubRepository
 
-    other = Repository.init(tmp_path / "other")
+    other = HubRepository.init(tmp_path / "other")
     src = tmp_path / "src-other"
     src.mkdir()
     (src / "a.txt").write_text("autre")

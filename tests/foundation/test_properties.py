@@ -12,7 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import packs.chunker as chunker
-from packs.repository import Repository
+from packs.centre_store import CentreStore
+from packs.hub_repository import HubRepository
 from protocol.canonical import canonical_bytes, load_json
 from protocol.errors import PathError
 from protocol.paths import check_path
@@ -93,7 +94,7 @@ SETTINGS = settings(
 def test_publish_then_checkout_gives_the_same_bytes(files: dict[str, bytes]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         t = Path(tmp)
-        hub = Repository.init(t / "hub")
+        hub = HubRepository.init(t / "hub")
         hub.publish("c", write_tree(t / "src", files), avg_chunk=4096)
         hub.checkout("c", t / "out")
         assert read_tree(t / "out") == {p: files[p] for p in files}
@@ -106,13 +107,13 @@ def test_pack_a_to_b_applied_to_a_gives_b(data: st.DataObject) -> None:
     b = data.draw(edits(a))
     with tempfile.TemporaryDirectory() as tmp:
         t = Path(tmp)
-        hub = Repository.init(t / "hub")
+        hub = HubRepository.init(t / "hub")
         hub.publish("c", write_tree(t / "a", a), avg_chunk=4096)
         shutil.rmtree(t / "a")
         hub.publish("c", write_tree(t / "b", b), avg_chunk=4096)
         hub.build_pack("c", 0, 1, t / "01.pack")
         hub.build_pack("c", 1, 2, t / "12.pack")
-        node = Repository.init(t / "node", trust_root=hub.path / "metadata/root.json")
+        node = CentreStore.init(t / "node", trust_root=hub.path / "metadata/root.json")
         node.apply_pack(t / "01.pack")
         node.checkout("c", t / "out-a")
         assert read_tree(t / "out-a") == a

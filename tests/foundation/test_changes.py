@@ -1,0 +1,143 @@
+"""What release B holds that A lacks: one definition, and every role that needs it agrees with it.
+
+Each test draws two manifests (or two trees) and checks one user of
+``packs.changes.missing_chunks`` against the plain definition: the chunks of B whose hash
+is not among A's, each once, with B's sizes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from packs import delta
+from packs.bundle import Target, plan_packs
+from packs.changes import missing_chunks, new_bytes
+from packs.hub_repository import HubRepository
+from protocol.metadata import FileEntry, Manifest
+
+from .conftest import write_tree
+
+POOL = 12  # few distinct chunks, so two manifests share many
+
+
+def _sha(i: int) -> str:
+    return hashlib.sha256(f"chunk {i}".encode()).hexdigest()
+
+
+def _size(i: int) -> int:
+    return 100 + 37 * i  # one size per chunk, as content addressing implies
+
+
+def _chunk_bytes(sha: str, size: int) -> bytes:
+    """Deterministic content for a chunk id (only its length matters to the planner)."""
+    seed = hashlib.sha256(sha.encode()).digest()
+    return (seed * (size // len(seed) + 1))[:size]
+
+
+@st.composite
+def manifests(draw: st.DrawFn, version: int = 1) -> Manifest:
+    files = []
+    for n in range(draw(st.integers(0, 5))):
+        ids = draw(st.lists(st.integers(0, POOL - 1), max_size=6))
+        chunks = [(_sha(i), _size(i)) for i in ids]
+        size = sum(s for _, s in chunks)
+        files.append(FileEntry(f"f{n}.bin", size, 0o644, _sha(1000 + n), chunks))
+    return Manifest("c", version, "2026-01-01T00:00:00Z", files)
+
+
+def expected(a: Manifest | None, b: Manifest) -> dict[str, int]:
+    """The definition, written the slow and obvious way."""
+    have = {h for f in a.files for h, _ in f.chunks} if a else set()
+    out: dict[str, int] = {}
+    for f in b.files:
+        for h, n in f.chunks:
+            if h not in have and h not in out:
+                out[h] = n
+    return out
+
+
+@given(st.one_of(st.none(), manifests()), manifests(2))
+def test_missing_chunks_are_exactly_the_chunks_of_b_not_in_a(
+    a: Manifest | None, b: Manifest
+) -> None:
+    got = missing_chunks(a, b)
+    assert list(got.items()) == list(expected(a, b).items())  # same chunks, B's order
+    a_ids = {h for f in a.files for h, _ in f.chunks} if a else set()
+    b_ids = {h for f in b.files for h, _ in f.chunks}
+    assert set(got) == b_ids - a_ids
+    assert new_bytes(a, b) == sum(expected(a, b).values())
+    assert missing_chunks(b, b) == {} and new_bytes(None, b) == sum(b.chunk_sizes().values())
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.one_of(st.none(), manifests()), manifests(2))
+def test_the_pack_builder_sends_exactly_the_missing_chunks_once(
+    a: Manifest | None, b: Manifest
+) -> None:
+    sent = [t for g in delta.plan_groups(a, b, _chunk_bytes) for t in g.targets]
+    assert sent == list(expected(a, b).items())
+
+
+# --------------------------------------------------------------------------- real repositories
+
+TREE = st.dictionaries(
+    st.sampled_from([f"f{i}.bin" for i in range(6)]),
+    st.lists(st.integers(0, 7), min_size=1, max_size=4),
+    min_size=1,
+    max_size=6,
+)
+REPO_SETTINGS = settings(
+    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+
+
+def _content(blocks: list[int]) -> bytes:
+    """Files made of whole 4 KiB blocks from a small set, so releases share chunks."""
+    return b"".join(hashlib.sha256(f"block {i}".encode()).digest() * 128 for i in blocks)
+
+
+def _hub_with(t: Path, a: dict[str, list[int]], b: dict[str, list[int]]) -> HubRepository:
+    hub = HubRepository.init(t / "hub")
+    for n, tree in enumerate((a, b)):
+        src = write_tree(t / f"src{n}", {p: _content(v) for p, v in tree.items()})
+        hub.publish("c", src, avg_chunk=1024)
+    return hub
+
+
+@REPO_SETTINGS
+@given(TREE, TREE)
+def test_the_hubs_pack_size_estimate_is_the_missing_bytes(
+    a: dict[str, list[int]], b: dict[str, list[int]]
+) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        hub = _hub_with(Path(tmp), a, b)
+        m1, m2 = hub.manifest("c", 1), hub.manifest("c", 2)
+        assert hub.new_bytes("c", 1, 2) == sum(expected(m1, m2).values())
+        assert hub.new_bytes("c", 0, 2) == sum(expected(None, m2).values())
+        info = hub.build_pack("c", 1, 2, Path(tmp) / "p.pack")
+        assert (info.new_chunks, info.new_bytes) == (
+            len(expected(m1, m2)),
+            hub.new_bytes("c", 1, 2),
+        )
+
+
+@REPO_SETTINGS
+@given(TREE, TREE)
+def test_drive_planning_estimates_packs_by_the_missing_bytes(
+    a: dict[str, list[int]], b: dict[str, list[int]]
+) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        hub = _hub_with(Path(tmp), a, b)
+        m1, m2 = hub.manifest("c", 1), hub.manifest("c", 2)
+        plans = plan_packs(hub, [Target("x", {"c": 1}), Target("y", {})], ["c"])
+        sizes = {(p.from_version, p.to_version): p.size for p in plans}
+        overhead = 64 * 1024  # the estimate's allowance for the pack's metadata
+        assert sizes == {
+            (1, 2): sum(expected(m1, m2).values()) + overhead,
+            (0, 2): sum(expected(None, m2).values()) + overhead,
+        }

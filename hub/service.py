@@ -506,9 +506,7 @@ class Hub:
 
     def pack_new_bytes(self, channel: str, a: int, b: int) -> int:
         """Raw bytes of release ``b`` that release ``a`` lacks (what a pack a->b carries)."""
-        new = self.repo.manifest(channel, b).chunk_sizes()
-        old = set(self.repo.manifest(channel, a).chunk_sizes()) if a else set()
-        return sum(n for h, n in new.items() if h not in old)
+        return self.repo.new_bytes(channel, a, b)
 
     def fleet(self, region: str | None = None, behind_only: bool = False) -> list[dict[str, Any]]:
         latest = self.latest_versions()

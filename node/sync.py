@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from packs import changes
 from packs.centre_store import CentreStore
 from packs.errors import DiskFullError, PackError, StoreError, TruncatedPackError
 from packs.layout import (
@@ -362,13 +363,11 @@ class SyncEngine:
         whose entries were applied), fetching the pack would send it all again, so the
         missing objects come one by one instead.
         """
-        have: set[str] = set()
-        if base:
-            try:
-                have = set(self.repo.manifest(manifest.channel, base).chunk_sizes())
-            except CaravaneError:
-                return None  # the base left the signed metadata: objects it is
-        carried = sum(n for s, n in manifest.chunk_sizes().items() if s not in have)
+        try:
+            old = self.repo.manifest(manifest.channel, base) if base else None
+        except CaravaneError:
+            return None  # the base left the signed metadata: objects it is
+        carried = changes.new_bytes(old, manifest)
         if carried and sum(need.values()) < carried // 2:
             return None
         ref = self.repo.channel_meta(manifest.channel).releases[manifest.version]

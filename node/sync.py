@@ -41,6 +41,7 @@ from packs.layout import (
 from packs.packfile import MAGIC, read_entries
 from protocol.errors import CaravaneError, NotFoundError
 from protocol.metadata import MAX_METADATA_BYTES, ChannelMeta, Manifest
+from protocol.trust import MAX_ROOT_ROTATIONS, too_many_roots
 
 from .activate import Releases
 from .errors import DiskSpaceError, PassOver, TooMuchData, UpstreamError, UpstreamNotFound
@@ -276,6 +277,8 @@ class SyncEngine:
     def _roots_from(self, up: Upstream) -> int:
         accepted = 0
         while True:
+            if accepted >= MAX_ROOT_ROTATIONS:  # a carrier cannot walk us forever
+                raise too_many_roots(up.name)
             v = self.repo.trusted.root.version + 1
             try:
                 data = self.transfer.read(up, root_relpath(v), MAX_METADATA_BYTES)

@@ -31,7 +31,7 @@ from protocol.metadata import (
     Manifest,
     check_channel,
 )
-from protocol.trust import TrustedState, root_version_of
+from protocol.trust import MAX_ROOT_ROTATIONS, TrustedState, root_version_of, too_many_roots
 
 from . import delta
 from .errors import PackError, StoreError, TruncatedPackError
@@ -54,6 +54,7 @@ class CentreStore(RepositoryBase):
     """Trust, accept, apply, check out: what a centre does with what the hub signed."""
 
     role = "centre"
+    _roots_taken = 0
 
     def __init__(self, path: Path, durable: bool = False) -> None:
         super().__init__(path, durable)
@@ -103,11 +104,9 @@ class CentreStore(RepositoryBase):
         is not held to (an installed release is served after its metadata expired).
         """
         known = snap.channel_or_none(channel)
-        if known is not None and data == snap.channel_bytes(channel):
+        if known is not None and not snap.revoked(channel) and data == snap.channel_bytes(channel):
             return self.trusted.check_expiry(known, what=what)
-        return self.trusted.verify_channel(
-            data, channel, known.version if known else None, what=what
-        )
+        return self.trusted.verify_channel(data, channel, snap.known_version(channel), what=what)
 
     def accept_channel(self, channel: str, data: bytes, what: str) -> ChannelMeta:
         """Verify and keep channel metadata if it is newer than what this store knows."""
@@ -148,6 +147,7 @@ class CentreStore(RepositoryBase):
         old: Manifest | None = None
         mbytes = b""
         added = 0
+        self._roots_taken = 0  # bounded per pack, like a sync pass (MAX_ROOT_ROTATIONS)
         with self.lock():
             snap = self.snapshot()
             try:
@@ -199,6 +199,9 @@ class CentreStore(RepositoryBase):
         if path.startswith("metadata/root/"):
             version = root_version_of(data)
             if version > state.root.version:
+                self._roots_taken += 1
+                if self._roots_taken > MAX_ROOT_ROTATIONS:
+                    raise too_many_roots(what)
                 state.update_root(data, f"{what} ({path})")
                 self._write_root(version, data)
             return None

@@ -14,6 +14,7 @@ factory, so a test reads as: publish, make upstreams, damage one, sync, check.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -25,8 +26,18 @@ from node.errors import UpstreamError, UpstreamNotFound
 from node.state import NodeState
 from node.sync import SyncEngine, SyncResult
 from node.upstream import Upstream
-from packs.layout import pack_relpath
+from packs.hub_repository import RotationResult
+from packs.layout import channel_relpath, manifest_relpath, pack_relpath
 from packs.repository import Repository
+from protocol.keys import PrivateKey
+from protocol.metadata import (
+    ChannelMeta,
+    Manifest,
+    ReleaseRef,
+    format_time,
+    now_utc,
+    sign_envelope,
+)
 from tests.foundation.conftest import read_tree, write_tree
 
 BLOCK = 16 * 1024
@@ -85,6 +96,53 @@ class RepositorySimulator:
         self.repo.build_pack(ch, base, target, self.repo.path / rel)
         self._snapshot()
         return rel
+
+    # ------------------------------------------------------------------ keys
+
+    @property
+    def root_key(self) -> PrivateKey:
+        """The current root key (``init`` left it beside the repository, not offline)."""
+        return PrivateKey.load(self.repo.key_path("root"))
+
+    @property
+    def release_key(self) -> PrivateKey:
+        return PrivateKey.load(self.repo.key_path("release"))
+
+    def rotate(self, root: bool = False, release: bool = False) -> RotationResult:
+        """Rotate the root key, the release key or both with the hub's real code."""
+        new_root = PrivateKey.generate() if root else None
+        new_release = PrivateKey.generate() if release else None
+        result = self.repo.rotate_keys(self.root_key, new_root, new_release)
+        if new_root is not None:
+            new_root.save(self.repo.key_path("root"))
+        self._snapshot()
+        return result
+
+    def forge(
+        self, tree: dict[str, bytes], version: int, key: PrivateKey, channel: str | None = None
+    ) -> dict[str, bytes]:
+        """What a thief of ``key`` serves: release ``version`` of ``tree``, signed by it.
+
+        Objects go to the hub's store (content-addressed, harmless there); the manifest
+        and channel metadata are only returned, for an upstream to serve (``replace``).
+        """
+        ch = channel or self.channel
+        self._sources += 1
+        src = write_tree(self.tmp / f"sim-forged-{self._sources}", dict(tree))
+        entries, *_ = self.repo.ingest(src)
+        manifest = Manifest(ch, version, format_time(now_utc()), entries, "forged")
+        mbytes = manifest.to_bytes()
+        meta = self.repo.channel_meta(ch)
+        releases = dict(meta.releases)
+        releases[version] = ReleaseRef(
+            version, hashlib.sha256(mbytes).hexdigest(), len(mbytes), manifest.created, 0, 0
+        )
+        forged = ChannelMeta(ch, version, releases, meta.title, None)
+        self._snapshot()
+        return {
+            manifest_relpath(ch, version): mbytes,
+            channel_relpath(ch): sign_envelope(forged.to_dict(), [key]),
+        }
 
     def snapshot(self) -> dict[str, bytes]:
         """A copy of every served file now (to replay an old state: a frozen mirror)."""

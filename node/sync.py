@@ -415,15 +415,19 @@ class SyncEngine:
             except TooMuchData:  # what it sent is suspect: keep only entries that verify
                 _truncate(partial, _valid_prefix(partial))
                 raise
-            self._apply_pack(up, partial)
+            self._apply_pack(up, partial, channel)
             self.transfer.succeeded(up)
 
         self.transfer.first("a damaged pack", from_up)
 
-    def _apply_pack(self, up: Upstream, partial: Path) -> None:
-        """Apply a downloaded pack; what verified is kept even when the rest is refused."""
+    def _apply_pack(self, up: Upstream, partial: Path, channel: str) -> None:
+        """Apply a downloaded pack; what verified is kept even when the rest is refused.
+
+        Only a pack of ``channel`` is taken: one served at its path for another channel is
+        refused before anything from it is written.
+        """
         try:
-            self.repo.apply_pack(partial)
+            self.repo.apply_pack(partial, channels=[channel])
         except TruncatedPackError as exc:
             raise UpstreamError(up.name, f"the pack ends early ({exc})") from None
         except DiskFullError:

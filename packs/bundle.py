@@ -407,7 +407,7 @@ def import_drive(
                 break
             first = repo / str(step["path"])
             try:
-                res = store.apply_pack(first, progress=progress)
+                res = store.apply_pack(first, progress=progress, channels=[channel])
             except TruncatedPackError as exc:
                 failed.append(
                     f"{channel}: the drive's pack is incomplete ({exc}); re-insert the drive or "

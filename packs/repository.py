@@ -31,7 +31,7 @@ import os
 import shutil
 import tempfile
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -548,7 +548,7 @@ class RepositoryBase:
         unreferenced = sum(1 for sha in self.store.iter_ids() if sha not in sizes)
         return VerifyReport(channels, checked, nbytes, unreferenced, problems)
 
-    def verify_pack(self, pack: Path) -> ApplyResult:
+    def verify_pack(self, pack: Path, channels: Collection[str] | None = None) -> ApplyResult:
         """Run the whole verification of applying ``pack`` here, writing nothing here.
 
         The metadata is copied to a throw-away folder opened as a centre's store whose
@@ -565,7 +565,7 @@ class RepositoryBase:
             (scratch / REPO_MARKER).write_bytes((self.path / REPO_MARKER).read_bytes())
             view = CentreStore(scratch)
             view.store = _OverlayStore(self.store, ObjectStore(scratch))
-            return view.apply_pack(pack)
+            return view.apply_pack(pack, channels=channels)
 
     # ------------------------------------------------------------------ packs
 

@@ -78,6 +78,17 @@ class TrustedState:
         self.root_bytes = data
         return new
 
+    def copy(self) -> TrustedState:
+        """An independent state at the same root, with the same history (to try a carrier's
+        roots without moving the reader's own state)."""
+        other = TrustedState.__new__(TrustedState)
+        other.root, other.root_bytes, other.previous = (
+            self.root,
+            self.root_bytes,
+            list(self.previous),
+        )
+        return other
+
     def release_revoked(self, data: bytes, what: str) -> bool:
         """Whether ``data`` is signed only by release keys a newer root took away."""
         env = Envelope.from_bytes(data, what)

@@ -126,23 +126,11 @@ class RepositorySimulator:
         Objects go to the hub's store (content-addressed, harmless there); the manifest
         and channel metadata are only returned, for an upstream to serve (``replace``).
         """
-        ch = channel or self.channel
         self._sources += 1
         src = write_tree(self.tmp / f"sim-forged-{self._sources}", dict(tree))
-        entries, *_ = self.repo.ingest(src)
-        manifest = Manifest(ch, version, format_time(now_utc()), entries, "forged")
-        mbytes = manifest.to_bytes()
-        meta = self.repo.channel_meta(ch)
-        releases = dict(meta.releases)
-        releases[version] = ReleaseRef(
-            version, hashlib.sha256(mbytes).hexdigest(), len(mbytes), manifest.created, 0, 0
-        )
-        forged = ChannelMeta(ch, version, releases, meta.title, None)
+        forged = forge_release(self.repo, src, channel or self.channel, version, key)
         self._snapshot()
-        return {
-            manifest_relpath(ch, version): mbytes,
-            channel_relpath(ch): sign_envelope(forged.to_dict(), [key]),
-        }
+        return forged
 
     def snapshot(self) -> dict[str, bytes]:
         """A copy of every served file now (to replay an old state: a frozen mirror)."""
@@ -161,6 +149,30 @@ class RepositorySimulator:
             if folder.is_dir():
                 for rel, data in read_tree(folder).items():
                     self.files[f"{top}/{rel}"] = data
+
+
+def forge_release(
+    repo: Any, src: Path, channel: str, version: int, key: PrivateKey
+) -> dict[str, bytes]:
+    """Release ``version`` of folder ``src`` signed by ``key``, as a key thief makes it.
+
+    The objects go into ``repo``'s store (content-addressed: harmless, and a mirror copy
+    then carries them); the manifest and channel metadata are returned by layout path,
+    for a carrier to serve, and never written into ``repo``.
+    """
+    entries, *_ = repo.ingest(src)
+    manifest = Manifest(channel, version, format_time(now_utc()), entries, "forged")
+    mbytes = manifest.to_bytes()
+    meta = repo.channel_meta(channel)
+    releases = dict(meta.releases)
+    releases[version] = ReleaseRef(
+        version, hashlib.sha256(mbytes).hexdigest(), len(mbytes), manifest.created, 0, 0
+    )
+    forged = ChannelMeta(channel, version, releases, meta.title, None)
+    return {
+        manifest_relpath(channel, version): mbytes,
+        channel_relpath(channel): sign_envelope(forged.to_dict(), [key]),
+    }
 
 
 class SimulatedUpstream(Upstream):

@@ -7,6 +7,7 @@ hub's real rotation, and runs the centre's real sync engine against dict-served 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 
 from packs.centre_store import CentreStore
 from packs.layout import channel_relpath, root_relpath
-from protocol.errors import SignatureError, VerificationError
+from protocol.errors import ExpiredError, SignatureError, VerificationError
 from protocol.keys import PrivateKey
 from protocol.metadata import Root, sign_envelope
 from protocol.trust import MAX_ROOT_ROTATIONS
@@ -174,3 +175,35 @@ def test_a_pack_after_a_release_rotation_updates_a_store(
     assert store.trusted.root.version == 2 and store.known_version("lecons") == 3
     with pytest.raises(VerificationError, match="revoked"):
         store.accept_channel("lecons", old_pack_meta, "old drive")
+
+
+KINDS = ("http", "peer", "mirror", "rsync", "folder")
+
+
+def test_expired_metadata_is_refused_from_every_kind_and_the_installed_release_is_served(
+    sim: RepositorySimulator, tmp_path: Path
+) -> None:
+    sim.publish(tree(1))
+    sim.expire_in(3)
+    centres = {k: Centre.create(tmp_path / f"centre-{k}", sim) for k in KINDS}
+    store = CentreStore.init(tmp_path / "drive-store", sim.root_bytes)
+    try:
+        for kind, c in centres.items():
+            assert c.sync([sim.upstream(f"{kind}-1", kind=kind)]).complete
+        pack = sim.repo.path / sim.build_pack(0, 1)
+        store.apply_pack(pack)
+        time.sleep(4)  # the metadata every centre holds has now expired
+        sim.publish(tree(2))
+        sim.expire_in(-1)  # and the carriers only have expired metadata of version 2
+        for kind, c in centres.items():
+            res = c.sync([sim.upstream(f"{kind}-2", kind=kind)])
+            assert any("expired on" in e for e in res.errors), (kind, res.errors)
+            assert c.live()["index.html"] == b"<h1>v1</h1>", kind  # still served
+            assert c.repo.known_version("lecons") == 1
+        with pytest.raises(ExpiredError):
+            store.apply_pack(sim.repo.path / sim.build_pack(1, 2))
+        store.checkout("lecons", tmp_path / "out")  # what the drive brought is still served
+        assert (tmp_path / "out/index.html").read_bytes() == b"<h1>v1</h1>"
+    finally:
+        for c in centres.values():
+            c.close()

@@ -18,6 +18,7 @@ import hashlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +118,16 @@ class RepositorySimulator:
             new_root.save(self.repo.key_path("root"))
         self._snapshot()
         return result
+
+    def expire_in(self, seconds: int, channel: str | None = None) -> None:
+        """Sign the channel's metadata again with an expiry ``seconds`` from now."""
+        ch = channel or self.channel
+        meta = self.repo.channel_meta(ch)
+        expires = format_time(now_utc() + timedelta(seconds=seconds))
+        again = ChannelMeta(ch, meta.version, meta.releases, meta.title, expires)
+        data = sign_envelope(again.to_dict(), [self.release_key])
+        (self.repo.path / channel_relpath(ch)).write_bytes(data)
+        self._snapshot()
 
     def forge(
         self, tree: dict[str, bytes], version: int, key: PrivateKey, channel: str | None = None

@@ -347,7 +347,15 @@ class RepositoryBase:
 
     @property
     def trusted(self) -> TrustedState:
-        """The trust state: the first root this repository pinned, walked to the newest."""
+        """The trust state: the first root this repository pinned, walked to the newest.
+
+        A root another process accepted since (``hub rotate-keys`` while the hub serves, a
+        sync while the portal serves) is picked up here: one ``stat`` per call.
+        """
+        if self._trusted is not None:
+            following = self.path / root_relpath(self._trusted.root.version + 1)
+            if following.is_file():
+                self._trusted = None
         if self._trusted is None:
             versions = self.root_versions()
             if not versions:

@@ -167,3 +167,13 @@ def test_rotate_keys_through_the_hub_command(tmp_path: Path) -> None:
         text=True,
     )
     assert bad.returncode != 0 and "is not the root key" in bad.stderr
+
+
+def test_a_running_hub_picks_up_a_rotation_made_by_another_process(tmp_path: Path) -> None:
+    serving = HubRepository.init(tmp_path / "repo")
+    serving.publish("c", write_tree(tmp_path / "s1", {"a.txt": b"un"}))
+    assert serving.trusted.root.version == 1
+    operator = HubRepository(serving.path)  # `hub rotate-keys` in its own process
+    operator.rotate_keys(PrivateKey.load(operator.key_path("root")), None, PrivateKey.generate())
+    res = serving.publish("c", write_tree(tmp_path / "s3", {"a.txt": b"trois"}))
+    assert res.version == 3 and serving.trusted.root.version == 2

@@ -16,7 +16,7 @@ import click
 from packs.centre_store import CentreStore
 from packs.hub_repository import HubRepository
 from packs.packfile import DEFAULT_VOLUME_SIZE, read_entries
-from packs.repository import Repository, scan_source
+from packs.repository import Repository, keys_dir, scan_source
 from protocol.errors import CaravaneError
 from protocol.keys import PrivateKey
 
@@ -68,14 +68,15 @@ def repo() -> None:
 @json_option
 @handle_errors
 def repo_init(directory: Path, trust: Path | None, as_json: bool) -> None:
-    """Create a repository in DIRECTORY (new signing keys under DIRECTORY/keys)."""
+    """Create a repository in DIRECTORY (new signing keys in DIRECTORY-keys, beside it)."""
     r = Repository.init(directory, trust_root=trust)
     root = r.trusted.root
     text = (
         f"initialised store {directory}, pinned root version {root.version}"
         if trust
-        else f"initialised repository {directory}; signing keys are in {directory / 'keys'} "
-        "(back them up, keep them off any mirror)"
+        else f"initialised repository {directory}; signing keys are in "
+        f"{keys_dir(directory)}, outside it (back them up; move root.pem to a USB key kept "
+        "in a safe: it is needed only to rotate keys)"
     )
     emit(as_json, {"ok": True, "path": str(directory), "root_version": root.version}, text)
 
@@ -183,28 +184,41 @@ def repo_checkout(
 
 @repo.command("rotate-root")
 @click.argument("directory", type=click.Path(file_okay=False, exists=True, path_type=Path))
-@click.option("--new-root-key", type=click.Path(exists=True, path_type=Path), required=True)
+@click.option(
+    "--root-key",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="The current (offline) root key. Default: root.pem in the keys folder, if there.",
+)
+@click.option("--new-root-key", type=click.Path(exists=True, path_type=Path))
 @click.option("--new-release-key", type=click.Path(exists=True, path_type=Path))
 @json_option
 @handle_errors
 def repo_rotate_root(
-    directory: Path, new_root_key: Path, new_release_key: Path | None, as_json: bool
+    directory: Path,
+    root_key: Path | None,
+    new_root_key: Path | None,
+    new_release_key: Path | None,
+    as_json: bool,
 ) -> None:
-    """Publish a new root signed by the old and the new root keys, and switch keys."""
+    """Publish a new root signed by the old and the new root keys, and switch keys.
+
+    Every channel is signed again as a new version, so centres that held metadata of a
+    revoked release key move on to the new key's (docs/TRUST.md, the compromised-key drill).
+    """
     r = HubRepository(directory)
-    old_root = PrivateKey.load(directory / "keys/root.pem")
-    new_root = PrivateKey.load(new_root_key)
-    release = PrivateKey.load(new_release_key or directory / "keys/release.pem")
-    version = r.rotate_root(
-        {"root": [new_root.public], "release": [release.public]}, [old_root, new_root], release
-    )
-    new_root.save(directory / "keys/root.pem")
-    release.save(directory / "keys/release.pem")
+    kept = r.key_path("root")
+    old_root = PrivateKey.load(root_key or kept)
+    new_root = PrivateKey.load(new_root_key) if new_root_key else None
+    release = PrivateKey.load(new_release_key) if new_release_key else None
+    result = r.rotate_keys(old_root, new_root, release)
+    if new_root is not None and root_key is None:
+        new_root.save(kept)  # the old root key lived beside the repository: so does the new
     emit(
         as_json,
-        {"ok": True, "root_version": version, "resigned": r.channels()},
-        f"root version {version} published; {len(r.channels())} channels re-signed; "
-        f"keep {new_root_key} offline and delete the old root key once centres have moved",
+        {"ok": True, "root_version": result.root_version, "resigned": result.channels},
+        f"root version {result.root_version} published; {len(result.channels)} channels "
+        "signed again as a new version; keep the root key offline and delete the old one "
+        "once centres have moved",
     )
 
 

@@ -69,12 +69,29 @@ def hub() -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=8470, show_default=True)
 @click.option("--public-url", default="", help="URL centres use to reach this hub.")
+@click.option(
+    "--root-key-out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Where to write the root key, once (default: DATA/offline-root-key.pem); move it "
+    "to a USB key kept in a safe, the hub runs without it.",
+)
 @json_option
 @handle_errors
 def hub_init(
-    data_dir: Path, database_url: str, host: str, port: int, public_url: str, as_json: bool
+    data_dir: Path,
+    database_url: str,
+    host: str,
+    port: int,
+    public_url: str,
+    root_key_out: Path | None,
+    as_json: bool,
 ) -> None:
-    """Create a hub: configuration, signed repository, database, first admin token."""
+    """Create a hub: configuration, signed repository, database, first admin token.
+
+    The repository (DATA/repo) is what the hub serves and mirrors; the release key goes to
+    DATA/repo-keys beside it and the root key to ``--root-key-out``, never inside it.
+    """
     from packs.hub_repository import HubRepository
 
     from .config import CONFIG_NAME, HubConfig
@@ -92,18 +109,112 @@ def hub_init(
     path = data_dir / CONFIG_NAME
     if path.exists():
         raise click.ClickException(f"{path} exists: this folder already holds a hub")
-    if not (cfg.repo_dir / "repo.json").exists():
-        HubRepository.init(cfg.repo_dir)
+    root_out = (root_key_out or cfg.data_dir / "offline-root-key.pem").absolute()
+    made = not (cfg.repo_dir / "repo.json").exists()
+    if made:
+        HubRepository.init(cfg.repo_dir, root_key_out=root_out)
     upgrade(cfg.url)
     path.write_text(cfg.to_toml(), encoding="utf-8")
     token = Hub(cfg).create_token("admin", "admin", "init")
+    root_line = (
+        f"root key: {root_out}; move it NOW to a USB key kept in a safe (needed only for "
+        "`caravane hub rotate-keys`), and delete it here\n"
+        if made
+        else ""
+    )
     emit(
         as_json,
-        {"ok": True, "config": str(path), "admin_token": token, "url": cfg.base_url},
+        {
+            "ok": True,
+            "config": str(path),
+            "admin_token": token,
+            "url": cfg.base_url,
+            "root_key": str(root_out) if made else None,
+        },
         f"hub created in {data_dir}\nconfiguration: {path}\n"
-        f"admin token (shown once, keep it safe): {token}\n"
+        f"admin token (shown once, keep it safe): {token}\n{root_line}"
         f"next: caravane hub serve --config {path}",
     )
+
+
+@hub.command("rotate-keys")
+@config_option
+@click.option(
+    "--root-key",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    required=True,
+    help="The current root key (from the USB key in the safe).",
+)
+@click.option(
+    "--new-root-key",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="Replace the root key with this one (`caravane keys generate`); keep it offline.",
+)
+@click.option(
+    "--new-release-key",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="Replace the release key (after a compromise) with this one.",
+)
+@json_option
+@handle_errors
+def hub_rotate_keys(
+    config_path: Path,
+    root_key: Path,
+    new_root_key: Path | None,
+    new_release_key: Path | None,
+    as_json: bool,
+) -> None:
+    """Rotate the root key, the release key or both, and sign every channel again.
+
+    Publishes root N+1 signed by the current root key (and the new one), installs the new
+    release key, and signs each channel's latest files as a new version with it: centres
+    follow from any carrier, and those holding a revoked key's versions move forward
+    (docs/TRUST.md, "compromised-key drill"). Stop `hub serve` first or restart it after.
+    """
+    from protocol.keys import PrivateKey
+
+    h = load(config_path)
+    try:
+        result = h.repo.rotate_keys(
+            PrivateKey.load(root_key),
+            PrivateKey.load(new_root_key) if new_root_key else None,
+            PrivateKey.load(new_release_key) if new_release_key else None,
+        )
+        record_rotation(h, result.root_version, result.channels)
+    finally:
+        h.close()
+    emit(
+        as_json,
+        {"ok": True, **result.to_dict()},
+        f"root version {result.root_version} published; "
+        + ", ".join(f"{c} now v{v}" for c, v in sorted(result.channels.items()))
+        + "\nnext: `caravane hub mirror` and `caravane usb prepare` so every carrier has the "
+        "new root; destroy the old keys",
+    )
+
+
+def record_rotation(h: Hub, root_version: int, channels: dict[str, int]) -> None:
+    """Record the re-signed versions as releases, so the hub's pages and fleet see them."""
+    from .models import Channel, Release
+    from .service import now
+
+    with h.db.session() as s:
+        for channel, version in channels.items():
+            if s.get(Channel, channel) is None:
+                continue  # published with `repo publish`, not through the hub
+            meta = h.repo.channel_meta(channel).releases[version]
+            s.add(
+                Release(
+                    channel_id=channel,
+                    version=version,
+                    notes=f"signed again after key rotation (root version {root_version})",
+                    published_by="rotate-keys",
+                    published_at=now(),
+                    size=meta.size,
+                    files=meta.files,
+                )
+            )
+        h.audit(s, "cli", "keys.rotate", root_version=root_version, channels=channels)
 
 
 @hub.command("serve")

@@ -42,6 +42,7 @@ from packs.layout import (
 from packs.packfile import MAGIC, read_entries
 from protocol.errors import CaravaneError, NotFoundError
 from protocol.metadata import MAX_METADATA_BYTES, ChannelMeta, Manifest
+from protocol.trust import MAX_ROOT_ROTATIONS, too_many_roots
 
 from .activate import Releases
 from .errors import DiskSpaceError, PassOver, TooMuchData, UpstreamError, UpstreamNotFound
@@ -277,6 +278,8 @@ class SyncEngine:
     def _roots_from(self, up: Upstream) -> int:
         accepted = 0
         while True:
+            if accepted >= MAX_ROOT_ROTATIONS:  # a carrier cannot walk us forever
+                raise too_many_roots(up.name)
             v = self.repo.trusted.root.version + 1
             try:
                 data = self.transfer.read(up, root_relpath(v), MAX_METADATA_BYTES)
@@ -411,15 +414,19 @@ class SyncEngine:
             except TooMuchData:  # what it sent is suspect: keep only entries that verify
                 _truncate(partial, _valid_prefix(partial))
                 raise
-            self._apply_pack(up, partial)
+            self._apply_pack(up, partial, channel)
             self.transfer.succeeded(up)
 
         self.transfer.first("a damaged pack", from_up)
 
-    def _apply_pack(self, up: Upstream, partial: Path) -> None:
-        """Apply a downloaded pack; what verified is kept even when the rest is refused."""
+    def _apply_pack(self, up: Upstream, partial: Path, channel: str) -> None:
+        """Apply a downloaded pack; what verified is kept even when the rest is refused.
+
+        Only a pack of ``channel`` is taken: one served at its path for another channel is
+        refused before anything from it is written.
+        """
         try:
-            self.repo.apply_pack(partial)
+            self.repo.apply_pack(partial, channels=[channel])
         except TruncatedPackError as exc:
             raise UpstreamError(up.name, f"the pack ends early ({exc})") from None
         except DiskFullError:

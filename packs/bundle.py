@@ -40,7 +40,6 @@ from protocol.errors import (
     VerificationError,
 )
 from protocol.metadata import check_channel, format_time, now_utc
-from protocol.trust import TrustedState
 
 from . import changes
 from .centre_store import CentreStore
@@ -407,7 +406,7 @@ def import_drive(
                 break
             first = repo / str(step["path"])
             try:
-                res = store.apply_pack(first, progress=progress)
+                res = store.apply_pack(first, progress=progress, channels=[channel])
             except TruncatedPackError as exc:
                 failed.append(
                     f"{channel}: the drive's pack is incomplete ({exc}); re-insert the drive or "
@@ -430,7 +429,7 @@ def import_drive(
 
 def _check_same_hub(store: RepositoryBase, repo: Path, channels: list[str]) -> None:
     """Refuse at once a drive whose metadata another hub signed (clear message, no work)."""
-    state = TrustedState(store.trusted.root_bytes)
+    state = store.trusted.copy()  # with the roots it replaced: a revoked key is named
     for v in sorted(
         int(p.stem) for p in (repo / "metadata/root").glob("*.json") if p.stem.isdigit()
     ):
@@ -442,7 +441,12 @@ def _check_same_hub(store: RepositoryBase, repo: Path, channels: list[str]) -> N
     for c in channels:
         try:
             state.verify_channel((repo / channel_relpath(c)).read_bytes(), c, check_expiry=False)
-        except SignatureError:
+        except SignatureError as exc:
+            if "revoked" in str(exc):
+                raise DriveError(
+                    f"this drive was prepared before the hub changed its keys: {exc}; nothing "
+                    "was taken from it / support prepare avant le changement de cles du hub"
+                ) from None
             raise DriveError(
                 "this drive was prepared by another hub (its signatures do not match this "
                 "centre's keys); nothing was taken from it / ce support vient d'un autre hub, "

@@ -13,6 +13,7 @@ trust its own commits.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from protocol.metadata import (
     Manifest,
     check_channel,
 )
-from protocol.trust import TrustedState, root_version_of
+from protocol.trust import MAX_ROOT_ROTATIONS, TrustedState, root_version_of, too_many_roots
 
 from . import delta
 from .errors import PackError, StoreError, TruncatedPackError
@@ -54,6 +55,9 @@ class CentreStore(RepositoryBase):
     """Trust, accept, apply, check out: what a centre does with what the hub signed."""
 
     role = "centre"
+    _roots_taken = 0
+    _subscribed: set[str] | None = None
+    _unwritten_roots: list[tuple[int, bytes]]
 
     def __init__(self, path: Path, durable: bool = False) -> None:
         super().__init__(path, durable)
@@ -103,11 +107,9 @@ class CentreStore(RepositoryBase):
         is not held to (an installed release is served after its metadata expired).
         """
         known = snap.channel_or_none(channel)
-        if known is not None and data == snap.channel_bytes(channel):
+        if known is not None and not snap.revoked(channel) and data == snap.channel_bytes(channel):
             return self.trusted.check_expiry(known, what=what)
-        return self.trusted.verify_channel(
-            data, channel, known.version if known else None, what=what
-        )
+        return self.trusted.verify_channel(data, channel, snap.known_version(channel), what=what)
 
     def accept_channel(self, channel: str, data: bytes, what: str) -> ChannelMeta:
         """Verify and keep channel metadata if it is newer than what this store knows."""
@@ -132,17 +134,35 @@ class CentreStore(RepositoryBase):
     # ------------------------------------------------------------------ packs
 
     def apply_pack(
-        self, pack: Path, progress: Progress = None, dry_run: bool = False
+        self,
+        pack: Path,
+        progress: Progress = None,
+        dry_run: bool = False,
+        channels: Collection[str] | None = None,
     ) -> ApplyResult:
         """Verify a pack against this store's pinned root and add what it carries.
 
         Chunks are stored as soon as their group verifies, so a truncated pack keeps all it
         delivered; the manifest and channel metadata are written last, only when every object
         of the release is present. ``dry_run`` checks everything and writes nothing.
+
+        ``channels`` are the ones this centre subscribes to: a pack for any other channel is
+        refused before anything from it is written (newer roots it carries included), so a
+        centre keeps nothing of channels it does not serve.
         """
         if dry_run:
-            return self.verify_pack(pack)
+            return self.verify_pack(pack, channels)
         pack = Path(pack)
+        self._roots_taken = 0  # bounded per pack, like a sync pass (MAX_ROOT_ROTATIONS)
+        self._subscribed = None if channels is None else set(channels)
+        self._unwritten_roots = []
+        try:
+            return self._apply_pack_locked(pack, progress)
+        finally:
+            if self._unwritten_roots:  # verified but never kept: the disk is the truth
+                self._trusted = None
+
+    def _apply_pack_locked(self, pack: Path, progress: Progress) -> ApplyResult:
         pending_channel: Pending | None = None
         manifest: Manifest | None = None
         old: Manifest | None = None
@@ -199,11 +219,25 @@ class CentreStore(RepositoryBase):
         if path.startswith("metadata/root/"):
             version = root_version_of(data)
             if version > state.root.version:
+                self._roots_taken += 1
+                if self._roots_taken > MAX_ROOT_ROTATIONS:
+                    raise too_many_roots(what)
                 state.update_root(data, f"{what} ({path})")
-                self._write_root(version, data)
+                # written with the channel's metadata, once the pack is known to be for us
+                self._unwritten_roots.append((version, data))
             return None
         if path.startswith("metadata/channels/") and path.endswith(".json"):
             channel = check_channel(path[len("metadata/channels/") : -len(".json")])
+            if self._subscribed is not None and channel not in self._subscribed:
+                self._trusted = None  # forget the roots this pack carried: none was kept
+                raise PackError(
+                    f"{what}: this pack is for channel {channel!r}, which this centre does "
+                    f"not subscribe to ({', '.join(sorted(self._subscribed)) or 'none'}); "
+                    "nothing from it was kept"
+                )
+            for version, root in self._unwritten_roots:
+                self._write_root(version, root)
+            self._unwritten_roots.clear()
             known = snap.channel_or_none(channel)
             try:
                 meta = self._verify_incoming(snap, channel, data, f"{what} ({path})")

@@ -9,10 +9,14 @@ sign would be one stolen drive away from signing for every centre.
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from protocol.errors import NotFoundError
 from protocol.keys import PrivateKey, PublicKey
@@ -35,12 +39,26 @@ from .errors import StoreError
 from .ingest import Progress, ingest_files, scan_source
 from .layout import channel_relpath, manifest_relpath
 from .repository import (
+    LEGACY_KEYS,
+    RELEASE_KEY,
     PublishResult,
     RepositoryBase,
     Snapshot,
     holds_signing_keys,
+    keys_dir,
 )
 from .store import write_atomic
+
+
+@dataclass
+class RotationResult:
+    """A rotation: the new root version and each channel's re-signed version."""
+
+    root_version: int
+    channels: dict[str, int]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"root_version": self.root_version, "channels": self.channels}
 
 
 class HubRepository(RepositoryBase):
@@ -50,26 +68,46 @@ class HubRepository(RepositoryBase):
 
     def __init__(self, path: Path, durable: bool = False) -> None:
         super().__init__(path, durable)
+        self.keys_dir = keys_dir(self.path)
+        move_keys_out(self.path)
         if not holds_signing_keys(self.path):
             raise NotFoundError(
-                f"{self.path}: no signing key in {self.path / 'keys'}; this is a centre's "
+                f"{self.path}: no signing key in {self.keys_dir}; this is a centre's "
                 "store, and only the hub repository can publish or sign"
             )
 
     @classmethod
-    def init(cls, path: Path) -> HubRepository:
-        """Create a hub repository: new root and release keys, root version 1."""
+    def init(cls, path: Path, root_key_out: Path | None = None) -> HubRepository:
+        """Create a hub repository: new root and release keys, root version 1.
+
+        The release key goes to the keys folder beside the repository (:func:`keys_dir`),
+        the root key to ``root_key_out`` (the operator moves it offline; the hub never needs
+        it to run), or, without it, to the keys folder too. Neither is ever inside ``path``.
+        """
         path = Path(path)
         cls._refuse_existing(path)
+        folder = keys_dir(path)
+        root_out = Path(root_key_out) if root_key_out else folder / "root.pem"
+        if (folder / RELEASE_KEY).exists() or root_out.exists():
+            raise StoreError(
+                f"{folder / RELEASE_KEY} or {root_out} already exists: keys of another "
+                "repository; move them away or choose another folder"
+            )
         keys = {role: PrivateKey.generate() for role in ("root", "release")}
-        for role, key in keys.items():
-            key.save(path / "keys" / f"{role}.pem")
+        folder.mkdir(parents=True, exist_ok=True)
+        os.chmod(folder, 0o700)
+        keys["release"].save(folder / RELEASE_KEY)
+        keys["root"].save(root_out)
         root = Root.new(1, {r: [k.public] for r, k in keys.items()})
         cls._lay_out(path, sign_envelope(root.to_dict(), [keys["root"]]), 1)
         return cls(path)
 
+    def key_path(self, role: str) -> Path:
+        """Where this hub keeps the private key of ``role`` (the root key may be offline)."""
+        return self.keys_dir / f"{role}.pem"
+
     def _key(self, role: str) -> PrivateKey:
-        path = self.path / "keys" / f"{role}.pem"
+        path = self.key_path(role)
         if not path.is_file():
             raise NotFoundError(f"{path}: signing key missing; only the hub repository can publish")
         return PrivateKey.load(path)
@@ -216,26 +254,98 @@ class HubRepository(RepositoryBase):
     ) -> int:
         """Publish root N+1 (``signers`` hold old and new root keys) and re-sign channels.
 
-        Channel metadata is read under the old root and re-signed with ``release_key`` (the
-        new release key, if it changed), so centres see every channel keep working.
+        Every channel gets a new version, the same files as its latest release, signed
+        with ``release_key`` (the new release key, if it changed): a centre that accepts
+        root N+1 drops channel metadata only the revoked key signed, so it needs a version
+        the new key signed, and one above whatever the revoked key signed before, to move
+        on. Returns the new root version; :meth:`rotate_keys` is the operator's entry.
         """
         with self.lock():
             snap = self.snapshot()
-            metas = [snap.channel(c) for c in self.channels()]
+            # read under the old root: once root N+1 is in, the old signatures may not verify
+            plan = [
+                (meta, snap.manifest(meta.channel, meta.version))
+                for meta in (snap.channel(c) for c in self.channels())
+            ]
             old = self.trusted.root
             new = Root.new(old.version + 1, new_keys)
             data = sign_envelope(new.to_dict(), signers)
-            self.trusted.update_root(data)
-            self._write_root(new.version, data)
+            self.trusted.update_root(data, f"root v{new.version} being signed")
             key = release_key or self._key("release")
-            for m in metas:
-                meta = ChannelMeta(m.channel, m.version, m.releases, m.title, m.expires)
-                write_atomic(
-                    self.path / channel_relpath(m.channel),
-                    sign_envelope(meta.to_dict(), [key]),
-                    True,
+            if key.keyid not in new.roles["release"].keyids:
+                raise StoreError(
+                    "the release key given is not the release key of the new root; pass the "
+                    "private key whose public key the rotation names"
                 )
+            self._write_root(new.version, data)
+            if release_key is not None:
+                release_key.save(self.key_path("release"))
+            for meta, latest in plan:
+                self._resign_bumped(meta, latest, key, old.version, new.version)
             return new.version
+
+    def _resign_bumped(
+        self, meta: ChannelMeta, latest: Manifest, key: PrivateKey, old_root: int, new_root: int
+    ) -> int:
+        """Sign the channel's latest files again as its next version, with ``key``."""
+        version = meta.version + 1
+        notes = (
+            f"version {meta.version} signed again after a key rotation "
+            f"(root {old_root} -> {new_root})"
+        )
+        manifest = Manifest(meta.channel, version, format_time(now_utc()), latest.files, notes)
+        mbytes = manifest.to_bytes()
+        write_atomic(self.path / manifest_relpath(meta.channel, version), mbytes, self.durable)
+        releases = dict(meta.releases)
+        releases[version] = ReleaseRef(
+            version,
+            hashlib.sha256(mbytes).hexdigest(),
+            len(mbytes),
+            manifest.created,
+            manifest.total_size,
+            len(manifest.files),
+        )
+        expires_days = None
+        if meta.expires:
+            left = parse_time(meta.expires, "expires") - now_utc()
+            expires_days = max(1, left.days)
+        self._sign_channel(meta.channel, version, releases, meta.title, expires_days, key)
+        return version
+
+    def rotate_keys(
+        self,
+        root_key: PrivateKey,
+        new_root_key: PrivateKey | None = None,
+        new_release_key: PrivateKey | None = None,
+    ) -> RotationResult:
+        """Replace the root key, the release key or both, with the current root key.
+
+        ``root_key`` is the offline root key (it must be the current root's); the new root
+        is signed by it and by ``new_root_key`` when the root key changes. Every channel is
+        signed again as a new version (see :meth:`rotate_root`).
+        """
+        root = self.trusted.root
+        if root_key.keyid not in root.roles["root"].keyids:
+            raise StoreError(
+                f"the root key given ({root_key.keyid[:12]}) is not the root key of root "
+                f"version {root.version}; use the offline root key kept when the hub was made"
+            )
+        if new_root_key is None and new_release_key is None:
+            raise StoreError("nothing to rotate: name --new-root-key, --new-release-key or both")
+        roots = (
+            [new_root_key.public]
+            if new_root_key
+            else [root.keys[k] for k in root.roles["root"].keyids]
+        )
+        releases = (
+            [new_release_key.public]
+            if new_release_key
+            else [root.keys[k] for k in root.roles["release"].keyids]
+        )
+        signers = [root_key] + ([new_root_key] if new_root_key else [])
+        before = {c: self.snapshot().channel(c).version for c in self.channels()}
+        version = self.rotate_root({"root": roots, "release": releases}, signers, new_release_key)
+        return RotationResult(version, {c: v + 1 for c, v in before.items()})
 
     # ------------------------------------------------------------------ retention
 
@@ -297,4 +407,33 @@ class HubRepository(RepositoryBase):
             return count, freed
 
 
-__all__ = ["HubRepository"]
+def move_keys_out(path: Path) -> list[Path]:
+    """Move keys an older ``repo init`` wrote inside the repository to the folder beside it.
+
+    Anything inside the repository may be served by a static server or copied to a mirror or
+    a drive, so the hub moves them the first time it opens the repository; returns the
+    files moved. A key already beside the repository is never overwritten: the hub refuses,
+    naming both files, and the operator keeps the right one.
+    """
+    legacy = Path(path) / LEGACY_KEYS
+    if not legacy.is_dir():
+        return []
+    dest = keys_dir(path)
+    dest.mkdir(parents=True, exist_ok=True)
+    os.chmod(dest, 0o700)
+    moved: list[Path] = []
+    for key in sorted(legacy.iterdir()):
+        target = dest / key.name
+        if target.exists():
+            raise StoreError(
+                f"{key} and {target} both exist: keep the right one in {dest}, delete the "
+                f"other, then remove {legacy} (keys must not stay inside the served folder)"
+            )
+        shutil.move(str(key), str(target))
+        os.chmod(target, 0o600)
+        moved.append(target)
+    legacy.rmdir()
+    return moved
+
+
+__all__ = ["HubRepository", "RotationResult", "move_keys_out"]

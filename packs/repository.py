@@ -31,7 +31,7 @@ import os
 import shutil
 import tempfile
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -42,6 +42,7 @@ from protocol.canonical import canonical_bytes
 from protocol.errors import (
     FormatError,
     NotFoundError,
+    SignatureError,
     VerificationError,
 )
 from protocol.metadata import ChannelMeta, Manifest, ReleaseRef
@@ -66,12 +67,28 @@ if TYPE_CHECKING:
 
 MAX_MANIFEST_BYTES = 256 * 1024 * 1024
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
-RELEASE_KEY = "keys/release.pem"
+RELEASE_KEY = "release.pem"
+#: where keys lived before they moved out: inside the served folder (issue 12)
+LEGACY_KEYS = "keys"
+
+
+def keys_dir(path: Path) -> Path:
+    """Where the hub keeps the signing keys of the repository at ``path``: beside it.
+
+    ``DATA/repo`` keeps its keys in ``DATA/repo-keys``, never inside the folder a static
+    server, a CDN, rsync or a drive copies; one folder per repository, so a hub repository
+    and a centre's store side by side in one folder never take each other's keys.
+    """
+    path = Path(path).absolute()
+    return path.parent / f"{path.name}-keys"
 
 
 def holds_signing_keys(path: Path) -> bool:
-    """True for the hub's repository: the one folder with the release signing key."""
-    return (Path(path) / RELEASE_KEY).is_file()
+    """True for the hub's repository: the one folder with a release signing key beside it
+    (or still inside it, in the old layout the hub moves out when it opens it)."""
+    return (keys_dir(path) / RELEASE_KEY).is_file() or (
+        Path(path) / LEGACY_KEYS / RELEASE_KEY
+    ).is_file()
 
 
 @dataclass
@@ -143,7 +160,10 @@ class Snapshot:
     change between operations (another process publishes, a sync accepts newer metadata).
 
     A change of trusted root (a rotation accepted mid-operation) empties it, so nothing
-    verified under the old root is reused under the new one.
+    verified under the old root is reused under the new one. The repository's own channel
+    metadata that only a revoked release key signed is still read (it describes the release
+    installed), but marked revoked: it sets no rollback floor and is never taken as
+    identical to what a carrier offers (see :mod:`protocol.trust`).
     """
 
     def __init__(self, repo: RepositoryBase) -> None:
@@ -153,11 +173,13 @@ class Snapshot:
         self._channels: dict[str, tuple[bytes, ChannelMeta] | None] = {}
         self._manifests: dict[tuple[str, int], Manifest] = {}
         self._manifest_data: dict[tuple[str, int], bytes] = {}
+        self._revoked: set[str] = set()
 
     def _current(self) -> None:
         if self.trusted.root.version != self._root_version:
             self._root_version = self.trusted.root.version
             self._channels.clear()
+            self._revoked.clear()
             self._manifests.clear()
             self._manifest_data.clear()
 
@@ -167,12 +189,27 @@ class Snapshot:
         self._current()
         if channel not in self._channels:
             data = self.repo.channel_bytes(channel)
-            self._channels[channel] = (
-                None
-                if data is None
-                else (data, self.trusted.verify_channel(data, channel, check_expiry=False))
-            )
+            if data is None:
+                self._channels[channel] = None
+            else:
+                self._channels[channel] = (data, self._verify_own(data, channel))
         return self._channels[channel]
+
+    def _verify_own(self, data: bytes, channel: str) -> ChannelMeta:
+        """The repository's own copy: current release key, or a revoked one (marked)."""
+        try:
+            return self.trusted.verify_channel(data, channel, check_expiry=False)
+        except SignatureError:
+            what = f"channel metadata for {channel!r} in {self.repo.path}"
+            if not self.trusted.release_revoked(data, what):
+                raise
+        self._revoked.add(channel)
+        return self.trusted.verify_revoked(data, channel)
+
+    def revoked(self, channel: str) -> bool:
+        """Whether this repository's copy was signed only by a release key since revoked."""
+        self._channel_entry(channel)
+        return channel in self._revoked
 
     def channel_or_none(self, channel: str) -> ChannelMeta | None:
         """This repository's own channel metadata, verified (expiry is not enforced on it)."""
@@ -191,13 +228,19 @@ class Snapshot:
         return entry[0] if entry else None
 
     def known_version(self, channel: str) -> int | None:
+        """The rollback floor: the highest version accepted under the current release key.
+
+        None for metadata a revoked key signed: after a rotation the floor restarts under
+        the new key (a stolen key's version 1,000,000 must not hold a centre forever).
+        """
         meta = self.channel_or_none(channel)
-        return meta.version if meta else None
+        return meta.version if meta and channel not in self._revoked else None
 
     def remember_channel(self, channel: str, data: bytes, meta: ChannelMeta) -> None:
         """Record channel metadata this operation verified and wrote."""
         self._current()
         self._channels[channel] = (data, meta)
+        self._revoked.discard(channel)
 
     # ------------------------------------------------------------------ manifests
 
@@ -304,7 +347,15 @@ class RepositoryBase:
 
     @property
     def trusted(self) -> TrustedState:
-        """The trust state: the first root this repository pinned, walked to the newest."""
+        """The trust state: the first root this repository pinned, walked to the newest.
+
+        A root another process accepted since (``hub rotate-keys`` while the hub serves, a
+        sync while the portal serves) is picked up here: one ``stat`` per call.
+        """
+        if self._trusted is not None:
+            following = self.path / root_relpath(self._trusted.root.version + 1)
+            if following.is_file():
+                self._trusted = None
         if self._trusted is None:
             versions = self.root_versions()
             if not versions:
@@ -505,7 +556,7 @@ class RepositoryBase:
         unreferenced = sum(1 for sha in self.store.iter_ids() if sha not in sizes)
         return VerifyReport(channels, checked, nbytes, unreferenced, problems)
 
-    def verify_pack(self, pack: Path) -> ApplyResult:
+    def verify_pack(self, pack: Path, channels: Collection[str] | None = None) -> ApplyResult:
         """Run the whole verification of applying ``pack`` here, writing nothing here.
 
         The metadata is copied to a throw-away folder opened as a centre's store whose
@@ -522,7 +573,7 @@ class RepositoryBase:
             (scratch / REPO_MARKER).write_bytes((self.path / REPO_MARKER).read_bytes())
             view = CentreStore(scratch)
             view.store = _OverlayStore(self.store, ObjectStore(scratch))
-            return view.apply_pack(pack)
+            return view.apply_pack(pack, channels=channels)
 
     # ------------------------------------------------------------------ packs
 

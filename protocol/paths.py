@@ -13,6 +13,34 @@ from .errors import PathError
 
 MAX_PATH_BYTES = 4096
 MAX_COMPONENT_BYTES = 255
+#: device names Windows reserves in every folder, whatever the extension (CON.txt too)
+RESERVED_NAMES = frozenset(
+    ["CON", "PRN", "AUX", "NUL"]
+    + [f"COM{i}" for i in range(1, 10)]
+    + [f"LPT{i}" for i in range(1, 10)]
+)
+#: characters NTFS, FAT32 and exFAT cannot hold in a name ('/' separates, '\\' is refused)
+FORBIDDEN_CHARS = frozenset('<>:"|?*')
+
+
+def check_name(part: str, shown: str) -> None:
+    """Refuse one path component Windows or a FAT32/exFAT drive cannot hold."""
+    bad = sorted(set(part) & FORBIDDEN_CHARS)
+    if bad:
+        raise PathError(
+            f"manifest path {shown} contains {' '.join(bad)}, which Windows and FAT32 drives "
+            "cannot hold; rename it"
+        )
+    if part.endswith((".", " ")):
+        raise PathError(
+            f"manifest path {shown}: the name {part!r} ends with a dot or a space, which "
+            "Windows drops; rename it"
+        )
+    if part.split(".")[0].rstrip(" ").upper() in RESERVED_NAMES:
+        raise PathError(
+            f"manifest path {shown}: {part!r} is a device name Windows reserves (CON, PRN, "
+            "AUX, NUL, COM1-9, LPT1-9, with any extension); rename it"
+        )
 
 
 def check_path(path: str) -> str:
@@ -35,6 +63,7 @@ def check_path(path: str) -> str:
             raise PathError(f"manifest path {shown} has an empty, '.' or '..' component")
         if len(part.encode("utf-8")) > MAX_COMPONENT_BYTES:
             raise PathError(f"manifest path {shown} has a name longer than 255 bytes")
+        check_name(part, shown)
     return path
 
 

@@ -5,6 +5,8 @@ Load order (each step needs the previous one):
 1. A pinned root, read from the reader's own disk (enrolment or ``repo init --trust``).
 2. Zero or more newer roots, ``root/<N+1>.json``: each must be signed by a threshold of the
    current root's root keys *and* of its own root keys, and carry version N+1.
+   At most :data:`MAX_ROOT_ROTATIONS` in one pass (a carrier cannot keep a reader walking
+   an endless chain).
 3. Channel metadata: signed by the current root's release role; its version must not be
    lower than the highest this reader accepted (rollback), and, when it comes from an
    upstream, it must not have expired (freeze).
@@ -12,6 +14,14 @@ Load order (each step needs the previous one):
    metadata names for that version (no mix-and-match, no endless data).
 
 Objects are then checked against the manifest by the store (``packs/store.py``).
+
+Key rotation (TUF's rule for timestamp and snapshot metadata): when a new root takes the
+release role away from a key, channel metadata signed only by that key stops counting for
+rollback, so the version floor restarts under the new key. That is what lets a centre
+recover from a stolen release key that signed version 1,000,000: the hub rotates, and the
+centre accepts the new key's lower versions. The reader's own copy still verifies under the
+root it was accepted with (:meth:`TrustedState.verify_revoked`), so the release it installed
+is served until one signed by the new key replaces it.
 """
 
 from __future__ import annotations
@@ -34,6 +44,14 @@ from .metadata import (
 MAX_ROOT_ROTATIONS = 1024
 
 
+def too_many_roots(where: str, limit: int = MAX_ROOT_ROTATIONS) -> VerificationError:
+    """The error for a carrier offering more new roots than one pass may walk."""
+    return VerificationError(
+        f"{where}: more than {limit} new root versions in one pass; the carrier is "
+        "damaged or hostile, stop using it and ask the hub for a current root.json"
+    )
+
+
 class TrustedState:
     def __init__(self, root_bytes: bytes, what: str = "pinned root metadata") -> None:
         env = Envelope.from_bytes(root_bytes, what)
@@ -42,6 +60,8 @@ class TrustedState:
             raise SignatureError(f"{what}: not signed by its own root keys")
         self.root = root
         self.root_bytes = root_bytes
+        #: the roots this one replaced, oldest first (to read the reader's own old copies)
+        self.previous: list[Root] = []
 
     def update_root(self, data: bytes, what: str = "next root metadata") -> Root:
         """Move to root N+1; refuse anything not signed by old and new root keys."""
@@ -53,9 +73,46 @@ class TrustedState:
             raise SignatureError(f"{what}: not signed by the keys of the root it replaces")
         if not new.satisfied(env, "root"):
             raise SignatureError(f"{what}: not signed by its own new root keys")
+        self.previous.append(self.root)
         self.root = new
         self.root_bytes = data
         return new
+
+    def copy(self) -> TrustedState:
+        """An independent state at the same root, with the same history (to try a carrier's
+        roots without moving the reader's own state)."""
+        other = TrustedState.__new__(TrustedState)
+        other.root, other.root_bytes, other.previous = (
+            self.root,
+            self.root_bytes,
+            list(self.previous),
+        )
+        return other
+
+    def release_revoked(self, data: bytes, what: str) -> bool:
+        """Whether ``data`` is signed only by release keys a newer root took away."""
+        env = Envelope.from_bytes(data, what)
+        if self.root.satisfied(env, "release"):
+            return False
+        return any(old.satisfied(env, "release") for old in self.previous)
+
+    def verify_revoked(self, data: bytes, channel: str, what: str | None = None) -> ChannelMeta:
+        """Verify the reader's OWN copy of channel metadata a revoked release key signed.
+
+        Only for metadata the reader accepted earlier (under the root of its time): it
+        describes the release still installed, which is served until the new key signs a
+        replacement. It never sets a rollback floor and is never taken from a carrier.
+        """
+        what = what or f"channel metadata for {channel!r}"
+        if not self.release_revoked(data, what):
+            raise SignatureError(
+                f"{what}: signature does not match the hub's release key, old or current; the "
+                "file was changed or comes from another hub"
+            )
+        meta = ChannelMeta.from_dict(Envelope.from_bytes(data, what).signed, what)
+        if meta.channel != channel:
+            raise VerificationError(f"{what}: it describes channel {meta.channel!r}")
+        return meta
 
     def verify_channel(
         self,
@@ -75,6 +132,12 @@ class TrustedState:
         what = what or f"channel metadata for {channel!r}"
         env = Envelope.from_bytes(data, what)
         if not self.root.satisfied(env, "release"):
+            if any(old.satisfied(env, "release") for old in self.previous):
+                raise SignatureError(
+                    f"{what}: signed by a release key the hub has revoked (root version "
+                    f"{self.root.version}); this carrier is out of date, sync from the hub or "
+                    "a drive prepared after the key rotation"
+                )
             raise SignatureError(
                 f"{what}: signature does not match the hub's release key; the file was "
                 "changed or comes from another hub"

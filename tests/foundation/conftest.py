@@ -81,7 +81,7 @@ class RepoSim:
 
     @property
     def release_key(self) -> PrivateKey:
-        return PrivateKey.load(self.hub.path / "keys/release.pem")
+        return PrivateKey.load(self.hub.key_path("release"))
 
     def object_of(self, version: int, path: str) -> Path:
         m = self.hub.manifest(self.channel, version)

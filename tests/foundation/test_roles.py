@@ -185,7 +185,7 @@ def test_a_snapshot_drops_what_it_verified_when_the_root_changes(sim: RepoSim) -
     snap.channel("maths")
     assert not count.calls  # held
     new_root = PrivateKey.generate()
-    old_root = PrivateKey.load(sim.hub.path / "keys/root.pem")
+    old_root = PrivateKey.load(sim.hub.key_path("root"))
     sim.hub.rotate_root(
         {"root": [new_root.public], "release": [sim.release_key.public]},
         [old_root, new_root],

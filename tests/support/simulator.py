@@ -14,9 +14,11 @@ factory, so a test reads as: publish, make upstreams, damage one, sync, check.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +27,18 @@ from node.errors import UpstreamError, UpstreamNotFound
 from node.state import NodeState
 from node.sync import SyncEngine, SyncResult
 from node.upstream import Upstream
-from packs.layout import pack_relpath
+from packs.hub_repository import RotationResult
+from packs.layout import channel_relpath, manifest_relpath, pack_relpath
 from packs.repository import Repository
+from protocol.keys import PrivateKey
+from protocol.metadata import (
+    ChannelMeta,
+    Manifest,
+    ReleaseRef,
+    format_time,
+    now_utc,
+    sign_envelope,
+)
 from tests.foundation.conftest import read_tree, write_tree
 
 BLOCK = 16 * 1024
@@ -86,6 +98,51 @@ class RepositorySimulator:
         self._snapshot()
         return rel
 
+    # ------------------------------------------------------------------ keys
+
+    @property
+    def root_key(self) -> PrivateKey:
+        """The current root key (``init`` left it beside the repository, not offline)."""
+        return PrivateKey.load(self.repo.key_path("root"))
+
+    @property
+    def release_key(self) -> PrivateKey:
+        return PrivateKey.load(self.repo.key_path("release"))
+
+    def rotate(self, root: bool = False, release: bool = False) -> RotationResult:
+        """Rotate the root key, the release key or both with the hub's real code."""
+        new_root = PrivateKey.generate() if root else None
+        new_release = PrivateKey.generate() if release else None
+        result = self.repo.rotate_keys(self.root_key, new_root, new_release)
+        if new_root is not None:
+            new_root.save(self.repo.key_path("root"))
+        self._snapshot()
+        return result
+
+    def expire_in(self, seconds: int, channel: str | None = None) -> None:
+        """Sign the channel's metadata again with an expiry ``seconds`` from now."""
+        ch = channel or self.channel
+        meta = self.repo.channel_meta(ch)
+        expires = format_time(now_utc() + timedelta(seconds=seconds))
+        again = ChannelMeta(ch, meta.version, meta.releases, meta.title, expires)
+        data = sign_envelope(again.to_dict(), [self.release_key])
+        (self.repo.path / channel_relpath(ch)).write_bytes(data)
+        self._snapshot()
+
+    def forge(
+        self, tree: dict[str, bytes], version: int, key: PrivateKey, channel: str | None = None
+    ) -> dict[str, bytes]:
+        """What a thief of ``key`` serves: release ``version`` of ``tree``, signed by it.
+
+        Objects go to the hub's store (content-addressed, harmless there); the manifest
+        and channel metadata are only returned, for an upstream to serve (``replace``).
+        """
+        self._sources += 1
+        src = write_tree(self.tmp / f"sim-forged-{self._sources}", dict(tree))
+        forged = forge_release(self.repo, src, channel or self.channel, version, key)
+        self._snapshot()
+        return forged
+
     def snapshot(self) -> dict[str, bytes]:
         """A copy of every served file now (to replay an old state: a frozen mirror)."""
         return dict(self.files)
@@ -103,6 +160,30 @@ class RepositorySimulator:
             if folder.is_dir():
                 for rel, data in read_tree(folder).items():
                     self.files[f"{top}/{rel}"] = data
+
+
+def forge_release(
+    repo: Any, src: Path, channel: str, version: int, key: PrivateKey
+) -> dict[str, bytes]:
+    """Release ``version`` of folder ``src`` signed by ``key``, as a key thief makes it.
+
+    The objects go into ``repo``'s store (content-addressed: harmless, and a mirror copy
+    then carries them); the manifest and channel metadata are returned by layout path,
+    for a carrier to serve, and never written into ``repo``.
+    """
+    entries, *_ = repo.ingest(src)
+    manifest = Manifest(channel, version, format_time(now_utc()), entries, "forged")
+    mbytes = manifest.to_bytes()
+    meta = repo.channel_meta(channel)
+    releases = dict(meta.releases)
+    releases[version] = ReleaseRef(
+        version, hashlib.sha256(mbytes).hexdigest(), len(mbytes), manifest.created, 0, 0
+    )
+    forged = ChannelMeta(channel, version, releases, meta.title, None)
+    return {
+        manifest_relpath(channel, version): mbytes,
+        channel_relpath(channel): sign_envelope(forged.to_dict(), [key]),
+    }
 
 
 class SimulatedUpstream(Upstream):

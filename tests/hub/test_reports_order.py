@@ -73,3 +73,24 @@ def test_an_older_report_does_not_roll_the_state_back(running_hub: RunningHub) -
     assert _post(running_hub, nid, old) == 200
     row = running_hub.hub.centre_detail(nid)["centre"]
     assert row["installed"] == {"maths": 3} and row["last_error"] is None
+
+
+def test_fleet_pages_tell_the_route_and_clear_the_error(sqlite_hub: RunningHub) -> None:
+    from tests.web.test_safety import Browser
+
+    rh = sqlite_hub
+    doc, key = register_and_enrol(rh.url, rh.admin, "Bafoulabé", channels=[])
+    nid = doc["node_id"]
+    assert _post(rh, nid, signed_report(nid, key, 1, errors=["disque plein"], route="usb")) == 200
+    b = Browser(rh.url)
+    b.sign_in(rh.admin)
+    status, html = b.call("/ui/fleet?lang=en")
+    assert status == 200 and "disque plein" in html and "USB drive" in html
+    # B's next report came through peer centre "relay-a": the route says so, error cleared
+    assert _post(rh, nid, signed_report(nid, key, 2, route="peer"), via="relay-a") == 200
+    status, html = b.call("/ui/fleet?lang=fr")
+    assert status == 200 and "disque plein" not in html
+    assert "par le centre relay-a" in html
+    status, html = b.call(f"/ui/fleet/{nid}?lang=en")
+    assert status == 200 and "through centre relay-a" in html
+    assert 'data-route="usb"' in html and 'data-route="peer:relay-a"' in html

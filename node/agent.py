@@ -316,6 +316,9 @@ class NodeAgent:
         relayed = self.state.unsent_relayed()
         if not own and not relayed and not self.state.get("enrol_request"):
             return 0
+        peers = [u for u in self.config.upstreams if u.kind == "peer"]
+        if not self.config.hub_url and not peers:
+            return 0  # a centre that is never online: its reports go out on drives
         try:
             if not self.config.hub_url:
                 raise NodeError("this centre has no hub address in node.toml")
@@ -323,7 +326,6 @@ class NodeAgent:
                 self.complete_enrolment()
             return self._send_to(self.config.hub_url, own, relayed, "network")
         except NodeError as hub_error:
-            peers = [u for u in self.config.upstreams if u.kind == "peer"]
             for peer in peers:
                 try:
                     return self._send_to(peer.url, own, [], f"peer:{peer.name}")
@@ -355,9 +357,14 @@ class NodeAgent:
                     self.state.mark_relayed_sent(centre, seq, route)
                 sent += 1
             elif status in (403, 422) and centre != self.config.node_id:
-                # a peer's report the hub refuses for good: drop it from the relay queue
+                error = str(reply.get("error", reply))
+                if "not enrolled" in error:  # its registration may still be on its way
+                    continue
+                # forged or malformed: the hub will never take it, so it leaves the queue
                 self.state.mark_relayed_sent(centre, seq, f"refused:{status}")
-                self.state.event("warning", f"the hub refused a report relayed for {centre}")
+                self.state.event(
+                    "warning", f"the hub refused a report relayed for centre {centre}: {error}"
+                )
             else:
                 where = "the peer" if to_peer else "the hub"
                 raise NodeError(

@@ -147,3 +147,31 @@ def test_a_centre_that_recovered_reports_no_error(world: World) -> None:
     n.send_reports()
     row = _row(world, n.config.node_id)
     assert row["last_error"] is None and row["installed"] == {"lecons": 1}
+
+
+def test_relay_keeps_a_not_yet_enrolled_centre_and_drops_a_forgery(world: World) -> None:
+    from protocol.keys import PrivateKey as Key
+    from protocol.report import Report
+
+    world.publish(content(1, big=50_000, files=1))
+    a = world.node("centre-a")
+    a.config.hub_url = world.rh.url
+    waiting = world.enrolment("centre-w")["node_id"]  # registered, its key not yet at the hub
+    enrolled = world.node("centre-e")
+    enrolled.config.hub_url = world.rh.url
+    assert enrolled.complete_enrolment()
+    forged = Report(enrolled.config.node_id, 1, "2026-11-25T00:00:00Z").sign(Key.generate())
+    early = Report(waiting, 1, "2026-11-25T00:00:00Z").sign(Key.generate())
+    assert a.relay_report(forged)["queued"] and a.relay_report(early)["queued"]
+    a.send_reports()
+    left = [(cid, seq) for cid, seq, _ in a.state.unsent_relayed()]
+    assert left == [(waiting, 1)]  # kept until its registration reaches the hub
+    assert any("refused a report relayed" in e["message"] for e in a.state.recent_events(5))
+    assert _hub_seqs(world, enrolled.config.node_id) == []
+
+
+def test_a_centre_never_online_queues_its_report_without_error(world: World) -> None:
+    c = offline_centre(world, "centre-c")
+    c.config.hub_url = ""  # no hub address, no peer: drives only
+    c.make_report()
+    assert c.send_reports() == 0 and len(c.state.unsent_reports()) == 1

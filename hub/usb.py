@@ -114,7 +114,14 @@ def ingest(hub: Hub, drive: Path) -> dict[str, Any]:
         hub.record_delivery(
             centre_id, label, [{"channel": c, "version": v} for c, v in installed.items()]
         )
-    acks = write_acks(hub, drive, on_drive)
+    try:
+        acks = write_acks(hub, drive, on_drive)
+    except (OSError, CaravaneError) as exc:  # the reports are in; they only travel again
+        acks = {}
+        refused.append(
+            f"acknowledgements not written to the drive ({exc}); the centres send those "
+            "reports again with the next drive, which is harmless"
+        )
     return {
         "ok": not refused,
         "drive": label,

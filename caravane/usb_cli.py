@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from node.cli import disk_errors
 from packs.bundle import Target, import_drive, prepare, read_description, verify_drive
 from packs.centre_store import CentreStore
 from packs.repository import Repository
@@ -193,6 +194,7 @@ def usb_verify(drive: Path, repo_dir: Path, as_json: bool) -> None:
 @click.option("--channels", default=None, help="With --store: only these channels.")
 @json_option
 @handle_errors
+@disk_errors  # a full or read-only disk at the centre: one line, not a traceback
 def usb_import(
     drive: Path,
     node_dir: Path | None,

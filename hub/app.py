@@ -265,7 +265,9 @@ async def centre_report(request: web.Request) -> web.Response:
     """No token: the report's signature by the centre's enrolled key is the credential."""
     hub = request.app[HUB_KEY]
     data = await read_body(request, hub.config.max_json_bytes, "report")
-    out = await in_thread(hub.accept_report, data, "network", request.match_info["nid"])
+    # ?via=<centre>: a peer centre relays this report (the signature still is the centre's)
+    via = request.query.get("via") or None
+    out = await in_thread(hub.accept_report, data, "network", request.match_info["nid"], via)
     return web.json_response(out)
 
 

@@ -77,25 +77,29 @@ class Centre(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     enrolled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     last_contact: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    last_route: Mapped[str | None] = mapped_column(String(20), nullable=True)
+    last_route: Mapped[str | None] = mapped_column(String(100), nullable=True)
     last_seq: Mapped[int] = mapped_column(BigInteger, default=0)
     installed: Mapped[dict[str, int]] = mapped_column(JSON, default=dict)
     free_disk: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     stale: Mapped[bool] = mapped_column(Boolean, default=False)
+    # route ("network", "usb", "peer:<centre>") -> {"at": when the centre made its newest
+    # report that came that way, "seq": that report}: the fleet view's last contact per route
+    contacts: Mapped[dict[str, dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
 
 
 class CentreReport(Base):
-    """A signed report a centre sent (over the network or on a drive), as received."""
+    """A signed report a centre sent (network, peer relay or drive), stored once per seq."""
 
     __tablename__ = "node_reports"
+    __table_args__ = (UniqueConstraint("node_id", "seq", name="uq_node_reports_node_seq"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     centre_id: Mapped[str] = mapped_column(
         "node_id", ForeignKey("nodes.id", ondelete="CASCADE"), index=True
     )
     seq: Mapped[int] = mapped_column(BigInteger)
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    route: Mapped[str] = mapped_column(String(20))
+    route: Mapped[str] = mapped_column(String(100))
     body: Mapped[dict[str, Any]] = mapped_column(JSON)
 
 

@@ -443,9 +443,20 @@ class Hub:
             return {"node_id": node_id, "channels": centre.subscriptions, "name": centre.name}
 
     def accept_report(
-        self, data: bytes, route: str, centre_id: str | None = None
+        self,
+        data: bytes,
+        route: str,
+        centre_id: str | None = None,
+        via: str | None = None,
     ) -> dict[str, Any]:
-        """Verify and store a signed report; refuse forged, replayed and older ones."""
+        """Verify a signed report and store it once per (centre, seq), in any order.
+
+        Reports come by network, through a peer centre (``via``: the relaying centre) and on
+        drives, so an older report may arrive after a newer one: it is stored (its usage
+        counts and errors are history too) but the centre's current state comes from the
+        highest seq. A report already held is a Conflict ("replayed"), which a sender takes
+        as "the hub has it". Each route keeps its own last contact for the fleet view.
+        """
         try:
             claimed = report_node_id(data)
         except FormatError as exc:
@@ -464,19 +475,33 @@ class Hub:
                 raise Forbidden(str(exc)) from None
             except FormatError as exc:
                 raise Unprocessable(str(exc)) from None
-            if report.seq <= centre.last_seq:
-                raise Conflict(
-                    f"report {report.seq} of centre {claimed} is not newer than "
-                    f"{centre.last_seq} (replayed)"
+            held = s.scalar(
+                select(CentreReport.id).where(
+                    CentreReport.centre_id == claimed, CentreReport.seq == report.seq
                 )
-            route = route if route != "network" else report.route
-            centre.last_seq = report.seq
+            )
+            if held is not None:
+                raise Conflict(
+                    f"report {report.seq} of centre {claimed} is already held by the hub "
+                    "(replayed); nothing to do"
+                )
+            if via:
+                route = f"peer:{via}"[:100]
+            elif route == "network":
+                route = report.route
+            contacts = dict(centre.contacts or {})
+            seen = contacts.get(route) or {}
+            if report.seq > int(seen.get("seq", 0)):
+                contacts[route] = {"at": report.sent_at, "seq": report.seq}
+                centre.contacts = contacts
             centre.last_contact = now()
-            centre.last_route = route
-            centre.installed = report.installed
-            centre.free_disk = report.free_disk
-            centre.last_error = report.errors[-1] if report.errors else None
             centre.stale = False
+            if report.seq > centre.last_seq:  # the newest report tells the current state
+                centre.last_seq = report.seq
+                centre.last_route = route
+                centre.installed = report.installed
+                centre.free_disk = report.free_disk
+                centre.last_error = report.errors[-1] if report.errors else None
             s.add(
                 CentreReport(
                     centre_id=claimed,
@@ -493,6 +518,20 @@ class Hub:
                 "node_id": claimed,
                 "installed": report.installed,
             }
+
+    def held_report_seqs(self, centre_id: str, seqs: Iterable[int]) -> list[int]:
+        """Which of these reports of a centre the hub holds (for a drive's acknowledgement)."""
+        wanted = sorted(set(seqs))
+        if not wanted:
+            return []
+        with self.db.session() as s:
+            return sorted(
+                s.scalars(
+                    select(CentreReport.seq).where(
+                        CentreReport.centre_id == centre_id, CentreReport.seq.in_(wanted)
+                    )
+                )
+            )
 
     def record_delivery(self, centre_id: str, drive: str, applied: list[dict[str, Any]]) -> None:
         """A returned drive brought ``applied`` (channel, version) to a centre."""
@@ -536,6 +575,7 @@ class Hub:
                         "last_route": n.last_route,
                         "free_disk": n.free_disk,
                         "last_error": n.last_error,
+                        "contacts": dict(n.contacts or {}),
                         "stale": n.stale,
                     }
                 )

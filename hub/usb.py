@@ -10,6 +10,7 @@ recorded: which drive brought what to which centre, when.
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +21,13 @@ from packs.bundle import (
     prepare,
     read_description,
     read_reports,
+    safe_name,
 )
 from packs.packfile import DEFAULT_VOLUME_SIZE
+from packs.store import write_atomic
 from protocol.errors import CaravaneError
+from protocol.keys import PrivateKey
+from protocol.report import make_ack, report_ids
 
 from .errors import Conflict, Forbidden, HubError
 from .service import Hub
@@ -87,21 +92,36 @@ def ingest(hub: Hub, drive: Path) -> dict[str, Any]:
                 refused.append(f"{path.name}: {exc}")
         except (ValueError, CaravaneError) as exc:
             refused.append(f"{path.name}: {exc}")
+    newest: dict[str, tuple[int, dict[str, int]]] = {}
+    on_drive: dict[str, list[int]] = {}
     for name, data in read_reports(drive):
         try:
+            centre_id, seq = report_ids(data)
+            on_drive.setdefault(centre_id, []).append(seq)
             out = hub.accept_report(data, "usb")
-        except Conflict:
-            stale.append(name)  # already known (the same drive ingested twice)
+        except Conflict:  # already held (the same drive ingested twice, or came by network)
+            if centre_id not in stale:
+                stale.append(centre_id)
             continue
         except CaravaneError as exc:
             refused.append(f"{name}: {exc}")
             continue
-        centre_id = out.get("node_id", name)
-        installed = out.get("installed", {})
+        if seq >= newest.get(centre_id, (0, {}))[0]:
+            newest[centre_id] = (seq, out.get("installed", {}))
+        if centre_id not in accepted:
+            accepted.append(centre_id)
+    for centre_id, (_, installed) in sorted(newest.items()):
         hub.record_delivery(
             centre_id, label, [{"channel": c, "version": v} for c, v in installed.items()]
         )
-        accepted.append(centre_id)
+    try:
+        acks = write_acks(hub, drive, on_drive)
+    except (OSError, CaravaneError) as exc:  # the reports are in; they only travel again
+        acks = {}
+        refused.append(
+            f"acknowledgements not written to the drive ({exc}); the centres send those "
+            "reports again with the next drive, which is harmless"
+        )
     return {
         "ok": not refused,
         "drive": label,
@@ -109,4 +129,26 @@ def ingest(hub: Hub, drive: Path) -> dict[str, Any]:
         "reports": accepted,
         "already_known": stale,
         "refused": refused,
+        "acknowledged": acks,
     }
+
+
+def write_acks(hub: Hub, drive: Path, on_drive: dict[str, list[int]]) -> dict[str, int]:
+    """Write, per centre, the hub's signed word on which of its reports it now holds.
+
+    The next ``usb import`` at that centre (or at the peer that carried them) reads it and
+    marks those reports delivered; the rest go out again. Signed by the release key, which
+    every centre pins through its root, so a forged file cannot silence a centre's reports.
+    """
+    key = PrivateKey.load(hub.repo.path / "keys" / "release.pem")
+    folder = bundle_root(drive) / "acks"
+    at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    written: dict[str, int] = {}
+    for centre_id, seqs in sorted(on_drive.items()):
+        held = hub.held_report_seqs(centre_id, seqs)
+        if not held:
+            continue
+        data = make_ack(centre_id, held, at, key)
+        write_atomic(folder / f"{safe_name(centre_id)}.json", data, True)
+        written[centre_id] = len(held)
+    return written

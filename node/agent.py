@@ -19,7 +19,7 @@ import httpx
 
 from packs.centre_store import CentreStore
 from protocol.canonical import load_json
-from protocol.errors import FormatError
+from protocol.errors import CaravaneError, FormatError
 from protocol.keys import PrivateKey
 from protocol.report import Report
 
@@ -188,9 +188,17 @@ class NodeAgent:
             return SyncResult(skipped="a sync is already running")
         try:
             with _process_lock(self.config.data_dir / ".sync.lock", wait):
-                return self.engine(extra, only, **kwargs).sync(self.channels())
+                result = self.engine(extra, only, **kwargs).sync(self.channels())
         finally:
             self._sync_lock.release()
+        if result.ok and result.complete and not result.skipped:
+            self.errors_resolved()
+        return result
+
+    def errors_resolved(self) -> None:
+        """A clean pass: the errors logged so far no longer go in reports (the hub's fleet
+        view then shows no "last error" for a centre that recovered)."""
+        self.state.set("errors_after_event", str(self.state.max_event_id()))
 
     def channels(self) -> list[str]:
         return list(self.config.channels) or self.repo.channels()
@@ -257,10 +265,15 @@ class NodeAgent:
 
     # ------------------------------------------------------------------ reports
 
-    def make_report(self, route: str = "network") -> tuple[int, bytes]:
-        """Sign a report of this centre's state and queue it; it is kept until delivered."""
+    def make_report(self, route: str | None = None) -> tuple[int, bytes]:
+        """Sign a report of this centre's state and queue it; it is kept until delivered.
+
+        ``route`` is how the centre is fed (the signed claim the fleet view shows); by default
+        the kind of the upstream that last served it. Errors are those logged since the last
+        clean pass, so a recovered centre stops reporting old ones.
+        """
         seq = self.state.next_seq()
-        errors = [e["message"] for e in reversed(self.state.recent_events(20, "error"))]
+        errors = self.state.errors_since(int(self.state.get("errors_after_event", "0") or 0))
         report = Report(
             node_id=self.config.node_id,
             seq=seq,
@@ -271,44 +284,128 @@ class NodeAgent:
             free_disk=shutil.disk_usage(self.config.data_dir).free,
             errors=errors,
             usage=self.state.usage(),
-            route=route,
+            route=route or self.feed_route(),
         )
         body = report.sign(self.key)
         self.state.queue_report(seq, body)
         return seq, body
 
+    def feed_route(self) -> str:
+        """The route of the upstream that served this centre last (network, peer, usb...)."""
+        kinds = {u.name: u.kind for u in self.config.upstreams}
+        best: tuple[str, str] | None = None
+        for h in self.state.upstream_health():
+            if h["last_ok"] and (best is None or h["last_ok"] > best[0]):
+                best = (h["last_ok"], h["name"])
+        if best is None:
+            return "network"
+        name = best[1]
+        if name.startswith("drive:"):
+            return "usb"
+        kind = kinds.get(name, "http")
+        return {"http": "network", "folder": "usb"}.get(kind, kind)
+
     def send_reports(self) -> int:
-        """Send every queued report to the hub, oldest first; returns how many went."""
-        if not self.config.hub_url:
+        """Send every queued report upstream, oldest first; returns how many the hub holds.
+
+        Own reports and those relayed for peer centres go to the hub; a centre without a
+        reachable hub hands them to a peer centre it syncs from, which keeps them and
+        forwards them on its own routes. A report the hub already holds (409) is delivered.
+        """
+        own = self.state.unsent_reports()
+        relayed = self.state.unsent_relayed()
+        if not own and not relayed and not self.state.get("enrol_request"):
             return 0
-        if self.state.get("enrol_request"):
-            self.complete_enrolment()
+        peers = [u for u in self.config.upstreams if u.kind == "peer"]
+        if not self.config.hub_url and not peers:
+            return 0  # a centre that is never online: its reports go out on drives
+        try:
+            if not self.config.hub_url:
+                raise NodeError("this centre has no hub address in node.toml")
+            if self.state.get("enrol_request"):
+                self.complete_enrolment()
+            return self._send_to(self.config.hub_url, own, relayed, "network")
+        except NodeError as hub_error:
+            for peer in peers:
+                try:
+                    return self._send_to(peer.url, own, [], f"peer:{peer.name}")
+                except NodeError as exc:
+                    log.info("peer %s did not take the reports: %s", peer.name, exc)
+            raise hub_error
+
+    def _send_to(
+        self,
+        base: str,
+        own: list[tuple[int, bytes]],
+        relayed: list[tuple[str, int, bytes]],
+        route: str,
+    ) -> int:
+        """POST reports to the hub (or, route ``peer:...``, to a peer's relay)."""
+        to_peer = route.startswith("peer:")
+        via = f"?via={self.config.node_id}"
         sent = 0
-        for seq, body in self.state.unsent_reports():
-            status, reply = self._post(
-                f"/api/v1/nodes/{self.config.node_id}/reports", body, "application/json"
-            )
-            if status == 200 or status == 409:  # 409: the hub already has a newer one
-                self.state.mark_sent(seq, "network")
+        items = [(self.config.node_id, seq, body, "") for seq, body in own] + [
+            (cid, seq, body, via) for cid, seq, body in relayed
+        ]
+        for centre, seq, body, query in items:
+            path = "/api/v1/relay/reports" if to_peer else f"/api/v1/nodes/{centre}/reports"
+            status, reply = self._post(path + query, body, "application/json", base)
+            if status in (200, 409):  # 409: the hub already holds this (centre, seq)
+                if centre == self.config.node_id:
+                    self.state.mark_sent(seq, route)
+                else:
+                    self.state.mark_relayed_sent(centre, seq, route)
                 sent += 1
+            elif status in (403, 422) and centre != self.config.node_id:
+                error = str(reply.get("error", reply))
+                if "not enrolled" in error:  # its registration may still be on its way
+                    continue
+                # forged or malformed: the hub will never take it, so it leaves the queue
+                self.state.mark_relayed_sent(centre, seq, f"refused:{status}")
+                self.state.event(
+                    "warning", f"the hub refused a report relayed for centre {centre}: {error}"
+                )
             else:
+                where = "the peer" if to_peer else "the hub"
                 raise NodeError(
-                    f"the hub refused report {seq} (HTTP {status}: {reply.get('error', reply)})"
+                    f"{where} refused report {seq} of centre {centre} (HTTP {status}: "
+                    f"{reply.get('error', reply)}); it stays queued and goes with the next "
+                    "pass or drive"
                 )
         return sent
 
-    def _post(self, path: str, body: bytes, ctype: str) -> tuple[int, dict[str, Any]]:
-        """POST to the hub with the same HTTP client as the sync (proxies, redirects)."""
+    def relay_report(self, body: bytes) -> dict[str, Any]:
+        """A peer centre hands over a signed report: keep it until the hub holds it.
+
+        This centre cannot check the signature (it does not know the peer's key); the hub
+        does, when the report arrives. Only the shape and size are checked here.
+        """
+        from protocol.report import report_ids
+
+        centre, seq = report_ids(body)
+        if centre == self.config.node_id:
+            raise FormatError("a report of this centre itself cannot be relayed to it")
+        try:
+            fresh = self.state.queue_relayed(centre, seq, body)
+        except OverflowError as exc:
+            raise NodeError(str(exc)) from None
+        return {"queued": fresh, "centre": centre, "seq": seq, "relay": self.config.node_id}
+
+    def _post(
+        self, path: str, body: bytes, ctype: str, base: str | None = None
+    ) -> tuple[int, dict[str, Any]]:
+        """POST to the hub (or ``base``) with the sync's HTTP client (proxies, redirects)."""
+        base = base or self.config.hub_url
         try:
             with http_client(self.config.timeout_seconds) as client:
                 resp = client.post(
-                    self.config.api_url(path), content=body, headers={"Content-Type": ctype}
+                    base.rstrip("/") + path, content=body, headers={"Content-Type": ctype}
                 )
                 data = resp.read()
         except httpx.HTTPError as exc:
             raise NodeError(
-                f"the hub at {self.config.hub_url} is not reachable ({exc}); the report stays "
-                "queued"
+                f"{base} is not reachable ({exc}); the report stays queued and goes with the "
+                "next pass or drive"
             ) from None
         try:
             reply = json.loads(data or b"{}")
@@ -361,7 +458,7 @@ RECEIPT = """Caravane - {name} ({node_id})
 
 {lines_fr}
 
-The drive can be removed now. / La cle peut etre retiree maintenant.
+The drive can be removed now. / La clé peut être retirée maintenant.
 """
 
 
@@ -373,7 +470,7 @@ def import_drive_into_centre(node: NodeAgent, drive: Path, progress: Any = None)
     transfer that an earlier drive or the network began. The centre's signed report, any
     pending registration and a plain-language receipt go back onto the drive.
     """
-    from packs.bundle import DriveError, bundle_root, read_description, write_return
+    from packs.bundle import DriveError, bundle_root, read_description
     from packs.bundle import import_drive as apply_bundle
 
     drive = Path(drive)
@@ -385,30 +482,31 @@ def import_drive_into_centre(node: NodeAgent, drive: Path, progress: Any = None)
     errors = list(applied.failed) + result.errors
     for e in errors:
         node.state.event("error", f"drive {drive}: {e}")
-    _, report = node.make_report(route="usb")
+    acked = read_acks_from_drive(node, drive)
+    node.make_report(route="usb")
     lines_en, lines_fr = [], []
     for c in result.channels:
         if c.status == "activated":
             lines_en.append(f"- {c.channel}: version {c.active} installed")
-            lines_fr.append(f"- {c.channel} : version {c.active} installee")
+            lines_fr.append(f"- {c.channel} : version {c.active} installée")
         elif c.status == "up-to-date":
             lines_en.append(f"- {c.channel}: already up to date (version {c.active})")
-            lines_fr.append(f"- {c.channel} : deja a jour (version {c.active})")
+            lines_fr.append(f"- {c.channel} : déjà à jour (version {c.active})")
         else:
             lines_en.append(f"- {c.channel}: NOT installed: {c.message}")
-            lines_fr.append(f"- {c.channel} : NON installe : {c.message}")
+            lines_fr.append(f"- {c.channel} : NON installée : {c.message}")
     for e in applied.failed:
         lines_en.append(f"- problem: {e}")
-        lines_fr.append(f"- probleme : {e}")
+        lines_fr.append(f"- problème : {e}")
     receipt = RECEIPT.format(
         name=node.config.name,
         node_id=node.config.node_id,
         when=now().strftime("%Y-%m-%d %H:%M UTC"),
         lines_en="\n".join(lines_en) or "- nothing for this centre on this drive",
-        lines_fr="\n".join(lines_fr) or "- rien pour ce centre sur cette cle",
+        lines_fr="\n".join(lines_fr) or "- rien pour ce centre sur cette clé",
     )
     try:
-        write_return(drive, node.config.node_id, report, receipt)
+        written_reports = write_reports_to_drive(node, drive, receipt)
         pending = node.state.get("enrol_request")
         if pending:
             enrol_dir = bundle_root(drive) / "enrolments"
@@ -424,5 +522,69 @@ def import_drive_into_centre(node: NodeAgent, drive: Path, progress: Any = None)
         "applied": applied.applied,
         "errors": errors,
         "report_written": written,
+        "reports_on_drive": written_reports if written else 0,
+        "acknowledged": acked,
         "receipt": receipt,
     }
+
+
+def write_reports_to_drive(node: NodeAgent, drive: Path, receipt: str) -> int:
+    """Every report still waiting (this centre's and those relayed for peers) goes on the drive.
+
+    One file per report, ``reports/<centre>.<seq>.json``: a later import never overwrites an
+    earlier one (the report of a failed import reaches the hub too), and the hub stores each
+    (centre, seq) once however many drives carry it. They stay queued here until the hub's
+    acknowledgement comes back on a drive. Returns how many were written.
+    """
+    from packs.bundle import DriveError, bundle_root, safe_name
+    from packs.errors import StoreError
+    from packs.store import write_atomic
+
+    root = bundle_root(drive)
+    items = [(node.config.node_id, seq, body) for seq, body in node.state.unsent_reports()]
+    items += node.state.unsent_relayed()
+    try:
+        for centre, seq, body in items:
+            write_atomic(root / "reports" / f"{safe_name(centre)}.{seq}.json", body, True)
+        name = safe_name(node.config.node_id)
+        write_atomic(root / "receipts" / f"{name}.txt", receipt.encode(), True)
+    except StoreError as exc:
+        raise DriveError(f"{drive}: could not write the reports ({exc})") from None
+    return len(items)
+
+
+def read_acks_from_drive(node: NodeAgent, drive: Path) -> int:
+    """Mark delivered the reports the hub acknowledged on this drive; returns how many.
+
+    An acknowledgement only counts when signed by the hub's release key (checked against
+    this centre's pinned root) and about a centre whose reports wait here; a bad one is
+    logged and ignored, so the reports simply travel again (the hub deduplicates).
+    """
+    from packs.bundle import bundle_root, safe_name
+    from protocol.report import verify_ack
+
+    folder = bundle_root(drive) / "acks"
+    if not folder.is_dir():
+        return 0
+    waiting_relayed: dict[str, set[int]] = {}
+    for cid, seq, _ in node.state.unsent_relayed():
+        waiting_relayed.setdefault(cid, set()).add(seq)
+    own = {seq for seq, _ in node.state.unsent_reports()}
+    marked = 0
+    for centre in [node.config.node_id, *sorted(waiting_relayed)]:
+        path = folder / f"{safe_name(centre)}.json"
+        if not path.is_file():
+            continue
+        try:
+            seqs = verify_ack(path.read_bytes(), node.repo.trusted.root, centre)
+        except (CaravaneError, OSError) as exc:
+            node.state.event("warning", f"drive {drive}: {path.name} ignored ({exc})")
+            continue
+        for seq in seqs:
+            if centre == node.config.node_id and seq in own:
+                node.state.mark_sent(seq, "usb")
+                marked += 1
+            elif seq in waiting_relayed.get(centre, set()):
+                node.state.mark_relayed_sent(centre, seq, "usb")
+                marked += 1
+    return marked

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -46,6 +47,28 @@ def _parse_upstream(text: str, i: int) -> UpstreamConfig:
     return UpstreamConfig(f"{kind}{i + 1}", kind, url, cost=(i + 1) * 10)
 
 
+def disk_errors(func: F) -> F:
+    """A full or read-only disk ends the command in one line and a non-zero exit.
+
+    Placed under ``handle_errors``: SQLAlchemy/sqlite3 errors are not Caravane errors and
+    would otherwise end in a traceback; ENOSPC/EROFS get the next step added.
+    """
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from .errors import DiskProblem, disk_problem
+
+        try:
+            return func(*args, **kwargs)
+        except Exception as exc:
+            line = disk_problem(exc, kwargs.get("data_dir") or "the node's data folder")
+            if line is None:
+                raise
+            raise DiskProblem(line) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
 def _open(data_dir: Path) -> NodeAgent:
     from .agent import NodeAgent
 
@@ -86,6 +109,7 @@ def node() -> None:
 @click.option("--port", type=int, default=8480, show_default=True, help="Portal port.")
 @json_option
 @handle_errors
+@disk_errors
 def node_init(
     data_dir: Path,
     enrolment: Path | None,
@@ -132,6 +156,7 @@ def node_init(
 @click.option("-v", "--verbose", is_flag=True)
 @json_option
 @handle_errors
+@disk_errors
 def node_sync(
     data_dir: Path,
     sources: tuple[str, ...],
@@ -153,14 +178,17 @@ def node_sync(
         up.cost = -1
     with progress_bar(None, "sync", as_json) as bar:
         result = n.sync(extra=extra, ignore_demotion=force, progress=bar)
-    sent_note = ""
+    sent_note, disk_line = "", None
     if report:
-        n.make_report()
+        from .errors import disk_problem
+
         try:
+            n.make_report()
             sent = n.send_reports()
             sent_note = f"{sent} report(s) sent to the hub" if sent else ""
         except Exception as exc:  # an unreachable hub: the report waits in the queue
-            sent_note = f"report queued ({exc})"
+            disk_line = disk_problem(exc, data_dir)
+            sent_note = f"report not made: {disk_line}" if disk_line else f"report queued ({exc})"
     lines = [_describe(c) for c in result.channels]
     if result.skipped:
         lines.append(f"nothing done: {result.skipped}")
@@ -170,6 +198,8 @@ def node_sync(
     if sent_note:
         lines.append(sent_note)
     emit(as_json, result.to_dict() | {"report": sent_note}, "\n".join(lines))
+    if disk_line:
+        sys.exit(1)
     if not result.complete:
         sys.exit(2 if result.ok else 1)
 
@@ -188,6 +218,7 @@ def _describe(c: ChannelResult) -> str:
 @dir_option
 @json_option
 @handle_errors
+@disk_errors
 def node_status(data_dir: Path, as_json: bool) -> None:
     """What this centre serves, what it waits for, and what to do next."""
     n = _open(data_dir)
@@ -212,6 +243,7 @@ def node_status(data_dir: Path, as_json: bool) -> None:
 @dir_option
 @json_option
 @handle_errors
+@disk_errors
 def node_rollback(channel: str, data_dir: Path, as_json: bool) -> None:
     """Serve CHANNEL's previous release again; the newer one stays off until a newer one."""
     n = _open(data_dir)
@@ -228,6 +260,7 @@ def node_rollback(channel: str, data_dir: Path, as_json: bool) -> None:
 @click.option("--send/--no-send", default=True)
 @json_option
 @handle_errors
+@disk_errors
 def node_report(data_dir: Path, send: bool, as_json: bool) -> None:
     """Sign a report of this centre's state and send it (or queue it)."""
     n = _open(data_dir)
@@ -245,6 +278,7 @@ def node_report(data_dir: Path, send: bool, as_json: bool) -> None:
 @click.option("--host", default=None, help="Default: from node.toml.")
 @click.option("--port", type=int, default=None, help="Default: from node.toml.")
 @handle_errors
+@disk_errors
 def node_serve(data_dir: Path, host: str | None, port: int | None) -> None:
     """Serve the centre's portal and the read-only store for peer centres."""
     from .serve import serve
@@ -260,6 +294,7 @@ def node_serve(data_dir: Path, host: str | None, port: int | None) -> None:
 @click.option("--port", type=int, default=None)
 @click.option("--no-serve", is_flag=True, help="Only the agent, no portal.")
 @handle_errors
+@disk_errors
 def node_run(data_dir: Path, host: str | None, port: int | None, no_serve: bool) -> None:
     """The long-running agent: syncs in its windows, watches drives, serves the portal."""
     from .serve import serve

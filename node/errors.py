@@ -60,3 +60,51 @@ class PassDeadline(PassOver):
 
 class NotEnrolled(NodeError):
     """The node has no identity yet."""
+
+
+class DiskProblem(NodeError):
+    """The centre's disk is full or read-only: nothing is lost, the next pass resumes."""
+
+
+_FULL = ("database or disk is full", "no space left")
+_READONLY = ("readonly database", "read-only file system")
+
+
+def disk_problem(exc: BaseException, where: object = "the node's data folder") -> str | None:
+    """One line an operator can act on if ``exc`` is a full or read-only disk, else None.
+
+    SQLite says "database or disk is full" / "attempt to write a readonly database" through
+    sqlite3 or SQLAlchemy (OperationalError); files say ENOSPC / EDQUOT / EROFS (OSError).
+    Each would otherwise end a command in a traceback after the friendly lines.
+    """
+    import errno
+    import os
+
+    code = getattr(exc, "errno", None)
+    text = str(exc).lower()
+    if "unable to open database file" in text and isinstance(where, (str, os.PathLike)):
+        # SQLite cannot create its WAL index on a read-only or full disk: ask the disk
+        try:
+            st = os.statvfs(where)
+            if st.f_flag & os.ST_RDONLY:
+                code = errno.EROFS
+            elif st.f_bavail == 0:
+                code = errno.ENOSPC
+        except OSError:
+            pass
+    if code in (errno.ENOSPC, errno.EDQUOT) or any(s in text for s in _FULL):
+        return (
+            f"the disk holding {where} is full; free some space (old files, downloads), then "
+            "run it again: everything received so far is kept and the next pass resumes"
+        )
+    if code == errno.EIO or "disk i/o error" in text:  # SQLite's word for a full WAL index
+        return (
+            f"cannot write to the disk holding {where} (full or failing); free some space or "
+            "have the disk checked, then run it again: nothing received so far is lost"
+        )
+    if code == errno.EROFS or any(s in text for s in _READONLY):
+        return (
+            f"the disk holding {where} is read-only (a disk fault or a full check); have it "
+            "checked and mounted read-write, then run it again: nothing was lost"
+        )
+    return None

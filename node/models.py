@@ -63,6 +63,18 @@ class QueuedReport(Base):
     sent_by: Mapped[str | None] = mapped_column(String(32))
 
 
+class RelayedReport(Base):
+    """A peer centre's signed report waiting to go upstream on this centre's routes."""
+
+    __tablename__ = "relayed_reports"
+    centre_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    sent_by: Mapped[str | None] = mapped_column(String(100))
+
+
 class Usage(Base):
     __tablename__ = "usage"
     channel: Mapped[str] = mapped_column(String(64), primary_key=True)

@@ -280,6 +280,33 @@ class Portal:
             await asyncio.to_thread(self.node.state.add_usage, counts)
 
 
+async def relay_report(request: web.Request) -> web.Response:
+    """A peer centre that syncs from this one hands over a signed report to carry upstream.
+
+    Kept in this centre's relay queue and forwarded to the hub on its own routes (network
+    or drive); the hub checks the peer's signature. 200 means "kept here" (the peer marks it
+    delivered), 413/422 a report that is too big or malformed, 503 when the queue is full.
+    """
+    from protocol.errors import CaravaneError
+    from protocol.report import MAX_REPORT_BYTES
+
+    from .errors import NodeError
+
+    node: NodeAgent = request.app[NODE_KEY]
+    body = bytearray()
+    async for chunk in request.content.iter_chunked(65536):
+        body += chunk
+        if len(body) > MAX_REPORT_BYTES:
+            return web.json_response({"error": "report larger than 4 MB"}, status=413)
+    try:
+        out = await asyncio.to_thread(node.relay_report, bytes(body))
+    except NodeError as exc:
+        return web.json_response({"error": str(exc)}, status=503)
+    except CaravaneError as exc:
+        return web.json_response({"error": str(exc)}, status=422)
+    return web.json_response(out)
+
+
 @web.middleware
 async def errors(request: web.Request, handler: Any) -> web.StreamResponse:
     try:
@@ -308,6 +335,7 @@ def make_app(node: NodeAgent, agent: bool = False) -> web.Application:
     r.add_get("/c/{channel}/", portal.browse)
     r.add_get("/c/{channel}/{path:.*}", portal.browse)
     r.add_get(REPO_PREFIX + "/{tail:.+}", portal.repo_file)
+    r.add_post("/api/v1/relay/reports", relay_report)
     r.add_static("/static/", STATIC)
 
     async def usage_loop(app: web.Application) -> Any:

@@ -21,6 +21,7 @@ from apscheduler.schedulers.blocking import BlockingScheduler
 from protocol.errors import CaravaneError
 
 from .agent import NodeAgent, import_drive_into_centre
+from .errors import disk_problem
 
 log = logging.getLogger("caravane.node.agent")
 DRIVE_SCAN_SECONDS = 5
@@ -87,7 +88,11 @@ class AgentService:
                 log.info("%d report(s) sent to the hub", sent)
         except CaravaneError as exc:
             log.warning("%s", exc)
-        except Exception:  # never let one bad pass stop the agent
+        except Exception as exc:  # never let one bad pass stop the agent
+            line = disk_problem(exc, self.node.config.data_dir)
+            if line:  # one line, no traceback: the next pass resumes once space is freed
+                log.error("%s", line)
+                return
             log.exception("sync pass failed; the next one runs as scheduled")
 
     def drive_job(self) -> None:
@@ -110,9 +115,14 @@ class AgentService:
                     log.warning("drive %s: %s", drive, line)
             except CaravaneError as exc:
                 log.warning("drive %s: %s", drive, exc)
-            except OSError as exc:
-                log.warning("drive %s was removed or failed (%s); insert it again", drive, exc)
-                self.seen.pop(drive, None)
+            except Exception as exc:
+                line = disk_problem(exc, f"{self.node.config.data_dir} or the drive {drive}")
+                if line is None and not isinstance(exc, OSError):
+                    raise
+                log.warning(
+                    "drive %s: %s", drive, line or f"removed or failed ({exc}); insert it again"
+                )
+                self.seen.pop(drive, None)  # imported again once the problem is fixed
             finally:
                 if self.portal is not None and drive in self.seen:
                     self.portal.drive_notice[str(drive)] = "done"

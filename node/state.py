@@ -19,6 +19,7 @@ from .models import (
     Event,
     Hold,
     QueuedReport,
+    RelayedReport,
     Setting,
     Transfer,
     UpstreamHealth,
@@ -60,7 +61,7 @@ def _engine(url: str) -> Engine:
     return engine
 
 
-SCHEMA_HEAD = "n0001"  # the newest revision in migrations/node/versions (a test checks it)
+SCHEMA_HEAD = "n0002"  # the newest revision in migrations/node/versions (a test checks it)
 
 
 class NodeState:
@@ -214,17 +215,66 @@ class NodeState:
             return [(r.seq, r.body) for r in rows]
 
     def mark_sent(self, seq: int, route: str) -> None:
+        """The hub holds report ``seq`` (it said so). Only that one: an older report still
+        unsent carries its own errors and usage, and the hub stores it whenever it arrives."""
         with self.session() as s:
             row = s.get(QueuedReport, seq)
-            if row is not None:
+            if row is not None and row.sent_at is None:
                 row.sent_at = now()
-                row.sent_by = route
-            # a report sent also vouches for the older ones it supersedes
-            for older in s.scalars(
-                select(QueuedReport).where(QueuedReport.seq < seq, QueuedReport.sent_at.is_(None))
-            ):
-                older.sent_at = now()
-                older.sent_by = f"superseded:{route}"
+                row.sent_by = route[:32]
+
+    # ------------------------------------------------------------------ relayed reports
+
+    MAX_RELAYED = 10_000  # a peer cannot fill this centre's disk with reports
+
+    def queue_relayed(self, centre_id: str, seq: int, body: bytes) -> bool:
+        """Keep a peer centre's report until the hub holds it; False if already queued."""
+        with self.session() as s:
+            if s.get(RelayedReport, (centre_id, seq)) is not None:
+                return False
+            waiting = s.scalar(
+                select(func.count())
+                .select_from(RelayedReport)
+                .where(RelayedReport.sent_at.is_(None))
+            )
+            if (waiting or 0) >= self.MAX_RELAYED:
+                raise OverflowError(
+                    f"{waiting} relayed reports already wait for the hub here; the peer keeps "
+                    "its report and tries again later"
+                )
+            s.add(RelayedReport(centre_id=centre_id, seq=seq, body=body, received_at=now()))
+            return True
+
+    def unsent_relayed(self) -> list[tuple[str, int, bytes]]:
+        with self.session() as s:
+            rows = s.scalars(
+                select(RelayedReport)
+                .where(RelayedReport.sent_at.is_(None))
+                .order_by(RelayedReport.centre_id, RelayedReport.seq)
+            )
+            return [(r.centre_id, r.seq, r.body) for r in rows]
+
+    def mark_relayed_sent(self, centre_id: str, seq: int, route: str) -> None:
+        with self.session() as s:
+            row = s.get(RelayedReport, (centre_id, seq))
+            if row is not None and row.sent_at is None:
+                row.sent_at = now()
+                row.sent_by = route[:100]
+
+    def max_event_id(self) -> int:
+        with self.session() as s:
+            return int(s.scalar(select(func.coalesce(func.max(Event.id), 0))) or 0)
+
+    def errors_since(self, after_id: int, limit: int = 20) -> list[str]:
+        """Error events newer than event ``after_id``, oldest first (what a report carries)."""
+        with self.session() as s:
+            rows = s.scalars(
+                select(Event)
+                .where(Event.level == "error", Event.id > after_id)
+                .order_by(Event.id.desc())
+                .limit(limit)
+            )
+            return [e.message for e in reversed(list(rows))]
 
     # ------------------------------------------------------------------ usage, events
 

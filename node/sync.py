@@ -210,10 +210,41 @@ class SyncEngine:
         finally:
             self.transfer.close()
         if not online:
-            result.skipped = "no upstream is reachable now (link down, no drive inserted)"
+            result.skipped = self._offline_reason()
         result.received = dict(self.transfer.received)
         result.errors = list(dict.fromkeys(result.errors + self.transfer.errors))
         return result
+
+    def _offline_reason(self) -> str:
+        """Why no upstream answered, in words that say what to do next.
+
+        An upstream set aside after an error is not "unreachable": the operator needs to know
+        it waits for its backoff (and that ``--force`` tries it now), not to check a cable.
+        """
+        ups = self.transfer.upstreams
+        if not ups:
+            return (
+                "no upstream is configured; add the hub or a peer to node.toml, or insert a "
+                "drive with the latest releases"
+            )
+        aside = []
+        for up in ups:
+            until = self.state.demoted_until(up.name)
+            if until is not None and up.name not in self.transfer.set_aside_now:
+                health = {h["name"]: h for h in self.state.upstream_health()}.get(up.name, {})
+                error = health.get("last_error") or "an error"
+                aside.append(f"{up.name} until {until:%H:%M} UTC after: {error}")
+        if aside and len(aside) == len(ups):
+            return (
+                "every upstream is set aside after recent errors ("
+                + "; ".join(aside)
+                + "); it is tried again then, or now with `caravane node sync --force`"
+            )
+        down = ", ".join(sorted(self.transfer.set_aside_now)) or "the upstreams"
+        return (
+            f"no upstream is reachable now ({down} did not answer: link down, no drive "
+            "inserted); check the link or insert a drive, the next pass tries again"
+        )
 
     def _sync_channel(self, channel: str, online: bool) -> ChannelResult:
         res = ChannelResult(channel, "up-to-date", active=self.releases.active(channel))
@@ -596,6 +627,8 @@ def _truncate(path: Path, size: int) -> None:
 def _describe_failure(exc: OSError | CaravaneError) -> str:
     """What the operator reads when a channel's pass failed for a reason of this centre."""
     if isinstance(exc, DiskFullError):
+        if "nothing was lost" in str(exc):  # the store already said what to do
+            return str(exc)
         return f"{exc}; nothing was lost, free space and sync again"
     if is_disk_full(exc):
         return "the disk filled up; nothing was lost, free space and sync again"

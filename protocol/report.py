@@ -1,8 +1,14 @@
 """A centre's signed report: what it holds and how it is doing, for the hub's fleet view.
 
 Reports travel by any route (HTTP, a drive carried back, a peer), so they are signed by the
-centre's own key (made at enrolment) and numbered: the hub refuses a forged report, and a
-replayed or older one (its sequence number is not above the last accepted).
+centre's own key (made at enrolment) and numbered: the hub refuses a forged report and
+stores each (centre, seq) once, in whatever order the routes bring them; the centre's current
+state is the report with the highest seq.
+
+The hub answers a drive's reports with an acknowledgement (``make_ack``) signed by its release
+key, which the centre checks against its pinned root before it marks those reports delivered:
+a forged acknowledgement could otherwise make a centre stop re-sending reports the hub never
+got.
 """
 
 from __future__ import annotations
@@ -12,10 +18,11 @@ from typing import Any
 
 from .errors import FormatError, SignatureError
 from .keys import PrivateKey, PublicKey
-from .metadata import Envelope, sign_envelope
+from .metadata import Envelope, Root, sign_envelope
 
 MAX_REPORT_BYTES = 4 * 1024 * 1024
 ROUTES = ("network", "peer", "usb", "rsync", "mirror")
+MAX_ACK_BYTES = 1024 * 1024
 
 
 @dataclass
@@ -88,3 +95,41 @@ def report_node_id(data: bytes) -> str:
     if not isinstance(node, str):
         raise FormatError("report: no node_id")
     return node
+
+
+def report_ids(data: bytes) -> tuple[str, int]:
+    """The (centre, seq) a report claims (unverified: to name files, dedup and find keys)."""
+    env = Envelope.from_bytes(data, "report", MAX_REPORT_BYTES)
+    node, seq = env.signed.get("node_id"), env.signed.get("seq")
+    if not isinstance(node, str) or not isinstance(seq, int) or isinstance(seq, bool):
+        raise FormatError("report: no node_id or seq")
+    return node, seq
+
+
+def make_ack(node_id: str, seqs: list[int], at: str, key: PrivateKey) -> bytes:
+    """The hub's signed word that it holds these reports of a centre (written onto a drive)."""
+    doc = {"_type": "report-ack", "node_id": node_id, "seqs": sorted(set(seqs)), "at": at}
+    return sign_envelope(doc, [key])
+
+
+def verify_ack(data: bytes, root: Root, node_id: str) -> list[int]:
+    """The seqs a hub acknowledgement marks delivered for ``node_id``.
+
+    Refused unless signed by the release role of the centre's pinned root and about that
+    centre; the caller only ever marks reports delivered with it (never deletes one).
+    """
+    env = Envelope.from_bytes(data, "report acknowledgement", MAX_ACK_BYTES)
+    if not root.satisfied(env, "release"):
+        raise SignatureError(
+            "report acknowledgement: not signed by the hub's release key; the reports stay "
+            "queued and go out again with the next drive"
+        )
+    doc = env.signed
+    if doc.get("_type") != "report-ack" or doc.get("node_id") != node_id:
+        raise FormatError(f"report acknowledgement: not about centre {node_id}")
+    seqs = doc.get("seqs")
+    if not isinstance(seqs, list) or not all(
+        isinstance(x, int) and not isinstance(x, bool) for x in seqs
+    ):
+        raise FormatError("report acknowledgement: malformed seqs")
+    return [int(x) for x in seqs]

@@ -128,17 +128,23 @@ def test_forged_report_is_refused(running_hub: RunningHub):
     assert _report(running_hub, cid, signed_report(cid, key, 1)).status == 403
 
 
-def test_replayed_or_older_report_is_409(running_hub: RunningHub):
+def test_replayed_report_is_409_and_an_older_missing_one_is_stored(running_hub: RunningHub):
+    """Issue 13: reports come by several routes in any order; each (centre, seq) is stored
+    once, an older one that was missing is kept, and the current state stays the newest."""
     doc, key = register_and_enrol(running_hub.url, running_hub.admin)
     nid = doc["node_id"]
     first = signed_report(nid, key, 5, installed={"maths": 1})
     assert _report(running_hub, nid, first).status == 200
     again = _report(running_hub, nid, first)
     assert again.status == 409 and "replayed" in again.json()["error"]
-    older = _report(running_hub, nid, signed_report(nid, key, 4, installed={"maths": 0}))
-    assert older.status == 409
+    older_body = signed_report(nid, key, 4, installed={"maths": 0}, errors=["old"])
+    older = _report(running_hub, nid, older_body)
+    assert older.status == 200
+    assert _report(running_hub, nid, older_body).status == 409
     (node,) = _fleet(running_hub)
-    assert node["installed"] == {"maths": 1}
+    assert node["installed"] == {"maths": 1} and node["last_error"] is None
+    seqs = [r["seq"] for r in running_hub.hub.centre_detail(nid)["reports"]]
+    assert sorted(seqs) == [4, 5]
 
 
 def test_malformed_report_is_422_not_500(running_hub: RunningHub):

@@ -39,12 +39,17 @@ def test_backoff_grows_and_clears(tmp_path: Path) -> None:
     assert st.demoted_until("hub") is None
 
 
-def test_a_sent_report_marks_older_queued_ones(tmp_path: Path) -> None:
+def test_a_sent_report_leaves_older_queued_ones_waiting(tmp_path: Path) -> None:
+    """Issue 13: marking older reports "superseded" dropped them (and the errors they carried)
+    before the hub had them; now only the hub's word marks a report delivered."""
     st = NodeState(f"sqlite:///{tmp_path / 'node.db'}")
     for _ in range(3):
         seq = st.next_seq()
         st.queue_report(seq, b"{}")
     st.mark_sent(3, "usb")
+    assert [seq for seq, _ in st.unsent_reports()] == [1, 2]
+    st.mark_sent(1, "network")
+    st.mark_sent(2, "network")
     assert st.unsent_reports() == []
 
 

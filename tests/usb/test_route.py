@@ -167,8 +167,9 @@ def test_agent_notices_an_inserted_drive_by_itself(world: World) -> None:
     prepare_for_route(world.rh.hub, drive, names=["centre-a"])
     service.drive_job()
     assert read_tree(n.releases.live_link("lecons")) == world.versions[latest]
-    assert (bundle_root(drive) / "reports" / f"{n.config.node_id}.json").is_file()
+    # one file per report, named by centre and seq (issue 13: none overwrites another)
+    assert (bundle_root(drive) / "reports" / f"{n.config.node_id}.1.json").is_file()
     receipts = list((bundle_root(drive) / "receipts").glob("*.txt"))
-    assert receipts and "La cle peut etre retiree" in receipts[0].read_text()
+    assert receipts and "La clé peut être retirée" in receipts[0].read_text()
     service.drive_job()  # the same insertion is not imported twice
     assert len(n.state.unsent_reports()) == 1

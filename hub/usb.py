@@ -16,10 +16,10 @@ from typing import Any
 from packs.bundle import (
     PrepareResult,
     Target,
-    bundle_root,
     prepare,
     read_description,
-    read_reports,
+    read_enrolments,
+    read_returns,
 )
 from packs.packfile import DEFAULT_VOLUME_SIZE
 from protocol.errors import CaravaneError
@@ -76,18 +76,25 @@ def ingest(hub: Hub, drive: Path) -> dict[str, Any]:
     desc = read_description(drive)
     label = f"{Path(drive).name}@{desc.get('created', '?')}"
     enrolled, accepted, refused, stale = [], [], [], []
-    enrol_dir = bundle_root(drive) / "enrolments"
-    for path in sorted(enrol_dir.glob("*.json")) if enrol_dir.is_dir() else []:
+    # every file is read without following links, bounded (MAX_REPORT_BYTES...) and only if
+    # it is a regular file: a returned drive is as hostile as an outgoing one
+    enrolments, bad = read_enrolments(drive)
+    refused.extend(bad)
+    for name, raw in enrolments:
         try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
+            doc = json.loads(raw.decode("utf-8"))
+            if not isinstance(doc, dict):
+                raise ValueError("not a JSON object")
             hub.enrol(doc)
             enrolled.append(doc.get("node_id"))
         except Forbidden as exc:
             if "already used" not in str(exc):
-                refused.append(f"{path.name}: {exc}")
+                refused.append(f"{name}.json: {exc}")
         except (ValueError, CaravaneError) as exc:
-            refused.append(f"{path.name}: {exc}")
-    for name, data in read_reports(drive):
+            refused.append(f"{name}.json: {exc}")
+    reports, bad = read_returns(drive)
+    refused.extend(bad)
+    for name, data in reports:
         try:
             out = hub.accept_report(data, "usb")
         except Conflict:

@@ -321,8 +321,11 @@ class NodeAgent:
     def drive_upstream(self, drive: Path) -> Upstream:
         from packs.bundle import bundle_root
 
-        repo = bundle_root(Path(drive)) / "repo"
-        return FolderUpstream(f"drive:{drive}", repo if repo.is_dir() else Path(drive), cost=0)
+        from .drive import DriveUpstream
+
+        if (bundle_root(Path(drive)) / "repo").is_dir():
+            return DriveUpstream(Path(drive), cost=0)
+        return FolderUpstream(f"drive:{drive}", Path(drive), cost=0)
 
     def close(self) -> None:
         self.state.close()
@@ -373,14 +376,16 @@ def import_drive_into_centre(node: NodeAgent, drive: Path, progress: Any = None)
     transfer that an earlier drive or the network began. The centre's signed report, any
     pending registration and a plain-language receipt go back onto the drive.
     """
-    from packs.bundle import DriveError, bundle_root, read_description, write_return
+    from packs.bundle import DriveError, read_description, write_enrolment, write_return
     from packs.bundle import import_drive as apply_bundle
+
+    from .drive import DriveUpstream
 
     drive = Path(drive)
     read_description(drive)  # refuses an incomplete or foreign bundle with a clear message
     channels = node.channels()
     applied = apply_bundle(node.repo, drive, channels, progress)
-    up = FolderUpstream(f"drive:{drive}", bundle_root(drive) / "repo", cost=-1)
+    up = DriveUpstream(drive, cost=-1)
     result = node.sync(only=[up], route="usb", ignore_demotion=True, wait=True)
     errors = list(applied.failed) + result.errors
     for e in errors:
@@ -411,9 +416,7 @@ def import_drive_into_centre(node: NodeAgent, drive: Path, progress: Any = None)
         write_return(drive, node.config.node_id, report, receipt)
         pending = node.state.get("enrol_request")
         if pending:
-            enrol_dir = bundle_root(drive) / "enrolments"
-            enrol_dir.mkdir(parents=True, exist_ok=True)
-            (enrol_dir / f"{node.config.node_id}.json").write_text(pending, encoding="utf-8")
+            write_enrolment(drive, node.config.node_id, pending.encode())
         written = True
     except (DriveError, OSError) as exc:
         written = False

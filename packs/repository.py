@@ -64,7 +64,7 @@ from .layout import (
     pack_relpath,
     root_relpath,
 )
-from .packfile import DEFAULT_VOLUME_SIZE, PackWriter, read_entries
+from .packfile import DEFAULT_VOLUME_SIZE, Opener, PackWriter, read_entries
 from .store import ObjectStore, compress, decode_frame, write_atomic
 
 Progress = Callable[[int], None] | None
@@ -820,13 +820,20 @@ class Repository:
         )
 
     def apply_pack(
-        self, pack: Path, progress: Progress = None, dry_run: bool = False
+        self,
+        pack: Path,
+        progress: Progress = None,
+        dry_run: bool = False,
+        opener: Opener | None = None,
     ) -> ApplyResult:
         """Verify a pack against this repository's pinned root and add what it carries.
 
         Chunks are stored as soon as their group verifies, so a truncated pack keeps all it
         delivered; the manifest and channel metadata are written last, only when every object
         of the release is present. ``dry_run`` checks everything and writes nothing.
+        ``opener`` opens the pack's volumes (a drive's walks its folders without links).
+        Each entry's payload is bounded before it is read by what the signed metadata says
+        it may hold, so a forged length costs no memory.
         """
         if dry_run:
             return self._dry_apply(pack)
@@ -837,9 +844,13 @@ class Repository:
         old: Manifest | None = None
         mbytes = b""
         added = 0
+
+        def payload_limit(header: dict[str, Any]) -> int:
+            return _entry_bound(header, pending_channel, manifest)
+
         with self.lock():
             try:
-                for entry in read_entries(pack):
+                for entry in read_entries(pack, opener, payload_limit):
                     what = f"{pack.name} entry at byte {entry.offset}"
                     if entry.kind == "metadata":
                         pending_channel = (
@@ -984,6 +995,40 @@ class Repository:
             if progress:
                 progress(len(piece))
         return added
+
+
+def _zstd_bound(size: int) -> int:
+    """The most a zstd frame of ``size`` bytes can take (ZSTD_COMPRESSBOUND, with room)."""
+    return size + (size >> 7) + 128 * 1024
+
+
+def _entry_bound(
+    header: dict[str, Any],
+    pending: tuple[str, bytes, ChannelMeta] | None,
+    manifest: Manifest | None,
+) -> int:
+    """The largest payload a pack entry may have, from the signed sizes known so far.
+
+    Metadata: a frame of at most MAX_METADATA_BYTES. Manifest: a frame of the length the
+    verified channel metadata gives for that version. Delta: a frame of the targets it names
+    in the verified manifest. Anything else (out of order, unknown version): nothing.
+    """
+    kind = header.get("kind")
+    if kind == "end":
+        return 0
+    if kind == "metadata":
+        return _zstd_bound(MAX_METADATA_BYTES)
+    if kind == "manifest":
+        version = header.get("version")
+        ref = pending[2].releases.get(version) if pending and isinstance(version, int) else None
+        return _zstd_bound(min(ref.manifest_length, MAX_MANIFEST_BYTES)) if ref else 0
+    if kind == "delta" and manifest is not None:
+        try:
+            targets = delta.resolve_runs(header.get("targets"), manifest, "pack entry targets")
+        except CaravaneError:
+            return 0
+        return _zstd_bound(min(sum(n for _, n in targets), delta.GROUP_TARGET + (16 << 20)))
+    return 0
 
 
 def _frame_size(frame: bytes, what: str) -> int:

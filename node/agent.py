@@ -26,6 +26,7 @@ from protocol.report import Report
 from .activate import Releases
 from .config import NodeConfig, UpstreamConfig
 from .errors import NodeError, NotEnrolled
+from .freeze import freeze_warning, freshness
 from .policy import RateLimiter, in_windows, parse_rate_kbit
 from .state import NodeState, now
 from .sync import SyncEngine, SyncResult
@@ -237,6 +238,7 @@ class NodeAgent:
                     "previous": self.releases.previous(ch),
                     "state": state,
                     "last_activation": self.state.last_activation(ch),
+                    "freshness": freshness(self.state, ch, self.config.freeze_warning_days),
                 }
             )
         usage = shutil.disk_usage(self.config.data_dir)
@@ -253,6 +255,8 @@ class NodeAgent:
             "reports_waiting": len(self.state.unsent_reports()),
             "registration_waiting": bool(self.state.get("enrol_request")),
             "recent_events": self.state.recent_events(10),
+            "freeze_warning_days": self.config.freeze_warning_days,
+            "freeze_warning": freeze_warning(channels, self.config.freeze_warning_days),
         }
 
     # ------------------------------------------------------------------ reports

@@ -276,6 +276,11 @@ class NodeAgent:
             errors=errors,
             usage=self.state.usage(),
             route=route,
+            fresh={
+                ch: t
+                for ch in self.channels()
+                if (t := freshness(self.state, ch, 0)["last_fresh_word"]) is not None
+            },
         )
         body = report.sign(self.key)
         self.state.queue_report(seq, body)

@@ -162,3 +162,67 @@ def test_sessions_csrf_roles_and_escaping(sqlite_hub: RunningHub) -> None:  # no
         s.execute(update(Token).where(Token.name == "test-field_agent").values(revoked=True))
     status, body = agent.call("/ui/fleet")
     assert 'name="token"' in body
+
+
+def _multipart(fields: dict[str, str], files: dict[str, tuple[str, bytes]]) -> tuple[bytes, str]:
+    boundary = "caravane-test-boundary"
+    out = []
+    for name, value in fields.items():
+        out.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'
+        )
+    for name, (filename, data) in files.items():
+        out.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; '
+            f'filename="{filename}"\r\nContent-Type: application/octet-stream\r\n\r\n'
+        )
+        out.append(data)  # type: ignore[arg-type]
+        out.append("\r\n")
+    out.append(f"--{boundary}--\r\n")
+    body = b"".join(p.encode() if isinstance(p, str) else p for p in out)
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+def _post_multipart(b: Browser, path: str, fields: dict, files: dict | None = None):
+    body, ctype = _multipart(fields, files or {})
+    req = urllib.request.Request(b.base + path, body, {"Content-Type": ctype})
+    try:
+        with b.opener.open(req, timeout=30) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def test_csrf_on_every_encoding_multipart_and_logout_included(
+    sqlite_hub: RunningHub,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    b = Browser(sqlite_hub.url)
+    csrf = b.sign_in(sqlite_hub.admin)
+    # a multipart logout without the token does not sign out
+    assert _post_multipart(b, "/ui/logout", {})[0] == 403
+    # ... nor with a forged one in the query
+    assert _post_multipart(b, "/ui/logout?csrf=forged", {})[0] == 403
+    status, body = b.call("/ui/fleet")
+    assert status == 200 and 'name="token"' not in body
+    # a page that takes no uploads refuses multipart even with the right token in the body
+    assert _post_multipart(b, "/ui/register", {"name": "Z", "csrf": csrf})[0] == 403
+    assert not [n for n in sqlite_hub.hub.fleet() if n["name"] == "Z"]
+    # text/plain bodies carry no form field: refused
+    req = urllib.request.Request(
+        b.base + "/ui/register", b"name=Z&csrf=" + csrf.encode(), {"Content-Type": "text/plain"}
+    )
+    with pytest.raises(urllib.error.HTTPError) as err:
+        b.opener.open(req, timeout=10)
+    assert err.value.code == 403
+    # publishing: the token travels in the action URL and is checked before the upload
+    zipped = _zip(tmp_path / "site.zip", [("index.html", b"<h1>ok</h1>", 0o644)])
+    files = {"archive": ("site.zip", zipped.read_bytes())}
+    fields = {"channel": "lecons", "csrf": csrf}
+    assert _post_multipart(b, "/ui/publish", fields, files)[0] == 403
+    assert not sqlite_hub.hub.repo.channels()
+    status, body = _post_multipart(b, f"/ui/publish?csrf={csrf}", fields, files)
+    assert status == 200, body  # accepted: the publish job runs (tests/web/test_browser.py)
+    # the sign-out form carries its token and works
+    assert b.call("/ui/logout", {"csrf": csrf})[0] == 200
+    assert 'name="token"' in b.call("/ui/fleet")[1]

@@ -250,6 +250,19 @@ def page(*roles: Role, post: bool = False, multipart: bool = False) -> Callable[
 # --------------------------------------------------------------------------- sign-in
 
 
+def came_over_https(request: web.Request) -> bool:
+    """True when the browser's request was HTTPS: TLS here, or an HTTPS reverse proxy.
+
+    ``X-Forwarded-Proto`` is believed only from an address in hub.toml's
+    ``trusted_proxies``: anyone else could send it. Session cookies get ``Secure`` then.
+    """
+    if request.secure:
+        return True
+    trusted = request.app[UI_KEY].hub.config.trusted_proxies
+    proto = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
+    return proto == "https" and bool(request.remote) and request.remote in trusted
+
+
 def _safe_next(value: str | None) -> str:
     if value and value.startswith("/ui/") and not value.startswith("//") and "\\" not in value:
         return value
@@ -273,7 +286,14 @@ def _login_page(request: web.Request, status: int, error: str) -> web.Response:
         next=_safe_next(request.query.get("next")),
         error=error,
     )
-    resp.set_cookie(LOGIN_CSRF_COOKIE, csrf, path="/ui/", httponly=True, samesite="Lax")
+    resp.set_cookie(
+        LOGIN_CSRF_COOKIE,
+        csrf,
+        path="/ui/",
+        httponly=True,
+        samesite="Lax",
+        secure=came_over_https(request),
+    )
     return resp
 
 
@@ -298,7 +318,7 @@ async def login(request: web.Request) -> web.Response:
         max_age=SESSION_SECONDS,
         httponly=True,
         samesite="Lax",
-        secure=request.secure,
+        secure=came_over_https(request),
     )
     resp.del_cookie(LOGIN_CSRF_COOKIE, path="/ui/")
     raise resp

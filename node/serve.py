@@ -356,5 +356,15 @@ async def _redirect_slash(request: web.Request) -> web.Response:
 
 
 def serve(node: NodeAgent, host: str, port: int, agent: bool = False) -> None:
+    """Serve the portal; aiohttp's keep-alive timer, which runs from the moment a connection
+    opens and closes one still waiting for a whole request head, is the header deadline
+    (node.toml ``header_timeout_seconds``): 300 slow clients cannot hold the portal. The
+    portal only answers GETs and reads no body."""
     log.info("portal on http://%s:%d/", host, port)
-    web.run_app(make_app(node, agent), host=host, port=port, print=None)
+    web.run_app(
+        make_app(node, agent),
+        host=host,
+        port=port,
+        print=None,
+        keepalive_timeout=float(node.config.header_timeout_seconds),
+    )

@@ -19,6 +19,7 @@ from hub.service import Principal
 from hub.web import unpack_archive
 from protocol.errors import PathError
 from tests.hub.conftest import RunningHub, sqlite_hub  # noqa: F401
+from tests.node.conftest import World, world  # noqa: F401
 
 
 def _zip(path: Path, members: list[tuple[str, bytes, int]]) -> Path:
@@ -348,6 +349,37 @@ def test_slow_header_and_slow_body_clients_are_dropped(tmp_path: Path) -> None:
         # a normal client is served
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/health", timeout=10) as r:
             assert r.status == 200
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_portal_drops_a_slow_header_client(world: World) -> None:  # noqa: F811
+    """`caravane node serve` with a 2-second head deadline; a raw socket sends a byte a second."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from tests.hub.conftest import free_port
+
+    n = world.node("tombouctou", header_timeout_seconds=2)
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "caravane", "node", "serve", "-d", str(n.config.data_dir)]
+        + ["--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.2)
+        head = b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: "
+        assert _dropped_after(port, b"", head + b"a" * 60, 20) < 6
     finally:
         proc.terminate()
         proc.wait(timeout=30)

@@ -379,12 +379,60 @@ async def _build_pack_on_demand(request: web.Request, channel: str, a: int, b: i
 # --------------------------------------------------------------------------- app
 
 
+def server_options(config: HubConfig) -> dict[str, Any]:
+    """Options for aiohttp's server (``web.run_app`` / ``AppRunner``) from hub.toml.
+
+    aiohttp has no separate header-read timeout; its keep-alive timer runs from the moment a
+    connection opens and closes any connection still waiting for a whole request head, so
+    it is the header deadline (and the idle keep-alive time between requests).
+    """
+    return {"keepalive_timeout": float(config.header_timeout_seconds)}
+
+
+#: the least a request body must bring per ``body_timeout_seconds`` window
+MIN_BODY_BYTES = 1024
+
+
+def body_deadline(seconds: float) -> Any:
+    """A middleware that drops a client whose request body trickles in too slowly.
+
+    A watchdog looks at the body's byte count every ``seconds``; a body not finished that
+    brought less than MIN_BODY_BYTES in the window has its connection closed, which ends
+    the handler's read with an error (one-byte-per-second uploads hold no worker).
+    """
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not request.body_exists or request.content.at_eof():
+            return await handler(request)
+
+        async def watch() -> None:
+            seen = request.content.total_bytes
+            while not request.content.at_eof():
+                await asyncio.sleep(seconds)
+                now = request.content.total_bytes
+                if not request.content.at_eof() and now - seen < MIN_BODY_BYTES:
+                    log.info("dropped %s: request body too slow", request.remote)
+                    if request.transport is not None:
+                        request.transport.close()
+                    return
+                seen = now
+
+        watcher = asyncio.create_task(watch())
+        try:
+            return await handler(request)
+        finally:
+            watcher.cancel()
+
+    return middleware
+
+
 def make_app(
     config: HubConfig, hub: Hub | None = None, scheduler: bool | None = None
 ) -> web.Application:
     hub = hub or Hub(config)
     app = web.Application(
-        middlewares=[errors_middleware],
+        middlewares=[errors_middleware, body_deadline(config.body_timeout_seconds)],
         client_max_size=max(config.max_json_bytes, config.max_object_bytes, config.max_batch_bytes)
         + 1024,
     )

@@ -230,7 +230,7 @@ def hub_serve(config_path: Path, no_scheduler: bool, access_log: bool) -> None:
     """Serve the API and the repository (Ctrl-C to stop)."""
     from aiohttp import web
 
-    from .app import make_app
+    from .app import make_app, server_options
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     h = load(config_path)
@@ -242,6 +242,7 @@ def hub_serve(config_path: Path, no_scheduler: bool, access_log: bool) -> None:
         port=h.config.port,
         print=None,
         access_log=logging.getLogger("aiohttp.access") if access_log else None,
+        **server_options(h.config),
     )
 
 

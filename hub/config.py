@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,6 +31,12 @@ class HubConfig:
     on_demand_pack_bytes: int = 32 * 1024 * 1024
     strong_pack_bytes: int = 1024 * 1024 * 1024
     gc_grace_hours: int = 24
+    # a client that has not sent a whole request head in this time is dropped (slowloris)
+    header_timeout_seconds: int = 15
+    # a request body that brings less than 1 KiB in this time is dropped
+    body_timeout_seconds: int = 60
+    # X-Forwarded-Proto is believed only from these addresses (an HTTPS reverse proxy)
+    trusted_proxies: list[str] = field(default_factory=list)
     extra: dict[str, object] = field(default_factory=dict)
 
     @property
@@ -71,6 +78,8 @@ class HubConfig:
                 lines.append(f"{key} = {'true' if value else 'false'}")
             elif isinstance(value, int):
                 lines.append(f"{key} = {value}")
+            elif isinstance(value, list):
+                lines.append(f"{key} = {json.dumps([str(v) for v in value])}")
             else:
                 lines.append(f'{key} = "{value}"')
         return "\n".join(lines) + "\n"

@@ -46,6 +46,8 @@ from .usage import record_usage
 __all__ = ["ROLES", "Hub", "Principal", "now"]  # Principal and ROLES: from hub.auth
 
 MAX_FILES = 1_000_000
+#: the fleet view flags a centre whose last fresh signed word is older than this (a freeze)
+FREEZE_WARNING_DAYS = 14
 
 
 def now() -> datetime:
@@ -579,7 +581,39 @@ class Hub:
                         "stale": n.stale,
                     }
                 )
+            self._add_freshness(s, out)
         return out
+
+    def _add_freshness(self, s: Session, rows: list[dict[str, Any]]) -> None:
+        """Each row's oldest last fresh word over its channels, from its latest report.
+
+        A centre fed only by a frozen mirror keeps saying "up to date"; its own report says
+        when it last had fresh signed word, and the fleet view warns after
+        FREEZE_WARNING_DAYS (one query for the page: the latest report of each centre).
+        """
+        ids = [r["id"] for r in rows]
+        if not ids:
+            return
+        latest = (
+            select(CentreReport.centre_id.label("cid"), func.max(CentreReport.seq).label("seq"))
+            .where(CentreReport.centre_id.in_(ids))
+            .group_by(CentreReport.centre_id)
+            .subquery()
+        )
+        q = select(CentreReport.centre_id, CentreReport.body).join(
+            latest,
+            (CentreReport.centre_id == latest.c.cid) & (CentreReport.seq == latest.c.seq),
+        )
+        bodies = {cid: body or {} for cid, body in s.execute(q)}
+        at = datetime.now(UTC)
+        for r in rows:
+            fresh = dict(bodies.get(r["id"], {}).get("fresh") or {})
+            times = [_parse_iso(v) for c, v in fresh.items() if c in r["channels"]]
+            known = [t for t in times if t is not None]
+            oldest = min(known) if known else None
+            r["fresh_word"] = _iso(oldest) if oldest else None
+            r["fresh_word_days"] = (at - oldest).days if oldest else None
+            r["frozen"] = oldest is not None and (at - oldest).days >= FREEZE_WARNING_DAYS
 
     def centre_detail(self, centre_id: str) -> dict[str, Any]:
         """One centre for its page: fleet row, last 100 reports, drive deliveries."""
@@ -686,6 +720,15 @@ class Hub:
                 "nodes": s.scalar(select(func.count()).select_from(Centre)) or 0,
                 "reports": s.scalar(select(func.count()).select_from(CentreReport)) or 0,
             }
+
+
+def _parse_iso(value: object) -> datetime | None:
+    """A time from a centre's report (ISO 8601), None when unreadable."""
+    try:
+        when = datetime.fromisoformat(str(value))
+    except ValueError:
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 def _iso(when: datetime | None) -> str | None:

@@ -15,18 +15,18 @@ from pathlib import Path
 from typing import Any
 
 from packs.bundle import (
+    BUNDLE_DIR,
     PrepareResult,
     Target,
-    bundle_root,
     prepare,
     read_description,
-    read_reports,
+    read_enrolments,
+    read_returns,
     safe_name,
 )
+from packs.drive_io import Drive
 from packs.packfile import DEFAULT_VOLUME_SIZE
-from packs.store import write_atomic
 from protocol.errors import CaravaneError
-from protocol.keys import PrivateKey
 from protocol.report import make_ack, report_ids
 
 from .errors import Conflict, Forbidden, HubError
@@ -81,20 +81,27 @@ def ingest(hub: Hub, drive: Path) -> dict[str, Any]:
     desc = read_description(drive)
     label = f"{Path(drive).name}@{desc.get('created', '?')}"
     enrolled, accepted, refused, stale = [], [], [], []
-    enrol_dir = bundle_root(drive) / "enrolments"
-    for path in sorted(enrol_dir.glob("*.json")) if enrol_dir.is_dir() else []:
+    # every file is read without following links, bounded (MAX_REPORT_BYTES...) and only if
+    # it is a regular file: a returned drive is as hostile as an outgoing one
+    enrolments, bad = read_enrolments(drive)
+    refused.extend(bad)
+    for name, raw in enrolments:
         try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
+            doc = json.loads(raw.decode("utf-8"))
+            if not isinstance(doc, dict):
+                raise ValueError("not a JSON object")
             hub.enrol(doc)
             enrolled.append(doc.get("node_id"))
         except Forbidden as exc:
             if "already used" not in str(exc):
-                refused.append(f"{path.name}: {exc}")
+                refused.append(f"{name}.json: {exc}")
         except (ValueError, CaravaneError) as exc:
-            refused.append(f"{path.name}: {exc}")
+            refused.append(f"{name}.json: {exc}")
     newest: dict[str, tuple[int, dict[str, int]]] = {}
     on_drive: dict[str, list[int]] = {}
-    for name, data in read_reports(drive):
+    reports, bad = read_returns(drive)
+    refused.extend(bad)
+    for name, data in reports:
         try:
             centre_id, seq = report_ids(data)
             on_drive.setdefault(centre_id, []).append(seq)
@@ -140,8 +147,8 @@ def write_acks(hub: Hub, drive: Path, on_drive: dict[str, list[int]]) -> dict[st
     marks those reports delivered; the rest go out again. Signed by the release key, which
     every centre pins through its root, so a forged file cannot silence a centre's reports.
     """
-    key = PrivateKey.load(hub.repo.path / "keys" / "release.pem")
-    folder = bundle_root(drive) / "acks"
+    key = hub.repo.signing_key("release")
+    d = Drive(drive)
     at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     written: dict[str, int] = {}
     for centre_id, seqs in sorted(on_drive.items()):
@@ -149,6 +156,6 @@ def write_acks(hub: Hub, drive: Path, on_drive: dict[str, list[int]]) -> dict[st
         if not held:
             continue
         data = make_ack(centre_id, held, at, key)
-        write_atomic(folder / f"{safe_name(centre_id)}.json", data, True)
+        d.write_bytes(f"{BUNDLE_DIR}/acks/{safe_name(centre_id)}.json", data)
         written[centre_id] = len(held)
     return written

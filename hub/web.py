@@ -196,8 +196,14 @@ def error_page(request: web.Request, status: int, message: str) -> web.Response:
 Page = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def page(*roles: Role, post: bool = False) -> Callable[[Page], Page]:
+def page(*roles: Role, post: bool = False, multipart: bool = False) -> Callable[[Page], Page]:
     """A signed-in page: session, role check, CSRF on POST, errors as HTML.
+
+    CSRF is checked on every POST whatever its encoding, before the handler runs: a
+    urlencoded (or text/plain, or empty) body must carry the session's token in its ``csrf``
+    field; a multipart body is refused unless the page takes uploads (``multipart=True``),
+    and then the token travels in the form's action URL (``?csrf=``), so it is checked
+    before a byte of the upload is read.
 
     The roles that may see the page are always named (``page(*ANY_ROLE)`` for every
     signed-in person); the check is :func:`hub.auth.may`, the same rule as the API's.
@@ -221,7 +227,11 @@ def page(*roles: Role, post: bool = False) -> Callable[[Page], Page]:
             if not may(p.role, roles):
                 t = Translator(lang_of(request))
                 return error_page(request, 403, t("hub.forbidden", role=p.role))
-            if post and request.content_type != "multipart/form-data":
+            if post and request.content_type == "multipart/form-data":
+                token = request.query.get("csrf", "")
+                if not multipart or not secrets.compare_digest(token, s.csrf):
+                    return error_page(request, 403, Translator(lang_of(request))("hub.bad_csrf"))
+            elif post:
                 form = await request.post()
                 if not secrets.compare_digest(str(form.get("csrf", "")), s.csrf):
                     return error_page(request, 403, Translator(lang_of(request))("hub.bad_csrf"))
@@ -238,6 +248,19 @@ def page(*roles: Role, post: bool = False) -> Callable[[Page], Page]:
 
 
 # --------------------------------------------------------------------------- sign-in
+
+
+def came_over_https(request: web.Request) -> bool:
+    """True when the browser's request was HTTPS: TLS here, or an HTTPS reverse proxy.
+
+    ``X-Forwarded-Proto`` is believed only from an address in hub.toml's
+    ``trusted_proxies``: anyone else could send it. Session cookies get ``Secure`` then.
+    """
+    if request.secure:
+        return True
+    trusted = request.app[UI_KEY].hub.config.trusted_proxies
+    proto = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
+    return proto == "https" and bool(request.remote) and request.remote in trusted
 
 
 def _safe_next(value: str | None) -> str:
@@ -263,7 +286,14 @@ def _login_page(request: web.Request, status: int, error: str) -> web.Response:
         next=_safe_next(request.query.get("next")),
         error=error,
     )
-    resp.set_cookie(LOGIN_CSRF_COOKIE, csrf, path="/ui/", httponly=True, samesite="Lax")
+    resp.set_cookie(
+        LOGIN_CSRF_COOKIE,
+        csrf,
+        path="/ui/",
+        httponly=True,
+        samesite="Lax",
+        secure=came_over_https(request),
+    )
     return resp
 
 
@@ -288,7 +318,7 @@ async def login(request: web.Request) -> web.Response:
         max_age=SESSION_SECONDS,
         httponly=True,
         samesite="Lax",
-        secure=request.secure,
+        secure=came_over_https(request),
     )
     resp.del_cookie(LOGIN_CSRF_COOKIE, path="/ui/")
     raise resp
@@ -325,7 +355,7 @@ async def publish_form(request: web.Request) -> web.Response:
     )
 
 
-@page("curator", post=True)
+@page("curator", post=True, multipart=True)
 async def publish(request: web.Request) -> web.Response:
     ui = request.app[UI_KEY]
     t = Translator(lang_of(request))

@@ -26,6 +26,7 @@ from protocol.report import Report
 from .activate import Releases
 from .config import NodeConfig, UpstreamConfig
 from .errors import NodeError, NotEnrolled
+from .freeze import freeze_warning, freshness
 from .policy import RateLimiter, in_windows, parse_rate_kbit
 from .state import NodeState, now
 from .sync import SyncEngine, SyncResult
@@ -245,6 +246,7 @@ class NodeAgent:
                     "previous": self.releases.previous(ch),
                     "state": state,
                     "last_activation": self.state.last_activation(ch),
+                    "freshness": freshness(self.state, ch, self.config.freeze_warning_days),
                 }
             )
         usage = shutil.disk_usage(self.config.data_dir)
@@ -261,6 +263,8 @@ class NodeAgent:
             "reports_waiting": len(self.state.unsent_reports()),
             "registration_waiting": bool(self.state.get("enrol_request")),
             "recent_events": self.state.recent_events(10),
+            "freeze_warning_days": self.config.freeze_warning_days,
+            "freeze_warning": freeze_warning(channels, self.config.freeze_warning_days),
         }
 
     # ------------------------------------------------------------------ reports
@@ -285,6 +289,11 @@ class NodeAgent:
             errors=errors,
             usage=self.state.usage(),
             route=route or self.feed_route(),
+            fresh={
+                ch: t
+                for ch in self.channels()
+                if (t := freshness(self.state, ch, 0)["last_fresh_word"]) is not None
+            },
         )
         body = report.sign(self.key)
         self.state.queue_report(seq, body)
@@ -418,8 +427,11 @@ class NodeAgent:
     def drive_upstream(self, drive: Path) -> Upstream:
         from packs.bundle import bundle_root
 
-        repo = bundle_root(Path(drive)) / "repo"
-        return FolderUpstream(f"drive:{drive}", repo if repo.is_dir() else Path(drive), cost=0)
+        from .drive import DriveUpstream
+
+        if (bundle_root(Path(drive)) / "repo").is_dir():
+            return DriveUpstream(Path(drive), cost=0)
+        return FolderUpstream(f"drive:{drive}", Path(drive), cost=0)
 
     def close(self) -> None:
         self.state.close()
@@ -470,14 +482,16 @@ def import_drive_into_centre(node: NodeAgent, drive: Path, progress: Any = None)
     transfer that an earlier drive or the network began. The centre's signed report, any
     pending registration and a plain-language receipt go back onto the drive.
     """
-    from packs.bundle import DriveError, bundle_root, read_description
+    from packs.bundle import DriveError, read_description, write_enrolment
     from packs.bundle import import_drive as apply_bundle
+
+    from .drive import DriveUpstream
 
     drive = Path(drive)
     read_description(drive)  # refuses an incomplete or foreign bundle with a clear message
     channels = node.channels()
     applied = apply_bundle(node.repo, drive, channels, progress)
-    up = FolderUpstream(f"drive:{drive}", bundle_root(drive) / "repo", cost=-1)
+    up = DriveUpstream(drive, cost=-1)
     result = node.sync(only=[up], route="usb", ignore_demotion=True, wait=True)
     errors = list(applied.failed) + result.errors
     for e in errors:
@@ -509,9 +523,7 @@ def import_drive_into_centre(node: NodeAgent, drive: Path, progress: Any = None)
         written_reports = write_reports_to_drive(node, drive, receipt)
         pending = node.state.get("enrol_request")
         if pending:
-            enrol_dir = bundle_root(drive) / "enrolments"
-            enrol_dir.mkdir(parents=True, exist_ok=True)
-            (enrol_dir / f"{node.config.node_id}.json").write_text(pending, encoding="utf-8")
+            write_enrolment(drive, node.config.node_id, pending.encode())
         written = True
     except (DriveError, OSError) as exc:
         written = False
@@ -536,20 +548,16 @@ def write_reports_to_drive(node: NodeAgent, drive: Path, receipt: str) -> int:
     (centre, seq) once however many drives carry it. They stay queued here until the hub's
     acknowledgement comes back on a drive. Returns how many were written.
     """
-    from packs.bundle import DriveError, bundle_root, safe_name
-    from packs.errors import StoreError
-    from packs.store import write_atomic
+    from packs.bundle import BUNDLE_DIR, safe_name
+    from packs.drive_io import Drive
 
-    root = bundle_root(drive)
+    # only inside the drive's own folders: a folder that is a link is refused, never followed
+    d = Drive(drive)
     items = [(node.config.node_id, seq, body) for seq, body in node.state.unsent_reports()]
     items += node.state.unsent_relayed()
-    try:
-        for centre, seq, body in items:
-            write_atomic(root / "reports" / f"{safe_name(centre)}.{seq}.json", body, True)
-        name = safe_name(node.config.node_id)
-        write_atomic(root / "receipts" / f"{name}.txt", receipt.encode(), True)
-    except StoreError as exc:
-        raise DriveError(f"{drive}: could not write the reports ({exc})") from None
+    for centre, seq, body in items:
+        d.write_bytes(f"{BUNDLE_DIR}/reports/{safe_name(centre)}.{seq}.json", body)
+    d.write_bytes(f"{BUNDLE_DIR}/receipts/{safe_name(node.config.node_id)}.txt", receipt.encode())
     return len(items)
 
 
@@ -560,11 +568,12 @@ def read_acks_from_drive(node: NodeAgent, drive: Path) -> int:
     this centre's pinned root) and about a centre whose reports wait here; a bad one is
     logged and ignored, so the reports simply travel again (the hub deduplicates).
     """
-    from packs.bundle import bundle_root, safe_name
-    from protocol.report import verify_ack
+    from packs.bundle import BUNDLE_DIR, safe_name
+    from packs.drive_io import Drive
+    from protocol.report import MAX_REPORT_BYTES, verify_ack
 
-    folder = bundle_root(drive) / "acks"
-    if not folder.is_dir():
+    d = Drive(drive)  # no link followed, no FIFO opened, reads bounded
+    if not d.is_dir(f"{BUNDLE_DIR}/acks"):
         return 0
     waiting_relayed: dict[str, set[int]] = {}
     for cid, seq, _ in node.state.unsent_relayed():
@@ -572,13 +581,13 @@ def read_acks_from_drive(node: NodeAgent, drive: Path) -> int:
     own = {seq for seq, _ in node.state.unsent_reports()}
     marked = 0
     for centre in [node.config.node_id, *sorted(waiting_relayed)]:
-        path = folder / f"{safe_name(centre)}.json"
-        if not path.is_file():
+        rel = f"{BUNDLE_DIR}/acks/{safe_name(centre)}.json"
+        if not d.exists(rel):
             continue
         try:
-            seqs = verify_ack(path.read_bytes(), node.repo.trusted.root, centre)
+            seqs = verify_ack(d.read_bytes(rel, MAX_REPORT_BYTES), node.repo.trusted.root, centre)
         except (CaravaneError, OSError) as exc:
-            node.state.event("warning", f"drive {drive}: {path.name} ignored ({exc})")
+            node.state.event("warning", f"drive {drive}: {rel} ignored ({exc})")
             continue
         for seq in seqs:
             if centre == node.config.node_id and seq in own:

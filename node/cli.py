@@ -224,10 +224,14 @@ def node_status(data_dir: Path, as_json: bool) -> None:
     n = _open(data_dir)
     st = n.status()
     lines = [f"node {st['node_id']} {st['name']}".rstrip()]
+    warning = st.get("freeze_warning")
+    if warning:
+        lines += [f"  {warning['en']}", f"  {warning['fr']}"]
     for c in st["channels"]:
+        fresh = c["freshness"]["last_fresh_word"]
         lines.append(
             f"  {c['channel']}: serving {c['active']}, newest known {c['latest_known']}"
-            f" ({c['state']})"
+            f" ({c['state']}); last fresh word from the hub: {fresh or 'never'}"
         )
     lines.append(f"  free disk: {st['disk']['free'] / 1e9:.1f} GB")
     if st["reports_waiting"]:

@@ -99,6 +99,10 @@ class NodeConfig:
     fetch_minutes: float = 0.0  # longest single fetch before its upstream is set aside
     min_rate_kbit: int = 0  # under this rate (after a few seconds) an upstream is set aside
     margin_mb: int = 64
+    # warn when a channel had no fresh signed word for this long (freeze: node/freeze.py)
+    freeze_warning_days: int = 14
+    # the portal drops a client that has not sent a whole request head in this time
+    header_timeout_seconds: int = 15
     usb_mounts: list[str] = field(default_factory=list)
     host: str = "0.0.0.0"
     port: int = 8480

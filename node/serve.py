@@ -31,6 +31,7 @@ from protocol.paths import check_path
 
 from .agent import NodeAgent
 from .config import REPO_PREFIX
+from .freeze import freeze_warning, freshness
 
 log = logging.getLogger("caravane.node.serve")
 
@@ -131,7 +132,19 @@ class Portal:
                     "site": site,
                 }
             )
-        return self.render(request, "catalogue.html", channels=channels)
+        return self.render(
+            request, "catalogue.html", channels=channels, freeze=self.freeze_notice(lang)
+        )
+
+    def freeze_notice(self, lang: str) -> str | None:
+        """The portal says content may be old when no fresh word came for too long (TRUST.md)."""
+        days = self.node.config.freeze_warning_days
+        chans = [
+            {"channel": ch, "freshness": freshness(self.node.state, ch, days)}
+            for ch in self.node.channels()
+        ]
+        warning = freeze_warning(chans, days)
+        return warning.get(lang, warning["en"]) if warning else None
 
     async def browse(self, request: web.Request) -> web.StreamResponse:
         channel = request.match_info["channel"]
@@ -209,6 +222,9 @@ class Portal:
         st = self.node.status()
         lines, nxt = [], []
         behind = False
+        warning = st.get("freeze_warning")
+        if warning:  # a freeze is visible (node/freeze.py)
+            lines.append({"kind": "warn", "text": warning.get(lang, warning["en"])})
         for c in st["channels"]:
             args = {"channel": c["title"] or c["channel"], "v": c["active"]}
             if c["state"] == "up-to-date":
@@ -368,5 +384,15 @@ async def _redirect_slash(request: web.Request) -> web.Response:
 
 
 def serve(node: NodeAgent, host: str, port: int, agent: bool = False) -> None:
+    """Serve the portal; aiohttp's keep-alive timer, which runs from the moment a connection
+    opens and closes one still waiting for a whole request head, is the header deadline
+    (node.toml ``header_timeout_seconds``): 300 slow clients cannot hold the portal. The
+    portal only answers GETs and reads no body."""
     log.info("portal on http://%s:%d/", host, port)
-    web.run_app(make_app(node, agent), host=host, port=port, print=None)
+    web.run_app(
+        make_app(node, agent),
+        host=host,
+        port=port,
+        print=None,
+        keepalive_timeout=float(node.config.header_timeout_seconds),
+    )

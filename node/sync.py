@@ -46,6 +46,7 @@ from protocol.trust import MAX_ROOT_ROTATIONS, too_many_roots
 
 from .activate import Releases
 from .errors import DiskSpaceError, PassOver, TooMuchData, UpstreamError, UpstreamNotFound
+from .freeze import note_channel_word
 from .policy import RateLimiter
 from .state import NodeState
 from .transfer import BAD_DATA, RATE_GRACE_SECONDS, ROUTE_OF_KIND, Transfer, is_disk_full
@@ -335,6 +336,8 @@ class SyncEngine:
             return None
         _, (meta, data) = max(found, key=lambda f: f[1][0].version)
         self.repo.accept_channel(channel, data, f"channel metadata for {channel!r}")
+        # freeze visibility (node/freeze.py): when this channel last had fresh signed word
+        note_channel_word(self.state, channel, [(up.kind, m) for up, (m, _) in found])
         return meta
 
     # ------------------------------------------------------------------ 3. manifest

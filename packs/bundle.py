@@ -21,7 +21,6 @@ incomplete.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import re
@@ -39,26 +38,26 @@ from protocol.errors import (
     SignatureError,
     VerificationError,
 )
-from protocol.metadata import check_channel, format_time, now_utc
+from protocol.metadata import MAX_METADATA_BYTES, check_channel, format_time, now_utc
+from protocol.report import MAX_REPORT_BYTES
 
 from . import changes
 from .centre_store import CentreStore
-from .errors import DiskFullError, PackError, StoreError, TruncatedPackError
+from .drive_io import Drive, DriveError, DriveFullError
+from .errors import DiskFullError, PackError, TruncatedPackError
 from .layout import channel_relpath, pack_relpath, root_relpath
 from .packfile import DEFAULT_VOLUME_SIZE, read_entries, volume_paths
 from .repository import RepositoryBase, Snapshot
-from .store import write_atomic
 
 BUNDLE_DIR = "caravane"
 DESCRIPTION = "bundle.json"
 MARGIN = 16 * 1024 * 1024
+MAX_DESCRIPTION_BYTES = 16 * 1024 * 1024
+MAX_PLAN_BYTES = 16 * 1024 * 1024
+MAX_ENROLMENT_BYTES = 64 * 1024
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 Progress = Callable[[int], None] | None
-
-
-class DriveError(CaravaneError):
-    """A drive that cannot be used as it is (read-only, full, not a bundle, tampered)."""
 
 
 def safe_name(name: str) -> str:
@@ -110,30 +109,39 @@ def _free(path: Path) -> int:
 
 
 def _check_writable(drive: Path) -> None:
-    probe = drive / f".caravane-write-test-{os.getpid()}"
+    probe = f".caravane-write-test-{os.getpid()}"
+    d = Drive(drive)
     try:
-        probe.write_bytes(b"x")
-        probe.unlink()
-    except OSError as exc:
-        if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-            raise DriveError(
-                f"{drive}: the drive is read-only; unlock it (write-protect switch) or use "
-                "another drive / le support est en lecture seule : deverrouillez-le ou "
-                "utilisez-en un autre"
-            ) from None
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise DiskFullError(f"{drive}: the drive is full / le support est plein") from None
-        raise DriveError(f"{drive}: cannot write ({exc.strerror})") from None
+        d.write_bytes(probe, b"x")
+        d.unlink(probe)
+    except DriveFullError:
+        raise DiskFullError(f"{drive}: the drive is full / le support est plein") from None
 
 
-def pack_is_complete(first: Path) -> bool:
+def pack_is_complete(first: Path, drive: Drive | None = None) -> bool:
     """True when every entry of a pack on the drive reads back and verifies."""
     try:
-        for _ in read_entries(first):
+        for _ in read_entries(first, drive.open_path if drive else None):
             pass
-    except (PackError, FormatError, OSError):
+    except (PackError, FormatError, OSError, DriveError):
         return False
     return True
+
+
+def _drive_pack_size(d: Drive, rel: str) -> int:
+    total, i = 0, 0
+    while d.exists(name := rel if i == 0 else f"{rel}.{i}"):
+        total += d.size(name)
+        i += 1
+    return total
+
+
+def _remove_volumes(d: Drive, rel: str) -> None:
+    """Remove a pack's volumes (and any link or FIFO planted in their place)."""
+    i = 0
+    while d.lexists(name := rel if i == 0 else f"{rel}.{i}") or i == 0:
+        d.unlink(name)
+        i += 1
 
 
 def pack_size(first: Path) -> int:
@@ -193,19 +201,20 @@ def prepare(
     for c in channels:
         check_channel(c)
     root = bundle_root(drive)
-    (root / "repo").mkdir(parents=True, exist_ok=True)
+    d = Drive(drive)
+    d.mkdirs(f"{BUNDLE_DIR}/repo")
     written: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []
     chosen: list[PackPlan] = []
     for plan in plan_packs(hub, targets, channels):
         dest = root / "repo" / plan.relpath
-        if dest.exists() and pack_is_complete(dest):
-            plan.size = pack_size(dest)
+        rel = f"{BUNDLE_DIR}/repo/{plan.relpath}"
+        if d.exists(rel) and pack_is_complete(dest, d):
+            plan.size = _drive_pack_size(d, rel)
             chosen.append(plan)
             written.append(dict(asdict(plan), reused=True))
             continue
-        for stale in volume_paths(dest):
-            stale.unlink(missing_ok=True)
+        _remove_volumes(d, rel)
         if plan.size + min(margin, shutil.disk_usage(drive).total // 20) > _free(drive):
             skipped.append(dict(asdict(plan), reason="does not fit on the drive"))
             continue
@@ -213,17 +222,15 @@ def prepare(
         try:
             if not src.exists():
                 hub.build_pack(plan.channel, plan.from_version, plan.to_version, src, volume_size)
-            _copy_volumes(src, dest, volume_size, progress)
-        except DiskFullError:
-            for stale in volume_paths(dest):
-                stale.unlink(missing_ok=True)
+            _copy_volumes(src, d, rel, volume_size, progress)
+        except (DiskFullError, DriveFullError):
+            _remove_volumes(d, rel)
             skipped.append(dict(asdict(plan), reason="the drive filled up"))
             continue
-        plan.size = pack_size(dest)
+        plan.size = _drive_pack_size(d, rel)
         chosen.append(plan)
         written.append(dict(asdict(plan), reused=False))
-    _write_metadata(hub, root / "repo", channels)
-    plans_dir = root / "plans"
+    _write_metadata(hub, d, channels)
     for t in targets:
         steps = [
             {"channel": p.channel, "from": p.from_version, "to": p.to_version, "pack": p.relpath}
@@ -236,7 +243,8 @@ def prepare(
             if t.name in p["for_centres"]
         ]
         _write_json(
-            plans_dir / f"{safe_name(t.name)}.json",
+            d,
+            f"{BUNDLE_DIR}/plans/{safe_name(t.name)}.json",
             {"centre": t.name, "region": t.region, "steps": steps, "not_on_drive": missing},
         )
     description = {
@@ -259,7 +267,7 @@ def prepare(
         ],
         "not_on_drive": skipped,
     }
-    _write_json(root / DESCRIPTION, description)
+    _write_json(d, f"{BUNDLE_DIR}/{DESCRIPTION}", description)
     problems = verify_drive(drive, hub)
     if problems:
         raise DriveError(
@@ -276,56 +284,46 @@ def prepare(
     )
 
 
-def _copy_volumes(src: Path, dest: Path, volume_size: int, progress: Progress) -> None:
-    """Copy pack volumes to the drive through .part names, then rename."""
+def _copy_volumes(src: Path, d: Drive, rel: str, volume_size: int, progress: Progress) -> None:
+    """Copy pack volumes to the drive through temporary names, then rename."""
     vols = volume_paths(src)
     if any(v.stat().st_size > volume_size for v in vols):
         raise PackError(f"{src}: a volume is larger than {volume_size} bytes; rebuild the pack")
-    dest.parent.mkdir(parents=True, exist_ok=True)
     for i, vol in enumerate(vols):
-        target = dest if i == 0 else dest.with_name(f"{dest.name}.{i}")
-        part = target.with_name(target.name + ".part")
-        try:
-            with open(vol, "rb") as fin, open(part, "wb") as fout:
-                while block := fin.read(1024 * 1024):
-                    fout.write(block)
-                    if progress:
-                        progress(len(block))
-                fout.flush()
-                os.fsync(fout.fileno())
-            os.replace(part, target)
-        except OSError as exc:
-            part.unlink(missing_ok=True)
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-                raise DiskFullError(f"{dest.parent}: the drive is full") from None
-            raise DriveError(f"{target}: cannot write ({exc.strerror})") from None
+        target = rel if i == 0 else f"{rel}.{i}"
+        with open(vol, "rb") as fin, d.writer(target) as fout:
+            while block := fin.read(1024 * 1024):
+                fout.write(block)
+                if progress:
+                    progress(len(block))
 
 
-def _write_metadata(hub: RepositoryBase, repo: Path, channels: list[str]) -> None:
+def _write_metadata(hub: RepositoryBase, d: Drive, channels: list[str]) -> None:
+    repo = f"{BUNDLE_DIR}/repo"
     for v in hub.root_versions():
-        write_atomic(repo / root_relpath(v), (hub.path / root_relpath(v)).read_bytes(), True)
-    write_atomic(repo / root_relpath(), (hub.path / root_relpath()).read_bytes(), True)
+        d.write_bytes(f"{repo}/{root_relpath(v)}", (hub.path / root_relpath(v)).read_bytes())
+    d.write_bytes(f"{repo}/{root_relpath()}", (hub.path / root_relpath()).read_bytes())
     for c in channels:
         data = hub.channel_bytes(c)
         if data is None:
             raise NotFoundError(f"channel {c!r} does not exist on this hub")
-        write_atomic(repo / channel_relpath(c), data, True)
+        d.write_bytes(f"{repo}/{channel_relpath(c)}", data)
 
 
-def _write_json(path: Path, doc: dict[str, Any]) -> None:
-    write_atomic(path, json.dumps(doc, ensure_ascii=False, indent=2).encode() + b"\n", True)
+def _write_json(d: Drive, rel: str, doc: dict[str, Any]) -> None:
+    d.write_bytes(rel, json.dumps(doc, ensure_ascii=False, indent=2).encode() + b"\n")
 
 
 def read_description(drive: Path) -> dict[str, Any]:
     path = bundle_root(drive) / DESCRIPTION
     try:
-        data = path.read_bytes()
+        data = Drive(drive).read_bytes(f"{BUNDLE_DIR}/{DESCRIPTION}", MAX_DESCRIPTION_BYTES)
     except FileNotFoundError:
         raise DriveError(
             f"{drive}: no Caravane bundle on this drive (or it was pulled out while being "
             "prepared) / aucun lot Caravane sur ce support"
         ) from None
-    doc = load_json(data, str(path), 16 * 1024 * 1024)
+    doc = load_json(data, str(path), MAX_DESCRIPTION_BYTES)
     if not isinstance(doc, dict) or doc.get("format") != "caravane-bundle":
         raise DriveError(f"{path}: not a Caravane bundle description")
     return doc
@@ -342,18 +340,20 @@ def verify_drive(drive: Path, trust: RepositoryBase) -> list[str]:
     except CaravaneError as exc:
         return [str(exc)]
     repo = bundle_root(drive) / "repo"
+    d = Drive(drive)
     for c in doc.get("channels", []):
         try:
-            data = (repo / channel_relpath(c)).read_bytes()
+            check_channel(str(c))
+            data = d.read_bytes(f"{BUNDLE_DIR}/repo/{channel_relpath(c)}", MAX_METADATA_BYTES)
             trust.trusted.verify_channel(data, c, check_expiry=False)
         except (OSError, CaravaneError) as exc:
             problems.append(f"channel metadata {c!r}: {exc}")
     for p in doc.get("packs", []):
         first = repo / str(p.get("path", ""))
         try:
-            for _ in read_entries(first):
+            for _ in read_entries(first, d.open_path):
                 pass
-        except (PackError, FormatError, OSError) as exc:
+        except (PackError, FormatError, OSError, DriveError) as exc:
             problems.append(str(exc))
     return problems
 
@@ -386,9 +386,10 @@ def import_drive(
     """
     doc = read_description(drive)
     repo = bundle_root(drive) / "repo"
+    d = Drive(drive)
     wanted = channels if channels is not None else list(doc.get("channels", []))
     wanted = [c for c in wanted if c in doc.get("channels", [])]
-    _check_same_hub(store, repo, wanted)
+    _check_same_hub(store, d, wanted)
     packs = [p for p in doc.get("packs", []) if p.get("channel") in wanted]
     applied: list[dict[str, Any]] = []
     failed: list[str] = []
@@ -406,7 +407,9 @@ def import_drive(
                 break
             first = repo / str(step["path"])
             try:
-                res = store.apply_pack(first, progress=progress, channels=[channel])
+                res = store.apply_pack(
+                    first, progress=progress, channels=[channel], opener=d.open_path
+                )
             except TruncatedPackError as exc:
                 failed.append(
                     f"{channel}: the drive's pack is incomplete ({exc}); re-insert the drive or "
@@ -427,25 +430,28 @@ def import_drive(
     return ImportResult(applied, failed, up_to_date)
 
 
-def _check_same_hub(store: RepositoryBase, repo: Path, channels: list[str]) -> None:
+def _check_same_hub(store: RepositoryBase, d: Drive, channels: list[str]) -> None:
     """Refuse at once a drive whose metadata another hub signed (clear message, no work)."""
     state = store.trusted.copy()  # with the roots it replaced: a revoked key is named
-    for v in sorted(
-        int(p.stem) for p in (repo / "metadata/root").glob("*.json") if p.stem.isdigit()
-    ):
+    repo = f"{BUNDLE_DIR}/repo"
+    names = d.files(f"{repo}/metadata/root", ".json")
+    for v in sorted(int(n[:-5]) for n in names if n[:-5].isdigit()):
         if v > state.root.version:
             try:
-                state.update_root((repo / root_relpath(v)).read_bytes(), f"drive root v{v}")
+                data = d.read_bytes(f"{repo}/{root_relpath(v)}", MAX_METADATA_BYTES)
+                state.update_root(data, f"drive root v{v}")
             except CaravaneError:
                 break
     for c in channels:
         try:
-            state.verify_channel((repo / channel_relpath(c)).read_bytes(), c, check_expiry=False)
+            check_channel(c)
+            data = d.read_bytes(f"{repo}/{channel_relpath(c)}", MAX_METADATA_BYTES)
+            state.verify_channel(data, c, check_expiry=False)
         except SignatureError as exc:
             if "revoked" in str(exc):
                 raise DriveError(
                     f"this drive was prepared before the hub changed its keys: {exc}; nothing "
-                    "was taken from it / support prepare avant le changement de cles du hub"
+                    "was taken from it / support préparé avant le changement de clés du hub"
                 ) from None
             raise DriveError(
                 "this drive was prepared by another hub (its signatures do not match this "
@@ -457,31 +463,63 @@ def _check_same_hub(store: RepositoryBase, repo: Path, channels: list[str]) -> N
 
 
 def write_return(drive: Path, centre: str, report: bytes, receipt: str) -> Path:
-    """Write a centre's signed report and plain-language receipt onto the drive."""
-    root = bundle_root(drive)
+    """Write a centre's signed report and plain-language receipt onto the drive.
+
+    Only inside the drive's own ``caravane/reports`` and ``caravane/receipts`` folders: a
+    folder that is a link (into the centre's disk, say) is refused, never written through.
+    """
     name = safe_name(centre)
+    d = Drive(drive)
+    d.write_bytes(f"{BUNDLE_DIR}/reports/{name}.json", report)
+    d.write_bytes(f"{BUNDLE_DIR}/receipts/{name}.txt", receipt.encode())
+    return bundle_root(drive) / "reports" / f"{name}.json"
+
+
+def write_enrolment(drive: Path, centre: str, request: bytes) -> None:
+    """Write a centre's pending registration onto the drive (same rules as reports)."""
+    Drive(drive).write_bytes(f"{BUNDLE_DIR}/enrolments/{safe_name(centre)}.json", request)
+
+
+def _read_folder(drive: Path, folder: str, limit: int) -> tuple[list[tuple[str, bytes]], list[str]]:
+    d = Drive(drive)
+    good: list[tuple[str, bytes]] = []
+    refused: list[str] = []
     try:
-        write_atomic(root / "reports" / f"{name}.json", report, True)
-        write_atomic(root / "receipts" / f"{name}.txt", receipt.encode(), True)
-    except StoreError as exc:
-        raise DriveError(f"{drive}: could not write the report ({exc})") from None
-    return root / "reports" / f"{name}.json"
+        names = d.files(f"{BUNDLE_DIR}/{folder}", ".json")
+    except DriveError as exc:
+        return [], [str(exc)]
+    for n in names:
+        try:
+            good.append((n[: -len(".json")], d.read_bytes(f"{BUNDLE_DIR}/{folder}/{n}", limit)))
+        except (OSError, DriveError) as exc:
+            refused.append(f"{n}: {exc}")
+    return good, refused
+
+
+def read_returns(drive: Path) -> tuple[list[tuple[str, bytes]], list[str]]:
+    """The centres' reports on a returned drive, and the files refused (links, too large)."""
+    return _read_folder(drive, "reports", MAX_REPORT_BYTES)
+
+
+def read_enrolments(drive: Path) -> tuple[list[tuple[str, bytes]], list[str]]:
+    """The registrations of never-online centres on a returned drive, and the files refused."""
+    return _read_folder(drive, "enrolments", MAX_ENROLMENT_BYTES)
 
 
 def read_reports(drive: Path) -> list[tuple[str, bytes]]:
-    folder = bundle_root(drive) / "reports"
-    if not folder.is_dir():
-        return []
-    return [(p.stem, p.read_bytes()) for p in sorted(folder.glob("*.json"))]
+    """The readable reports on a drive (``read_returns`` also says which were refused)."""
+    return read_returns(drive)[0]
 
 
 def plan_for(drive: Path, centre: str) -> dict[str, Any]:
-    path = bundle_root(drive) / "plans" / f"{safe_name(centre)}.json"
-    if not path.is_file():
-        raise VerificationError(f"{drive}: no plan for centre {centre!r} on this drive")
-    doc = load_json(path.read_bytes(), str(path))
+    rel = f"{BUNDLE_DIR}/plans/{safe_name(centre)}.json"
+    try:
+        data = Drive(drive).read_bytes(rel, MAX_PLAN_BYTES)
+    except FileNotFoundError:
+        raise VerificationError(f"{drive}: no plan for centre {centre!r} on this drive") from None
+    doc = load_json(data, str(Path(drive) / rel))
     if not isinstance(doc, dict):
-        raise VerificationError(f"{path}: not a plan")
+        raise DriveError(f"{Path(drive) / rel}: not a plan; prepare the drive again at the hub")
     return doc
 
 
@@ -494,7 +532,10 @@ __all__ = [
     "plan_for",
     "prepare",
     "read_description",
+    "read_enrolments",
     "read_reports",
+    "read_returns",
     "verify_drive",
+    "write_enrolment",
     "write_return",
 ]

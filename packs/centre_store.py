@@ -38,7 +38,7 @@ from . import delta
 from .errors import PackError, StoreError, TruncatedPackError
 from .ingest import Progress
 from .layout import channel_relpath, manifest_relpath
-from .packfile import read_entries
+from .packfile import Opener, read_entries
 from .repository import (
     MAX_MANIFEST_BYTES,
     ApplyResult,
@@ -139,6 +139,7 @@ class CentreStore(RepositoryBase):
         progress: Progress = None,
         dry_run: bool = False,
         channels: Collection[str] | None = None,
+        opener: Opener | None = None,
     ) -> ApplyResult:
         """Verify a pack against this store's pinned root and add what it carries.
 
@@ -149,6 +150,10 @@ class CentreStore(RepositoryBase):
         ``channels`` are the ones this centre subscribes to: a pack for any other channel is
         refused before anything from it is written (newer roots it carries included), so a
         centre keeps nothing of channels it does not serve.
+
+        ``opener`` opens the pack's volumes (a drive's walks its folders without links). Each
+        entry's payload is bounded before it is read by what the signed metadata says it may
+        hold, so a forged length costs no memory.
         """
         if dry_run:
             return self.verify_pack(pack, channels)
@@ -157,21 +162,27 @@ class CentreStore(RepositoryBase):
         self._subscribed = None if channels is None else set(channels)
         self._unwritten_roots = []
         try:
-            return self._apply_pack_locked(pack, progress)
+            return self._apply_pack_locked(pack, progress, opener)
         finally:
             if self._unwritten_roots:  # verified but never kept: the disk is the truth
                 self._trusted = None
 
-    def _apply_pack_locked(self, pack: Path, progress: Progress) -> ApplyResult:
+    def _apply_pack_locked(
+        self, pack: Path, progress: Progress, opener: Opener | None
+    ) -> ApplyResult:
         pending_channel: Pending | None = None
         manifest: Manifest | None = None
         old: Manifest | None = None
         mbytes = b""
         added = 0
+
+        def payload_limit(header: dict[str, Any]) -> int:
+            return _entry_bound(header, pending_channel, manifest)
+
         with self.lock():
             snap = self.snapshot()
             try:
-                for entry in read_entries(pack):
+                for entry in read_entries(pack, opener, payload_limit):
                     what = f"{pack.name} entry at byte {entry.offset}"
                     if entry.kind == "metadata":
                         pending_channel = self._apply_metadata(entry, snap, what) or pending_channel
@@ -313,6 +324,41 @@ class CentreStore(RepositoryBase):
             if progress:
                 progress(len(piece))
         return added
+
+
+def _zstd_bound(size: int) -> int:
+    """The most a zstd frame of ``size`` bytes can take (ZSTD_COMPRESSBOUND, with room)."""
+    return size + (size >> 7) + 128 * 1024
+
+
+def _entry_bound(
+    header: dict[str, Any],
+    pending: Pending | None,
+    manifest: Manifest | None,
+) -> int:
+    """The largest payload a pack entry may have, from the signed sizes known so far.
+
+    Metadata: a frame of at most MAX_METADATA_BYTES. Manifest: a frame of the length the
+    verified channel metadata gives for that version. Delta: a frame of the targets it names
+    in the verified manifest. Anything else (out of order, unknown version): nothing.
+    """
+    kind = header.get("kind")
+    if kind == "end":
+        return 0
+    if kind == "metadata":
+        return _zstd_bound(MAX_METADATA_BYTES)
+    if kind == "manifest":
+        version = header.get("version")
+        ref = pending[2].releases.get(version) if pending and isinstance(version, int) else None
+        return _zstd_bound(min(ref.manifest_length, MAX_MANIFEST_BYTES)) if ref else 0
+    if kind == "delta" and manifest is not None:
+        try:
+            targets = delta.resolve_runs(header.get("targets"), manifest, "pack entry targets")
+        except CaravaneError:
+            return 0
+        return _zstd_bound(min(sum(n for _, n in targets), delta.GROUP_TARGET + (16 << 20)))
+    return 0
+
 
 
 def _frame_size(frame: bytes, what: str) -> int:

@@ -106,6 +106,10 @@ class HubRepository(RepositoryBase):
         """Where this hub keeps the private key of ``role`` (the root key may be offline)."""
         return self.keys_dir / f"{role}.pem"
 
+    def signing_key(self, role: str) -> PrivateKey:
+        """The private key of ``role`` (the hub signs acknowledgements with the release key)."""
+        return self._key(role)
+
     def _key(self, role: str) -> PrivateKey:
         path = self.key_path(role)
         if not path.is_file():

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -131,30 +132,85 @@ class PackWriter:
 
 
 def _read_exact(fh: BinaryIO, n: int) -> bytes:
-    data = fh.read(n)
-    while len(data) < n:
-        more = fh.read(n - len(data))
+    """Read ``n`` bytes, or fewer at the end of the file.
+
+    Memory grows with the bytes that actually arrive (blocks of at most 1 MiB), never with
+    what a header declares: a forged entry declaring 1 GiB costs nothing before it is read.
+    """
+    if n <= _BLOCK:
+        data = fh.read(n)
+        while len(data) < n:
+            more = fh.read(n - len(data))
+            if not more:
+                break
+            data += more
+        return data
+    buf = bytearray()
+    while len(buf) < n:
+        more = fh.read(min(_BLOCK, n - len(buf)))
         if not more:
             break
-        data += more
-    return data
+        buf += more
+    return bytes(buf)
 
 
-def read_entries(first: Path) -> Iterator[Entry]:
+_BLOCK = 1024 * 1024
+
+Opener = Callable[[Path], BinaryIO]
+PayloadLimit = Callable[[dict[str, Any]], int]
+
+
+def open_regular(path: Path) -> BinaryIO:
+    """Open a pack volume without following a final symlink or blocking on a FIFO.
+
+    Raises FileNotFoundError when it is absent, PackError when it is a link, a device, a FIFO
+    or a socket (a link to /dev/zero would otherwise be an endless pack).
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise PackError(
+            f"{path}: cannot be read ({exc.strerror}); it must be a plain file"
+        ) from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise PackError(f"{path}: not a regular file (a device, FIFO or socket); refused")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+
+
+def read_entries(
+    first: Path, opener: Opener | None = None, limit: PayloadLimit | None = None
+) -> Iterator[Entry]:
     """Yield verified entries of a pack; raise TruncatedPackError/PackError at the first bad one.
 
-    The ``end`` entry is yielded too; a pack with no ``end`` entry is truncated.
+    The ``end`` entry is yielded too; a pack with no ``end`` entry is truncated. ``opener``
+    opens a volume (default: a regular file, no symlink, no FIFO); ``limit`` gives, from an
+    entry's header, the largest payload the caller accepts for it (the signed manifest's
+    sizes), checked before a byte of the payload is read. A payload longer than what is left
+    in its volume is a cut pack, found without reading it.
     """
-    vols = volume_paths(Path(first))
+    first = Path(first)
+    open_volume = opener or open_regular
     offset = 0
-    for vi, vol in enumerate(vols):
+    vi = 0
+    while True:
+        vol = first if vi == 0 else first.with_name(f"{first.name}.{vi}")
         try:
-            fh = open(vol, "rb")
+            fh = open_volume(vol)
+        except FileNotFoundError:
+            if vi == 0:
+                raise PackError(f"{vol}: cannot be read (no such file)") from None
+            break
         except OSError as exc:
             raise PackError(f"{vol}: cannot be read ({exc.strerror})") from None
         with fh:
+            size = os.fstat(fh.fileno()).st_size
             if _read_exact(fh, len(MAGIC)) != MAGIC:
                 raise PackError(f"{vol}: not a Caravane pack (bad magic)")
+            pos = len(MAGIC)
             while True:
                 start = _read_exact(fh, 6)
                 if not start:
@@ -166,6 +222,8 @@ def read_entries(first: Path) -> Iterator[Entry]:
                 (hlen,) = struct.unpack(">I", start[2:])
                 if hlen > MAX_HEADER:
                     raise PackError(f"{vol}: pack entry header too large at byte {offset}")
+                if pos + 6 + hlen > size:
+                    raise TruncatedPackError(f"{vol}: pack cut short at byte {offset}")
                 hb = _read_exact(fh, hlen)
                 if len(hb) < hlen:
                     raise TruncatedPackError(f"{vol}: pack cut short at byte {offset}")
@@ -180,6 +238,17 @@ def read_entries(first: Path) -> Iterator[Entry]:
                 plen = header.get("length")
                 if not isinstance(plen, int) or not 0 <= plen <= MAX_PAYLOAD:
                     raise PackError(f"{vol}: bad entry length at byte {offset}")
+                allowed = limit(header) if limit is not None else MAX_PAYLOAD
+                if plen > allowed:
+                    raise PackError(
+                        f"{vol}: entry at byte {offset} declares {plen} bytes, more than the "
+                        f"{allowed} its signed sizes allow (tampered pack); get it again"
+                    )
+                if pos + 6 + hlen + plen + 32 > size:
+                    raise TruncatedPackError(
+                        f"{vol}: pack cut short inside the entry at byte {offset}; the entries "
+                        "before it are usable, copy or download the pack again for the rest"
+                    )
                 payload = _read_exact(fh, plen)
                 digest = _read_exact(fh, 32)
                 if len(payload) < plen or len(digest) < 32:
@@ -195,9 +264,11 @@ def read_entries(first: Path) -> Iterator[Entry]:
                     )
                 entry = Entry(header["kind"], header, payload, offset, vi)
                 offset += 6 + hlen + plen + 32
+                pos += 6 + hlen + plen + 32
                 yield entry
                 if entry.kind == "end":
                     return
+        vi += 1
     raise TruncatedPackError(
         f"{first}: pack has no end entry (cut short or a volume is missing); the entries "
         "before the cut are usable"

@@ -35,6 +35,8 @@ class Report:
     errors: list[str] = field(default_factory=list)
     usage: dict[str, int] = field(default_factory=dict)
     route: str = "network"
+    # channel -> when the centre last had fresh signed word of it (freeze visibility)
+    fresh: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -47,6 +49,7 @@ class Report:
             "errors": self.errors[-20:],
             "usage": self.usage,
             "route": self.route,
+            "fresh": self.fresh,
         }
 
     @classmethod
@@ -60,6 +63,7 @@ class Report:
             if route not in ROUTES:
                 raise ValueError(f"unknown route {route!r}")
             free = d.get("free_disk")
+            fresh = {str(k): str(v)[:40] for k, v in dict(d.get("fresh", {})).items()}
             return cls(
                 node_id=str(d["node_id"]),
                 seq=int(d["seq"]),
@@ -69,6 +73,7 @@ class Report:
                 errors=[str(e) for e in d.get("errors", [])][-20:],
                 usage=usage,
                 route=route,
+                fresh=fresh,
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise FormatError(f"report: malformed ({exc})") from None

@@ -19,6 +19,7 @@ from hub.service import Principal
 from hub.web import unpack_archive
 from protocol.errors import PathError
 from tests.hub.conftest import RunningHub, sqlite_hub  # noqa: F401
+from tests.node.conftest import World, world  # noqa: F401
 
 
 def _zip(path: Path, members: list[tuple[str, bytes, int]]) -> Path:
@@ -162,3 +163,223 @@ def test_sessions_csrf_roles_and_escaping(sqlite_hub: RunningHub) -> None:  # no
         s.execute(update(Token).where(Token.name == "test-field_agent").values(revoked=True))
     status, body = agent.call("/ui/fleet")
     assert 'name="token"' in body
+
+
+def _multipart(fields: dict[str, str], files: dict[str, tuple[str, bytes]]) -> tuple[bytes, str]:
+    boundary = "caravane-test-boundary"
+    out = []
+    for name, value in fields.items():
+        out.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'
+        )
+    for name, (filename, data) in files.items():
+        out.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; '
+            f'filename="{filename}"\r\nContent-Type: application/octet-stream\r\n\r\n'
+        )
+        out.append(data)  # type: ignore[arg-type]
+        out.append("\r\n")
+    out.append(f"--{boundary}--\r\n")
+    body = b"".join(p.encode() if isinstance(p, str) else p for p in out)
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+def _post_multipart(b: Browser, path: str, fields: dict, files: dict | None = None):
+    body, ctype = _multipart(fields, files or {})
+    req = urllib.request.Request(b.base + path, body, {"Content-Type": ctype})
+    try:
+        with b.opener.open(req, timeout=30) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def test_csrf_on_every_encoding_multipart_and_logout_included(
+    sqlite_hub: RunningHub,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    b = Browser(sqlite_hub.url)
+    csrf = b.sign_in(sqlite_hub.admin)
+    # a multipart logout without the token does not sign out
+    assert _post_multipart(b, "/ui/logout", {})[0] == 403
+    # ... nor with a forged one in the query
+    assert _post_multipart(b, "/ui/logout?csrf=forged", {})[0] == 403
+    status, body = b.call("/ui/fleet")
+    assert status == 200 and 'name="token"' not in body
+    # a page that takes no uploads refuses multipart even with the right token in the body
+    assert _post_multipart(b, "/ui/register", {"name": "Z", "csrf": csrf})[0] == 403
+    assert not [n for n in sqlite_hub.hub.fleet() if n["name"] == "Z"]
+    # text/plain bodies carry no form field: refused
+    req = urllib.request.Request(
+        b.base + "/ui/register", b"name=Z&csrf=" + csrf.encode(), {"Content-Type": "text/plain"}
+    )
+    with pytest.raises(urllib.error.HTTPError) as err:
+        b.opener.open(req, timeout=10)
+    assert err.value.code == 403
+    # publishing: the token travels in the action URL and is checked before the upload
+    zipped = _zip(tmp_path / "site.zip", [("index.html", b"<h1>ok</h1>", 0o644)])
+    files = {"archive": ("site.zip", zipped.read_bytes())}
+    fields = {"channel": "lecons", "csrf": csrf}
+    assert _post_multipart(b, "/ui/publish", fields, files)[0] == 403
+    assert not sqlite_hub.hub.repo.channels()
+    status, body = _post_multipart(b, f"/ui/publish?csrf={csrf}", fields, files)
+    assert status == 200, body  # accepted: the publish job runs (tests/web/test_browser.py)
+    # the sign-out form carries its token and works
+    assert b.call("/ui/logout", {"csrf": csrf})[0] == 200
+    assert 'name="token"' in b.call("/ui/fleet")[1]
+
+
+def _login_page(url: str):
+    """Open the sign-in page: the connection, its CSRF field and its cookie."""
+    import http.client
+
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    conn.request("GET", "/ui/login")
+    r = conn.getresponse()
+    body = r.read().decode()
+    csrf = re.search(r'name="csrf" value="([^"]+)"', body).group(1)
+    cookie = r.getheader("Set-Cookie").split(";")[0]
+    return conn, csrf, cookie
+
+
+def _sign_in_headers(rh: RunningHub, forwarded: str | None) -> str:
+    """Sign in with the admin token; the session's Set-Cookie header."""
+    conn, csrf, cookie = _login_page(rh.url)
+    headers = {"Content-Type": "application/x-www-form-urlencoded", "Cookie": cookie}
+    if forwarded:
+        headers["X-Forwarded-Proto"] = forwarded
+    body = urllib.parse.urlencode({"csrf": csrf, "token": rh.admin})
+    conn.request("POST", "/ui/login", body, headers)
+    r = conn.getresponse()
+    r.read()
+    assert r.status == 302
+    return next(v for k, v in r.getheaders() if k == "Set-Cookie" and "session" in v)
+
+
+def test_secure_cookies_only_through_a_trusted_https_proxy(tmp_path: Path) -> None:
+    from tests.hub.conftest import start_hub
+
+    proxied, server = start_hub(tmp_path / "proxied", trusted_proxies=["127.0.0.1"])
+    try:
+        assert "Secure" in _sign_in_headers(proxied, "https")
+        assert "Secure" not in _sign_in_headers(proxied, None)
+        assert "Secure" not in _sign_in_headers(proxied, "http")
+    finally:
+        server.stop()
+    direct, server = start_hub(tmp_path / "direct")
+    try:  # anyone may send the header: without a trusted proxy it is ignored
+        assert "Secure" not in _sign_in_headers(direct, "https")
+    finally:
+        server.stop()
+
+
+def _dropped_after(port: int, head: bytes, trickle: bytes, limit: float) -> float:
+    """Send ``head``, then ``trickle`` one byte a second; seconds until the server hangs up."""
+    import socket
+    import time
+
+    s = socket.create_connection(("127.0.0.1", port), timeout=limit)
+    start = time.monotonic()
+    try:
+        s.sendall(head)
+        for byte in trickle:
+            if time.monotonic() - start > limit:
+                break
+            try:
+                s.sendall(bytes([byte]))
+            except OSError:
+                return time.monotonic() - start
+            s.settimeout(1.0)
+            try:
+                if s.recv(4096) == b"":
+                    return time.monotonic() - start
+            except TimeoutError:
+                continue
+            except OSError:
+                return time.monotonic() - start
+        return float("inf")
+    finally:
+        s.close()
+
+
+def test_slow_header_and_slow_body_clients_are_dropped(tmp_path: Path) -> None:
+    """`caravane hub serve` with 2-second limits; raw sockets send one byte per second."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from hub.config import HubConfig
+    from tests.hub.conftest import free_port
+
+    port = free_port()
+    data = tmp_path / "hub"
+    run = [sys.executable, "-m", "caravane", "hub"]
+    out = subprocess.run(
+        [*run, "init", "--data", str(data), "--port", str(port)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    cfg = HubConfig.load(data / "hub.toml")
+    cfg.header_timeout_seconds = 2
+    cfg.body_timeout_seconds = 2
+    (data / "hub.toml").write_text(cfg.to_toml())
+    proc = subprocess.Popen(
+        [*run, "serve", "--config", str(data / "hub.toml"), "--no-scheduler"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.2)
+        head = b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\nX-Slow: "
+        assert _dropped_after(port, b"", head + b"a" * 60, 20) < 6
+        post = (
+            b"POST /ui/login HTTP/1.1\r\nHost: x\r\nContent-Type: "
+            b"application/x-www-form-urlencoded\r\nContent-Length: 100000\r\n\r\n"
+        )
+        assert _dropped_after(port, post, b"a" * 60, 20) < 8
+        # a normal client is served
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/health", timeout=10) as r:
+            assert r.status == 200
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_portal_drops_a_slow_header_client(world: World) -> None:  # noqa: F811
+    """`caravane node serve` with a 2-second head deadline; a raw socket sends a byte a second."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from tests.hub.conftest import free_port
+
+    n = world.node("tombouctou", header_timeout_seconds=2)
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "caravane", "node", "serve", "-d", str(n.config.data_dir)]
+        + ["--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.2)
+        head = b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: "
+        assert _dropped_after(port, b"", head + b"a" * 60, 20) < 6
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

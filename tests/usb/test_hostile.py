@@ -214,6 +214,25 @@ def test_cli_import_and_ingest_on_a_hostile_drive(world: World, tmp_path: Path) 
     assert out.returncode == 0, out.stderr
 
     victim = _outside(tmp_path)
+    # prepare onto a returned drive whose plans folder leads into the hub's disk: refused
+    plans = d / "caravane/plans"
+    shutil.move(plans, tmp_path / "plans-kept")
+    plans.symlink_to(victim, target_is_directory=True)
+    out = run("usb", "prepare", d, "--nodes", "Kita", "--hub-config", hub_toml)
+    assert out.returncode == 1 and "link" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and list(victim.iterdir()) == []
+    plans.unlink()
+    shutil.move(tmp_path / "plans-kept", plans)
+    # verify reads a FIFO in place of a pack volume without hanging, and says so
+    pack = next((d / "caravane/repo/packs").rglob("*.pack"))
+    kept = pack.read_bytes()
+    pack.unlink()
+    os.mkfifo(pack)
+    out = run("usb", "verify", d, "--repo", config.repo_dir)
+    assert out.returncode == 3 and "not a regular file" in out.stdout
+    pack.unlink()
+    pack.write_bytes(kept)
+
     (d / "caravane/reports").symlink_to(victim, target_is_directory=True)
     (d / "caravane/enrolments").symlink_to(victim, target_is_directory=True)
     out = run("usb", "import", d, "-d", tmp_path / "centre", "--json")

@@ -77,7 +77,8 @@ def _check(world: World, dirs: dict[str, Path], ids: dict[str, str], when: str) 
             assert row["last_error"] == (newest["errors"][-1] if newest["errors"] else None)
 
 
-def test_three_centres_every_route_kill_9(world: World, tmp_path: Path) -> None:
+def test_three_centres_every_route_kill_9(world_any_db: World, tmp_path: Path) -> None:
+    world = world_any_db  # the hub on SQLite, then on PostgreSQL
     rng = random.Random(SEED)
     world.publish(content(1, big=1_500_000, files=4))
     proxy = world.proxy()

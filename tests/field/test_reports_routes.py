@@ -86,7 +86,7 @@ def test_a_forged_acknowledgement_marks_nothing(world: World) -> None:
     assert [seq for seq, _ in c.state.unsent_reports()] == [1, 2]
     assert any("not signed by the hub" in e["message"] for e in c.state.recent_events(5))
     # an acknowledgement for another centre, even genuine, does not touch this one's queue
-    key = PrivateKey.load(world.hub_repo / "keys" / "release.pem")
+    key = world.rh.hub.repo.signing_key("release")
     (acks / f"{cid}.json").write_bytes(make_ack("someone-else", [1, 2], "now", key))
     assert import_drive_into_centre(c, drive)["acknowledged"] == 0
     assert len(c.state.unsent_reports()) == 3

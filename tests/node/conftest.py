@@ -25,6 +25,7 @@ from node.serve import make_app as make_node_app
 from tests.foundation.conftest import read_tree, write_tree
 from tests.hub.conftest import RunningHub, ServerThread, free_port, start_hub
 from tests.support.faultproxy import FaultProxy
+from tests.support.simulator import Centre, RepositorySimulator
 
 
 def random_bytes(n: int, seed: int) -> bytes:
@@ -113,7 +114,18 @@ class World:
 
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[World]:
-    rh, server = start_hub(tmp_path / "hub")
+    yield from _world(tmp_path, None)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def world_any_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[World]:
+    """The same world with the hub on SQLite and on PostgreSQL (skipped when unreachable)."""
+    url = request.getfixturevalue("pg_url") if request.param == "postgresql" else None
+    yield from _world(tmp_path, url)
+
+
+def _world(tmp_path: Path, db_url: str | None) -> Iterator[World]:
+    rh, server = start_hub(tmp_path / "hub", db_url)
     w = World(tmp_path, rh)
     yield w
     for p in w.proxies:
@@ -125,3 +137,16 @@ def world(tmp_path: Path) -> Iterator[World]:
 
 def env_without_proxy() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+
+
+# the in-memory repository simulator and a centre syncing from it (no hub, no socket)
+@pytest.fixture
+def sim(tmp_path: Path) -> RepositorySimulator:
+    return RepositorySimulator(tmp_path)
+
+
+@pytest.fixture
+def centre(tmp_path: Path, sim: RepositorySimulator) -> Iterator[Centre]:
+    c = Centre.create(tmp_path / "centre", sim)
+    yield c
+    c.close()

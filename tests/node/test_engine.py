@@ -10,7 +10,6 @@ from __future__ import annotations
 import random
 import shutil
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -43,18 +42,6 @@ def tree(version: int, big: int = 400_000) -> dict[str, bytes]:
         "index.html": f"<h1>v{version}</h1>".encode(),
         **{f"textes/{i}.txt": (f"chapitre {i} " * 300).encode() for i in range(5)},
     }
-
-
-@pytest.fixture
-def sim(tmp_path: Path) -> RepositorySimulator:
-    return RepositorySimulator(tmp_path)
-
-
-@pytest.fixture
-def centre(tmp_path: Path, sim: RepositorySimulator) -> Iterator[Centre]:
-    c = Centre.create(tmp_path / "centre", sim)
-    yield c
-    c.close()
 
 
 def test_fresh_sync_takes_the_pack_and_serves_the_release(

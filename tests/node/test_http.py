@@ -24,18 +24,6 @@ from tests.support.simulator import Centre, RepositorySimulator
 
 
 @pytest.fixture
-def sim(tmp_path: Path) -> RepositorySimulator:
-    return RepositorySimulator(tmp_path)
-
-
-@pytest.fixture
-def centre(tmp_path: Path, sim: RepositorySimulator) -> Iterator[Centre]:
-    c = Centre.create(tmp_path / "centre", sim)
-    yield c
-    c.close()
-
-
-@pytest.fixture
 def servers() -> Iterator[list[ServerThread]]:
     running: list[ServerThread] = []
     yield running

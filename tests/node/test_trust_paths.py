@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,18 +36,6 @@ BAD_NAMES = [
     "trailing space ",
     "tab\there",
 ]
-
-
-@pytest.fixture
-def sim(tmp_path: Path) -> RepositorySimulator:
-    return RepositorySimulator(tmp_path)
-
-
-@pytest.fixture
-def centre(tmp_path: Path, sim: RepositorySimulator) -> Iterator[Centre]:
-    c = Centre.create(tmp_path / "centre", sim)
-    yield c
-    c.close()
 
 
 @pytest.mark.parametrize("name", BAD_NAMES)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,18 +23,6 @@ from tests.support.simulator import Centre, RepositorySimulator
 
 def tree(version: int) -> dict[str, bytes]:
     return {"index.html": f"<h1>v{version}</h1>".encode(), "a/b.txt": b"texte " * 200}
-
-
-@pytest.fixture
-def sim(tmp_path: Path) -> RepositorySimulator:
-    return RepositorySimulator(tmp_path)
-
-
-@pytest.fixture
-def centre(tmp_path: Path, sim: RepositorySimulator) -> Iterator[Centre]:
-    c = Centre.create(tmp_path / "centre", sim)
-    yield c
-    c.close()
 
 
 def installed(sim: RepositorySimulator, centre: Centre, version: int) -> None:

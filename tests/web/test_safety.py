@@ -305,10 +305,8 @@ def _dropped_after(port: int, head: bytes, trickle: bytes, limit: float) -> floa
 
 def test_slow_header_and_slow_body_clients_are_dropped(tmp_path: Path) -> None:
     """`caravane hub serve` with 2-second limits; raw sockets send one byte per second."""
-    import socket
     import subprocess
     import sys
-    import time
 
     from hub.config import HubConfig
     from tests.hub.conftest import free_port
@@ -333,12 +331,7 @@ def test_slow_header_and_slow_body_clients_are_dropped(tmp_path: Path) -> None:
         stderr=subprocess.DEVNULL,
     )
     try:
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.2)
+        _wait_for_port(port)
         head = b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\nX-Slow: "
         assert _dropped_after(port, b"", head + b"a" * 60, 20) < 6
         post = (
@@ -356,10 +349,8 @@ def test_slow_header_and_slow_body_clients_are_dropped(tmp_path: Path) -> None:
 
 def test_portal_drops_a_slow_header_client(world: World) -> None:  # noqa: F811
     """`caravane node serve` with a 2-second head deadline; a raw socket sends a byte a second."""
-    import socket
     import subprocess
     import sys
-    import time
 
     from tests.hub.conftest import free_port
 
@@ -372,14 +363,22 @@ def test_portal_drops_a_slow_header_client(world: World) -> None:  # noqa: F811
         stderr=subprocess.DEVNULL,
     )
     try:
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.2)
+        _wait_for_port(port)
         head = b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: "
         assert _dropped_after(port, b"", head + b"a" * 60, 20) < 6
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def _wait_for_port(port: int) -> None:
+    """Until a server started in another process accepts connections (20 s at most)."""
+    import socket
+    import time
+
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.2)

@@ -367,33 +367,28 @@ def _apply(session: Session, batch: _Batch) -> None:
         for (ch, v, rg, w, m), n in sorted(batch.regions.items())
         if n
     ]
-    if regions:
-        ins = _insert(session, usage_region_weeks)
-        session.execute(
-            ins.on_conflict_do_update(
-                index_elements=["channel", "version", "region", "week", "month"],
-                set_={"count": usage_region_weeks.c.count + ins.excluded.count},
-            ),
-            regions,
-        )
-    if weeks:
-        ins = _insert(session, usage_centre_weeks)
-        session.execute(
-            ins.on_conflict_do_update(
-                index_elements=["centre_id", "channel", "version", "week", "month"],
-                set_={"count": usage_centre_weeks.c.count + ins.excluded.count},
-            ),
-            weeks,
-        )
-    if months:
-        ins = _insert(session, usage_file_months)
-        session.execute(
-            ins.on_conflict_do_update(
-                index_elements=["channel", "file_id", "version", "region", "month"],
-                set_={"count": usage_file_months.c.count + ins.excluded.count},
-            ),
-            months,
-        )
+    _add_counts(
+        session, usage_region_weeks, ["channel", "version", "region", "week", "month"], regions
+    )
+    _add_counts(
+        session, usage_centre_weeks, ["centre_id", "channel", "version", "week", "month"], weeks
+    )
+    _add_counts(
+        session, usage_file_months, ["channel", "file_id", "version", "region", "month"], months
+    )
+
+
+def _add_counts(session: Session, tbl: Table, key: list[str], rows: list[dict[str, Any]]) -> None:
+    """Insert rows, or add their counts to the rows with the same ``key`` (one statement)."""
+    if not rows:
+        return
+    ins = _insert(session, tbl)
+    session.execute(
+        ins.on_conflict_do_update(
+            index_elements=key, set_={"count": tbl.c.count + ins.excluded.count}
+        ),
+        rows,
+    )
 
 
 def record_usage(

@@ -30,6 +30,7 @@ from typing import Any, Final
 import httpx
 
 from packs.chunker import DEFAULT_AVG
+from packs.files_cache import FilesCache
 from packs.repository import ingest_files, scan_source
 from packs.store import ObjectStore
 from protocol.metadata import check_channel
@@ -283,10 +284,14 @@ class HubClient:
         """Publish ``folder``; ``max_objects`` stops after that many uploads (tests, resume)."""
         check_channel(channel)
         store = ObjectStore(cache or default_cache())
+        files_cache = FilesCache(store.root / "files.sqlite")  # unchanged files are not re-read
         loop = asyncio.get_running_loop()
-        entries, *_ = await loop.run_in_executor(
-            None, ingest_files, store, scan_source(folder), DEFAULT_AVG, None
-        )
+        try:
+            entries, *_ = await loop.run_in_executor(
+                None, ingest_files, store, scan_source(folder), DEFAULT_AVG, None, files_cache
+            )
+        finally:
+            files_cache.close()
         async with self._session() as s:
             status, body = await self._call(s, "GET", f"/api/v1/channels/{channel}")
             if status == 404:

@@ -360,7 +360,6 @@ def _entry_bound(
     return 0
 
 
-
 def _frame_size(frame: bytes, what: str) -> int:
     """Declared size of a metadata frame, bounded like any metadata read."""
     try:

@@ -36,6 +36,7 @@ from protocol.paths import check_paths
 
 from .chunker import DEFAULT_AVG
 from .errors import StoreError
+from .files_cache import FilesCache
 from .ingest import Progress, ingest_files, scan_source
 from .layout import channel_relpath, manifest_relpath
 from .repository import (
@@ -102,6 +103,11 @@ class HubRepository(RepositoryBase):
         cls._lay_out(path, sign_envelope(root.to_dict(), [keys["root"]]), 1)
         return cls(path)
 
+    @property
+    def files_cache_path(self) -> Path:
+        """What published folders' files were made of (beside the keys: never served)."""
+        return self.keys_dir.parent / f"{self.path.name}-cache" / "files.sqlite"
+
     def key_path(self, role: str) -> Path:
         """Where this hub keeps the private key of ``role`` (the root key may be offline)."""
         return self.keys_dir / f"{role}.pem"
@@ -137,9 +143,13 @@ class HubRepository(RepositoryBase):
         check_channel(channel)
         self._key("release")  # fail before the long work, not after
         files = scan_source(Path(source))
-        entries, new_objects, new_bytes, stored = ingest_files(
-            self.store, files, avg_chunk, progress
-        )
+        cache = FilesCache(self.files_cache_path)
+        try:
+            entries, new_objects, new_bytes, stored = ingest_files(
+                self.store, files, avg_chunk, progress, cache
+            )
+        finally:
+            cache.close()
         result = self.commit_release(
             channel, entries, notes=notes, title=title, expires_days=expires_days
         )

@@ -21,6 +21,7 @@ from protocol.paths import check_paths
 
 from .chunker import iter_chunks
 from .errors import StoreError
+from .files_cache import FilesCache
 from .store import ObjectStore
 
 Progress = Callable[[int], None] | None
@@ -53,17 +54,23 @@ def scan_source(source: Path) -> list[tuple[str, Path]]:
 
 
 def ingest_files(
-    store: ObjectStore, files: list[tuple[str, Path]], avg_chunk: int, progress: Progress = None
+    store: ObjectStore,
+    files: list[tuple[str, Path]],
+    avg_chunk: int,
+    progress: Progress = None,
+    cache: FilesCache | None = None,
 ) -> tuple[list[FileEntry], int, int, int]:
     """Chunk, hash and store every file, compressing in worker threads.
 
     Returns (file entries, new objects, their raw bytes, their stored bytes). Used by the
     hub's own publish and by a curator's client, which builds locally and uploads only what
-    the hub lacks.
+    the hub lacks. With a ``cache``, a file unchanged since it was last read (and whose
+    chunks are all still in ``store``) is not read again.
     """
     new_objects = new_bytes = stored = 0
     # one pipeline across files: small files do not each wait for their last chunk
     per_file: list[tuple[str, os.stat_result, str, list[tuple[str, int]]]] = []
+    known: dict[int, FileEntry] = {}  # index in ``files`` -> entry from the cache
 
     def put(data: bytes) -> tuple[str, int, int]:
         sha, written = store.put_raw(data)
@@ -83,8 +90,13 @@ def ingest_files(
                     new_bytes += n
                     stored += w
 
-        for rel, real in files:
+        for i, (rel, real) in enumerate(files):
             st = real.stat()
+            hit = cache.lookup(real, st, avg_chunk) if cache else None
+            if hit is not None and all(store.freshen(h) for h, _ in hit.chunks):
+                known[i] = FileEntry(rel, hit.size, _mode_of(st), hit.sha256, hit.chunks)
+                per_file.append((rel, st, hit.sha256, hit.chunks))
+                continue
             fhash = hashlib.sha256()
             chunks: list[tuple[str, int]] = []
             with open(real, "rb") as fh:
@@ -98,11 +110,16 @@ def ingest_files(
             per_file.append((rel, st, fhash.hexdigest(), chunks))
         drain(0)
     entries: list[FileEntry] = []
-    for (rel, st, digest, chunks), (_, real) in zip(per_file, files, strict=True):
+    for i, ((rel, st, digest, chunks), (_, real)) in enumerate(zip(per_file, files, strict=True)):
         size = sum(n for _, n in chunks)
         if size != st.st_size:
             raise StoreError(f"{real}: changed while it was being published; try again")
-        entries.append(FileEntry(rel, size, _mode_of(st), digest, chunks))
+        entry = FileEntry(rel, size, _mode_of(st), digest, chunks)
+        entries.append(entry)
+        if cache is not None and i not in known:
+            cache.record(real, st, avg_chunk, entry)
+    if cache is not None:
+        cache.commit()
     return entries, new_objects, new_bytes, stored
 
 

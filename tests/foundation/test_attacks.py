@@ -46,7 +46,8 @@ def test_checkout_failure_leaves_no_half_tree(sim: RepoSim, tmp_path: Path):
     with pytest.raises(VerificationError):
         sim.hub.checkout("maths", tmp_path / "new")
     assert not (tmp_path / "new").exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["hub", "hub-keys", "src-1"]
+    # the hub, its keys and its files cache beside it, the source; no half-written tree
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hub", "hub-cache", "hub-keys", "src-1"]
 
 
 def test_verify_names_every_damaged_object(sim: RepoSim):

@@ -70,7 +70,7 @@ def ingest_files(
     new_objects = new_bytes = stored = 0
     # one pipeline across files: small files do not each wait for their last chunk
     per_file: list[tuple[str, os.stat_result, str, list[tuple[str, int]]]] = []
-    known: dict[int, FileEntry] = {}  # index in ``files`` -> entry from the cache
+    from_cache: set[int] = set()  # indexes in ``files`` taken from the cache, not read
 
     def put(data: bytes) -> tuple[str, int, int]:
         sha, written = store.put_raw(data)
@@ -94,7 +94,7 @@ def ingest_files(
             st = real.stat()
             hit = cache.lookup(real, st, avg_chunk) if cache else None
             if hit is not None and all(store.freshen(h) for h, _ in hit.chunks):
-                known[i] = FileEntry(rel, hit.size, _mode_of(st), hit.sha256, hit.chunks)
+                from_cache.add(i)
                 per_file.append((rel, st, hit.sha256, hit.chunks))
                 continue
             fhash = hashlib.sha256()
@@ -116,7 +116,7 @@ def ingest_files(
             raise StoreError(f"{real}: changed while it was being published; try again")
         entry = FileEntry(rel, size, _mode_of(st), digest, chunks)
         entries.append(entry)
-        if cache is not None and i not in known:
+        if cache is not None and i not in from_cache:
             cache.record(real, st, avg_chunk, entry)
     if cache is not None:
         cache.commit()

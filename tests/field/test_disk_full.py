@@ -46,6 +46,14 @@ def fill(disk: Path) -> Path:
     return filler
 
 
+def init_centre(world: World, tmp_path: Path, where: Path, name: str) -> Path:
+    """`caravane node init` of a centre enrolled at the world's hub, its data in ``where``."""
+    enrol = tmp_path / "enrol.json"
+    enrol.write_text(json.dumps(world.enrolment(name) | {"hub_url": world.rh.url}))
+    assert run("node", "init", str(where), "--enrolment", str(enrol)).returncode == 0
+    return where
+
+
 def run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "caravane", *args], capture_output=True, text=True, timeout=120
@@ -55,10 +63,7 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
 def test_disk_full_ends_in_one_line_and_the_next_pass_resumes(world: World, tmp_path: Path) -> None:
     world.publish(content(1, big=200_000, files=2))
     with small_disk(tmp_path / "disk") as disk:
-        enrol = tmp_path / "enrol.json"
-        enrol.write_text(json.dumps(world.enrolment("Centre Sud") | {"hub_url": world.rh.url}))
-        d = disk / "centre"
-        assert run("node", "init", str(d), "--enrolment", str(enrol)).returncode == 0
+        d = init_centre(world, tmp_path, disk / "centre", "Centre Sud")
         n = NodeAgent.open(d)  # the agent was running before the disk filled up
         n.config.margin_mb = 1  # the disk is 8 MB: keep the usual free margin out of it
         n.config.save()
@@ -101,10 +106,7 @@ def test_disk_full_ends_in_one_line_and_the_next_pass_resumes(world: World, tmp_
 def test_read_only_disk_ends_in_one_line(world: World, tmp_path: Path) -> None:
     world.publish(content(1, big=100_000, files=1))
     with small_disk(tmp_path / "disk") as disk:
-        enrol = tmp_path / "enrol.json"
-        enrol.write_text(json.dumps(world.enrolment("Centre Est") | {"hub_url": world.rh.url}))
-        d = disk / "centre"
-        assert run("node", "init", str(d), "--enrolment", str(enrol)).returncode == 0
+        d = init_centre(world, tmp_path, disk / "centre", "Centre Est")
         subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
         out = run("node", "report", "-d", str(d))
         assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr

@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from caravane.demo import ThreadedServer
-from hub.app import make_app
-from hub.config import HubConfig
-from hub.db import upgrade
-from hub.service import Hub
-from packs.repository import Repository
+from caravane.hub.app import make_app
+from caravane.hub.config import HubConfig
+from caravane.hub.db import upgrade
+from caravane.hub.service import Hub
+from caravane.packs.repository import Repository
 
 
 def free_port() -> int:

@@ -130,9 +130,9 @@ def _measure(
 
 
 def run(quick: bool) -> dict[str, Any]:
-    from hub.config import HubConfig
-    from hub.db import upgrade
-    from packs.repository import Repository
+    from caravane.hub.config import HubConfig
+    from caravane.hub.db import upgrade
+    from caravane.packs.repository import Repository
 
     seconds = 3.0 if quick else 8.0
     results: dict[str, Any] = {"hub": {}, "nginx": {}}

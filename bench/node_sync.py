@@ -23,9 +23,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hub.service import Principal
-from node.agent import NodeAgent
-from node.config import UpstreamConfig
+from caravane.hub.service import Principal
+from caravane.node.agent import NodeAgent
+from caravane.node.config import UpstreamConfig
 from tests.support.faultproxy import FaultProxy
 
 from .common import free_port, run_child, start_hub, table, write_random_files

@@ -256,7 +256,7 @@ def casync_size(a: Path, b: Path, work: Path) -> int | None:
 
 def caravane_pack(a: Path, b: Path, work: Path) -> tuple[int, float, dict[str, Any]]:
     """A hub publishes A then B; the pack 1->2 is what a centre holding A downloads."""
-    from packs.hub_repository import HubRepository
+    from caravane.packs.hub_repository import HubRepository
 
     repo = HubRepository.init(work / "hub")
     repo.publish(CHANNEL, a)
@@ -272,7 +272,7 @@ def caravane_pack(a: Path, b: Path, work: Path) -> tuple[int, float, dict[str, A
 
 def pack_breakdown(pack: Path) -> dict[str, int]:
     """Bytes per entry kind: shows whether a pack is content or fixed signed overhead."""
-    from packs.packfile import read_entries
+    from caravane.packs.packfile import read_entries
 
     out: dict[str, int] = {}
     for entry in read_entries(pack):
@@ -284,7 +284,7 @@ def pack_breakdown(pack: Path) -> dict[str, int]:
 
 def _check_pack(hub: Any, work: Path, b: Path) -> None:
     """A pack that does not reproduce B would win on size by cheating; apply and compare."""
-    from packs.centre_store import CentreStore
+    from caravane.packs.centre_store import CentreStore
 
     store = CentreStore.init(work / "store", trust_root=hub.path / "metadata/root.json")
     hub.build_pack(CHANNEL, 0, 1, work / "full.pack")
@@ -425,7 +425,7 @@ def make_dataset(folder: Path, total: int, seed: int = 20241125) -> dict[str, in
 
 def child_main(args: argparse.Namespace) -> None:
     """Runs in a child process so its peak RSS is its own, not the parent's accumulated one."""
-    from packs.hub_repository import HubRepository
+    from caravane.packs.hub_repository import HubRepository
 
     start = time.monotonic()
     if args.child == "publish":

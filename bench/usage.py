@@ -34,8 +34,8 @@ from typing import Any
 
 from sqlalchemy import create_engine, text
 
-from hub.db import Database, upgrade
-from hub.usage import (
+from caravane.hub.db import Database, upgrade
+from caravane.hub.usage import (
     ALL_REGIONS,
     Period,
     UsageService,
@@ -43,7 +43,7 @@ from hub.usage import (
     record_usage,
     week_of,
 )
-from protocol.report import Report
+from caravane.protocol.report import Report
 
 from .common import table
 
@@ -317,7 +317,7 @@ def _content(svc: UsageService, period: Period, region: str | None, by: str) -> 
 
 
 def _api(svc: UsageService, period: Period) -> None:
-    from hub.usage_web import answer, to_csv
+    from caravane.hub.usage_web import answer, to_csv
 
     q = {"channel": "lecons", "weeks": "52"}
     to_csv("files", answer(svc, "files", q))

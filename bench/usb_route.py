@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hub.service import Principal
-from hub.usb import prepare_for_route
-from node.agent import NodeAgent, import_drive_into_centre
+from caravane.hub.service import Principal
+from caravane.hub.usb import prepare_for_route
+from caravane.node.agent import NodeAgent, import_drive_into_centre
 
 from .common import start_hub, table
 
@@ -61,7 +61,7 @@ def run(size: int) -> dict[str, Any]:
                         Principal("bench", "admin"), {"name": f"at-v{v}", "channels": ["bench"]}
                     )
                     with hub.db.session() as s:
-                        from hub.models import Centre as CentreRow
+                        from caravane.hub.models import Centre as CentreRow
 
                         s.get(CentreRow, doc["node_id"]).installed = {"bench": v}
                     centres.append((doc, v))

@@ -41,9 +41,9 @@ COMMANDS: Final[tuple[tuple[str, str, str], ...]] = (
     ("caravane.repo_cli", "repo", "repo"),
     ("caravane.repo_cli", "pack", "pack"),
     ("caravane.repo_cli", "demo", "demo"),
-    ("hub.cli", "hub", "hub"),
-    ("hub.cli", "publish", "publish"),
-    ("node.cli", "node", "node"),
+    ("caravane.hub.cli", "hub", "hub"),
+    ("caravane.hub.cli", "publish", "publish"),
+    ("caravane.node.cli", "node", "node"),
     ("caravane.usb_cli", "usb", "usb"),
 )
 

@@ -12,8 +12,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from packs.repository import Repository
-from protocol.errors import VerificationError
+from caravane.packs.repository import Repository
+from caravane.protocol.errors import VerificationError
 
 SAMPLE = {
     "index.html": "<!doctype html><html lang='fr'><meta charset='utf-8'><title>Caravane</title>"
@@ -56,14 +56,14 @@ def run_demo(
     import time
     import urllib.request
 
-    from hub.app import make_app as make_hub_app
-    from hub.auth import Principal
-    from hub.client import HubClient
-    from hub.config import HubConfig
-    from hub.db import upgrade
-    from hub.service import Hub
-    from node.agent import NodeAgent
-    from node.serve import make_app as make_portal
+    from caravane.hub.app import make_app as make_hub_app
+    from caravane.hub.auth import Principal
+    from caravane.hub.client import HubClient
+    from caravane.hub.config import HubConfig
+    from caravane.hub.db import upgrade
+    from caravane.hub.service import Hub
+    from caravane.node.agent import NodeAgent
+    from caravane.node.serve import make_app as make_portal
 
     say = echo or (lambda _msg: None)
     workdir = Path(workdir).resolve()

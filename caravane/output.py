@@ -17,7 +17,7 @@ from typing import Any, NoReturn, ParamSpec, TypeVar
 import click
 from tqdm import tqdm
 
-from protocol.errors import CaravaneError
+from caravane.protocol.errors import CaravaneError
 
 EXIT_ERROR = 1
 EXIT_VERIFY = 3

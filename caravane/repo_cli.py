@@ -13,12 +13,12 @@ from typing import Any
 
 import click
 
-from packs.centre_store import CentreStore
-from packs.hub_repository import HubRepository
-from packs.packfile import DEFAULT_VOLUME_SIZE, read_entries
-from packs.repository import Repository, keys_dir, scan_source
-from protocol.errors import CaravaneError
-from protocol.keys import PrivateKey
+from caravane.packs.centre_store import CentreStore
+from caravane.packs.hub_repository import HubRepository
+from caravane.packs.packfile import DEFAULT_VOLUME_SIZE, read_entries
+from caravane.packs.repository import Repository, keys_dir, scan_source
+from caravane.protocol.errors import CaravaneError
+from caravane.protocol.keys import PrivateKey
 
 from .demo import run_demo
 from .output import EXIT_VERIFY, emit, handle_errors, json_option, progress_bar, size_text

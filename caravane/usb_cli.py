@@ -12,11 +12,11 @@ from pathlib import Path
 
 import click
 
-from node.cli import disk_errors
-from packs.bundle import Target, import_drive, prepare, read_description, verify_drive
-from packs.centre_store import CentreStore
-from packs.repository import Repository
-from protocol.errors import CaravaneError
+from caravane.node.cli import disk_errors
+from caravane.packs.bundle import Target, import_drive, prepare, read_description, verify_drive
+from caravane.packs.centre_store import CentreStore
+from caravane.packs.repository import Repository
+from caravane.protocol.errors import CaravaneError
 
 from .output import EXIT_VERIFY, emit, handle_errors, json_option, progress_bar
 
@@ -103,7 +103,7 @@ def usb_prepare(
 
     Priority: centres furthest behind first, then small updates before large ones.
     """
-    from packs.packfile import DEFAULT_VOLUME_SIZE
+    from caravane.packs.packfile import DEFAULT_VOLUME_SIZE
 
     chans = [c.strip() for c in (channels or "").split(",") if c.strip()]
     vsize = volume_size or DEFAULT_VOLUME_SIZE
@@ -122,8 +122,8 @@ def usb_prepare(
                 prepared_by="hub" if repo.is_hub else "centre",
             )
         else:
-            from hub.cli import load
-            from hub.usb import prepare_for_route
+            from caravane.hub.cli import load
+            from caravane.hub.usb import prepare_for_route
 
             hub = load(_hub_config(hub_config))
             names = [n.strip() for n in (nodes or "").split(",") if n.strip()]
@@ -218,7 +218,7 @@ def usb_import(
         return
     import os
 
-    from node.agent import NodeAgent, import_drive_into_centre
+    from caravane.node.agent import NodeAgent, import_drive_into_centre
 
     node = NodeAgent.open(node_dir or Path(os.environ.get("CARAVANE_NODE_DIR", "caravane-node")))
     with progress_bar(None, "importing", as_json) as bar:
@@ -235,8 +235,8 @@ def usb_import(
 @handle_errors
 def usb_ingest(drive: Path, hub_config: Path | None, as_json: bool) -> None:
     """At the hub: read the reports centres wrote on a returned DRIVE into the fleet state."""
-    from hub.cli import load
-    from hub.usb import ingest
+    from caravane.hub.cli import load
+    from caravane.hub.usb import ingest
 
     out = ingest(load(_hub_config(hub_config)), drive)
     lines = [f"registered: {n}" for n in out["enrolled"]]

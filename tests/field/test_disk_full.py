@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from node.agent import NodeAgent
-from node.service import AgentService
+from caravane.node.agent import NodeAgent
+from caravane.node.service import AgentService
 from tests.node.conftest import World, content
 
 

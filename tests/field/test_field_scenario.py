@@ -20,10 +20,10 @@ import sys
 import time
 from pathlib import Path
 
-from hub.usb import ingest, prepare_for_route
-from node.agent import NodeAgent
-from node.config import UpstreamConfig
-from node.models import QueuedReport
+from caravane.hub.usb import ingest, prepare_for_route
+from caravane.node.agent import NodeAgent
+from caravane.node.config import UpstreamConfig
+from caravane.node.models import QueuedReport
 from tests.foundation.conftest import read_tree
 from tests.node.conftest import World, content
 from tests.support.faultproxy import Faults

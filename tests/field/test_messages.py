@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from hub.usb import prepare_for_route
-from node.agent import import_drive_into_centre
-from node.config import UpstreamConfig
+from caravane.hub.usb import prepare_for_route
+from caravane.node.agent import import_drive_into_centre
+from caravane.node.config import UpstreamConfig
 from tests.node.conftest import World, content
 from tests.usb.test_route import offline_centre
 

@@ -9,14 +9,14 @@ import shutil
 
 import pytest
 
-from hub.errors import Conflict
-from hub.usb import ingest, prepare_for_route
-from node.agent import import_drive_into_centre
-from node.config import UpstreamConfig
-from node.models import QueuedReport
-from packs.bundle import bundle_root
-from protocol.keys import PrivateKey
-from protocol.report import make_ack
+from caravane.hub.errors import Conflict
+from caravane.hub.usb import ingest, prepare_for_route
+from caravane.node.agent import import_drive_into_centre
+from caravane.node.config import UpstreamConfig
+from caravane.node.models import QueuedReport
+from caravane.packs.bundle import bundle_root
+from caravane.protocol.keys import PrivateKey
+from caravane.protocol.report import make_ack
 from tests.node.conftest import World, content
 from tests.usb.test_route import offline_centre, packs_on
 
@@ -150,8 +150,8 @@ def test_a_centre_that_recovered_reports_no_error(world: World) -> None:
 
 
 def test_relay_keeps_a_not_yet_enrolled_centre_and_drops_a_forgery(world: World) -> None:
-    from protocol.keys import PrivateKey as Key
-    from protocol.report import Report
+    from caravane.protocol.keys import PrivateKey as Key
+    from caravane.protocol.report import Report
 
     world.publish(content(1, big=50_000, files=1))
     a = world.node("centre-a")

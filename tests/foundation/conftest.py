@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from packs.centre_store import CentreStore
-from packs.hub_repository import HubRepository
-from protocol.keys import PrivateKey
-from protocol.metadata import Envelope, sign_envelope
+from caravane.packs.centre_store import CentreStore
+from caravane.packs.hub_repository import HubRepository
+from caravane.protocol.keys import PrivateKey
+from caravane.protocol.metadata import Envelope, sign_envelope
 
 
 def write_tree(folder: Path, files: dict[str, bytes | str]) -> Path:

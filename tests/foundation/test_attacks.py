@@ -9,18 +9,18 @@ from pathlib import Path
 import pytest
 import zstandard as zstd
 
-from packs.errors import PackError, TruncatedPackError
-from packs.packfile import read_entries
-from protocol.canonical import canonical_bytes
-from protocol.errors import (
+from caravane.packs.errors import PackError, TruncatedPackError
+from caravane.packs.packfile import read_entries
+from caravane.protocol.canonical import canonical_bytes
+from caravane.protocol.errors import (
     ExpiredError,
     PathError,
     RollbackError,
     SignatureError,
     VerificationError,
 )
-from protocol.keys import PrivateKey
-from protocol.metadata import Manifest
+from caravane.protocol.keys import PrivateKey
+from caravane.protocol.metadata import Manifest
 
 from .conftest import RepoSim, read_tree
 
@@ -92,7 +92,7 @@ def test_metadata_signed_by_another_key_is_refused(sim: RepoSim):
 
 
 def test_pack_from_another_hub_is_refused(sim: RepoSim, tmp_path: Path):
-    from packs.hub_repository import HubRepository
+    from caravane.packs.hub_repository import HubRepository
 
     other = HubRepository.init(tmp_path / "other")
     src = tmp_path / "src-other"
@@ -126,13 +126,13 @@ def test_older_version_replayed_is_refused(sim: RepoSim):
 
 
 def _v1_meta(sim: RepoSim) -> bytes:
-    from protocol.metadata import Envelope
+    from caravane.protocol.metadata import Envelope
 
     env = Envelope.from_bytes(sim.hub_file("metadata/channels/maths.json").read_bytes(), "m")
     signed = dict(env.signed)
     signed["version"] = 1
     signed["releases"] = {"1": signed["releases"]["1"]}
-    from protocol.metadata import sign_envelope
+    from caravane.protocol.metadata import sign_envelope
 
     return sign_envelope(signed, [sim.release_key])
 
@@ -220,7 +220,7 @@ def test_changed_byte_in_each_pack_entry_is_refused(sim: RepoSim, kind: str):
 def test_truncated_pack_keeps_complete_entries_and_resumes(
     sim: RepoSim, monkeypatch: pytest.MonkeyPatch
 ):
-    monkeypatch.setattr("packs.delta.GROUP_TARGET", 16 * 1024)  # several delta entries
+    monkeypatch.setattr("caravane.packs.delta.GROUP_TARGET", 16 * 1024)  # several delta entries
     import random
 
     sim.publish({f"f{i}.bin": random.Random(i).randbytes(20_000) for i in range(8)})

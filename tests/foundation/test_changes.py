@@ -14,11 +14,11 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from packs import delta
-from packs.bundle import Target, plan_packs
-from packs.changes import missing_chunks, new_bytes
-from packs.hub_repository import HubRepository
-from protocol.metadata import FileEntry, Manifest
+from caravane.packs import delta
+from caravane.packs.bundle import Target, plan_packs
+from caravane.packs.changes import missing_chunks, new_bytes
+from caravane.packs.hub_repository import HubRepository
+from caravane.protocol.metadata import FileEntry, Manifest
 
 from .conftest import write_tree
 

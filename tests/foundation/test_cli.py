@@ -170,7 +170,7 @@ def test_a_group_that_fails_to_import_stops_caravane_loudly(
 
 def test_the_real_command_fails_loudly_when_hub_cli_cannot_import() -> None:
     code = (
-        "import sys, runpy; sys.modules['hub.cli'] = None; "
+        "import sys, runpy; sys.modules['caravane.hub.cli'] = None; "
         "runpy.run_module('caravane', run_name='__main__')"
     )
     r = subprocess.run(
@@ -178,4 +178,4 @@ def test_the_real_command_fails_loudly_when_hub_cli_cannot_import() -> None:
     )
     assert r.returncode == 1, r.stdout + r.stderr
     assert r.stderr.startswith("error: the `caravane hub` commands cannot be loaded")
-    assert "hub.cli" in r.stderr and "Traceback" not in r.stderr
+    assert "caravane.hub.cli" in r.stderr and "Traceback" not in r.stderr

@@ -18,7 +18,7 @@ from .conftest import RepoSim
 
 SKETCH = """
 import hashlib, sys
-from packs.delta import sketch
+from caravane.packs.delta import sketch
 data = b"".join(hashlib.sha256(b"%d" % i).digest() * (1 + i % 7) for i in range(4000))
 print(sorted(sketch(data)))
 """
@@ -26,7 +26,7 @@ print(sorted(sketch(data)))
 BUILD = """
 import sys
 from pathlib import Path
-from packs.hub_repository import HubRepository
+from caravane.packs.hub_repository import HubRepository
 HubRepository(Path(sys.argv[1])).build_pack("maths", 1, 2, Path(sys.argv[2]))
 """
 

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from packs.errors import PackError, TruncatedPackError
-from packs.packfile import ENTRY_MAGIC, MAGIC, encode_entry, read_entries
-from packs.repository import Repository
-from protocol.canonical import canonical_bytes
+from caravane.packs.errors import PackError, TruncatedPackError
+from caravane.packs.packfile import ENTRY_MAGIC, MAGIC, encode_entry, read_entries
+from caravane.packs.repository import Repository
+from caravane.protocol.canonical import canonical_bytes
 
 GIB = 1024**3
 

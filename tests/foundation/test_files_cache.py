@@ -9,8 +9,8 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from packs.files_cache import RACY_SECONDS
-from packs.hub_repository import HubRepository
+from caravane.packs.files_cache import RACY_SECONDS
+from caravane.packs.hub_repository import HubRepository
 
 from .conftest import read_tree
 

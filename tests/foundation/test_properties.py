@@ -11,12 +11,12 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import packs.chunker as chunker
-from packs.centre_store import CentreStore
-from packs.hub_repository import HubRepository
-from protocol.canonical import canonical_bytes, load_json
-from protocol.errors import PathError
-from protocol.paths import check_path
+import caravane.packs.chunker as chunker
+from caravane.packs.centre_store import CentreStore
+from caravane.packs.hub_repository import HubRepository
+from caravane.protocol.canonical import canonical_bytes, load_json
+from caravane.protocol.errors import PathError
+from caravane.protocol.paths import check_path
 
 from .conftest import read_tree, write_tree
 

@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
-from packs.centre_store import CentreStore
-from packs.hub_repository import HubRepository
-from packs.repository import Repository, RepositoryBase, open_repository
-from protocol.errors import CaravaneError, FormatError, NotFoundError
-from protocol.trust import TrustedState
+from caravane.packs.centre_store import CentreStore
+from caravane.packs.hub_repository import HubRepository
+from caravane.packs.repository import Repository, RepositoryBase, open_repository
+from caravane.protocol.errors import CaravaneError, FormatError, NotFoundError
+from caravane.protocol.trust import TrustedState
 
 from .conftest import RepoSim, read_tree, write_tree
 
@@ -176,7 +176,7 @@ def test_centre_operations_verify_each_piece_of_metadata_once(sim: RepoSim) -> N
 
 
 def test_a_snapshot_drops_what_it_verified_when_the_root_changes(sim: RepoSim) -> None:
-    from protocol.keys import PrivateKey
+    from caravane.protocol.keys import PrivateKey
 
     sim.publish({"a.txt": "un"})
     snap = sim.hub.snapshot()

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from protocol.errors import RollbackError, SignatureError
-from protocol.keys import PrivateKey
-from protocol.metadata import Root, sign_envelope
-from protocol.trust import TrustedState
+from caravane.protocol.errors import RollbackError, SignatureError
+from caravane.protocol.keys import PrivateKey
+from caravane.protocol.metadata import Root, sign_envelope
+from caravane.protocol.trust import TrustedState
 
 
 def _root(version: int, root_key: PrivateKey, release: PrivateKey) -> Root:

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from packs.centre_store import CentreStore
-from packs.hub_repository import HubRepository
-from packs.repository import holds_signing_keys, keys_dir
-from protocol.errors import CaravaneError
-from protocol.keys import PrivateKey
+from caravane.packs.centre_store import CentreStore
+from caravane.packs.hub_repository import HubRepository
+from caravane.packs.repository import holds_signing_keys, keys_dir
+from caravane.protocol.errors import CaravaneError
+from caravane.protocol.keys import PrivateKey
 
 from .conftest import write_tree
 

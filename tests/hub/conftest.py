@@ -15,11 +15,11 @@ import pytest
 from aiohttp import web
 from sqlalchemy import create_engine, text
 
-from hub.app import make_app
-from hub.config import HubConfig
-from hub.db import upgrade
-from hub.service import Hub
-from packs.repository import Repository
+from caravane.hub.app import make_app
+from caravane.hub.config import HubConfig
+from caravane.hub.db import upgrade
+from caravane.hub.service import Hub
+from caravane.packs.repository import Repository
 
 PG_URL = os.environ.get(
     "CARAVANE_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from hub.client import MAX_REDIRECTS, HubClient, HubClientError
+from caravane.hub.client import MAX_REDIRECTS, HubClient, HubClientError
 
 from .conftest import RunningHub, ServerThread, free_port
 from .util import cli, write_tree

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from hub.errors import Conflict
-from hub.jobs import JobRunner
-from hub.service import Hub
-from packs.store import ObjectStore
+from caravane.hub.errors import Conflict
+from caravane.hub.jobs import JobRunner
+from caravane.hub.service import Hub
+from caravane.packs.store import ObjectStore
 
 from .test_jobs import ADMIN, publish
 from .util import noise
@@ -104,10 +104,10 @@ def test_grace_period_spares_objects_of_an_upload_opened_during_collection(
 
 GC_LOOP = """
 import sys, time
-from hub.config import HubConfig
-from hub.errors import Conflict
-from hub.jobs import JobRunner
-from hub.service import Hub
+from caravane.hub.config import HubConfig
+from caravane.hub.errors import Conflict
+from caravane.hub.jobs import JobRunner
+from caravane.hub.service import Hub
 cfg = HubConfig(data_dir=__import__("pathlib").Path(sys.argv[1]), database_url=sys.argv[2],
                 scheduler=False, keep_last=2)
 runner = JobRunner(Hub(cfg))

@@ -10,8 +10,8 @@ from urllib.parse import urlsplit
 import aiohttp
 import pytest
 
-from packs.layout import channel_relpath, manifest_relpath, object_relpath, pack_relpath
-from protocol.metadata import Manifest
+from caravane.packs.layout import channel_relpath, manifest_relpath, object_relpath, pack_relpath
+from caravane.protocol.metadata import Manifest
 
 from .conftest import RunningHub, start_hub
 from .util import http, noise, publish_cli, write_tree
@@ -98,7 +98,7 @@ def test_pack_built_on_demand_and_resumable_with_range(running_hub: RunningHub, 
     assert rest.status == 206
     assert whole.body[:half] + rest.body == whole.body
     # ... which a centre pinned to the hub's root accepts.
-    from packs.repository import Repository
+    from caravane.packs.repository import Repository
 
     store = Repository.init(
         tmp_path / "store", trust_root=published.hub.repo.path / "metadata/root.json"

@@ -8,13 +8,13 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
-from hub.jobs import JobRunner
-from hub.models import Centre, Lease
-from hub.service import Hub, Principal, now
-from packs.chunker import DEFAULT_AVG
-from packs.repository import Repository, ingest_files, scan_source
-from packs.store import ObjectStore
-from protocol.metadata import parse_time
+from caravane.hub.jobs import JobRunner
+from caravane.hub.models import Centre, Lease
+from caravane.hub.service import Hub, Principal, now
+from caravane.packs.chunker import DEFAULT_AVG
+from caravane.packs.repository import Repository, ingest_files, scan_source
+from caravane.packs.store import ObjectStore
+from caravane.protocol.metadata import parse_time
 
 from .conftest import RunningHub
 from .util import cli, http, noise, publish_cli, register_and_enrol, signed_report, write_tree

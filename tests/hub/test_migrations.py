@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, inspect, text
 
-from hub.db import downgrade, upgrade
-from hub.models import Base
+from caravane.hub.db import downgrade, upgrade
+from caravane.hub.models import Base
 
 TABLES = {
     "channels",

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from node.upstream import RsyncUpstream
+from caravane.node.upstream import RsyncUpstream
 
 from .conftest import RunningHub, free_port
 from .util import cli, fetch_release, node_store, noise, publish_cli, read_tree, write_tree
@@ -63,8 +63,8 @@ def test_mirror_push_to_folder_verifies_against_pinned_root(sqlite_hub: RunningH
 
 @needs_rsync
 def test_tampered_mirror_is_refused_by_a_centre(sqlite_hub: RunningHub, tmp_path: Path):
-    from packs.repository import Repository
-    from protocol.errors import CaravaneError
+    from caravane.packs.repository import Repository
+    from caravane.protocol.errors import CaravaneError
 
     _publish_two(sqlite_hub, tmp_path)
     dest = tmp_path / "mirror"
@@ -97,7 +97,7 @@ def test_tampered_mirror_is_refused_by_a_centre(sqlite_hub: RunningHub, tmp_path
 
 @needs_rsync
 def test_mirror_push_delete_drops_collected_objects(sqlite_hub: RunningHub, tmp_path: Path):
-    from hub.jobs import JobRunner
+    from caravane.hub.jobs import JobRunner
 
     cfg = _config(sqlite_hub)
     http_channel = {"id": "tiny", "keep_last": 1}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from protocol.keys import PrivateKey
+from caravane.protocol.keys import PrivateKey
 
 from .conftest import RunningHub
 from .util import cli, http, noise, publish_cli, register_and_enrol, signed_report, write_tree

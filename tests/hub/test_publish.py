@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from hub.client import HubClient
-from packs.layout import channel_relpath, manifest_relpath, object_relpath
-from packs.repository import Repository
-from protocol.metadata import Manifest
+from caravane.hub.client import HubClient
+from caravane.packs.layout import channel_relpath, manifest_relpath, object_relpath
+from caravane.packs.repository import Repository
+from caravane.protocol.metadata import Manifest
 
 from .util import fetch_release, http, node_store, noise, publish_cli, read_tree, write_tree
 

@@ -11,9 +11,9 @@ import json
 import random
 from pathlib import Path
 
-from hub.usb import ingest
-from packs.bundle import BUNDLE_DIR, DESCRIPTION, bundle_root
-from protocol.report import verify_ack
+from caravane.hub.usb import ingest
+from caravane.packs.bundle import BUNDLE_DIR, DESCRIPTION, bundle_root
+from caravane.protocol.report import verify_ack
 
 from .conftest import RunningHub
 from .util import http, register_and_enrol, signed_report

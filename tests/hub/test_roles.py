@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from hub.auth import ANY_ROLE, ROLES, Principal, authorize, may
-from hub.errors import Forbidden
+from caravane.hub.auth import ANY_ROLE, ROLES, Principal, authorize, may
+from caravane.hub.errors import Forbidden
 from tests.web.test_safety import Browser
 
 from .conftest import RunningHub

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, event, text
 
-from hub.auth import Principal
-from hub.db import upgrade
-from hub.errors import Unprocessable
-from packs.repository import Repository
+from caravane.hub.auth import Principal
+from caravane.hub.db import upgrade
+from caravane.hub.errors import Unprocessable
+from caravane.packs.repository import Repository
 
 from .conftest import RunningHub
 from .util import http, noise, write_tree

@@ -18,8 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import create_engine, inspect, select, text
 
-from hub.db import Database, upgrade
-from hub.usage import (
+from caravane.hub.db import Database, upgrade
+from caravane.hub.usage import (
     Period,
     UsageService,
     cell,
@@ -35,9 +35,9 @@ from hub.usage import (
     usage_reports,
     week_of,
 )
-from packs.bundle import BUNDLE_DIR, DESCRIPTION, write_return
-from protocol.keys import PrivateKey
-from protocol.report import Report
+from caravane.packs.bundle import BUNDLE_DIR, DESCRIPTION, write_return
+from caravane.protocol.keys import PrivateKey
+from caravane.protocol.report import Report
 from tests.hub.conftest import RunningHub, running_hub, sqlite_hub  # noqa: F401
 from tests.hub.util import cli, http, register_and_enrol
 

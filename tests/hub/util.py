@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from packs.layout import channel_relpath, manifest_relpath, object_relpath
-from packs.repository import Repository
+from caravane.packs.layout import channel_relpath, manifest_relpath, object_relpath
+from caravane.packs.repository import Repository
 from tests.foundation.conftest import read_tree, write_tree  # noqa: F401 (re-exported)
 
 VENV_BIN = Path(sys.executable).parent
@@ -122,7 +122,7 @@ def fetch_release(base, store: Repository, channel: str) -> int:
 
 def register_and_enrol(base: str, admin: str, name: str = "Centre A", **extra):
     """Register a centre (admin) and enrol it with a fresh key; returns (doc, key)."""
-    from protocol.keys import PrivateKey
+    from caravane.protocol.keys import PrivateKey
 
     reg = http("POST", f"{base}/api/v1/nodes", {"name": name, **extra}, admin)
     assert reg.status == 201, reg.body
@@ -138,8 +138,8 @@ def register_and_enrol(base: str, admin: str, name: str = "Centre A", **extra):
 
 
 def signed_report(node_id: str, key, seq: int, **fields) -> bytes:
-    from protocol.metadata import now_utc
-    from protocol.report import Report
+    from caravane.protocol.metadata import now_utc
+    from caravane.protocol.report import Report
 
     sent = now_utc().strftime("%Y-%m-%dT%H:%M:%SZ")
     return Report(node_id=node_id, seq=seq, sent_at=sent, **fields).sign(key)

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from hub.client import HubClient
-from hub.service import Principal
-from node.agent import NodeAgent
-from node.config import UpstreamConfig
-from node.serve import make_app as make_node_app
+from caravane.hub.client import HubClient
+from caravane.hub.service import Principal
+from caravane.node.agent import NodeAgent
+from caravane.node.config import UpstreamConfig
+from caravane.node.serve import make_app as make_node_app
 from tests.foundation.conftest import read_tree, write_tree
 from tests.hub.conftest import RunningHub, ServerThread, free_port, start_hub
 from tests.support.faultproxy import FaultProxy

@@ -15,8 +15,8 @@ import sys
 import time
 from pathlib import Path
 
-from node.agent import NodeAgent
-from node.upstream import HttpUpstream
+from caravane.node.agent import NodeAgent
+from caravane.node.upstream import HttpUpstream
 from tests.foundation.conftest import read_tree
 from tests.node.conftest import World, random_bytes
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from node.config import NodeConfig, UpstreamConfig
-from node.policy import RateLimiter, in_windows
+from caravane.node.config import NodeConfig, UpstreamConfig
+from caravane.node.policy import RateLimiter, in_windows
 from tests.node.conftest import World, content
 
 
@@ -54,7 +54,7 @@ def test_disk_filling_up_mid_sync_stops_cleanly_and_loses_nothing(
     n = world.node("centre-a")
     n.config.data_dir = small_disk / "node"
     shutil.copytree(world.tmp / "centre-a", n.config.data_dir, symlinks=True)
-    from node.agent import NodeAgent
+    from caravane.node.agent import NodeAgent
 
     n = NodeAgent.open(n.config.data_dir)
     n.config.durable = False
@@ -128,7 +128,7 @@ def test_bandwidth_cap_slows_the_transfer() -> None:
 
 
 def test_bad_window_in_config_is_refused_at_load(tmp_path: Path) -> None:
-    from protocol.errors import FormatError
+    from caravane.protocol.errors import FormatError
 
     (tmp_path / "node.toml").write_text('[node]\nwindows = ["late-night"]\n')
     with pytest.raises(FormatError, match="HH:MM-HH:MM"):

@@ -14,14 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from node.errors import BudgetExceeded, PassOver
-from node.sync import SyncEngine
-from node.transfer import BAD_DATA
-from node.upstream import RsyncUpstream
-from packs.errors import PackError
-from packs.layout import channel_relpath, object_relpath
-from packs.store import compress
-from protocol.errors import (
+from caravane.node.errors import BudgetExceeded, PassOver
+from caravane.node.sync import SyncEngine
+from caravane.node.transfer import BAD_DATA
+from caravane.node.upstream import RsyncUpstream
+from caravane.packs.errors import PackError
+from caravane.packs.layout import channel_relpath, object_relpath
+from caravane.packs.store import compress
+from caravane.protocol.errors import (
     BadDataError,
     ExpiredError,
     FormatError,

@@ -10,9 +10,9 @@ from __future__ import annotations
 import socket
 import threading
 
-from node.config import UpstreamConfig
-from node.upstream import FolderUpstream, HttpUpstream
-from packs.layout import object_relpath
+from caravane.node.config import UpstreamConfig
+from caravane.node.upstream import FolderUpstream, HttpUpstream
+from caravane.packs.layout import object_relpath
 from tests.node.conftest import World, content, random_bytes
 
 MIB = 1 << 20

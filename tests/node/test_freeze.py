@@ -13,8 +13,8 @@ import sys
 from datetime import timedelta
 from pathlib import Path
 
-from node.config import UpstreamConfig
-from node.state import now
+from caravane.node.config import UpstreamConfig
+from caravane.node.state import now
 from tests.node.conftest import World, content
 
 

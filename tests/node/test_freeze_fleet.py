@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from node.state import now
+from caravane.node.state import now
 from tests.node.conftest import World, content
 from tests.web.test_safety import Browser
 

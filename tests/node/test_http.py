@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from node.errors import UpstreamError
-from node.upstream import HttpUpstream
+from caravane.node.errors import UpstreamError
+from caravane.node.upstream import HttpUpstream
 from tests.hub.conftest import ServerThread, free_port
 from tests.node.test_engine import tree
 from tests.support.simulator import Centre, RepositorySimulator

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from node.errors import NodeError
+from caravane.node.errors import NodeError
 from tests.node.conftest import World, content
 
 

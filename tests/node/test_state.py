@@ -6,7 +6,7 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, inspect
 
-from node.state import NodeState, downgrade, upgrade
+from caravane.node.state import NodeState, downgrade, upgrade
 
 TABLES = {
     "upstream_health",
@@ -56,8 +56,8 @@ def test_a_sent_report_leaves_older_queued_ones_waiting(tmp_path: Path) -> None:
 def test_schema_head_constant_matches_the_migrations() -> None:
     from alembic.script import ScriptDirectory
 
-    import migrations
-    from node.state import SCHEMA_HEAD
+    from caravane import migrations
+    from caravane.node.state import SCHEMA_HEAD
 
     script = ScriptDirectory.from_config(migrations.alembic_config("sqlite://", "node"))
     assert script.get_current_head() == SCHEMA_HEAD

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from node.config import UpstreamConfig
+from caravane.node.config import UpstreamConfig
 from tests.node.conftest import World, content
 
 

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from hub.cli import record_rotation
-from node.config import UpstreamConfig
-from packs.bundle import DriveError, Target, import_drive, prepare
-from packs.centre_store import CentreStore
-from packs.hub_repository import HubRepository
-from protocol.keys import PrivateKey
+from caravane.hub.cli import record_rotation
+from caravane.node.config import UpstreamConfig
+from caravane.packs.bundle import DriveError, Target, import_drive, prepare
+from caravane.packs.centre_store import CentreStore
+from caravane.packs.hub_repository import HubRepository
+from caravane.protocol.keys import PrivateKey
 from tests.foundation.conftest import write_tree
 from tests.node.conftest import World
 from tests.node.test_http import static_mirror

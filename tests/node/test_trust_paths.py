@@ -8,13 +8,13 @@ from typing import Any
 
 import pytest
 
-from packs.centre_store import CentreStore
-from packs.errors import PackError
-from packs.layout import channel_relpath, manifest_relpath, pack_relpath
-from protocol.canonical import canonical_bytes, load_json
-from protocol.errors import PathError
-from protocol.metadata import ChannelMeta, ReleaseRef, sign_envelope
-from protocol.paths import check_path
+from caravane.packs.centre_store import CentreStore
+from caravane.packs.errors import PackError
+from caravane.packs.layout import channel_relpath, manifest_relpath, pack_relpath
+from caravane.protocol.canonical import canonical_bytes, load_json
+from caravane.protocol.errors import PathError
+from caravane.protocol.metadata import ChannelMeta, ReleaseRef, sign_envelope
+from caravane.protocol.paths import check_path
 from tests.support.simulator import Centre, RepositorySimulator
 
 BAD_NAMES = [

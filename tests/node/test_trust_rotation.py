@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from packs.centre_store import CentreStore
-from packs.layout import channel_relpath, root_relpath
-from protocol.errors import ExpiredError, SignatureError, VerificationError
-from protocol.keys import PrivateKey
-from protocol.metadata import Root, sign_envelope
-from protocol.trust import MAX_ROOT_ROTATIONS
+from caravane.packs.centre_store import CentreStore
+from caravane.packs.layout import channel_relpath, root_relpath
+from caravane.protocol.errors import ExpiredError, SignatureError, VerificationError
+from caravane.protocol.keys import PrivateKey
+from caravane.protocol.metadata import Root, sign_envelope
+from caravane.protocol.trust import MAX_ROOT_ROTATIONS
 from tests.support.simulator import Centre, RepositorySimulator
 
 

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from node.config import UpstreamConfig
+from caravane.node.config import UpstreamConfig
 from tests.node.conftest import World, content
 
 

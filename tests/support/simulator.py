@@ -22,16 +22,16 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from node.activate import Releases
-from node.errors import UpstreamError, UpstreamNotFound
-from node.state import NodeState
-from node.sync import SyncEngine, SyncResult
-from node.upstream import Upstream
-from packs.hub_repository import RotationResult
-from packs.layout import channel_relpath, manifest_relpath, pack_relpath
-from packs.repository import Repository
-from protocol.keys import PrivateKey
-from protocol.metadata import (
+from caravane.node.activate import Releases
+from caravane.node.errors import UpstreamError, UpstreamNotFound
+from caravane.node.state import NodeState
+from caravane.node.sync import SyncEngine, SyncResult
+from caravane.node.upstream import Upstream
+from caravane.packs.hub_repository import RotationResult
+from caravane.packs.layout import channel_relpath, manifest_relpath, pack_relpath
+from caravane.packs.repository import Repository
+from caravane.protocol.keys import PrivateKey
+from caravane.protocol.metadata import (
     ChannelMeta,
     Manifest,
     ReleaseRef,

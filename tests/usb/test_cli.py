@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from node.agent import NodeAgent
+from caravane.node.agent import NodeAgent
 from tests.foundation.conftest import read_tree
 from tests.node.conftest import World, content
 

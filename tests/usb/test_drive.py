@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from packs.bundle import (
+from caravane.packs.bundle import (
     DriveError,
     Target,
     import_drive,
@@ -25,8 +25,8 @@ from packs.bundle import (
     verify_drive,
     write_return,
 )
-from packs.packfile import volume_paths
-from packs.repository import Repository
+from caravane.packs.packfile import volume_paths
+from caravane.packs.repository import Repository
 
 CHANNEL = "lecons"
 
@@ -152,7 +152,7 @@ def test_rerun_after_interruption_reuses_complete_packs(hub: Repository, tmp_pat
 def test_volumes_stay_under_the_size_asked(
     hub: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("packs.delta.GROUP_TARGET", 64 * 1024)  # many small entries
+    monkeypatch.setattr("caravane.packs.delta.GROUP_TARGET", 64 * 1024)  # many small entries
     drive = tmp_path / "drive"
     drive.mkdir()
     prepare(hub, drive, [Target("A", {CHANNEL: 0})], [CHANNEL], volume_size=200 * 1024)

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from node.agent import NodeAgent
-from packs.bundle import (
+from caravane.node.agent import NodeAgent
+from caravane.packs.bundle import (
     DriveError,
     Target,
     import_drive,
@@ -31,7 +31,7 @@ from packs.bundle import (
     verify_drive,
     write_return,
 )
-from packs.repository import Repository
+from caravane.packs.repository import Repository
 from tests.node.conftest import World, content
 from tests.usb.test_drive import CHANNEL, _store_at, _tree
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from hub.usb import ingest, prepare_for_route
-from node.agent import NodeAgent, import_drive_into_centre
-from packs.bundle import DriveError, bundle_root
+from caravane.hub.usb import ingest, prepare_for_route
+from caravane.node.agent import NodeAgent, import_drive_into_centre
+from caravane.packs.bundle import DriveError, bundle_root
 from tests.foundation.conftest import read_tree
 from tests.node.conftest import World, content
 
@@ -153,7 +153,7 @@ def _folder(path: Path, files: dict[str, bytes]) -> Path:
 
 
 def test_agent_notices_an_inserted_drive_by_itself(world: World) -> None:
-    from node.service import AgentService
+    from caravane.node.service import AgentService
 
     latest = world.publish(content(1))
     n = offline_centre(world, "centre-a")

@@ -13,7 +13,7 @@ import random
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from node.agent import NodeAgent
+from caravane.node.agent import NodeAgent
 from tests.node.conftest import World
 from tests.web.conftest import make_zip, minimal_pdf, screenshot
 

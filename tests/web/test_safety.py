@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from hub.service import Principal
-from hub.web import unpack_archive
-from protocol.errors import PathError
+from caravane.hub.service import Principal
+from caravane.hub.web import unpack_archive
+from caravane.protocol.errors import PathError
 from tests.hub.conftest import RunningHub, sqlite_hub  # noqa: F401
 from tests.node.conftest import World, world  # noqa: F401
 
@@ -157,7 +157,7 @@ def test_sessions_csrf_roles_and_escaping(sqlite_hub: RunningHub) -> None:  # no
     # a revoked token ends its sessions at once
     from sqlalchemy import update
 
-    from hub.models import Token
+    from caravane.hub.models import Token
 
     with hub.db.session() as s:
         s.execute(update(Token).where(Token.name == "test-field_agent").values(revoked=True))
@@ -308,7 +308,7 @@ def test_slow_header_and_slow_body_clients_are_dropped(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    from hub.config import HubConfig
+    from caravane.hub.config import HubConfig
     from tests.hub.conftest import free_port
 
     port = free_port()

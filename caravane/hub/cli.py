@@ -1,0 +1,466 @@
+"""``caravane hub ...`` and ``caravane publish``: run a hub, and publish to one.
+
+Each command imports the parts it drives (web server, database, scheduler, HTTP client) when
+it runs, not when ``caravane`` starts: every ``caravane`` invocation loads this module to
+list its commands, and a centre's ``caravane node ...`` should not pay a second of start-up
+for the hub's stack. None of these imports is there to break a cycle: ``hub.cli`` sits on
+top of ``hub`` and imports only :mod:`caravane.output` from the command line package.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+
+import click
+
+from caravane.output import emit, handle_errors, json_option, progress_bar
+
+if TYPE_CHECKING:
+    from .service import Hub
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+DEFAULT_DATA = Path("caravane-hub")
+
+
+def config_option(func: Callable[P, R]) -> Callable[P, R]:
+    return click.option(
+        "--config",
+        "config_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=lambda: os.environ.get("CARAVANE_HUB_CONFIG", str(DEFAULT_DATA / "hub.toml")),
+        show_default="caravane-hub/hub.toml or $CARAVANE_HUB_CONFIG",
+        help="The hub's TOML configuration.",
+    )(func)
+
+
+def load(config_path: Path) -> Hub:
+    """The hub of a configuration file, its database migrated to the current schema."""
+    from .config import HubConfig
+    from .db import upgrade
+    from .service import Hub
+
+    cfg = HubConfig.load(config_path)
+    upgrade(cfg.url)
+    return Hub(cfg)
+
+
+@click.group()
+def hub() -> None:
+    """Run the national hub: repository, API, fleet, mirrors."""
+
+
+@hub.command("init")
+@click.option(
+    "--data",
+    "data_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=DEFAULT_DATA,
+    show_default=True,
+)
+@click.option("--database-url", default="", help="Default: SQLite in the data folder.")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8470, show_default=True)
+@click.option("--public-url", default="", help="URL centres use to reach this hub.")
+@click.option(
+    "--root-key-out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Where to write the root key, once (default: DATA/offline-root-key.pem); move it "
+    "to a USB key kept in a safe, the hub runs without it.",
+)
+@json_option
+@handle_errors
+def hub_init(
+    data_dir: Path,
+    database_url: str,
+    host: str,
+    port: int,
+    public_url: str,
+    root_key_out: Path | None,
+    as_json: bool,
+) -> None:
+    """Create a hub: configuration, signed repository, database, first admin token.
+
+    The repository (DATA/repo) is what the hub serves and mirrors; the release key goes to
+    DATA/repo-keys beside it and the root key to ``--root-key-out``, never inside it.
+    """
+    from caravane.packs.hub_repository import HubRepository
+
+    from .config import CONFIG_NAME, HubConfig
+    from .db import upgrade
+    from .service import Hub
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    cfg = HubConfig(
+        data_dir=data_dir.resolve(),
+        database_url=database_url,
+        host=host,
+        port=port,
+        public_url=public_url,
+    )
+    path = data_dir / CONFIG_NAME
+    if path.exists():
+        raise click.ClickException(f"{path} exists: this folder already holds a hub")
+    root_out = (root_key_out or cfg.data_dir / "offline-root-key.pem").absolute()
+    made = not (cfg.repo_dir / "repo.json").exists()
+    if made:
+        HubRepository.init(cfg.repo_dir, root_key_out=root_out)
+    upgrade(cfg.url)
+    path.write_text(cfg.to_toml(), encoding="utf-8")
+    token = Hub(cfg).create_token("admin", "admin", "init")
+    root_line = (
+        f"root key: {root_out}; move it NOW to a USB key kept in a safe (needed only for "
+        "`caravane hub rotate-keys`), and delete it here\n"
+        if made
+        else ""
+    )
+    emit(
+        as_json,
+        {
+            "ok": True,
+            "config": str(path),
+            "admin_token": token,
+            "url": cfg.base_url,
+            "root_key": str(root_out) if made else None,
+        },
+        f"hub created in {data_dir}\nconfiguration: {path}\n"
+        f"admin token (shown once, keep it safe): {token}\n{root_line}"
+        f"next: caravane hub serve --config {path}",
+    )
+
+
+@hub.command("rotate-keys")
+@config_option
+@click.option(
+    "--root-key",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    required=True,
+    help="The current root key (from the USB key in the safe).",
+)
+@click.option(
+    "--new-root-key",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="Replace the root key with this one (`caravane keys generate`); keep it offline.",
+)
+@click.option(
+    "--new-release-key",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="Replace the release key (after a compromise) with this one.",
+)
+@json_option
+@handle_errors
+def hub_rotate_keys(
+    config_path: Path,
+    root_key: Path,
+    new_root_key: Path | None,
+    new_release_key: Path | None,
+    as_json: bool,
+) -> None:
+    """Rotate the root key, the release key or both, and sign every channel again.
+
+    Publishes root N+1 signed by the current root key (and the new one), installs the new
+    release key, and signs each channel's latest files as a new version with it: centres
+    follow from any carrier, and those holding a revoked key's versions move forward
+    (docs/TRUST.md, "compromised-key drill"). Stop `hub serve` first or restart it after.
+    """
+    from caravane.protocol.keys import PrivateKey
+
+    h = load(config_path)
+    try:
+        result = h.repo.rotate_keys(
+            PrivateKey.load(root_key),
+            PrivateKey.load(new_root_key) if new_root_key else None,
+            PrivateKey.load(new_release_key) if new_release_key else None,
+        )
+        record_rotation(h, result.root_version, result.channels)
+    finally:
+        h.close()
+    emit(
+        as_json,
+        {"ok": True, **result.to_dict()},
+        f"root version {result.root_version} published; "
+        + ", ".join(f"{c} now v{v}" for c, v in sorted(result.channels.items()))
+        + "\nnext: `caravane hub mirror` and `caravane usb prepare` so every carrier has the "
+        "new root; destroy the old keys",
+    )
+
+
+def record_rotation(h: Hub, root_version: int, channels: dict[str, int]) -> None:
+    """Record the re-signed versions as releases, so the hub's pages and fleet see them."""
+    from .models import Channel, Release
+    from .service import now
+
+    with h.db.session() as s:
+        for channel, version in channels.items():
+            if s.get(Channel, channel) is None:
+                continue  # published with `repo publish`, not through the hub
+            meta = h.repo.channel_meta(channel).releases[version]
+            s.add(
+                Release(
+                    channel_id=channel,
+                    version=version,
+                    notes=f"signed again after key rotation (root version {root_version})",
+                    published_by="rotate-keys",
+                    published_at=now(),
+                    size=meta.size,
+                    files=meta.files,
+                )
+            )
+        h.audit(s, "cli", "keys.rotate", root_version=root_version, channels=channels)
+
+
+@hub.command("serve")
+@config_option
+@click.option("--no-scheduler", is_flag=True, help="Do not run scheduled jobs here.")
+@click.option(
+    "--access-log/--no-access-log",
+    default=False,
+    help="Log every request (costs about a third of the request rate; off by default).",
+)
+@handle_errors
+def hub_serve(config_path: Path, no_scheduler: bool, access_log: bool) -> None:
+    """Serve the API and the repository (Ctrl-C to stop)."""
+    from aiohttp import web
+
+    from .app import make_app, server_options
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    h = load(config_path)
+    app = make_app(h.config, h, scheduler=False if no_scheduler else None)
+    click.echo(f"hub serving on {h.config.base_url} (repository under /repo/)", err=True)
+    web.run_app(
+        app,
+        host=h.config.host,
+        port=h.config.port,
+        print=None,
+        access_log=logging.getLogger("aiohttp.access") if access_log else None,
+        **server_options(h.config),
+    )
+
+
+@hub.group("token")
+def token() -> None:
+    """API tokens (stored hashed)."""
+
+
+@token.command("create")
+@config_option
+@click.option("--name", required=True)
+@click.option("--role", type=click.Choice(["admin", "curator", "field_agent"]), required=True)
+@json_option
+@handle_errors
+def token_create(config_path: Path, name: str, role: str, as_json: bool) -> None:
+    """Make a token for a person or a script (shown once)."""
+    t = load(config_path).create_token(name, role)
+    emit(as_json, {"ok": True, "token": t, "role": role}, t)
+
+
+@hub.group("channel")
+def channel() -> None:
+    """Channels of content."""
+
+
+@channel.command("add")
+@config_option
+@click.argument("channel_id")
+@click.option("--title", default=None)
+@click.option("--language", default="fr", show_default=True)
+@click.option("--description", default="")
+@click.option("--keep-last", type=int, default=None, help="Releases kept (retention).")
+@json_option
+@handle_errors
+def channel_add(
+    config_path: Path,
+    channel_id: str,
+    title: str | None,
+    language: str,
+    description: str,
+    keep_last: int | None,
+    as_json: bool,
+) -> None:
+    """Create a channel."""
+    from .auth import Principal
+
+    h = load(config_path)
+    doc: dict[str, Any] = {
+        "id": channel_id,
+        "title": title or channel_id,
+        "language": language,
+        "description": description,
+    }
+    if keep_last:
+        doc["keep_last"] = keep_last
+    out = h.create_channel(Principal("cli", "admin"), doc)
+    emit(as_json, dict(out, ok=True), f"channel {channel_id} created")
+
+
+@hub.group("centre")
+def centre_group() -> None:
+    """Centres: register them (their state: `caravane hub status`)."""
+
+
+@centre_group.command("add")
+@config_option
+@click.argument("name")
+@click.option("--region", default="")
+@click.option("--channels", default="", help="Comma-separated subscriptions.")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="Where to write the enrolment file for the centre.",
+)
+@json_option
+@handle_errors
+def centre_add(
+    config_path: Path, name: str, region: str, channels: str, out: Path, as_json: bool
+) -> None:
+    """Register a centre and write its enrolment file (contains a one-time code)."""
+    from .auth import Principal
+
+    h = load(config_path)
+    doc = h.register_centre(
+        Principal("cli", "admin"), {"name": name, "region": region, "channels": channels}
+    )
+    out.write_text(json.dumps(doc, ensure_ascii=False, indent=2), encoding="utf-8")
+    os.chmod(out, 0o600)
+    emit(
+        as_json,
+        {"ok": True, "node_id": doc["node_id"], "enrolment": str(out)},
+        f"centre {name} registered as {doc['node_id']}; give {out} to its operator "
+        f"(`caravane node init --enrol {out.name}`)",
+    )
+
+
+# `caravane hub node add` was the first name: kept, hidden, for scripts that still use it
+hub.add_command(
+    click.Group(
+        "node",
+        commands={"add": centre_add},
+        help="Deprecated: use `caravane hub centre`.",
+        hidden=True,
+        deprecated=True,
+    )
+)
+
+
+@hub.command("status")
+@config_option
+@click.option("--region", default=None)
+@click.option("--behind", is_flag=True, help="Only centres behind the latest releases.")
+@json_option
+@handle_errors
+def hub_status(config_path: Path, region: str | None, behind: bool, as_json: bool) -> None:
+    """The fleet: one line per centre."""
+    h = load(config_path)
+    rows = h.fleet(region, behind)
+    lines = [f"{'centre':24} {'region':12} {'installed':24} {'behind':12} {'route':8} last contact"]
+    for r in rows:
+        inst = ",".join(f"{c}:{v}" for c, v in sorted(r["installed"].items())) or "-"
+        beh = ",".join(f"{c}+{v}" for c, v in sorted(r["behind"].items())) or "up to date"
+        lines.append(
+            f"{r['name'][:24]:24} {r['region'][:12]:12} {inst[:24]:24} {beh[:12]:12} "
+            f"{(r['last_route'] or '-'):8} {r['last_contact'] or 'never'}"
+        )
+    emit(as_json, {"ok": True, "nodes": rows}, "\n".join(lines))
+
+
+@hub.group("mirror")
+def mirror() -> None:
+    """Copy the static repository to mirrors."""
+
+
+@mirror.command("push")
+@config_option
+@click.argument("dest")
+@click.option("--delete", is_flag=True, help="Remove files the hub no longer has.")
+@json_option
+@handle_errors
+def mirror_push(config_path: Path, dest: str, delete: bool, as_json: bool) -> None:
+    """Copy the repository to DEST (folder, host:path or rsync://), metadata last."""
+    from .config import HubConfig
+    from .mirror import push
+
+    cfg = HubConfig.load(config_path)
+    done = push(cfg.repo_dir, dest, delete)
+    emit(
+        as_json,
+        {"ok": True, "dest": dest, "copied": done},
+        f"mirror {dest} updated ({', '.join(done)}); metadata copied last",
+    )
+
+
+@hub.command("jobs")
+@config_option
+@click.argument("names", nargs=-1)
+@json_option
+@handle_errors
+def hub_jobs(config_path: Path, names: tuple[str, ...], as_json: bool) -> None:
+    """Run scheduled jobs once now (all, or those named)."""
+    from .jobs import JobRunner
+
+    runner = JobRunner(load(config_path))
+    jobs: dict[str, Callable[[], object]] = {
+        "packs": runner.build_recent_packs,
+        "gc": runner.collect_garbage,
+        "expiry": runner.refresh_expiring,
+        "stale": runner.flag_stale_centres,
+    }
+    out: dict[str, object] = {}
+    for name in names or tuple(jobs):
+        if name not in jobs:
+            raise click.ClickException(f"unknown job {name}; use {', '.join(jobs)}")
+        out[name] = jobs[name]()
+    emit(as_json, {"ok": True, "results": out}, "\n".join(f"{k}: {v}" for k, v in out.items()))
+
+
+@click.command("publish")
+@click.argument("channel_id")
+@click.argument("folder", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option(
+    "--hub", "hub_url", envvar="CARAVANE_HUB", required=True, help="Hub URL (or $CARAVANE_HUB)."
+)
+@click.option("--token", envvar="CARAVANE_TOKEN", required=True, help="Or $CARAVANE_TOKEN.")
+@click.option("--notes", default="")
+@click.option("--title", default=None)
+@click.option(
+    "--cache",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Local object cache (default ~/.cache/caravane/publish).",
+)
+@json_option
+@handle_errors
+def publish(
+    channel_id: str,
+    folder: Path,
+    hub_url: str,
+    token: str,
+    notes: str,
+    title: str | None,
+    cache: Path | None,
+    as_json: bool,
+) -> None:
+    """Publish FOLDER as the next release of CHANNEL on a hub (resumable upload)."""
+    from .client import HubClient
+
+    with progress_bar(None, "uploading", as_json) as bar:
+        out = asyncio.run(
+            HubClient(hub_url, token).publish(
+                channel_id, folder, notes=notes, title=title, cache=cache, progress=bar
+            )
+        )
+    emit(
+        as_json,
+        dict(out, ok=True),
+        f"published {channel_id} version {out.get('version')} on {hub_url}: "
+        f"{out['sent_objects']} objects uploaded, the rest the hub had already",
+    )

@@ -1,0 +1,347 @@
+"""A curator's client: build a release locally, upload only what the hub lacks, commit.
+
+The build goes into a local cache of compressed objects, so a publish cut half-way (laptop
+closed, link down) resumes with the next run: the hub answers which objects it still lacks,
+the client sends those, and the release becomes visible only when the hub has verified all.
+
+HTTP goes through httpx, the library the centre's agent uses too: redirects followed within
+a bound, proxies from the environment (``HTTPS_PROXY``, ``NO_PROXY``), separate connect and
+read timeouts, and answers read up to a bound. Whatever goes wrong on the way (refused
+connection, unknown host, TLS, timeout, a cut connection, a proxy) comes out as one
+:class:`HubClientError` whose message names the hub, says what happened in plain words and
+what to do next; a library exception never reaches the person at the keyboard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import random
+import socket
+import ssl
+import struct
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Final
+
+import httpx
+
+from caravane.packs.chunker import DEFAULT_AVG
+from caravane.packs.files_cache import FilesCache
+from caravane.packs.repository import ingest_files, scan_source
+from caravane.packs.store import ObjectStore
+from caravane.protocol.metadata import check_channel
+
+from .errors import HubError
+
+RETRIES: Final = 6
+PARALLEL: Final = 4
+MAX_REDIRECTS: Final = 5
+MAX_ANSWER_BYTES: Final = 64 * 1024 * 1024  # the biggest JSON answer: a huge upload's "missing"
+RESUME_HINT: Final = "run the same command again later: what was uploaded is kept"
+
+
+class HubClientError(HubError):
+    """Publishing could not talk to the hub (or the hub refused): one message, no traceback.
+
+    ``status`` is the hub's HTTP status when it answered, else 503 (it could not be reached).
+    """
+
+    def __init__(self, message: str, status: int = 503, retry: bool = False) -> None:
+        super().__init__(message, status)
+        self.retry = retry
+
+
+def default_cache() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "caravane" / "publish"
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The innermost OS / TLS error behind a library exception (what actually happened)."""
+    seen: set[int] = set()
+    cur: BaseException = exc
+    while id(cur) not in seen:
+        seen.add(id(cur))
+        nxt = cur.__cause__ or cur.__context__
+        if nxt is None:
+            break
+        cur = nxt
+        if isinstance(cur, ssl.SSLError | socket.gaierror | ConnectionRefusedError):
+            return cur
+    return cur
+
+
+def proxy_for(url: str) -> str | None:
+    """The proxy the environment sets for ``url`` (``HTTPS_PROXY`` ... minus ``NO_PROXY``)."""
+    parsed = urllib.parse.urlsplit(url)
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(parsed.scheme) or proxies.get("all")
+    if not proxy or not parsed.hostname or urllib.request.proxy_bypass(parsed.hostname):
+        return None
+    return proxy
+
+
+def explain(
+    url: str, exc: httpx.HTTPError | TimeoutError, proxy: str | None = None
+) -> HubClientError:
+    """Turn a transport failure into words an operator can act on (and say if it is worth
+    retrying: a refused connection may be a hub restarting, a bad certificate is not)."""
+    cause = _root_cause(exc)
+    where = f"cannot reach the hub at {url}"
+    if proxy and isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.ProxyError):
+        return HubClientError(
+            f"{where} through the proxy {proxy} (from the environment): {cause}; check "
+            "HTTPS_PROXY / HTTP_PROXY, or add the hub's host to NO_PROXY",
+            retry=True,
+        )
+    if isinstance(exc, httpx.TooManyRedirects):
+        return HubClientError(
+            f"{where}: more than {MAX_REDIRECTS} redirects; check the --hub URL "
+            "(it should be the hub's own address)",
+        )
+    if isinstance(exc, httpx.UnsupportedProtocol | httpx.InvalidURL):
+        return HubClientError(
+            f"{where}: {url!r} is not an http:// or https:// address; check the --hub URL"
+        )
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        return HubClientError(
+            f"{where}: its TLS certificate is not valid ({cause.verify_message}); check the "
+            "hub's certificate, or the URL's host name",
+        )
+    if isinstance(cause, ssl.SSLError):
+        return HubClientError(
+            f"{where}: the TLS handshake failed ({cause.reason or cause}); is the URL's scheme "
+            "right (http:// or https://)?",
+        )
+    if isinstance(cause, socket.gaierror):
+        host = httpx.URL(url).host
+        return HubClientError(
+            f"{where}: the host name {host!r} does not resolve (no DNS answer); check the "
+            "--hub URL, or the network link",
+            retry=True,
+        )
+    if isinstance(cause, ConnectionRefusedError) or (
+        isinstance(cause, OSError) and cause.errno == errno.ECONNREFUSED
+    ):
+        return HubClientError(
+            f"{where}: connection refused; is the hub running, and are the URL's host and "
+            "port right?",
+            retry=True,
+        )
+    if isinstance(exc, httpx.ConnectTimeout):
+        return HubClientError(
+            f"{where}: no answer to the connection within the timeout; the link may be down "
+            f"or very slow: {RESUME_HINT}",
+            retry=True,
+        )
+    if isinstance(exc, httpx.TimeoutException | TimeoutError):
+        return HubClientError(
+            f"{where}: the hub stopped answering (timed out); {RESUME_HINT}", retry=True
+        )
+    if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError | httpx.WriteError):
+        return HubClientError(
+            f"{where}: the connection was cut in the middle of a request; {RESUME_HINT}",
+            retry=True,
+        )
+    if isinstance(exc, httpx.ConnectError):
+        return HubClientError(
+            f"{where}: cannot connect ({cause}); check the network link and the --hub URL",
+            retry=True,
+        )
+    return HubClientError(f"{where}: {type(exc).__name__}: {exc}; {RESUME_HINT}", retry=True)
+
+
+BATCH_RECORD: Final = struct.Struct(">32sI")  # as hub.app.parse_batch reads it
+BATCH_BYTES: Final = 4 * 1024 * 1024
+BATCH_OBJECTS: Final = 1024
+
+
+def batches(shas: list[str], store: ObjectStore) -> list[list[str]]:
+    """Objects grouped into request bodies of about BATCH_BYTES (sizes from the cache).
+
+    Batches keep the round trips per publish small, and a cut upload loses at most the
+    batches in flight: the objects of every answered batch are on the hub already.
+    """
+    out: list[list[str]] = []
+    cur: list[str] = []
+    size = 0
+    for sha in shas:
+        n = store.path_for(sha).stat().st_size
+        if cur and (size + n > BATCH_BYTES or len(cur) >= BATCH_OBJECTS):
+            out.append(cur)
+            cur, size = [], 0
+        cur.append(sha)
+        size += n
+    if cur:
+        out.append(cur)
+    return out
+
+
+class HubClient:
+    """Talks to one hub with one token; :meth:`publish` is the whole curator's job."""
+
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        timeout: float = 120,
+        *,
+        connect_timeout: float = 15,
+        retries: int = RETRIES,
+        backoff: float = 0.5,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.headers = {"Authorization": f"Bearer {token}"}
+        self.timeout = httpx.Timeout(timeout, connect=connect_timeout)
+        self.retries = max(1, retries)
+        self.backoff = backoff
+        self.proxy = proxy_for(self.url)
+        # Until the hub has answered once, a refused connection or an unknown host is a
+        # wrong URL or a hub that is not running: say so at once instead of retrying.
+        self.reached = False
+
+    def _session(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            headers=self.headers,
+            timeout=self.timeout,
+            follow_redirects=True,
+            max_redirects=MAX_REDIRECTS,
+            limits=httpx.Limits(max_connections=PARALLEL, max_keepalive_connections=PARALLEL),
+            trust_env=True,
+        )
+
+    async def _once(
+        self, s: httpx.AsyncClient, method: str, path: str, **kw: Any
+    ) -> tuple[int, dict[str, Any]]:
+        """One request; the answer read up to MAX_ANSWER_BYTES and decoded as JSON."""
+        async with s.stream(method, self.url + path, **kw) as r:
+            body = bytearray()
+            async for piece in r.aiter_bytes():
+                body += piece
+                if len(body) > MAX_ANSWER_BYTES:
+                    raise HubClientError(
+                        f"the hub at {self.url} sent an answer larger than "
+                        f"{MAX_ANSWER_BYTES} bytes to {method} {path}; is --hub a Caravane hub?",
+                        502,
+                    )
+            try:
+                doc = httpx.Response(r.status_code, content=bytes(body)).json()
+            except ValueError:
+                doc = None
+            if not isinstance(doc, dict):
+                text = bytes(body[:200]).decode("utf-8", "replace")
+                doc = {"error": f"not a JSON answer ({r.status_code}): {text!r}"}
+            return r.status_code, doc
+
+    async def _call(
+        self, s: httpx.AsyncClient, method: str, path: str, **kw: Any
+    ) -> tuple[int, dict[str, Any]]:
+        """One API call, retried with backoff on transport failures and 5xx answers."""
+        delay = self.backoff
+        for attempt in range(self.retries):
+            try:
+                status, body = await self._once(s, method, path, **kw)
+                self.reached = True
+                if status < 500:
+                    return status, body
+                err = HubClientError(
+                    f"the hub at {self.url} is failing ({status}: {body.get('error', '')}); "
+                    f"{RESUME_HINT}",
+                    503,
+                    retry=True,
+                )
+            except (httpx.HTTPError, TimeoutError) as exc:
+                err = explain(self.url, exc, self.proxy)
+                if not self.reached and isinstance(exc, httpx.ConnectError):
+                    err.retry = False
+            if not err.retry or attempt == self.retries - 1:
+                raise err
+            await asyncio.sleep(delay + random.uniform(0, delay))
+            delay = min(delay * 2, 10)
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _check(status: int, body: dict[str, Any], what: str) -> dict[str, Any]:
+        if status >= 400:
+            raise HubClientError(f"{what}: {body.get('error', status)}", status)
+        return body
+
+    async def publish(
+        self,
+        channel: str,
+        folder: Path,
+        *,
+        notes: str = "",
+        title: str | None = None,
+        cache: Path | None = None,
+        progress: Callable[[int], object] | None = None,
+        max_objects: int | None = None,
+    ) -> dict[str, Any]:
+        """Publish ``folder``; ``max_objects`` stops after that many uploads (tests, resume)."""
+        check_channel(channel)
+        store = ObjectStore(cache or default_cache())
+        files_cache = FilesCache(store.root / "files.sqlite")  # unchanged files are not re-read
+        loop = asyncio.get_running_loop()
+        try:
+            entries, *_ = await loop.run_in_executor(
+                None, ingest_files, store, scan_source(folder), DEFAULT_AVG, None, files_cache
+            )
+        finally:
+            files_cache.close()
+        async with self._session() as s:
+            status, body = await self._call(s, "GET", f"/api/v1/channels/{channel}")
+            if status == 404:
+                doc: dict[str, Any] = {"id": channel, "title": title or channel}
+                self._check(
+                    *await self._call(s, "POST", "/api/v1/channels", json=doc),
+                    "creating the channel",
+                )
+            else:
+                self._check(status, body, "reading the channel")
+            doc = {"channel": channel, "notes": notes, "files": [e.to_dict() for e in entries]}
+            up = self._check(
+                *await self._call(s, "POST", "/api/v1/uploads", json=doc), "starting the upload"
+            )
+            uid, missing = str(up["upload"]), [str(h) for h in up["missing"]]
+            if max_objects is not None:
+                missing = missing[:max_objects]
+            sent = 0
+            queue: asyncio.Queue[list[str]] = asyncio.Queue()
+            for batch in batches(missing, store):
+                queue.put_nowait(batch)
+
+            async def worker() -> None:
+                nonlocal sent
+                while not queue.empty():
+                    batch = queue.get_nowait()
+                    body = bytearray()
+                    for sha in batch:
+                        frame = store.read_frame(sha)
+                        body += BATCH_RECORD.pack(bytes.fromhex(sha), len(frame)) + frame
+                    self._check(
+                        *await self._call(
+                            s,
+                            "POST",
+                            f"/api/v1/uploads/{uid}/objects",
+                            content=bytes(body),
+                            headers={"Content-Type": "application/octet-stream"},
+                        ),
+                        f"uploading {len(batch)} objects from {batch[0][:16]}",
+                    )
+                    sent += len(body)
+                    if progress:
+                        progress(len(body))
+
+            await asyncio.gather(*(worker() for _ in range(PARALLEL)))
+            if max_objects is not None and len(up["missing"]) > max_objects:
+                return {"upload": uid, "sent_objects": len(missing), "complete": False}
+            result = self._check(
+                *await self._call(s, "POST", f"/api/v1/uploads/{uid}/commit"), "committing"
+            )
+            return dict(
+                result, upload=uid, sent_objects=len(missing), sent_bytes=sent, complete=True
+            )

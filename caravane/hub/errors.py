@@ -1,0 +1,32 @@
+"""Errors of the hub service; each maps to an HTTP status and a JSON body."""
+
+from caravane.protocol.errors import CaravaneError
+
+
+class HubError(CaravaneError):
+    status = 400
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        if status is not None:
+            self.status = status
+
+
+class Unauthorized(HubError):
+    status = 401
+
+
+class Forbidden(HubError):
+    status = 403
+
+
+class NotFound(HubError):
+    status = 404
+
+
+class Conflict(HubError):
+    status = 409
+
+
+class Unprocessable(HubError):
+    status = 422

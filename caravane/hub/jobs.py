@@ -1,0 +1,124 @@
+"""Scheduled jobs (APScheduler): packs ahead of time, garbage, expiring metadata, silent centres.
+
+Several hub processes may serve one database; only the holder of the ``jobs`` lease in that
+database runs the jobs, and the lease passes to another process if the holder goes away.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from datetime import timedelta
+from typing import Any
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from caravane.packs import delta
+from caravane.protocol.metadata import now_utc, parse_time
+
+from .service import Hub
+
+log = logging.getLogger("caravane.hub.jobs")
+LEASE_SECONDS = 300
+
+
+class JobRunner:
+    def __init__(self, hub: Hub, holder: str | None = None) -> None:
+        self.hub = hub
+        self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{id(self)}"
+        self.scheduler: BackgroundScheduler | None = None
+
+    # Each job is a plain method, so tests (and operators) can run it once.
+
+    def build_recent_packs(self, channel: str | None = None) -> list[str]:
+        """Packs from each of the last few releases (and from nothing) to the latest."""
+        repo = self.hub.repo
+        built = []
+        for c in [channel] if channel else repo.channels():
+            meta = repo.channel_meta(c)
+            latest = meta.version
+            older = sorted(v for v in meta.releases if v < latest)[-self.hub.config.pack_pairs :]
+            for a in [0, *older]:
+                path = repo.pack_path(c, a, latest)
+                if not path.exists():
+                    repo.build_pack(c, a, latest, path, level=self.pack_level(c, a, latest))
+                    built.append(path.name)
+        if built:
+            log.info("built packs %s", ", ".join(built))
+        return built
+
+    def pack_level(self, channel: str, a: int, b: int) -> int:
+        """Strong compression for the usual update; a faster level for very large packs.
+
+        Level 19 runs at a few MB/s on two cores: right for updates of some hundreds of MB,
+        built once and carried many times, but hours for a full 50 GB channel whose content
+        (video, PDF) is compressed already and gains little from it.
+        """
+        big = self.hub.pack_new_bytes(channel, a, b) > self.hub.config.strong_pack_bytes
+        return 9 if big else delta.LEVEL
+
+    def collect_garbage(self) -> tuple[int, int]:
+        """Objects no retained release uses, and packs of retired releases."""
+        count, freed = self.hub.repo.collect_garbage(
+            keep=self._open_upload_objects,
+            grace_seconds=self.hub.config.gc_grace_hours * 3600,
+        )
+        if count:
+            log.info("removed %d unused objects (%d bytes)", count, freed)
+        return count, freed
+
+    def _open_upload_objects(self) -> set[str]:
+        return self.hub.open_upload_objects()
+
+    def refresh_expiring(self) -> list[str]:
+        """Re-sign channel metadata that expires within ``refresh_before_days``."""
+        cfg = self.hub.config
+        if not cfg.expires_days:
+            return []
+        limit = now_utc() + timedelta(days=cfg.refresh_before_days)
+        refreshed = []
+        for c in self.hub.repo.channels():
+            meta = self.hub.repo.channel_meta(c)
+            if meta.expires and parse_time(meta.expires, "expires") <= limit:
+                self.hub.repo.refresh_expiry(c, cfg.expires_days)
+                refreshed.append(c)
+        if refreshed:
+            log.info("refreshed the expiry of %s", ", ".join(refreshed))
+        return refreshed
+
+    def flag_stale_centres(self) -> list[str]:
+        flagged = self.hub.flag_stale()
+        if flagged:
+            log.warning(
+                "no news for %d days from: %s", self.hub.config.stale_after_days, ", ".join(flagged)
+            )
+        return flagged
+
+    # Scheduling
+
+    def _guarded(self, job: Any) -> Any:
+        def guarded() -> None:
+            if not self.hub.take_lease("jobs", self.holder, LEASE_SECONDS):
+                return
+            try:
+                job()
+            except Exception:
+                log.exception("scheduled job %s failed", job.__name__)
+
+        guarded.__name__ = job.__name__
+        return guarded
+
+    def start(self) -> None:
+        sched = BackgroundScheduler(timezone="UTC")
+        sched.add_job(self._guarded(self.build_recent_packs), "interval", minutes=10)
+        sched.add_job(self._guarded(self.collect_garbage), "interval", hours=6)
+        sched.add_job(self._guarded(self.refresh_expiring), "interval", hours=12)
+        sched.add_job(self._guarded(self.flag_stale_centres), "interval", hours=1)
+        sched.start()
+        self.scheduler = sched
+
+    def stop(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.shutdown(wait=False)
+            self.scheduler = None

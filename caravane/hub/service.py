@@ -1,0 +1,736 @@
+"""What the hub does, independent of HTTP: tokens, channels, publishing, centres, reports.
+
+Every method is synchronous and short, or says it is long; the aiohttp layer runs them in a
+thread pool. Content goes through ``HubRepository`` (the static, signed repository);
+the database records who did what and the fleet's state.
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, insert, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from caravane.packs.errors import StoreError
+from caravane.packs.hub_repository import HubRepository
+from caravane.protocol.errors import CaravaneError, FormatError, SignatureError
+from caravane.protocol.keys import PublicKey
+from caravane.protocol.metadata import FileEntry, check_channel
+from caravane.protocol.paths import check_paths
+from caravane.protocol.report import Report, report_node_id, verify_report
+
+from .auth import ROLES, Principal, hash_secret
+from .config import HubConfig
+from .db import Database
+from .errors import Conflict, Forbidden, HubError, NotFound, Unauthorized, Unprocessable
+from .models import (
+    AuditEntry,
+    Centre,
+    CentreReport,
+    Channel,
+    Delivery,
+    Lease,
+    Release,
+    Token,
+    Upload,
+    UploadObject,
+)
+from .usage import record_usage
+
+__all__ = ["ROLES", "Hub", "Principal", "now"]  # Principal and ROLES: from hub.auth
+
+MAX_FILES = 1_000_000
+#: the fleet view flags a centre whose last fresh signed word is older than this (a freeze)
+FREEZE_WARNING_DAYS = 14
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _aware(when: datetime | None) -> datetime | None:
+    if when is not None and when.tzinfo is None:
+        return when.replace(tzinfo=UTC)
+    return when
+
+
+class Hub:
+    def __init__(self, config: HubConfig, db: Database | None = None) -> None:
+        self.config = config
+        self.repo = HubRepository(config.repo_dir)
+        self.db = db or Database(config.url)
+
+    # ------------------------------------------------------------------ audit
+
+    def audit(self, s: Session, actor: str, action: str, **detail: Any) -> None:
+        """Add an audit entry in the caller's transaction (it lands only if the change does)."""
+        s.add(AuditEntry(at=now(), actor=actor, action=action, detail=detail))
+
+    def record(self, actor: str, action: str, **detail: Any) -> None:
+        """An audit entry on its own (for work done outside the database, e.g. a drive)."""
+        with self.db.session() as s:
+            self.audit(s, actor, action, **detail)
+
+    def close(self) -> None:
+        """Release the database connections (the service stops)."""
+        self.db.dispose()
+
+    def audit_log(self, limit: int = 100) -> list[dict[str, Any]]:
+        with self.db.session() as s:
+            rows = s.scalars(select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit))
+            return [
+                {"at": r.at.isoformat(), "actor": r.actor, "action": r.action, "detail": r.detail}
+                for r in rows
+            ]
+
+    # ------------------------------------------------------------------ tokens
+
+    def create_token(self, name: str, role: str, actor: str = "cli") -> str:
+        if role not in ROLES:
+            raise HubError(f"unknown role {role!r}; use one of {', '.join(ROLES)}")
+        token = "crv_" + secrets.token_urlsafe(32)
+        with self.db.session() as s:
+            s.add(Token(name=name, role=role, token_hash=hash_secret(token), created_at=now()))
+            self.audit(s, actor, "token.create", name=name, role=role)
+        return token
+
+    def authenticate(self, header: str | None) -> Principal:
+        """The holder of the ``Authorization: Bearer`` token, or Unauthorized."""
+        if not header or not header.startswith("Bearer "):
+            raise Unauthorized("missing token: send 'Authorization: Bearer <token>'")
+        p = self.principal_for_token_hash(hash_secret(header[7:].strip()))
+        if p is None:
+            raise Unauthorized("unknown or revoked token")
+        return p
+
+    def principal_for_token_hash(self, token_hash: str) -> Principal | None:
+        """Who holds the token with this hash now; None once it is revoked or unknown.
+
+        Web sessions keep only the hash and ask again on every page, so revoking a token
+        ends its sessions at once.
+        """
+        with self.db.session() as s:
+            row = s.scalar(select(Token).where(Token.token_hash == token_hash))
+            if row is None or row.revoked:
+                return None
+            return Principal(row.name, row.role)
+
+    # ------------------------------------------------------------------ channels
+
+    def create_channel(self, p: Principal, doc: dict[str, Any]) -> dict[str, Any]:
+        p.require("curator")
+        cid = check_channel(str(doc.get("id", "")))
+        with self.db.session() as s:
+            if s.get(Channel, cid) is not None:
+                raise Conflict(f"channel {cid!r} exists")
+            s.add(
+                Channel(
+                    id=cid,
+                    title=str(doc.get("title", cid))[:200],
+                    language=str(doc.get("language", "fr"))[:16],
+                    description=str(doc.get("description", "")),
+                    keep_last=int(doc.get("keep_last", self.config.keep_last)),
+                    created_at=now(),
+                )
+            )
+            self.audit(s, p.name, "channel.create", channel=cid)
+        return self.channel(cid)
+
+    def channel(self, cid: str) -> dict[str, Any]:
+        with self.db.session() as s:
+            c = s.get(Channel, cid)
+            if c is None:
+                raise NotFound(f"no channel {cid!r}")
+            releases = s.scalars(
+                select(Release).where(Release.channel_id == cid).order_by(Release.version)
+            ).all()
+            return {
+                "id": c.id,
+                "title": c.title,
+                "language": c.language,
+                "description": c.description,
+                "keep_last": c.keep_last,
+                "latest": releases[-1].version if releases else None,
+                "releases": [
+                    {
+                        "version": r.version,
+                        "notes": r.notes,
+                        "published_by": r.published_by,
+                        "published_at": r.published_at.isoformat(),
+                        "size": r.size,
+                        "files": r.files,
+                        "retired": r.retired,
+                    }
+                    for r in releases
+                ],
+            }
+
+    @staticmethod
+    def _channel_row(s: Session, cid: str) -> Channel:
+        c = s.get(Channel, cid)
+        if c is None:
+            raise NotFound(f"no channel {cid!r}")
+        return c
+
+    def channels(self) -> list[dict[str, Any]]:
+        with self.db.session() as s:
+            ids = s.scalars(select(Channel.id).order_by(Channel.id)).all()
+        return [self.channel(c) for c in ids]
+
+    # ------------------------------------------------------------------ publishing
+
+    def start_upload(self, p: Principal, doc: dict[str, Any]) -> dict[str, Any]:
+        """Record a release to be: its file list. Answers which objects the hub lacks."""
+        p.require("curator")
+        cid = check_channel(str(doc.get("channel", "")))
+        raw = doc.get("files")
+        if not isinstance(raw, list) or len(raw) > MAX_FILES:
+            raise Unprocessable("'files' must be a list of file entries")
+        try:
+            entries = [FileEntry.from_dict(f) for f in raw]
+            check_paths(e.path for e in entries)
+        except FormatError as exc:
+            raise Unprocessable(str(exc)) from None
+        chunks = {h: n for e in entries for h, n in e.chunks}
+        with self.db.session() as s:
+            if s.get(Channel, cid) is None:
+                raise NotFound(f"no channel {cid!r}; create it first")
+            uid = uuid.uuid4().hex
+            s.add(
+                Upload(
+                    id=uid,
+                    channel_id=cid,
+                    created_by=p.name,
+                    created_at=now(),
+                    notes=str(doc.get("notes", "")),
+                    files=[e.to_dict() for e in entries],
+                )
+            )
+            s.flush()
+            if chunks:
+                s.execute(
+                    insert(UploadObject),
+                    [{"upload_id": uid, "sha": h, "size": n} for h, n in chunks.items()],
+                )
+        return {"upload": uid, "missing": self._missing(chunks)}
+
+    def _missing(self, chunks: Iterable[str]) -> list[str]:
+        # freshened: an object the hub says it holds is spared by collection for a while
+        return [h for h in chunks if not self.repo.store.freshen(h)]
+
+    def _upload_objects(self, uid: str) -> list[str]:
+        with self.db.session() as s:
+            return list(s.scalars(select(UploadObject.sha).where(UploadObject.upload_id == uid)))
+
+    def open_upload_objects(self) -> set[str]:
+        """Objects of every upload still open: collection keeps them (asked under its lock)."""
+        with self.db.session() as s:
+            return set(
+                s.scalars(
+                    select(UploadObject.sha)
+                    .join(Upload, Upload.id == UploadObject.upload_id)
+                    .where(Upload.state == "open")
+                )
+            )
+
+    def _upload_head(self, uid: str) -> tuple[str, str, int | None]:
+        """(channel, state, version) of an upload, without its file list."""
+        with self.db.session() as s:
+            row = s.execute(
+                select(Upload.channel_id, Upload.state, Upload.version).where(Upload.id == uid)
+            ).first()
+        if row is None:
+            raise NotFound(f"no upload {uid!r}")
+        return row[0], row[1], row[2]
+
+    def upload_status(self, p: Principal, uid: str) -> dict[str, Any]:
+        p.require("curator")
+        _, state, version = self._upload_head(uid)
+        return {
+            "upload": uid,
+            "state": state,
+            "version": version,
+            "missing": self._missing(self._upload_objects(uid)) if state == "open" else [],
+        }
+
+    def put_object(self, p: Principal, uid: str, sha: str, frame: bytes) -> bool:
+        """Store one object of an open upload, verified; True if it was new.
+
+        One indexed lookup (the upload's state and this object's size), whatever the size
+        of the release: the per-object cost of a publish stays flat.
+        """
+        p.require("curator")
+        with self.db.session() as s:
+            row = s.execute(
+                select(Upload.state, UploadObject.size)
+                .select_from(Upload)
+                .outerjoin(
+                    UploadObject, (UploadObject.upload_id == Upload.id) & (UploadObject.sha == sha)
+                )
+                .where(Upload.id == uid)
+            ).first()
+        if row is None:
+            raise NotFound(f"no upload {uid!r}")
+        state, size = row
+        if state != "open":
+            raise Conflict(f"upload {uid} is {state}")
+        if size is None:
+            raise Unprocessable(f"object {sha[:16]} is not part of upload {uid}")
+        try:
+            return self.repo.store.put_compressed(sha, frame, size)
+        except CaravaneError as exc:
+            raise Unprocessable(str(exc)) from None
+
+    def put_objects(self, p: Principal, uid: str, records: list[tuple[str, bytes]]) -> int:
+        """Store many objects of an open upload (one batch), each verified; how many were new.
+
+        Two indexed queries for the whole batch. Every object must belong to the upload
+        (checked before any is stored); each is verified against its hash on its own, so a
+        bad one refuses the batch from that object on and the good ones before it stay.
+        """
+        p.require("curator")
+        shas = [sha for sha, _ in records]
+        with self.db.session() as s:
+            state = s.scalar(select(Upload.state).where(Upload.id == uid))
+            sizes: dict[str, int] = {
+                sha: size
+                for sha, size in s.execute(
+                    select(UploadObject.sha, UploadObject.size).where(
+                        UploadObject.upload_id == uid, UploadObject.sha.in_(shas)
+                    )
+                )
+            }
+        if state is None:
+            raise NotFound(f"no upload {uid!r}")
+        if state != "open":
+            raise Conflict(f"upload {uid} is {state}")
+        stray = [sha for sha in shas if sha not in sizes]
+        if stray:
+            raise Unprocessable(f"object {stray[0][:16]} is not part of upload {uid}")
+        new = 0
+        for sha, frame in records:
+            try:
+                new += self.repo.store.put_compressed(sha, frame, sizes[sha])
+            except CaravaneError as exc:
+                raise Unprocessable(str(exc)) from None
+        return new
+
+    def commit_upload(self, p: Principal, uid: str) -> dict[str, Any]:
+        """Sign the release (long: runs in a worker thread). Visible only when complete."""
+        p.require("curator")
+        with self.db.session() as s:
+            up = s.get(Upload, uid)
+            if up is None:
+                raise NotFound(f"no upload {uid!r}")
+            s.expunge(up)
+        if up.state == "committed":
+            return {"channel": up.channel_id, "version": up.version, "already": True}
+        missing = self._missing(self._upload_objects(uid))
+        if missing:
+            raise Conflict(
+                f"{len(missing)} objects are still missing; upload them and commit again"
+            )
+        entries = [FileEntry.from_dict(f) for f in up.files]
+        with self.db.session() as s:
+            title = self._channel_row(s, up.channel_id).title
+        try:
+            res = self.repo.commit_release(
+                up.channel_id,
+                entries,
+                notes=up.notes,
+                title=title,
+                expires_days=self.config.expires_days or None,
+            )
+        except StoreError as exc:  # an object went missing since the check above
+            raise Conflict(str(exc)) from None
+        with self.db.session() as s:
+            s.add(
+                Release(
+                    channel_id=up.channel_id,
+                    version=res.version,
+                    notes=up.notes,
+                    published_by=p.name,
+                    published_at=now(),
+                    size=res.total_bytes,
+                    files=res.files,
+                )
+            )
+            row = s.get(Upload, uid)
+            if row is None:  # deleted while signing: the release stands, say so in the log
+                raise NotFound(f"upload {uid} vanished while it was being committed")
+            row.state, row.version = "committed", res.version
+            self.audit(s, p.name, "release.publish", channel=up.channel_id, version=res.version)
+        self.apply_retention(up.channel_id)
+        return dict(res.to_dict(), already=False)
+
+    def apply_retention(self, cid: str) -> list[int]:
+        with self.db.session() as s:
+            keep = self._channel_row(s, cid).keep_last
+        dropped = self.repo.retain(cid, keep)
+        if dropped:
+            with self.db.session() as s:
+                for r in s.scalars(
+                    select(Release).where(Release.channel_id == cid, Release.version.in_(dropped))
+                ):
+                    r.retired = True
+                self.audit(s, "hub", "release.retire", channel=cid, versions=dropped)
+        return dropped
+
+    # ------------------------------------------------------------------ centres
+
+    def register_centre(self, p: Principal, doc: dict[str, Any]) -> dict[str, Any]:
+        """Record a centre and make its enrolment document (with a one-time code).
+
+        The document's keys (``node_id``...) are read by the node agent at the centre:
+        they stay as they are for agents already in the field.
+        """
+        p.require("admin")
+        name = str(doc.get("name", "")).strip()
+        if not name:
+            raise Unprocessable("a centre needs a name")
+        subs = doc.get("channels", [])
+        if isinstance(subs, str):
+            subs = [c for c in subs.split(",") if c]
+        subs = [check_channel(c) for c in subs]
+        node_id = uuid.uuid4().hex[:16]
+        code = secrets.token_urlsafe(12)
+        with self.db.session() as s:
+            s.add(
+                Centre(
+                    id=node_id,
+                    name=name,
+                    region=str(doc.get("region", "")),
+                    subscriptions=subs,
+                    enrol_code_hash=hash_secret(code),
+                    created_at=now(),
+                    installed={},
+                    last_seq=0,
+                    stale=False,
+                )
+            )
+            self.audit(s, p.name, "node.register", node=node_id, name=name)
+        return {
+            "format": "caravane-enrolment",
+            "hub_url": self.config.base_url,
+            "node_id": node_id,
+            "name": name,
+            "code": code,
+            "channels": subs,
+            "root": (self.repo.path / "metadata/root.json").read_text(encoding="utf-8"),
+        }
+
+    def enrol(self, doc: dict[str, Any]) -> dict[str, Any]:
+        """A centre registers the public key it made; the one-time code is then spent."""
+        node_id, code = str(doc.get("node_id", "")), str(doc.get("code", ""))
+        try:
+            pub = PublicKey.from_dict({"keytype": "ed25519", "public": doc.get("public_key")})
+        except FormatError as exc:
+            raise Unprocessable(str(exc)) from None
+        with self.db.session() as s:
+            centre = s.get(Centre, node_id)
+            if centre is None or centre.enrol_code_hash is None:
+                raise Forbidden("unknown centre or enrolment code already used")
+            if not secrets.compare_digest(centre.enrol_code_hash, hash_secret(code)):
+                raise Forbidden("wrong enrolment code")
+            centre.public_key = pub.raw.hex()
+            centre.enrol_code_hash = None
+            centre.enrolled_at = now()
+            self.audit(s, f"node:{node_id}", "node.enrol", keyid=pub.keyid)
+            return {"node_id": node_id, "channels": centre.subscriptions, "name": centre.name}
+
+    def accept_report(
+        self,
+        data: bytes,
+        route: str,
+        centre_id: str | None = None,
+        via: str | None = None,
+    ) -> dict[str, Any]:
+        """Verify a signed report and store it once per (centre, seq), in any order.
+
+        Reports come by network, through a peer centre (``via``: the relaying centre) and on
+        drives, so an older report may arrive after a newer one: it is stored (its usage
+        counts and errors are history too) but the centre's current state comes from the
+        highest seq. A report already held is a Conflict ("replayed"), which a sender takes
+        as "the hub has it". Each route keeps its own last contact for the fleet view.
+        """
+        try:
+            claimed = report_node_id(data)
+        except FormatError as exc:
+            raise Unprocessable(str(exc)) from None
+        if centre_id is not None and claimed != centre_id:
+            raise Forbidden(f"report is about centre {claimed}, not {centre_id}")
+        with self.db.session() as s:
+            centre = s.get(Centre, claimed, with_for_update=True)
+            if centre is None or not centre.public_key:
+                raise Forbidden(f"centre {claimed} is not enrolled")
+            try:
+                report: Report = verify_report(
+                    data, PublicKey(bytes.fromhex(centre.public_key)), claimed
+                )
+            except SignatureError as exc:
+                raise Forbidden(str(exc)) from None
+            except FormatError as exc:
+                raise Unprocessable(str(exc)) from None
+            held = s.scalar(
+                select(CentreReport.id).where(
+                    CentreReport.centre_id == claimed, CentreReport.seq == report.seq
+                )
+            )
+            if held is not None:
+                raise Conflict(
+                    f"report {report.seq} of centre {claimed} is already held by the hub "
+                    "(replayed); nothing to do"
+                )
+            if via:
+                route = f"peer:{via}"[:100]
+            elif route == "network":
+                route = report.route
+            contacts = dict(centre.contacts or {})
+            seen = contacts.get(route) or {}
+            if report.seq > int(seen.get("seq", 0)):
+                contacts[route] = {"at": report.sent_at, "seq": report.seq}
+                centre.contacts = contacts
+            centre.last_contact = now()
+            centre.stale = False
+            if report.seq > centre.last_seq:  # the newest report tells the current state
+                centre.last_seq = report.seq
+                centre.last_route = route
+                centre.installed = report.installed
+                centre.free_disk = report.free_disk
+                centre.last_error = report.errors[-1] if report.errors else None
+            s.add(
+                CentreReport(
+                    centre_id=claimed,
+                    seq=report.seq,
+                    received_at=now(),
+                    route=route,
+                    body=report.to_dict(),
+                )
+            )
+            record_usage(s, claimed, centre.region, report)  # once per (centre, seq)
+            return {
+                "accepted": True,
+                "seq": report.seq,
+                "node_id": claimed,
+                "installed": report.installed,
+            }
+
+    def held_report_seqs(self, centre_id: str, seqs: Iterable[int]) -> list[int]:
+        """Which of these reports of a centre the hub holds (for a drive's acknowledgement)."""
+        wanted = sorted(set(seqs))
+        if not wanted:
+            return []
+        with self.db.session() as s:
+            return sorted(
+                s.scalars(
+                    select(CentreReport.seq).where(
+                        CentreReport.centre_id == centre_id, CentreReport.seq.in_(wanted)
+                    )
+                )
+            )
+
+    def record_delivery(self, centre_id: str, drive: str, applied: list[dict[str, Any]]) -> None:
+        """A returned drive brought ``applied`` (channel, version) to a centre."""
+        with self.db.session() as s:
+            s.add(Delivery(centre_id=centre_id, drive=drive, at=now(), applied=applied))
+            self.audit(s, "usb", "usb.delivery", node=centre_id, drive=drive)
+
+    def latest_versions(self) -> dict[str, int]:
+        """Each channel's latest published version, from the signed repository."""
+        return {c: self.repo.channel_meta(c).version for c in self.repo.channels()}
+
+    def pack_new_bytes(self, channel: str, a: int, b: int) -> int:
+        """Raw bytes of release ``b`` that release ``a`` lacks (what a pack a->b carries)."""
+        return self.repo.new_bytes(channel, a, b)
+
+    def fleet(self, region: str | None = None, behind_only: bool = False) -> list[dict[str, Any]]:
+        latest = self.latest_versions()
+        out = []
+        with self.db.session() as s:
+            q = select(Centre).order_by(Centre.region, Centre.name)
+            if region:
+                q = q.where(Centre.region == region)
+            for n in s.scalars(q):
+                behind = {
+                    c: latest[c] - int(n.installed.get(c, 0))
+                    for c in n.subscriptions
+                    if c in latest and int(n.installed.get(c, 0)) < latest[c]
+                }
+                if behind_only and not behind:
+                    continue
+                out.append(
+                    {
+                        "id": n.id,
+                        "name": n.name,
+                        "region": n.region,
+                        "channels": n.subscriptions,
+                        "installed": n.installed,
+                        "behind": behind,
+                        "enrolled": n.public_key is not None,
+                        "last_contact": _iso(n.last_contact),
+                        "last_route": n.last_route,
+                        "free_disk": n.free_disk,
+                        "last_error": n.last_error,
+                        "contacts": dict(n.contacts or {}),
+                        "stale": n.stale,
+                    }
+                )
+            self._add_freshness(s, out)
+        return out
+
+    def _add_freshness(self, s: Session, rows: list[dict[str, Any]]) -> None:
+        """Each row's oldest last fresh word over its channels, from its latest report.
+
+        A centre fed only by a frozen mirror keeps saying "up to date"; its own report says
+        when it last had fresh signed word, and the fleet view warns after
+        FREEZE_WARNING_DAYS (one query for the page: the latest report of each centre).
+        """
+        ids = [r["id"] for r in rows]
+        if not ids:
+            return
+        latest = (
+            select(CentreReport.centre_id.label("cid"), func.max(CentreReport.seq).label("seq"))
+            .where(CentreReport.centre_id.in_(ids))
+            .group_by(CentreReport.centre_id)
+            .subquery()
+        )
+        q = select(CentreReport.centre_id, CentreReport.body).join(
+            latest,
+            (CentreReport.centre_id == latest.c.cid) & (CentreReport.seq == latest.c.seq),
+        )
+        bodies = {cid: body or {} for cid, body in s.execute(q)}
+        at = datetime.now(UTC)
+        for r in rows:
+            fresh = dict(bodies.get(r["id"], {}).get("fresh") or {})
+            times = [_parse_iso(v) for c, v in fresh.items() if c in r["channels"]]
+            known = [t for t in times if t is not None]
+            oldest = min(known) if known else None
+            r["fresh_word"] = _iso(oldest) if oldest else None
+            r["fresh_word_days"] = (at - oldest).days if oldest else None
+            r["frozen"] = oldest is not None and (at - oldest).days >= FREEZE_WARNING_DAYS
+
+    def centre_detail(self, centre_id: str) -> dict[str, Any]:
+        """One centre for its page: fleet row, last 100 reports, drive deliveries."""
+        rows = [n for n in self.fleet() if n["id"] == centre_id]
+        if not rows:
+            raise NotFound(f"no centre {centre_id!r}")
+        with self.db.session() as s:
+            reports = [
+                {
+                    "seq": r.seq,
+                    "received_at": r.received_at,
+                    "route": r.route,
+                    "installed": (r.body or {}).get("installed", {}),
+                    "free_disk": (r.body or {}).get("free_disk"),
+                    "errors": (r.body or {}).get("errors", []),
+                }
+                for r in s.scalars(
+                    select(CentreReport)
+                    .where(CentreReport.centre_id == centre_id)
+                    .order_by(CentreReport.id.desc())
+                    .limit(100)
+                )
+            ]
+            deliveries = [
+                {"drive": d.drive, "at": d.at, "applied": d.applied}
+                for d in s.scalars(
+                    select(Delivery)
+                    .where(Delivery.centre_id == centre_id)
+                    .order_by(Delivery.id.desc())
+                )
+            ]
+            row = s.get(Centre, centre_id)
+            created = row.created_at if row is not None else None
+        return {
+            "centre": rows[0],
+            "reports": reports,
+            "deliveries": deliveries,
+            "created": created,
+        }
+
+    def find_centres(
+        self, names: list[str] | None = None, region: str | None = None
+    ) -> list[Centre]:
+        """The centre rows (detached) of a region and/or named by name or id; all if neither.
+
+        Raises NotFound naming every name that matches no centre.
+        """
+        with self.db.session() as s:
+            q = select(Centre)
+            if region:
+                q = q.where(Centre.region == region)
+            rows = list(s.scalars(q))
+            for r in rows:
+                s.expunge(r)
+        if names:
+            wanted = set(names)
+            rows = [r for r in rows if r.name in wanted or r.id in wanted]
+            found = {r.name for r in rows} | {r.id for r in rows}
+            unknown = wanted - found
+            if unknown:
+                raise NotFound(f"unknown centres: {', '.join(sorted(unknown))}")
+        return rows
+
+    # ------------------------------------------------------------------ jobs support
+
+    def flag_stale(self, days: int | None = None) -> list[str]:
+        limit = now() - timedelta(days=days or self.config.stale_after_days)
+        flagged = []
+        with self.db.session() as s:
+            for n in s.scalars(select(Centre).where(Centre.public_key.is_not(None))):
+                last = _aware(n.last_contact) or _aware(n.enrolled_at)
+                if last is not None and last < limit and not n.stale:
+                    n.stale = True
+                    flagged.append(n.name)
+            if flagged:
+                self.audit(s, "hub", "node.stale", nodes=flagged)
+        return flagged
+
+    def take_lease(self, name: str, holder: str, seconds: int) -> bool:
+        """One process among several sharing the database runs the jobs."""
+        try:
+            with self.db.session() as s:
+                lease = s.get(Lease, name, with_for_update=True)
+                t = now()
+                if lease is None:
+                    s.add(
+                        Lease(name=name, holder=holder, expires_at=t + timedelta(seconds=seconds))
+                    )
+                    return True
+                expires = _aware(lease.expires_at)
+                if lease.holder == holder or expires is None or expires < t:
+                    lease.holder = holder
+                    lease.expires_at = t + timedelta(seconds=seconds)
+                    return True
+                return False
+        except IntegrityError:  # another process created the lease at the same instant
+            return False
+
+    def counts(self) -> dict[str, int]:
+        with self.db.session() as s:
+            return {
+                "channels": s.scalar(select(func.count()).select_from(Channel)) or 0,
+                # "nodes": the key the health check has always answered (monitoring reads it)
+                "nodes": s.scalar(select(func.count()).select_from(Centre)) or 0,
+                "reports": s.scalar(select(func.count()).select_from(CentreReport)) or 0,
+            }
+
+
+def _parse_iso(value: object) -> datetime | None:
+    """A time from a centre's report (ISO 8601), None when unreadable."""
+    try:
+        when = datetime.fromisoformat(str(value))
+    except ValueError:
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def _iso(when: datetime | None) -> str | None:
+    when = _aware(when)
+    return when.isoformat() if when else None

@@ -1,0 +1,398 @@
+"""The centre's web server: the visitors' portal, the operator page, and the store for peers.
+
+One aiohttp application serves, on the LAN:
+
+- ``/`` a catalogue of the channels, ``/c/<channel>/...`` browsing and files (with Range, so
+  videos seek; HTML sites are served as they are), ``/search`` by title;
+- ``/operator`` the sync state in plain words, ``/api/status`` the same as JSON;
+- ``/repo/...`` the node's verified store, read-only, so a neighbouring centre can sync from
+  this one (it verifies everything itself against its own pinned root).
+
+Pages come in French and English (caravane/locales), chosen from the browser's language with
+a switch that a cookie remembers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import urllib.parse
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from aiohttp import web
+
+from caravane.i18n import Translator, negotiate, size_text
+from caravane.protocol.errors import PathError
+from caravane.protocol.paths import check_path
+
+from .agent import NodeAgent
+from .config import REPO_PREFIX
+from .freeze import freeze_warning, freshness
+
+log = logging.getLogger("caravane.node.serve")
+
+NODE_KEY = web.AppKey("node", NodeAgent)
+PORTAL_KEY: web.AppKey[Portal] = web.AppKey("portal")
+PEER_ROOTS = ("metadata/", "manifests/", "objects/")
+IMMUTABLE = "public, max-age=31536000, immutable"
+MUTABLE = "public, max-age=60"
+TEMPLATES = Path(__file__).parent / "templates"
+STATIC = Path(__file__).parent / "static"
+USAGE_FLUSH_SECONDS = 30
+
+
+def _env() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+        autoescape=jinja2.select_autoescape(["html"]),
+    )
+    return env
+
+
+class Portal:
+    def __init__(self, node: NodeAgent) -> None:
+        self.node = node
+        self.env = _env()
+        self.usage: dict[tuple[str, str], int] = defaultdict(int)
+        self.drive_notice: dict[str, str] = {}
+
+    # ------------------------------------------------------------------ helpers
+
+    def lang(self, request: web.Request) -> str:
+        return negotiate(
+            request.query.get("lang"),
+            request.cookies.get("lang"),
+            request.headers.get("Accept-Language"),
+        )
+
+    def render(
+        self, request: web.Request, name: str, status: int = 200, **ctx: Any
+    ) -> web.Response:
+        lang = self.lang(request)
+        t = Translator(lang)
+        html = self.env.get_template(name).render(lang=lang, t=t, **ctx)
+        resp = web.Response(text=html, content_type="text/html", status=status)
+        resp.headers["Content-Language"] = lang
+        resp.headers["X-Content-Type-Options"] = "nosniff"
+        if request.query.get("lang") == lang:
+            resp.set_cookie("lang", lang, max_age=365 * 86400, samesite="Lax")
+        return resp
+
+    def channel_root(self, channel: str) -> Path | None:
+        if channel not in self.node.releases.channels():
+            return None
+        return self.node.releases.live_link(channel)
+
+    def resolve(self, channel: str, rel: str) -> Path:
+        """A path inside a channel's live release; anything else is refused."""
+        root = self.channel_root(channel)
+        if root is None:
+            raise web.HTTPNotFound()
+        rel = rel.strip("/")
+        if rel:
+            try:
+                check_path(rel)
+            except PathError:
+                raise web.HTTPBadRequest(text="bad path") from None
+        real_root = Path(os.path.realpath(root))
+        target = Path(os.path.realpath(real_root / rel)) if rel else real_root
+        if target != real_root and real_root not in target.parents:
+            raise web.HTTPNotFound()
+        return target
+
+    # ------------------------------------------------------------------ visitors
+
+    async def catalogue(self, request: web.Request) -> web.Response:
+        lang = self.lang(request)
+        channels = []
+        for ch in self.node.releases.channels():
+            version = self.node.releases.active(ch)
+            title, files, size, site = ch, 0, 0, None
+            try:
+                meta = self.node.repo.channel_meta(ch)
+                title = meta.title or ch
+                ref = meta.releases.get(version) if version else None
+                if ref is not None:
+                    files, size = ref.files, ref.size
+            except Exception:
+                pass
+            if (self.node.releases.live_link(ch) / "index.html").is_file():
+                site = "index.html"
+            channels.append(
+                {
+                    "id": ch,
+                    "title": title,
+                    "files": files,
+                    "size": size_text(size, lang),
+                    "version": version,
+                    "site": site,
+                }
+            )
+        return self.render(
+            request, "catalogue.html", channels=channels, freeze=self.freeze_notice(lang)
+        )
+
+    def freeze_notice(self, lang: str) -> str | None:
+        """The portal says content may be old when no fresh word came for too long (TRUST.md)."""
+        days = self.node.config.freeze_warning_days
+        chans = [
+            {"channel": ch, "freshness": freshness(self.node.state, ch, days)}
+            for ch in self.node.channels()
+        ]
+        warning = freeze_warning(chans, days)
+        return warning.get(lang, warning["en"]) if warning else None
+
+    async def browse(self, request: web.Request) -> web.StreamResponse:
+        channel = request.match_info["channel"]
+        rel = request.match_info.get("path", "")
+        target = await asyncio.to_thread(self.resolve, channel, rel)
+        if target.is_dir():
+            if rel and not rel.endswith("/"):
+                raise web.HTTPFound(f"/c/{urllib.parse.quote(channel)}/{urllib.parse.quote(rel)}/")
+            return await self._listing(request, channel, rel.strip("/"), target)
+        if not target.is_file():
+            raise web.HTTPNotFound()
+        rng = request.headers.get("Range", "")
+        if not rng or rng.replace(" ", "").startswith("bytes=0-"):
+            self.usage[(channel, rel.strip("/"))] += 1  # an opening, not a seek
+        return web.FileResponse(target, headers={"Cache-Control": "public, max-age=3600"})
+
+    async def _listing(
+        self, request: web.Request, channel: str, rel: str, folder: Path
+    ) -> web.Response:
+        lang = self.lang(request)
+        entries = []
+        for p in sorted(folder.iterdir(), key=lambda p: (not p.is_dir(), p.name.lower())):
+            if p.name.startswith("."):
+                continue
+            href = urllib.parse.quote(p.name) + ("/" if p.is_dir() else "")
+            entries.append(
+                {
+                    "name": p.name,
+                    "href": href,
+                    "dir": p.is_dir(),
+                    "size": "" if p.is_dir() else size_text(p.stat().st_size, lang),
+                }
+            )
+        site = "index.html" if (folder / "index.html").is_file() else None
+        heading = f"{channel}/{rel}" if rel else channel
+        return self.render(
+            request,
+            "browse.html",
+            heading=heading,
+            entries=entries,
+            up_href="../" if rel else "/",
+            site=site,
+        )
+
+    async def search(self, request: web.Request) -> web.Response:
+        q = request.query.get("q", "").strip()[:200]
+        lang = self.lang(request)
+        results = []
+        if q:
+            needle = q.casefold()
+            for ch in self.node.releases.channels():
+                version = self.node.releases.active(ch)
+                try:
+                    manifest = self.node.repo.manifest(ch, version)
+                except Exception:
+                    continue
+                for f in manifest.files:
+                    if needle in f.path.casefold():
+                        results.append(
+                            {
+                                "name": f.path.rsplit("/", 1)[-1],
+                                "channel": ch,
+                                "href": f"/c/{urllib.parse.quote(ch)}/{urllib.parse.quote(f.path)}",
+                                "size": size_text(f.size, lang),
+                            }
+                        )
+                        if len(results) >= 200:
+                            break
+        return self.render(request, "search.html", q=q, results=results)
+
+    # ------------------------------------------------------------------ operator
+
+    def plain_status(self, lang: str) -> tuple[dict[str, Any], list[dict[str, Any]], list[str]]:
+        t = Translator(lang)
+        st = self.node.status()
+        lines, nxt = [], []
+        behind = False
+        warning = st.get("freeze_warning")
+        if warning:  # a freeze is visible (node/freeze.py)
+            lines.append({"kind": "warn", "text": warning.get(lang, warning["en"])})
+        for c in st["channels"]:
+            args = {"channel": c["title"] or c["channel"], "v": c["active"]}
+            if c["state"] == "up-to-date":
+                lines.append({"kind": "ok", "text": t("op.channel_ok", **args)})
+            elif c["state"] == "held":
+                lines.append({"kind": "warn", "text": t("op.channel_held", **args)})
+            elif c["active"] is None and c["latest_known"] is None:
+                behind = True
+                lines.append({"kind": "warn", "text": t("op.channel_waiting", **args)})
+            else:
+                behind = True
+                lines.append(
+                    {
+                        "kind": "warn",
+                        "text": t("op.channel_behind", latest=c["latest_known"] or "?", **args),
+                    }
+                )
+        lines.append({"kind": "ok", "text": t("op.disk", free=size_text(st["disk"]["free"], lang))})
+        short = self.node.state.get("disk_missing")
+        if short and int(short) > 0:
+            nxt.append(t("op.disk_short", missing=size_text(int(short), lang)))
+        for drive, state in self.drive_notice.items():
+            nxt.append(t("op.drive_done" if state == "done" else "op.drive_busy", drive=drive))
+        if behind and not nxt:
+            nxt.append(t("op.next_link"))
+        if st["reports_waiting"]:
+            nxt.append(t("op.reports_waiting", n=st["reports_waiting"]))
+        for h in st["upstream_health"]:
+            if h["demoted_until"]:
+                nxt.append(
+                    t(
+                        "op.upstream_aside",
+                        name=h["name"],
+                        until=h["demoted_until"],
+                        error=(h["last_error"] or "")[:200],
+                    )
+                )
+        if not nxt:
+            nxt.append(t("op.next_nothing"))
+        return st, lines, nxt
+
+    async def operator(self, request: web.Request) -> web.Response:
+        st, lines, nxt = await asyncio.to_thread(self.plain_status, self.lang(request))
+        return self.render(request, "operator.html", st=st, lines=lines, next=nxt)
+
+    async def api_status(self, request: web.Request) -> web.Response:
+        st = await asyncio.to_thread(self.node.status)
+        st["drives"] = dict(self.drive_notice)
+        return web.json_response(st)
+
+    # ------------------------------------------------------------------ peers
+
+    async def repo_file(self, request: web.Request) -> web.StreamResponse:
+        tail = request.match_info["tail"]
+        if tail != "metadata/root.json" and (
+            not tail.startswith(PEER_ROOTS)
+            or any(part in ("", ".", "..") or part.startswith(".") for part in tail.split("/"))
+        ):
+            raise web.HTTPNotFound()
+        path = self.node.repo.path / tail
+        if not path.is_file():
+            raise web.HTTPNotFound()
+        cache = MUTABLE if tail.startswith("metadata/") else IMMUTABLE
+        return web.FileResponse(path, headers={"Cache-Control": cache})
+
+    async def flush_usage(self) -> None:
+        counts, self.usage = dict(self.usage), defaultdict(int)
+        if counts:
+            await asyncio.to_thread(self.node.state.add_usage, counts)
+
+
+async def relay_report(request: web.Request) -> web.Response:
+    """A peer centre that syncs from this one hands over a signed report to carry upstream.
+
+    Kept in this centre's relay queue and forwarded to the hub on its own routes (network
+    or drive); the hub checks the peer's signature. 200 means "kept here" (the peer marks it
+    delivered), 413/422 a report that is too big or malformed, 503 when the queue is full.
+    """
+    from caravane.protocol.errors import CaravaneError
+    from caravane.protocol.report import MAX_REPORT_BYTES
+
+    from .errors import NodeError
+
+    node: NodeAgent = request.app[NODE_KEY]
+    body = bytearray()
+    async for chunk in request.content.iter_chunked(65536):
+        body += chunk
+        if len(body) > MAX_REPORT_BYTES:
+            return web.json_response({"error": "report larger than 4 MB"}, status=413)
+    try:
+        out = await asyncio.to_thread(node.relay_report, bytes(body))
+    except NodeError as exc:
+        return web.json_response({"error": str(exc)}, status=503)
+    except CaravaneError as exc:
+        return web.json_response({"error": str(exc)}, status=422)
+    return web.json_response(out)
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    try:
+        response: web.StreamResponse = await handler(request)
+        return response
+    except web.HTTPException as exc:
+        if exc.status in (404, 400) and not request.path.startswith((REPO_PREFIX + "/", "/api/")):
+            portal: Portal = request.app[PORTAL_KEY]
+            key = "err.not_found" if exc.status == 404 else "err.bad_path"
+            t = Translator(portal.lang(request))
+            return web.Response(text=t(key), status=exc.status, content_type="text/plain")
+        raise
+
+
+def make_app(node: NodeAgent, agent: bool = False) -> web.Application:
+    app = web.Application(middlewares=[errors], client_max_size=64 * 1024)
+    portal = Portal(node)
+    app[NODE_KEY] = node
+    app[PORTAL_KEY] = portal
+    r = app.router
+    r.add_get("/", portal.catalogue)
+    r.add_get("/search", portal.search)
+    r.add_get("/operator", portal.operator)
+    r.add_get("/api/status", portal.api_status)
+    r.add_get("/c/{channel}", _redirect_slash)
+    r.add_get("/c/{channel}/", portal.browse)
+    r.add_get("/c/{channel}/{path:.*}", portal.browse)
+    r.add_get(REPO_PREFIX + "/{tail:.+}", portal.repo_file)
+    r.add_post("/api/v1/relay/reports", relay_report)
+    r.add_static("/static/", STATIC)
+
+    async def usage_loop(app: web.Application) -> Any:
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(USAGE_FLUSH_SECONDS)
+                await portal.flush_usage()
+
+        task = asyncio.create_task(loop())
+        yield
+        task.cancel()
+        await portal.flush_usage()
+
+    app.cleanup_ctx.append(usage_loop)
+    if agent:
+        from .service import AgentService
+
+        async def run_agent(app: web.Application) -> Any:
+            service = AgentService(node, portal)
+            service.start()
+            yield
+            await asyncio.to_thread(service.stop)
+
+        app.cleanup_ctx.append(run_agent)
+    return app
+
+
+async def _redirect_slash(request: web.Request) -> web.Response:
+    raise web.HTTPFound(f"/c/{urllib.parse.quote(request.match_info['channel'])}/")
+
+
+def serve(node: NodeAgent, host: str, port: int, agent: bool = False) -> None:
+    """Serve the portal; aiohttp's keep-alive timer, which runs from the moment a connection
+    opens and closes one still waiting for a whole request head, is the header deadline
+    (node.toml ``header_timeout_seconds``): 300 slow clients cannot hold the portal. The
+    portal only answers GETs and reads no body."""
+    log.info("portal on http://%s:%d/", host, port)
+    web.run_app(
+        make_app(node, agent),
+        host=host,
+        port=port,
+        print=None,
+        keepalive_timeout=float(node.config.header_timeout_seconds),
+    )

@@ -1,0 +1,379 @@
+"""A centre's store: verified content from the hub, kept and served, never signed here.
+
+The store pins the hub's root at enrolment and takes everything else from untrusted
+carriers (the hub, a mirror, a peer centre, a drive): newer roots, channel metadata,
+manifests and packs, each accepted only after it verifies against that chain. It has no
+signing key and no method that signs: publishing, expiry, rotation and collection of the
+hub's releases are :class:`packs.hub_repository.HubRepository`'s alone.
+
+A store may hold a release's manifest before all its objects (a pack cut short keeps what
+it delivered), so "which release can be served" checks every object here, where the hub can
+trust its own commits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from pathlib import Path
+from typing import Any
+
+import zstandard as zstd
+
+from caravane.protocol.errors import (
+    CaravaneError,
+    FormatError,
+    NotFoundError,
+    RollbackError,
+    VerificationError,
+)
+from caravane.protocol.metadata import (
+    MAX_METADATA_BYTES,
+    ChannelMeta,
+    Manifest,
+    check_channel,
+)
+from caravane.protocol.trust import (
+    MAX_ROOT_ROTATIONS,
+    TrustedState,
+    root_version_of,
+    too_many_roots,
+)
+
+from . import delta
+from .errors import PackError, StoreError, TruncatedPackError
+from .ingest import Progress
+from .layout import channel_relpath, manifest_relpath
+from .packfile import Opener, read_entries
+from .repository import (
+    MAX_MANIFEST_BYTES,
+    ApplyResult,
+    RepositoryBase,
+    Snapshot,
+    holds_signing_keys,
+)
+from .store import write_atomic
+
+Pending = tuple[str, bytes, ChannelMeta]  # channel, metadata bytes, verified metadata
+
+
+class CentreStore(RepositoryBase):
+    """Trust, accept, apply, check out: what a centre does with what the hub signed."""
+
+    role = "centre"
+    _roots_taken = 0
+    _subscribed: set[str] | None = None
+    _unwritten_roots: list[tuple[int, bytes]]
+
+    def __init__(self, path: Path, durable: bool = False) -> None:
+        super().__init__(path, durable)
+        if holds_signing_keys(self.path):
+            raise FormatError(
+                f"{self.path}: this is the hub's repository (it holds the signing keys); the "
+                "hub publishes releases, it does not take them from packs or other hubs"
+            )
+
+    @classmethod
+    def init(cls, path: Path, trust_root: Path | bytes) -> CentreStore:
+        """Create a store that pins ``trust_root`` (the hub's root, from enrolment)."""
+        path = Path(path)
+        cls._refuse_existing(path)
+        data = trust_root if isinstance(trust_root, bytes) else Path(trust_root).read_bytes()
+        state = TrustedState(data)  # refuses anything that is not a self-signed root
+        cls._lay_out(path, data, state.root.version)
+        return cls(path)
+
+    def _holds_whole(self, snap: Snapshot, channel: str, version: int) -> bool:
+        try:
+            manifest = snap.manifest(channel, version)
+        except CaravaneError:
+            return False
+        return all(self.store.has(sha) for sha in manifest.chunk_sizes())
+
+    # ------------------------------------------------------------------ accepting fetched data
+
+    def accept_root(self, data: bytes, what: str = "root metadata") -> int:
+        """Verify root N+1 (signed by old and new keys) fetched from anywhere, and keep it."""
+        with self.lock():
+            root = self.trusted.update_root(data, what)
+            self._write_root(root.version, data)
+            return root.version
+
+    def check_channel_bytes(self, channel: str, data: bytes, what: str) -> ChannelMeta:
+        """Verify channel metadata from an upstream: signature, no rollback, not expired."""
+        return self._verify_incoming(self.snapshot(), channel, data, what)
+
+    def _verify_incoming(
+        self, snap: Snapshot, channel: str, data: bytes, what: str | None
+    ) -> ChannelMeta:
+        """Channel metadata from a carrier, checked against what this store holds.
+
+        Bytes identical to the store's own copy, which this operation has just verified,
+        are not verified again; only their expiry is checked, which the store's own copy
+        is not held to (an installed release is served after its metadata expired).
+        """
+        known = snap.channel_or_none(channel)
+        if known is not None and not snap.revoked(channel) and data == snap.channel_bytes(channel):
+            return self.trusted.check_expiry(known, what=what)
+        return self.trusted.verify_channel(data, channel, snap.known_version(channel), what=what)
+
+    def accept_channel(self, channel: str, data: bytes, what: str) -> ChannelMeta:
+        """Verify and keep channel metadata if it is newer than what this store knows."""
+        with self.lock():
+            snap = self.snapshot()
+            known = snap.known_version(channel)
+            meta = self._verify_incoming(snap, channel, data, what)
+            if known is None or meta.version > known:
+                write_atomic(self.path / channel_relpath(channel), data, True)
+                snap.remember_channel(channel, data, meta)
+            return meta
+
+    def accept_manifest(self, channel: str, version: int, data: bytes) -> Manifest:
+        """Verify a fetched manifest against the signed channel metadata, and keep it."""
+        ref = self.snapshot().channel(channel).releases.get(version)
+        if ref is None:
+            raise NotFoundError(f"channel {channel!r} has no signed version {version}")
+        manifest = self.trusted.verify_manifest(data, ref, channel)
+        write_atomic(self.path / manifest_relpath(channel, version), data, self.durable)
+        return manifest
+
+    # ------------------------------------------------------------------ packs
+
+    def apply_pack(
+        self,
+        pack: Path,
+        progress: Progress = None,
+        dry_run: bool = False,
+        channels: Collection[str] | None = None,
+        opener: Opener | None = None,
+    ) -> ApplyResult:
+        """Verify a pack against this store's pinned root and add what it carries.
+
+        Chunks are stored as soon as their group verifies, so a truncated pack keeps all it
+        delivered; the manifest and channel metadata are written last, only when every object
+        of the release is present. ``dry_run`` checks everything and writes nothing.
+
+        ``channels`` are the ones this centre subscribes to: a pack for any other channel is
+        refused before anything from it is written (newer roots it carries included), so a
+        centre keeps nothing of channels it does not serve.
+
+        ``opener`` opens the pack's volumes (a drive's walks its folders without links). Each
+        entry's payload is bounded before it is read by what the signed metadata says it may
+        hold, so a forged length costs no memory.
+        """
+        if dry_run:
+            return self.verify_pack(pack, channels)
+        pack = Path(pack)
+        self._roots_taken = 0  # bounded per pack, like a sync pass (MAX_ROOT_ROTATIONS)
+        self._subscribed = None if channels is None else set(channels)
+        self._unwritten_roots = []
+        try:
+            return self._apply_pack_locked(pack, progress, opener)
+        finally:
+            if self._unwritten_roots:  # verified but never kept: the disk is the truth
+                self._trusted = None
+
+    def _apply_pack_locked(
+        self, pack: Path, progress: Progress, opener: Opener | None
+    ) -> ApplyResult:
+        pending_channel: Pending | None = None
+        manifest: Manifest | None = None
+        old: Manifest | None = None
+        mbytes = b""
+        added = 0
+
+        def payload_limit(header: dict[str, Any]) -> int:
+            return _entry_bound(header, pending_channel, manifest)
+
+        with self.lock():
+            snap = self.snapshot()
+            try:
+                for entry in read_entries(pack, opener, payload_limit):
+                    what = f"{pack.name} entry at byte {entry.offset}"
+                    if entry.kind == "metadata":
+                        pending_channel = self._apply_metadata(entry, snap, what) or pending_channel
+                    elif entry.kind == "manifest":
+                        manifest, mbytes, old = self._apply_manifest(
+                            entry, pending_channel, snap, what
+                        )
+                    elif entry.kind == "delta":
+                        added += self._apply_delta(entry, what, progress, old, manifest)
+            except TruncatedPackError as exc:
+                if manifest is not None:
+                    # verified against the signed metadata: keep it, so whatever carries the
+                    # rest (the network, the next drive) knows what the release needs
+                    write_atomic(
+                        self.path / manifest_relpath(manifest.channel, manifest.version),
+                        mbytes,
+                        self.durable,
+                    )
+                raise TruncatedPackError(
+                    f"{exc} ({added} objects from it were verified and kept)"
+                ) from None
+            if manifest is None or pending_channel is None:
+                raise PackError(f"{pack}: carries no release manifest")
+            missing = [sha for sha in manifest.chunk_sizes() if not self.store.has(sha)]
+            if missing:
+                raise PackError(
+                    f"{pack}: {len(missing)} objects of {manifest.channel!r} version "
+                    f"{manifest.version} are neither in the pack nor in {self.path}; this pack "
+                    "was built for a store holding another release"
+                )
+            channel, cbytes, meta = pending_channel
+            write_atomic(
+                self.path / manifest_relpath(channel, manifest.version), mbytes, self.durable
+            )
+            current_version = snap.known_version(channel)
+            if current_version is None or meta.version >= current_version:
+                write_atomic(self.path / channel_relpath(channel), cbytes, True)
+                snap.remember_channel(channel, cbytes, meta)
+        return ApplyResult(manifest.channel, manifest.version, added, True)
+
+    def _apply_metadata(self, entry: Any, snap: Snapshot, what: str) -> Pending | None:
+        state = self.trusted
+        path = str(entry.header.get("path", ""))
+        data = delta.decompress_group(b"", entry.payload, _frame_size(entry.payload, what), what)
+        if path.startswith("metadata/root/"):
+            version = root_version_of(data)
+            if version > state.root.version:
+                self._roots_taken += 1
+                if self._roots_taken > MAX_ROOT_ROTATIONS:
+                    raise too_many_roots(what)
+                state.update_root(data, f"{what} ({path})")
+                # written with the channel's metadata, once the pack is known to be for us
+                self._unwritten_roots.append((version, data))
+            return None
+        if path.startswith("metadata/channels/") and path.endswith(".json"):
+            channel = check_channel(path[len("metadata/channels/") : -len(".json")])
+            if self._subscribed is not None and channel not in self._subscribed:
+                self._trusted = None  # forget the roots this pack carried: none was kept
+                raise PackError(
+                    f"{what}: this pack is for channel {channel!r}, which this centre does "
+                    f"not subscribe to ({', '.join(sorted(self._subscribed)) or 'none'}); "
+                    "nothing from it was kept"
+                )
+            for version, root in self._unwritten_roots:
+                self._write_root(version, root)
+            self._unwritten_roots.clear()
+            known = snap.channel_or_none(channel)
+            try:
+                meta = self._verify_incoming(snap, channel, data, f"{what} ({path})")
+            except RollbackError:
+                # An older pack is still useful if our newer metadata still lists its release.
+                current = snap.channel_bytes(channel)
+                assert known is not None and current is not None
+                return channel, current, known
+            return channel, data, meta
+        raise PackError(f"{what}: unexpected metadata path {path!r}")
+
+    def _apply_manifest(
+        self, entry: Any, pending: Pending | None, snap: Snapshot, what: str
+    ) -> tuple[Manifest, bytes, Manifest | None]:
+        """The pack's manifest, verified, with the base release it was built against."""
+        if pending is None:
+            raise PackError(f"{what}: manifest before its channel metadata")
+        channel, _, meta = pending
+        h = entry.header
+        version, base_version, size = h.get("version"), h.get("base_version"), h.get("size")
+        if not all(isinstance(x, int) for x in (version, base_version, size)):
+            raise PackError(f"{what}: malformed manifest entry")
+        ref = meta.releases.get(version)
+        if ref is None:
+            raise VerificationError(
+                f"{what}: version {version} of {channel!r} is not in the signed metadata"
+            )
+        if size != ref.manifest_length or size > MAX_MANIFEST_BYTES:
+            raise VerificationError(f"{what}: manifest length differs from the signed one")
+        old: Manifest | None = None
+        base = b""
+        if base_version:
+            if not snap.has_manifest(channel, base_version):
+                raise NotFoundError(
+                    f"manifest of {channel!r} version {base_version} is not in {self.path}: "
+                    "this pack updates from that release; apply the packs in order"
+                )
+            old, base = snap.manifest_with_bytes(channel, base_version)
+        data = delta.decompress_group(base, entry.payload, size, what)
+        return self.trusted.verify_manifest(data, ref, channel), data, old
+
+    def _apply_delta(
+        self,
+        entry: Any,
+        what: str,
+        progress: Progress,
+        old: Manifest | None,
+        new: Manifest | None,
+    ) -> int:
+        if new is None:
+            raise PackError(f"{what}: delta before the release manifest")
+        base_refs = delta.resolve_runs(entry.header.get("base", []), old, f"{what} base")
+        targets = delta.resolve_runs(entry.header.get("targets"), new, f"{what} targets")
+        if (
+            sum(n for _, n in targets) > delta.GROUP_TARGET + 16 * 1024 * 1024
+            or sum(n for _, n in base_refs) > delta.GROUP_BASE + 16 * 1024 * 1024
+        ):
+            raise PackError(f"{what}: delta group larger than the format allows")
+        if all(self.store.has(h) for h, _ in targets):
+            return 0
+        try:
+            base = b"".join(self.store.read(h, n) for h, n in base_refs)
+        except StoreError:
+            raise PackError(
+                f"{what}: needs objects this store lacks; apply the packs in order"
+            ) from None
+        total = sum(n for _, n in targets)
+        data = delta.decompress_group(base, entry.payload, total, what)
+        added = 0
+        for sha, piece in delta.split_targets(data, targets, what):
+            _, written = self.store.put_raw(piece, sha)
+            added += 1 if written else 0
+            if progress:
+                progress(len(piece))
+        return added
+
+
+def _zstd_bound(size: int) -> int:
+    """The most a zstd frame of ``size`` bytes can take (ZSTD_COMPRESSBOUND, with room)."""
+    return size + (size >> 7) + 128 * 1024
+
+
+def _entry_bound(
+    header: dict[str, Any],
+    pending: Pending | None,
+    manifest: Manifest | None,
+) -> int:
+    """The largest payload a pack entry may have, from the signed sizes known so far.
+
+    Metadata: a frame of at most MAX_METADATA_BYTES. Manifest: a frame of the length the
+    verified channel metadata gives for that version. Delta: a frame of the targets it names
+    in the verified manifest. Anything else (out of order, unknown version): nothing.
+    """
+    kind = header.get("kind")
+    if kind == "end":
+        return 0
+    if kind == "metadata":
+        return _zstd_bound(MAX_METADATA_BYTES)
+    if kind == "manifest":
+        version = header.get("version")
+        ref = pending[2].releases.get(version) if pending and isinstance(version, int) else None
+        return _zstd_bound(min(ref.manifest_length, MAX_MANIFEST_BYTES)) if ref else 0
+    if kind == "delta" and manifest is not None:
+        try:
+            targets = delta.resolve_runs(header.get("targets"), manifest, "pack entry targets")
+        except CaravaneError:
+            return 0
+        return _zstd_bound(min(sum(n for _, n in targets), delta.GROUP_TARGET + (16 << 20)))
+    return 0
+
+
+def _frame_size(frame: bytes, what: str) -> int:
+    """Declared size of a metadata frame, bounded like any metadata read."""
+    try:
+        size = zstd.get_frame_parameters(frame).content_size
+    except zstd.ZstdError:
+        raise PackError(f"{what}: metadata is not a zstd frame") from None
+    if not 0 <= size <= MAX_METADATA_BYTES:
+        raise PackError(f"{what}: metadata larger than {MAX_METADATA_BYTES} bytes")
+    return int(size)
+
+
+__all__ = ["CentreStore"]

@@ -1,0 +1,97 @@
+"""What a folder's files were made of last time, so that a republish reads only what changed.
+
+A weekly update of a library of a million files changes a handful of them; reading, chunking
+and hashing every file again would make a one-file change cost as much as the first publish.
+Like git's index and borg's files cache, an entry is trusted while the file's size, mtime,
+ctime and inode are the ones recorded, and only if every chunk it names is still in the
+object store (collection may have removed them). ctime cannot be set back by a program, so a
+file rewritten and given its old mtime is still read again.
+
+A file modified less than ``RACY_SECONDS`` before the scan started is not recorded: its
+timestamp may not yet tell a later change in the same tick apart (git's "racily clean").
+
+The cache is a small SQLite file kept beside the repository or the curator's object cache,
+never inside a folder that is served: it names local paths.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from pathlib import Path
+
+from caravane.protocol.metadata import FileEntry
+
+RACY_SECONDS = 2.0
+
+_SCHEMA = """
+create table if not exists files (
+    path text primary key,
+    size integer not null,
+    mtime_ns integer not null,
+    ctime_ns integer not null,
+    ino integer not null,
+    avg_chunk integer not null,
+    sha256 text not null,
+    chunks text not null
+)
+"""
+
+
+def _key(st: os.stat_result) -> tuple[int, int, int, int]:
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
+
+
+class FilesCache:
+    """path -> (stat key, chunking, file hash, chunks) for files published before."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, check_same_thread=False)
+        self._db.execute("pragma journal_mode=wal")
+        self._db.execute("pragma synchronous=normal")
+        self._db.execute(_SCHEMA)
+        self._started_ns = time.time_ns()
+        self._pending: list[tuple[str, int, int, int, int, int, str, str]] = []
+
+    def lookup(self, real: Path, st: os.stat_result, avg_chunk: int) -> FileEntry | None:
+        """The entry recorded for ``real`` if the file is unchanged since (mode not included)."""
+        row = self._db.execute(
+            "select size, mtime_ns, ctime_ns, ino, avg_chunk, sha256, chunks from files "
+            "where path = ?",
+            (str(real),),
+        ).fetchone()
+        if row is None or tuple(row[:4]) != _key(st) or row[4] != avg_chunk:
+            return None
+        chunks = [(str(h), int(n)) for h, n in json.loads(row[6])]
+        return FileEntry("", int(row[0]), 0o644, str(row[5]), chunks)
+
+    def record(self, real: Path, st: os.stat_result, avg_chunk: int, entry: FileEntry) -> None:
+        """Remember a file just read (written by :meth:`commit`)."""
+        if st.st_mtime_ns >= self._started_ns - int(RACY_SECONDS * 1e9):
+            return  # racily clean: a change later in the same tick would look unchanged
+        self._pending.append(
+            (
+                str(real),
+                *_key(st),
+                avg_chunk,
+                entry.sha256,
+                json.dumps(entry.chunks, separators=(",", ":")),
+            )
+        )
+
+    def commit(self) -> None:
+        with self._db:
+            self._db.executemany(
+                "insert or replace into files values (?, ?, ?, ?, ?, ?, ?, ?)", self._pending
+            )
+        self._pending.clear()
+
+    def close(self) -> None:
+        self._db.close()
+
+
+__all__ = ["RACY_SECONDS", "FilesCache"]

@@ -1,0 +1,453 @@
+"""The hub's repository: the one folder that holds the signing keys.
+
+Only the hub signs, so only this class publishes, commits uploaded releases, re-signs
+expiry, rotates the root, retains old releases and collects what nothing references. A
+centre's store (:mod:`packs.centre_store`) has none of these methods: a store that could
+sign would be one stolen drive away from signing for every centre.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from caravane.protocol.errors import NotFoundError
+from caravane.protocol.keys import PrivateKey, PublicKey
+from caravane.protocol.metadata import (
+    ChannelMeta,
+    FileEntry,
+    Manifest,
+    ReleaseRef,
+    Root,
+    check_channel,
+    format_time,
+    now_utc,
+    parse_time,
+    sign_envelope,
+)
+from caravane.protocol.paths import check_paths
+
+from .chunker import DEFAULT_AVG
+from .errors import StoreError
+from .files_cache import FilesCache
+from .ingest import Progress, ingest_files, scan_source
+from .layout import channel_relpath, manifest_relpath
+from .repository import (
+    LEGACY_KEYS,
+    RELEASE_KEY,
+    PublishResult,
+    RepositoryBase,
+    Snapshot,
+    holds_signing_keys,
+    keys_dir,
+)
+from .store import write_atomic
+
+
+@dataclass
+class RotationResult:
+    """A rotation: the new root version and each channel's re-signed version."""
+
+    root_version: int
+    channels: dict[str, int]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"root_version": self.root_version, "channels": self.channels}
+
+
+class HubRepository(RepositoryBase):
+    """Sign, publish, collect: what only the hub does with its repository."""
+
+    role = "hub"
+
+    def __init__(self, path: Path, durable: bool = False) -> None:
+        super().__init__(path, durable)
+        self.keys_dir = keys_dir(self.path)
+        move_keys_out(self.path)
+        if not holds_signing_keys(self.path):
+            raise NotFoundError(
+                f"{self.path}: no signing key in {self.keys_dir}; this is a centre's "
+                "store, and only the hub repository can publish or sign"
+            )
+
+    @classmethod
+    def init(cls, path: Path, root_key_out: Path | None = None) -> HubRepository:
+        """Create a hub repository: new root and release keys, root version 1.
+
+        The release key goes to the keys folder beside the repository (:func:`keys_dir`),
+        the root key to ``root_key_out`` (the operator moves it offline; the hub never needs
+        it to run), or, without it, to the keys folder too. Neither is ever inside ``path``.
+        """
+        path = Path(path)
+        cls._refuse_existing(path)
+        folder = keys_dir(path)
+        root_out = Path(root_key_out) if root_key_out else folder / "root.pem"
+        if (folder / RELEASE_KEY).exists() or root_out.exists():
+            raise StoreError(
+                f"{folder / RELEASE_KEY} or {root_out} already exists: keys of another "
+                "repository; move them away or choose another folder"
+            )
+        keys = {role: PrivateKey.generate() for role in ("root", "release")}
+        folder.mkdir(parents=True, exist_ok=True)
+        os.chmod(folder, 0o700)
+        keys["release"].save(folder / RELEASE_KEY)
+        keys["root"].save(root_out)
+        root = Root.new(1, {r: [k.public] for r, k in keys.items()})
+        cls._lay_out(path, sign_envelope(root.to_dict(), [keys["root"]]), 1)
+        return cls(path)
+
+    @property
+    def files_cache_path(self) -> Path:
+        """What published folders' files were made of (beside the keys: never served)."""
+        return self.keys_dir.parent / f"{self.path.name}-cache" / "files.sqlite"
+
+    def key_path(self, role: str) -> Path:
+        """Where this hub keeps the private key of ``role`` (the root key may be offline)."""
+        return self.keys_dir / f"{role}.pem"
+
+    def signing_key(self, role: str) -> PrivateKey:
+        """The private key of ``role`` (the hub signs acknowledgements with the release key)."""
+        return self._key(role)
+
+    def _key(self, role: str) -> PrivateKey:
+        path = self.key_path(role)
+        if not path.is_file():
+            raise NotFoundError(f"{path}: signing key missing; only the hub repository can publish")
+        return PrivateKey.load(path)
+
+    def _holds_whole(self, snap: Snapshot, channel: str, version: int) -> bool:
+        # the hub commits a release only once every object is in its store
+        return True
+
+    # ------------------------------------------------------------------ publish
+
+    def publish(
+        self,
+        channel: str,
+        source: Path,
+        *,
+        notes: str = "",
+        title: str | None = None,
+        expires_days: int | None = None,
+        avg_chunk: int = DEFAULT_AVG,
+        progress: Progress = None,
+    ) -> PublishResult:
+        """Chunk and store ``source``, then commit it as the channel's next release."""
+        check_channel(channel)
+        self._key("release")  # fail before the long work, not after
+        files = scan_source(Path(source))
+        cache = FilesCache(self.files_cache_path)
+        try:
+            entries, new_objects, new_bytes, stored = ingest_files(
+                self.store, files, avg_chunk, progress, cache
+            )
+        finally:
+            cache.close()
+        result = self.commit_release(
+            channel, entries, notes=notes, title=title, expires_days=expires_days
+        )
+        result.new_objects, result.new_bytes, result.stored_bytes = new_objects, new_bytes, stored
+        return result
+
+    def ingest(
+        self, source: Path, avg_chunk: int = DEFAULT_AVG, progress: Progress = None
+    ) -> tuple[list[FileEntry], int, int, int]:
+        """Chunk and store a folder without publishing it (a curator's client-side build).
+
+        Returns (file entries, new objects, their raw bytes, their stored bytes).
+        """
+        return ingest_files(self.store, scan_source(Path(source)), avg_chunk, progress)
+
+    def commit_release(
+        self,
+        channel: str,
+        entries: list[FileEntry],
+        *,
+        notes: str = "",
+        title: str | None = None,
+        expires_days: int | None = None,
+    ) -> PublishResult:
+        """Sign a release whose objects are all in the store (the hub's upload path too).
+
+        The manifest is written first and the channel metadata last, by renames, so readers
+        see the release all at once or not at all.
+        """
+        check_channel(channel)
+        release_key = self._key("release")
+        entries = sorted(entries, key=lambda f: f.path.encode())
+        check_paths(f.path for f in entries)
+        with self.lock():
+            # checked under the lock that collection takes: what is here now stays until
+            # the release that references it is signed
+            missing = {h for f in entries for h, _ in f.chunks if not self.store.has(h)}
+            if missing:
+                raise StoreError(
+                    f"cannot publish {channel!r}: {len(missing)} objects are not in the store "
+                    "yet; upload them and commit again"
+                )
+            snap = self.snapshot()
+            old_meta = snap.channel_or_none(channel)
+            version = old_meta.version + 1 if old_meta else 1
+            previous = snap.manifest(channel, old_meta.version) if old_meta else None
+            manifest = Manifest(channel, version, format_time(now_utc()), entries, notes)
+            mbytes = manifest.to_bytes()
+            write_atomic(self.path / manifest_relpath(channel, version), mbytes, self.durable)
+            ref = ReleaseRef(
+                version,
+                hashlib.sha256(mbytes).hexdigest(),
+                len(mbytes),
+                manifest.created,
+                manifest.total_size,
+                len(entries),
+            )
+            releases = dict(old_meta.releases) if old_meta else {}
+            releases[version] = ref
+            self._sign_channel(
+                channel,
+                version,
+                releases,
+                title if title is not None else (old_meta.title if old_meta else ""),
+                expires_days,
+                release_key,
+            )
+        old_files = {f.path: f.sha256 for f in previous.files} if previous else {}
+        new_paths = {f.path for f in entries}
+        return PublishResult(
+            channel=channel,
+            version=version,
+            files=len(entries),
+            total_bytes=manifest.total_size,
+            new_objects=0,
+            new_bytes=0,
+            stored_bytes=0,
+            manifest_sha256=ref.manifest_sha256,
+            new_files=[f.path for f in entries if f.path not in old_files],
+            changed_files=[
+                f.path for f in entries if f.path in old_files and old_files[f.path] != f.sha256
+            ],
+            removed_files=sorted(p for p in old_files if p not in new_paths),
+        )
+
+    # ------------------------------------------------------------------ signing
+
+    def _sign_channel(
+        self,
+        channel: str,
+        version: int,
+        releases: dict[int, ReleaseRef],
+        title: str,
+        expires_days: int | None,
+        key: PrivateKey | None = None,
+    ) -> ChannelMeta:
+        expires = format_time(now_utc() + timedelta(days=expires_days)) if expires_days else None
+        meta = ChannelMeta(channel, version, releases, title, expires)
+        data = sign_envelope(meta.to_dict(), [key or self._key("release")])
+        write_atomic(self.path / channel_relpath(channel), data, True)
+        return meta
+
+    def refresh_expiry(self, channel: str, expires_days: int) -> ChannelMeta:
+        """Re-sign a channel's metadata with a new expiry (the hub's scheduled job)."""
+        with self.lock():
+            meta = self.snapshot().channel(channel)
+            return self._sign_channel(
+                channel, meta.version, meta.releases, meta.title, expires_days
+            )
+
+    def rotate_root(
+        self,
+        new_keys: dict[str, list[PublicKey]],
+        signers: list[PrivateKey],
+        release_key: PrivateKey | None = None,
+    ) -> int:
+        """Publish root N+1 (``signers`` hold old and new root keys) and re-sign channels.
+
+        Every channel gets a new version, the same files as its latest release, signed
+        with ``release_key`` (the new release key, if it changed): a centre that accepts
+        root N+1 drops channel metadata only the revoked key signed, so it needs a version
+        the new key signed, and one above whatever the revoked key signed before, to move
+        on. Returns the new root version; :meth:`rotate_keys` is the operator's entry.
+        """
+        with self.lock():
+            snap = self.snapshot()
+            # read under the old root: once root N+1 is in, the old signatures may not verify
+            plan = [
+                (meta, snap.manifest(meta.channel, meta.version))
+                for meta in (snap.channel(c) for c in self.channels())
+            ]
+            old = self.trusted.root
+            new = Root.new(old.version + 1, new_keys)
+            data = sign_envelope(new.to_dict(), signers)
+            self.trusted.update_root(data, f"root v{new.version} being signed")
+            key = release_key or self._key("release")
+            if key.keyid not in new.roles["release"].keyids:
+                raise StoreError(
+                    "the release key given is not the release key of the new root; pass the "
+                    "private key whose public key the rotation names"
+                )
+            self._write_root(new.version, data)
+            if release_key is not None:
+                release_key.save(self.key_path("release"))
+            for meta, latest in plan:
+                self._resign_bumped(meta, latest, key, old.version, new.version)
+            return new.version
+
+    def _resign_bumped(
+        self, meta: ChannelMeta, latest: Manifest, key: PrivateKey, old_root: int, new_root: int
+    ) -> int:
+        """Sign the channel's latest files again as its next version, with ``key``."""
+        version = meta.version + 1
+        notes = (
+            f"version {meta.version} signed again after a key rotation "
+            f"(root {old_root} -> {new_root})"
+        )
+        manifest = Manifest(meta.channel, version, format_time(now_utc()), latest.files, notes)
+        mbytes = manifest.to_bytes()
+        write_atomic(self.path / manifest_relpath(meta.channel, version), mbytes, self.durable)
+        releases = dict(meta.releases)
+        releases[version] = ReleaseRef(
+            version,
+            hashlib.sha256(mbytes).hexdigest(),
+            len(mbytes),
+            manifest.created,
+            manifest.total_size,
+            len(manifest.files),
+        )
+        expires_days = None
+        if meta.expires:
+            left = parse_time(meta.expires, "expires") - now_utc()
+            expires_days = max(1, left.days)
+        self._sign_channel(meta.channel, version, releases, meta.title, expires_days, key)
+        return version
+
+    def rotate_keys(
+        self,
+        root_key: PrivateKey,
+        new_root_key: PrivateKey | None = None,
+        new_release_key: PrivateKey | None = None,
+    ) -> RotationResult:
+        """Replace the root key, the release key or both, with the current root key.
+
+        ``root_key`` is the offline root key (it must be the current root's); the new root
+        is signed by it and by ``new_root_key`` when the root key changes. Every channel is
+        signed again as a new version (see :meth:`rotate_root`).
+        """
+        root = self.trusted.root
+        if root_key.keyid not in root.roles["root"].keyids:
+            raise StoreError(
+                f"the root key given ({root_key.keyid[:12]}) is not the root key of root "
+                f"version {root.version}; use the offline root key kept when the hub was made"
+            )
+        if new_root_key is None and new_release_key is None:
+            raise StoreError("nothing to rotate: name --new-root-key, --new-release-key or both")
+        roots = (
+            [new_root_key.public]
+            if new_root_key
+            else [root.keys[k] for k in root.roles["root"].keyids]
+        )
+        releases = (
+            [new_release_key.public]
+            if new_release_key
+            else [root.keys[k] for k in root.roles["release"].keyids]
+        )
+        signers = [root_key] + ([new_root_key] if new_root_key else [])
+        before = {c: self.snapshot().channel(c).version for c in self.channels()}
+        version = self.rotate_root({"root": roots, "release": releases}, signers, new_release_key)
+        return RotationResult(version, {c: v + 1 for c, v in before.items()})
+
+    # ------------------------------------------------------------------ retention
+
+    def retain(self, channel: str, keep_last: int) -> list[int]:
+        """Drop all but the newest ``keep_last`` releases of a channel; returns those dropped."""
+        if keep_last < 1:
+            raise ValueError("keep at least one release")
+        with self.lock():
+            meta = self.snapshot().channel(channel)
+            versions = sorted(meta.releases)
+            drop = versions[:-keep_last]
+            if not drop:
+                return []
+            kept = {v: r for v, r in meta.releases.items() if v not in drop}
+            expires_days = None
+            if meta.expires:
+                left = parse_time(meta.expires, "expires") - now_utc()
+                expires_days = max(1, left.days)
+            self._sign_channel(channel, meta.version, kept, meta.title, expires_days)
+            for v in drop:
+                (self.path / manifest_relpath(channel, v)).unlink(missing_ok=True)
+                for p in (self.path / "packs" / channel).glob(f"*-{v}.pack*"):
+                    p.unlink()
+                for p in (self.path / "packs" / channel).glob(f"{v}-*.pack*"):
+                    p.unlink()
+            return drop
+
+    def referenced_objects(self, snap: Snapshot | None = None) -> set[str]:
+        """Every object a retained release uses (each manifest read and verified once)."""
+        snap = snap or self.snapshot()
+        refs: set[str] = set()
+        for channel in self.channels():
+            for v in snap.channel(channel).releases:
+                if snap.has_manifest(channel, v):
+                    refs.update(snap.manifest(channel, v, keep=False).chunk_sizes())
+        return refs
+
+    def collect_garbage(
+        self, keep: Callable[[], set[str]] | None = None, grace_seconds: float = 0.0
+    ) -> tuple[int, int]:
+        """Remove objects no retained manifest uses; returns (objects, bytes) removed.
+
+        Everything is decided under the repository lock that commits take, so a release
+        cannot be signed between reading what is referenced and removing what is not.
+        ``keep`` (objects of uploads still open) is asked under that lock too. Objects
+        written or freshened within ``grace_seconds`` are spared: they belong to uploads
+        in flight, which may have started after ``keep`` was asked.
+        """
+        with self.lock():
+            cutoff = time.time() - grace_seconds
+            refs = self.referenced_objects() | (keep() if keep else set())
+            count = freed = 0
+            for sha in list(self.store.iter_ids()):
+                if sha not in refs:
+                    n = self.store.remove_unless_fresh(sha, cutoff)
+                    if n:
+                        freed += n
+                        count += 1
+            return count, freed
+
+
+def move_keys_out(path: Path) -> list[Path]:
+    """Move keys an older ``repo init`` wrote inside the repository to the folder beside it.
+
+    Anything inside the repository may be served by a static server or copied to a mirror or
+    a drive, so the hub moves them the first time it opens the repository; returns the
+    files moved. A key already beside the repository is never overwritten: the hub refuses,
+    naming both files, and the operator keeps the right one.
+    """
+    legacy = Path(path) / LEGACY_KEYS
+    if not legacy.is_dir():
+        return []
+    dest = keys_dir(path)
+    dest.mkdir(parents=True, exist_ok=True)
+    os.chmod(dest, 0o700)
+    moved: list[Path] = []
+    for key in sorted(legacy.iterdir()):
+        target = dest / key.name
+        if target.exists():
+            raise StoreError(
+                f"{key} and {target} both exist: keep the right one in {dest}, delete the "
+                f"other, then remove {legacy} (keys must not stay inside the served folder)"
+            )
+        shutil.move(str(key), str(target))
+        os.chmod(target, 0o600)
+        moved.append(target)
+    legacy.rmdir()
+    return moved
+
+
+__all__ = ["HubRepository", "RotationResult", "move_keys_out"]

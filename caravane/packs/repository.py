@@ -1,0 +1,747 @@
+"""A repository folder: what the hub's signed repository and a centre's store share.
+
+Both roles use the same static layout (docs/FORMAT.md) and the same rules for reading it,
+so a store on a drive or a mirror gets the same checks as one fetched over the network. What
+differs is what each may do, and that follows the class, not a test on the folder:
+
+- :class:`packs.hub_repository.HubRepository` holds the signing keys: it publishes, signs,
+  rotates the root, retains and collects.
+- :class:`packs.centre_store.CentreStore` only pins the hub's root: it accepts verified
+  metadata, applies packs and reports which releases it holds whole.
+- :class:`RepositoryBase` (here) is the folder, the object store, the writer lock and
+  everything that only reads verified content: checkout, verification, and building packs
+  (a centre that is up to date fills a field agent's drive, so it builds packs too).
+
+Reads of metadata go through a :class:`Snapshot` made at the start of each operation, which
+verifies root, channel metadata and each manifest at most once for that operation, instead
+of re-reading and re-verifying them on every call.
+
+Writes are ordered so a crash never leaves a reader inconsistent: objects first, then the
+manifest, then the signed channel metadata, each by an atomic rename.
+
+:class:`Repository` is the name callers used before the split: calling it opens the role
+class the folder holds. It stays for this release so callers can move off it one by one.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import shutil
+import tempfile
+from collections import deque
+from collections.abc import Collection, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, cast
+
+from caravane.protocol.canonical import canonical_bytes
+from caravane.protocol.errors import (
+    FormatError,
+    NotFoundError,
+    SignatureError,
+    VerificationError,
+)
+from caravane.protocol.metadata import ChannelMeta, Manifest, ReleaseRef
+from caravane.protocol.trust import TrustedState
+
+from . import changes, delta
+from .errors import StoreError
+from .ingest import PREFETCH, Progress, ingest_files, scan_source
+from .layout import (
+    REPO_MARKER,
+    channel_relpath,
+    manifest_relpath,
+    pack_relpath,
+    root_relpath,
+)
+from .packfile import DEFAULT_VOLUME_SIZE, PackWriter
+from .store import ObjectStore, compress, decode_frame, write_atomic
+
+if TYPE_CHECKING:
+    from .centre_store import CentreStore
+    from .hub_repository import HubRepository
+
+MAX_MANIFEST_BYTES = 256 * 1024 * 1024
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+RELEASE_KEY = "release.pem"
+#: where keys lived before they moved out: inside the served folder (issue 12)
+LEGACY_KEYS = "keys"
+
+
+def keys_dir(path: Path) -> Path:
+    """Where the hub keeps the signing keys of the repository at ``path``: beside it.
+
+    ``DATA/repo`` keeps its keys in ``DATA/repo-keys``, never inside the folder a static
+    server, a CDN, rsync or a drive copies; one folder per repository, so a hub repository
+    and a centre's store side by side in one folder never take each other's keys.
+    """
+    path = Path(path).absolute()
+    return path.parent / f"{path.name}-keys"
+
+
+def holds_signing_keys(path: Path) -> bool:
+    """True for the hub's repository: the one folder with a release signing key beside it
+    (or still inside it, in the old layout the hub moves out when it opens it)."""
+    return (keys_dir(path) / RELEASE_KEY).is_file() or (
+        Path(path) / LEGACY_KEYS / RELEASE_KEY
+    ).is_file()
+
+
+@dataclass
+class PublishResult:
+    channel: str
+    version: int
+    files: int
+    total_bytes: int
+    new_objects: int
+    new_bytes: int
+    stored_bytes: int
+    manifest_sha256: str
+    new_files: list[str] = field(default_factory=list)
+    changed_files: list[str] = field(default_factory=list)
+    removed_files: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class VerifyReport:
+    channels: dict[str, list[int]]
+    objects_checked: int
+    bytes_checked: int
+    unreferenced_objects: int
+    problems: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(asdict(self), ok=self.ok)
+
+
+@dataclass
+class PackInfo:
+    channel: str
+    from_version: int
+    to_version: int
+    volumes: list[str]
+    size: int
+    entries: int
+    new_chunks: int
+    new_bytes: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class ApplyResult:
+    channel: str
+    version: int
+    objects_added: int
+    complete: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Snapshot:
+    """Verified metadata of one repository, held for the length of one operation.
+
+    Channel metadata is read and verified once per channel, each manifest once per version;
+    an operation that writes metadata records it here, so what it reads next is what it
+    wrote. The snapshot belongs to one operation and is dropped with it: the files may
+    change between operations (another process publishes, a sync accepts newer metadata).
+
+    A change of trusted root (a rotation accepted mid-operation) empties it, so nothing
+    verified under the old root is reused under the new one. The repository's own channel
+    metadata that only a revoked release key signed is still read (it describes the release
+    installed), but marked revoked: it sets no rollback floor and is never taken as
+    identical to what a carrier offers (see :mod:`protocol.trust`).
+    """
+
+    def __init__(self, repo: RepositoryBase) -> None:
+        self.repo = repo
+        self.trusted = repo.trusted
+        self._root_version = self.trusted.root.version
+        self._channels: dict[str, tuple[bytes, ChannelMeta] | None] = {}
+        self._manifests: dict[tuple[str, int], Manifest] = {}
+        self._manifest_data: dict[tuple[str, int], bytes] = {}
+        self._revoked: set[str] = set()
+
+    def _current(self) -> None:
+        if self.trusted.root.version != self._root_version:
+            self._root_version = self.trusted.root.version
+            self._channels.clear()
+            self._revoked.clear()
+            self._manifests.clear()
+            self._manifest_data.clear()
+
+    # ------------------------------------------------------------------ channels
+
+    def _channel_entry(self, channel: str) -> tuple[bytes, ChannelMeta] | None:
+        self._current()
+        if channel not in self._channels:
+            data = self.repo.channel_bytes(channel)
+            if data is None:
+                self._channels[channel] = None
+            else:
+                self._channels[channel] = (data, self._verify_own(data, channel))
+        return self._channels[channel]
+
+    def _verify_own(self, data: bytes, channel: str) -> ChannelMeta:
+        """The repository's own copy: current release key, or a revoked one (marked)."""
+        try:
+            return self.trusted.verify_channel(data, channel, check_expiry=False)
+        except SignatureError:
+            what = f"channel metadata for {channel!r} in {self.repo.path}"
+            if not self.trusted.release_revoked(data, what):
+                raise
+        self._revoked.add(channel)
+        return self.trusted.verify_revoked(data, channel)
+
+    def revoked(self, channel: str) -> bool:
+        """Whether this repository's copy was signed only by a release key since revoked."""
+        self._channel_entry(channel)
+        return channel in self._revoked
+
+    def channel_or_none(self, channel: str) -> ChannelMeta | None:
+        """This repository's own channel metadata, verified (expiry is not enforced on it)."""
+        entry = self._channel_entry(channel)
+        return entry[1] if entry else None
+
+    def channel(self, channel: str) -> ChannelMeta:
+        meta = self.channel_or_none(channel)
+        if meta is None:
+            raise NotFoundError(f"channel {channel!r} does not exist in {self.repo.path}")
+        return meta
+
+    def channel_bytes(self, channel: str) -> bytes | None:
+        """The bytes of the channel metadata that verified (so a copy is what was checked)."""
+        entry = self._channel_entry(channel)
+        return entry[0] if entry else None
+
+    def known_version(self, channel: str) -> int | None:
+        """The rollback floor: the highest version accepted under the current release key.
+
+        None for metadata a revoked key signed: after a rotation the floor restarts under
+        the new key (a stolen key's version 1,000,000 must not hold a centre forever).
+        """
+        meta = self.channel_or_none(channel)
+        return meta.version if meta and channel not in self._revoked else None
+
+    def remember_channel(self, channel: str, data: bytes, meta: ChannelMeta) -> None:
+        """Record channel metadata this operation verified and wrote."""
+        self._current()
+        self._channels[channel] = (data, meta)
+        self._revoked.discard(channel)
+
+    # ------------------------------------------------------------------ manifests
+
+    def ref(self, channel: str, version: int) -> ReleaseRef:
+        ref = self.channel(channel).releases.get(version)
+        if ref is None:
+            have = ", ".join(str(v) for v in sorted(self.channel(channel).releases))
+            raise NotFoundError(f"channel {channel!r} has no version {version} (has: {have})")
+        return ref
+
+    def has_manifest(self, channel: str, version: int) -> bool:
+        """Whether the manifest file is here (not verified: use :meth:`manifest` for that)."""
+        self._current()
+        return (channel, version) in self._manifests or (
+            self.repo.path / manifest_relpath(channel, version)
+        ).is_file()
+
+    def manifest(self, channel: str, version: int, keep: bool = True) -> Manifest:
+        """A verified manifest; ``keep=False`` for walks that visit each version once."""
+        self._current()
+        key = (channel, version)
+        manifest = self._manifests.get(key)
+        if manifest is None:
+            ref = self.ref(channel, version)
+            data = self.repo.manifest_bytes(channel, version)
+            manifest = self.trusted.verify_manifest(data, ref, channel)
+            if keep:
+                self._manifests[key] = manifest
+        return manifest
+
+    def manifest_with_bytes(self, channel: str, version: int) -> tuple[Manifest, bytes]:
+        """A verified manifest and the very bytes that verified (delta bases, packs)."""
+        self._current()
+        key = (channel, version)
+        if key in self._manifests and key in self._manifest_data:
+            return self._manifests[key], self._manifest_data[key]
+        ref = self.ref(channel, version)
+        data = self.repo.manifest_bytes(channel, version)
+        manifest = self.trusted.verify_manifest(data, ref, channel)
+        self.remember_manifest(channel, version, data, manifest)
+        return manifest, data
+
+    def remember_manifest(self, channel: str, version: int, data: bytes, m: Manifest) -> None:
+        """Record a manifest this operation verified (and usually wrote)."""
+        self._current()
+        self._manifests[(channel, version)] = m
+        self._manifest_data[(channel, version)] = data
+
+
+class RepositoryBase:
+    """The folder, its object store, its lock, and what only reads verified content."""
+
+    #: "hub" or "centre": what this class may do, for messages and reports.
+    role: ClassVar[str] = "repository"
+
+    def __init__(self, path: Path, durable: bool = False) -> None:
+        self.path = Path(path)
+        if not (self.path / REPO_MARKER).is_file():
+            raise NotFoundError(
+                f"{self.path}: not a Caravane repository (run `caravane repo init` first)"
+            )
+        self.durable = durable
+        self.store = ObjectStore(self.path, durable=durable)
+        self._trusted: TrustedState | None = None
+
+    @property
+    def is_hub(self) -> bool:
+        """Kept for callers that label their output by role; prefer :attr:`role`."""
+        return self.role == "hub"
+
+    @staticmethod
+    def _lay_out(path: Path, root: bytes, root_version: int) -> None:
+        """Create the folders, the pinned root and, last, the marker that says "ready"."""
+        for sub in ("metadata/root", "metadata/channels", "manifests", "objects", "packs"):
+            (path / sub).mkdir(parents=True, exist_ok=True)
+        write_atomic(path / root_relpath(root_version), root, True)
+        write_atomic(path / root_relpath(), root, True)
+        write_atomic(
+            path / REPO_MARKER,
+            canonical_bytes({"format": "caravane-repository", "format_version": 1}),
+            True,
+        )
+
+    @staticmethod
+    def _refuse_existing(path: Path) -> None:
+        if (path / REPO_MARKER).exists():
+            raise FormatError(f"{path}: already a Caravane repository")
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """One writer at a time per repository (publish, apply, retention)."""
+        with open(self.path / ".lock", "a+") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    # ------------------------------------------------------------------ trust
+
+    def root_versions(self) -> list[int]:
+        folder = self.path / "metadata/root"
+        return sorted(int(p.stem) for p in folder.glob("*.json") if p.stem.isdigit())
+
+    @property
+    def trusted(self) -> TrustedState:
+        """The trust state: the first root this repository pinned, walked to the newest.
+
+        A root another process accepted since (``hub rotate-keys`` while the hub serves, a
+        sync while the portal serves) is picked up here: one ``stat`` per call.
+        """
+        if self._trusted is not None:
+            following = self.path / root_relpath(self._trusted.root.version + 1)
+            if following.is_file():
+                self._trusted = None
+        if self._trusted is None:
+            versions = self.root_versions()
+            if not versions:
+                raise NotFoundError(f"{self.path}: no root metadata")
+            state = TrustedState((self.path / root_relpath(versions[0])).read_bytes())
+            for v in versions[1:]:
+                state.update_root((self.path / root_relpath(v)).read_bytes(), f"root v{v}")
+            self._trusted = state
+        return self._trusted
+
+    def _write_root(self, version: int, data: bytes) -> None:
+        """Keep a root the trust state just accepted, numbered and as the current one."""
+        write_atomic(self.path / root_relpath(version), data, True)
+        write_atomic(self.path / root_relpath(), data, True)
+
+    def snapshot(self) -> Snapshot:
+        """Verified metadata for one operation (see :class:`Snapshot`)."""
+        return Snapshot(self)
+
+    # ------------------------------------------------------------------ reading
+
+    def channels(self) -> list[str]:
+        base = self.path / "metadata/channels"
+        return sorted(p.stem for p in base.glob("*.json")) if base.is_dir() else []
+
+    def channel_bytes(self, channel: str) -> bytes | None:
+        """Raw channel metadata as stored, unverified (see :meth:`Snapshot.channel_bytes`)."""
+        try:
+            return (self.path / channel_relpath(channel)).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def channel_meta(self, channel: str) -> ChannelMeta:
+        """This repository's own channel metadata, verified (expiry is not enforced on it)."""
+        return self.snapshot().channel(channel)
+
+    def known_version(self, channel: str) -> int | None:
+        return self.snapshot().known_version(channel)
+
+    def manifest_bytes(self, channel: str, version: int) -> bytes:
+        """Raw manifest as stored, unverified (see :meth:`Snapshot.manifest_with_bytes`)."""
+        try:
+            return (self.path / manifest_relpath(channel, version)).read_bytes()
+        except FileNotFoundError:
+            raise NotFoundError(
+                f"manifest of {channel!r} version {version} is not in {self.path}"
+            ) from None
+
+    def manifest(self, channel: str, version: int | None = None) -> Manifest:
+        """A verified manifest; without ``version``, the newest release held whole."""
+        snap = self.snapshot()
+        if version is None:
+            version = self.latest_local_version(channel, snap)
+        return snap.manifest(channel, version)
+
+    def latest_local_version(self, channel: str, snap: Snapshot | None = None) -> int:
+        """The newest release this repository holds whole (a store may lag)."""
+        snap = snap or self.snapshot()
+        for v in sorted(snap.channel(channel).releases, reverse=True):
+            if snap.has_manifest(channel, v) and self._holds_whole(snap, channel, v):
+                return v
+        raise NotFoundError(f"no release of channel {channel!r} is complete in {self.path}")
+
+    def _holds_whole(self, snap: Snapshot, channel: str, version: int) -> bool:
+        """Whether every object of a release whose manifest is here is here too."""
+        raise NotImplementedError
+
+    def new_bytes(self, channel: str, from_version: int, to_version: int) -> int:
+        """Raw bytes of ``to_version`` that ``from_version`` (0: nothing) lacks.
+
+        What a pack between them carries before compression: the hub's estimate for
+        deciding whether to build a pack while a centre waits.
+        """
+        snap = self.snapshot()
+        old = snap.manifest(channel, from_version) if from_version else None
+        return changes.new_bytes(old, snap.manifest(channel, to_version))
+
+    # ------------------------------------------------------------------ checkout
+
+    def checkout(
+        self,
+        channel: str,
+        dest: Path,
+        version: int | None = None,
+        *,
+        replace: bool = False,
+        progress: Progress = None,
+    ) -> Manifest:
+        """Write a verified release into ``dest``, through a staging folder and a rename."""
+        manifest = self.manifest(channel, version)
+        dest = Path(dest)
+        if dest.exists() and any(dest.iterdir()) and not replace:
+            raise FormatError(f"{dest}: folder exists and is not empty (use --replace)")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        staging = dest.with_name(f".{dest.name}.staging-{os.getpid()}")
+        if staging.exists():
+            shutil.rmtree(staging)
+        staging.mkdir()
+        try:
+            self.materialise(manifest, staging, progress)
+            if dest.exists():
+                old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+                os.replace(dest, old)
+                os.replace(staging, dest)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(staging, dest)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return manifest
+
+    def materialise(self, manifest: Manifest, folder: Path, progress: Progress = None) -> None:
+        """Rebuild every file of ``manifest`` under ``folder`` from verified chunks.
+
+        Each chunk is decompressed (bounded by its signed size) and checked against its
+        SHA-256 in worker threads while the main thread writes; since the chunk list comes
+        from the signed manifest, a file made of verified chunks is the file that was signed.
+        """
+        folder = Path(folder)
+
+        def load(path: str, sha: str, size: int) -> bytes:
+            data = decode_frame(self.store.read_frame(sha), size, f"object {sha[:16]} of {path!r}")
+            if hashlib.sha256(data).hexdigest() != sha:
+                raise VerificationError(
+                    f"{path!r}: object {sha[:16]} in {self.path} does not match its "
+                    "SHA-256 (corrupt or tampered store); run `caravane repo verify`"
+                )
+            return data
+
+        # one pipeline across files, so many small files keep both cores busy
+        upcoming = ((f.path, sha, size) for f in manifest.files for sha, size in f.chunks)
+        pending: deque[Future[bytes]] = deque()
+        with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
+
+            def next_chunk() -> bytes:
+                while len(pending) < PREFETCH:
+                    job = next(upcoming, None)
+                    if job is None:
+                        break
+                    pending.append(pool.submit(load, *job))
+                return pending.popleft().result()
+
+            for entry in manifest.files:
+                target = folder / entry.path
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with open(target, "wb") as out:
+                    for _ in entry.chunks:
+                        data = next_chunk()
+                        out.write(data)
+                        if progress:
+                            progress(len(data))
+                    if self.durable:
+                        out.flush()
+                        os.fsync(out.fileno())
+                if not entry.chunks and entry.sha256 != EMPTY_SHA256:
+                    raise VerificationError(f"{entry.path!r}: empty, but its SHA-256 is not")
+                os.chmod(target, entry.mode)
+
+    # ------------------------------------------------------------------ verify
+
+    def verify(self, progress: Progress = None) -> VerifyReport:
+        """Every signature, manifest and object here; problems are listed, not raised."""
+        problems: list[str] = []
+        channels: dict[str, list[int]] = {}
+        sizes: dict[str, int] = {}
+        try:
+            snap = self.snapshot()
+        except (VerificationError, FormatError, NotFoundError) as exc:
+            return VerifyReport({}, 0, 0, 0, [f"root metadata: {exc}"])
+        for channel in self.channels():
+            try:
+                meta = snap.channel(channel)
+            except (VerificationError, FormatError) as exc:
+                problems.append(str(exc))
+                continue
+            channels[channel] = []
+            for v in sorted(meta.releases):
+                if not snap.has_manifest(channel, v):
+                    continue
+                try:
+                    m = snap.manifest(channel, v, keep=False)
+                except (VerificationError, FormatError, NotFoundError) as exc:
+                    problems.append(str(exc))
+                    continue
+                channels[channel].append(v)
+                sizes.update(m.chunk_sizes())
+        checked = nbytes = 0
+        for sha, n in sizes.items():
+            try:
+                self.store.read(sha, n)
+                checked += 1
+                nbytes += n
+            except (VerificationError, StoreError) as exc:
+                problems.append(str(exc))
+            if progress:
+                progress(n)
+        unreferenced = sum(1 for sha in self.store.iter_ids() if sha not in sizes)
+        return VerifyReport(channels, checked, nbytes, unreferenced, problems)
+
+    def verify_pack(self, pack: Path, channels: Collection[str] | None = None) -> ApplyResult:
+        """Run the whole verification of applying ``pack`` here, writing nothing here.
+
+        The metadata is copied to a throw-away folder opened as a centre's store whose
+        objects are read from this repository, so either role can check a pack (a field
+        agent checks a drive against the hub's repository or a centre's store).
+        """
+        from .centre_store import CentreStore
+
+        with tempfile.TemporaryDirectory(prefix="caravane-verify-") as tmp:
+            scratch = Path(tmp)
+            for sub in ("metadata", "manifests"):
+                if (self.path / sub).exists():
+                    shutil.copytree(self.path / sub, scratch / sub)
+            (scratch / REPO_MARKER).write_bytes((self.path / REPO_MARKER).read_bytes())
+            view = CentreStore(scratch)
+            view.store = _OverlayStore(self.store, ObjectStore(scratch))
+            return view.apply_pack(pack, channels=channels)
+
+    # ------------------------------------------------------------------ packs
+
+    def pack_path(self, channel: str, from_version: int, to_version: int) -> Path:
+        return self.path / pack_relpath(channel, from_version, to_version)
+
+    def build_pack(
+        self,
+        channel: str,
+        from_version: int,
+        to_version: int,
+        out: Path,
+        volume_size: int = DEFAULT_VOLUME_SIZE,
+        level: int = delta.LEVEL,
+        progress: Progress = None,
+    ) -> PackInfo:
+        """What a store holding ``from_version`` (0: nothing) needs to reach ``to_version``.
+
+        Only verified content goes in: the manifests and channel metadata are the bytes
+        that verified, and chunks are read with their hashes checked, so a corrupt store
+        never ships.
+        """
+        if from_version >= to_version:
+            raise FormatError(f"--from {from_version} must be older than --to {to_version}")
+        snap = self.snapshot()
+        new, new_mbytes = snap.manifest_with_bytes(channel, to_version)
+        old, old_mbytes = (
+            snap.manifest_with_bytes(channel, from_version) if from_version else (None, b"")
+        )
+        channel_data = snap.channel_bytes(channel)
+        assert channel_data is not None  # the manifests above verified against it
+        chunk_bytes = self.store.read
+        writer = PackWriter(Path(out), volume_size)
+        try:
+            for v in self.root_versions():
+                if v == 1:
+                    continue  # every reader pinned a root: version 1 at least
+                writer.add(
+                    "metadata",
+                    {"path": root_relpath(v)},
+                    compress((self.path / root_relpath(v)).read_bytes(), level),
+                )
+            writer.add(
+                "metadata", {"path": channel_relpath(channel)}, compress(channel_data, level)
+            )
+            writer.add(
+                "manifest",
+                {
+                    "channel": channel,
+                    "version": to_version,
+                    "base_version": from_version,
+                    "size": len(new_mbytes),
+                },
+                delta.manifest_delta(old_mbytes, new_mbytes, level),
+            )
+            n_chunks = n_bytes = 0
+            for group in delta.plan_groups(old, new, chunk_bytes):
+                base = b"".join(chunk_bytes(h, n) for h, n in group.base)
+                target = b"".join(chunk_bytes(h, n) for h, n in group.targets)
+                payload = delta.compress_group(base, target, level)
+                writer.add(
+                    "delta",
+                    {
+                        "base_version": from_version,
+                        "base": group.base_runs,
+                        "targets": group.target_runs,
+                    },
+                    payload,
+                )
+                n_chunks += len(group.targets)
+                n_bytes += group.target_bytes
+                if progress:
+                    progress(group.target_bytes)
+            volumes = writer.finish(
+                {
+                    "channel": channel,
+                    "from": from_version,
+                    "to": to_version,
+                    "chunks": n_chunks,
+                    "bytes": n_bytes,
+                }
+            )
+        except BaseException:
+            writer.abort()
+            raise
+        return PackInfo(
+            channel,
+            from_version,
+            to_version,
+            [str(v) for v in volumes],
+            sum(v.stat().st_size for v in volumes),
+            len(writer.index),
+            n_chunks,
+            n_bytes,
+        )
+
+
+class _OverlayStore(ObjectStore):
+    """Reads from a real store, writes to a scratch one (dry-run verification)."""
+
+    def __init__(self, lower: ObjectStore, upper: ObjectStore) -> None:
+        super().__init__(upper.root)
+        self.lower = lower
+
+    def has(self, sha: str) -> bool:
+        return super().has(sha) or self.lower.has(sha)
+
+    def read_frame(self, sha: str) -> bytes:
+        return super().read_frame(sha) if super().has(sha) else self.lower.read_frame(sha)
+
+
+def open_repository(path: Path, durable: bool = False) -> HubRepository | CentreStore:
+    """Open a folder as the role it holds: the hub's repository if it holds the signing
+    keys, a centre's store otherwise (for commands that work on either, like the CLI's)."""
+    from .centre_store import CentreStore
+    from .hub_repository import HubRepository
+
+    path = Path(path)
+    if not (path / REPO_MARKER).is_file():
+        raise NotFoundError(f"{path}: not a Caravane repository (run `caravane repo init` first)")
+    if holds_signing_keys(path):
+        return HubRepository(path, durable)
+    return CentreStore(path, durable)
+
+
+class Repository(RepositoryBase):
+    """The name callers used before the split by role; callers move off it.
+
+    ``Repository(path)`` returns the role object the folder holds (see
+    :func:`open_repository`), and ``Repository.init`` creates a hub repository or, with
+    ``trust_root``, a centre's store. New code names the role it needs:
+    ``HubRepository(path)``, ``CentreStore(path)``, or ``Repository.open(path)`` where
+    either will do. Nothing is ever an instance of this class.
+    """
+
+    def __new__(cls, path: Path, durable: bool = False) -> Repository:
+        # the role object is not an instance of this class, so __init__ is not run again
+        return cast("Repository", open_repository(path, durable))
+
+    @staticmethod
+    def open(path: Path, durable: bool = False) -> HubRepository | CentreStore:
+        return open_repository(path, durable)
+
+    @staticmethod
+    def init(path: Path, trust_root: Path | bytes | None = None) -> Any:
+        """A hub repository (new keys) or, with ``trust_root``, a store pinning that root."""
+        from .centre_store import CentreStore
+        from .hub_repository import HubRepository
+
+        if trust_root is None:
+            return HubRepository.init(path)
+        return CentreStore.init(path, trust_root)
+
+    if TYPE_CHECKING:
+        # role methods are reached through the object returned above; to the type checker
+        # the old name answers everything, as it did before the split
+        def __getattr__(self, name: str) -> Any: ...
+
+
+__all__ = [
+    "ApplyResult",
+    "PackInfo",
+    "PublishResult",
+    "Repository",
+    "RepositoryBase",
+    "Snapshot",
+    "VerifyReport",
+    "ingest_files",
+    "open_repository",
+    "scan_source",
+]

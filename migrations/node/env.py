@@ -1,8 +1,0 @@
-"""Alembic environment of the node's own database (the URL comes from node/state.py)."""
-
-from __future__ import annotations
-
-from migrations import run_environment
-from node.models import Base
-
-run_environment(Base.metadata)

@@ -256,3 +256,41 @@ def test_rsync_refuses_a_file_bigger_than_planned_before_copying_it(
     assert any("rsync" in e and "larger than" in e for e in r.errors)
     assert not (cache / pack).exists()  # never copied
     assert r.received.get("rsync", 0) < 1_000_000
+
+
+def test_an_update_learns_its_manifest_from_the_pack_not_the_whole_file_list(
+    sim: RepositorySimulator, centre: Centre
+) -> None:
+    """Issue 10: a connected centre holding v1 downloads the pack (the new manifest inside
+    as a delta against its own), never the whole manifest, whose size grows with the channel."""
+    files = {f"pages/{i:04d}.html": f"<p>page {i} {'texte ' * 40}</p>".encode() for i in range(400)}
+    v1 = sim.publish(files)
+    up = sim.upstream("hub")
+    assert centre.sync([up]).complete
+    files["pages/0200.html"] += b"<p>une phrase de plus</p>"
+    v2 = sim.publish(files)
+    pack = sim.build_pack(v1, v2)
+    up.fetches.clear()
+    r = centre.sync([up])
+    assert r.complete and r.channels[0].status == "activated", r.to_dict()
+    assert centre.live() == sim.versions[v2]
+    assert pack in up.paths()
+    assert not any(p.startswith(("manifests/", "objects/")) for p in up.paths()), up.paths()
+    whole = len(sim.files[f"manifests/{sim.channel}/{v2}.json"])
+    assert up.sent() < whole // 4, (up.sent(), whole)
+
+
+def test_an_update_without_a_pack_falls_back_to_the_manifest_and_objects(
+    sim: RepositorySimulator, centre: Centre
+) -> None:
+    v1 = sim.publish(tree(1))
+    up = sim.upstream("hub")
+    assert centre.sync([up]).complete
+    v2 = sim.publish(tree(2))  # no pack for 1->2 anywhere
+    up.fetches.clear()
+    r = centre.sync([up])
+    assert r.complete, r.to_dict()
+    assert centre.live() == sim.versions[v2]
+    assert f"packs/{sim.channel}/{v1}-{v2}.pack" in up.paths()  # asked first, not there
+    assert f"manifests/{sim.channel}/{v2}.json" in up.paths()
+    assert any(p.startswith("objects/") for p in up.paths())

@@ -54,18 +54,35 @@ def test_stalled_link_times_out_and_resumes(world: World) -> None:
 
 def test_flipped_byte_in_metadata_is_refused(world: World) -> None:
     v1 = world.publish(content(1))
-    n = world.node("centre-a")
-    world.sync(n)
-    world.publish(content(2))
+    n = world.node("centre-a")  # a new centre reads the whole manifest after the metadata
     proxy = world.proxy()
     proxy.faults.flip_at = 5_000  # inside the manifest, after the channel metadata
     n.config.upstreams = [UpstreamConfig("hub", "http", proxy.url)]
     first = world.sync(n)
     assert first.channels[0].status == "waiting"
     assert any("hub" in e and "SHA-256" in e for e in first.errors)
+    assert n.releases.active(world.channel) is None  # nothing unverified was installed
+    second = world.sync(n, ignore_demotion=True)
+    assert second.complete, second.to_dict()
+    assert world.live(n) == world.versions[v1]
+
+
+def test_flipped_byte_in_an_update_is_refused_and_the_release_kept(world: World) -> None:
+    """An update comes as the pack (its manifest inside): a flipped byte there is refused."""
+    v1 = world.publish(content(1))
+    n = world.node("centre-a")
+    world.sync(n)
+    v2 = world.publish(content(2))
+    proxy = world.proxy()
+    proxy.faults.flip_at = 5_000  # inside the pack's first entries
+    n.config.upstreams = [UpstreamConfig("hub", "http", proxy.url)]
+    first = world.sync(n)
+    assert first.channels[0].status == "waiting"
+    assert any("hub" in e and "damaged pack" in e for e in first.errors), first.errors
     assert world.live(n) == world.versions[v1]
     second = world.sync(n, ignore_demotion=True)
     assert second.complete, second.to_dict()
+    assert world.live(n) == world.versions[v2]
 
 
 def test_flipped_byte_in_a_pack_keeps_the_good_part_and_resumes(world: World) -> None:

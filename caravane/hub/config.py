@@ -28,6 +28,9 @@ class HubConfig:
     stale_after_days: int = 14
     scheduler: bool = True
     pack_pairs: int = 3
+    # a release a centre reported installed within this many days is kept (with the
+    # packs from it to the latest), however far behind keep_last it falls
+    hold_days: int = 365
     on_demand_pack_bytes: int = 32 * 1024 * 1024
     strong_pack_bytes: int = 1024 * 1024 * 1024
     gc_grace_hours: int = 24

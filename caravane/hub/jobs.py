@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -21,6 +22,7 @@ from .service import Hub
 
 log = logging.getLogger("caravane.hub.jobs")
 LEASE_SECONDS = 300
+SUPERSEDED_GRACE_SECONDS = 24 * 3600
 
 
 class JobRunner:
@@ -32,21 +34,47 @@ class JobRunner:
     # Each job is a plain method, so tests (and operators) can run it once.
 
     def build_recent_packs(self, channel: str | None = None) -> list[str]:
-        """Packs from each of the last few releases (and from nothing) to the latest."""
+        """Direct packs to the latest release from nothing, from each of the last few
+        releases and from every release a centre still holds (``Hub.held_versions``), then
+        the packs those replace: a centre far behind takes one pack, never a chain."""
         repo = self.hub.repo
         built = []
         for c in [channel] if channel else repo.channels():
             meta = repo.channel_meta(c)
             latest = meta.version
-            older = sorted(v for v in meta.releases if v < latest)[-self.hub.config.pack_pairs :]
-            for a in [0, *older]:
+            older = sorted(v for v in meta.releases if v < latest)
+            wanted = set(older[-self.hub.config.pack_pairs :])
+            wanted |= self.hub.held_versions(c) & set(older)
+            for a in [0, *sorted(wanted)]:
                 path = repo.pack_path(c, a, latest)
                 if not path.exists():
                     repo.build_pack(c, a, latest, path, level=self.pack_level(c, a, latest))
                     built.append(path.name)
+            self._drop_superseded_packs(c, latest)
         if built:
             log.info("built packs %s", ", ".join(built))
         return built
+
+    def _drop_superseded_packs(self, channel: str, latest: int) -> None:
+        """Remove packs to an older release once the direct pack to the latest exists.
+
+        A centre asks for the pack to the latest release it has read of; one still resuming a
+        pack to an older release has a day to finish before it is gone (it then asks again).
+        """
+        folder = self.hub.repo.path / "packs" / channel
+        cutoff = time.time() - SUPERSEDED_GRACE_SECONDS
+        for path in folder.glob("*-*.pack*") if folder.is_dir() else []:
+            a, _, rest = path.name.partition("-")
+            b = rest.split(".", 1)[0]
+            if not (a.isdigit() and b.isdigit()) or int(b) >= latest:
+                continue
+            replaced = self.hub.repo.pack_path(channel, int(a), latest).exists()
+            try:
+                old = path.stat().st_mtime < cutoff
+            except FileNotFoundError:
+                continue
+            if replaced and old:
+                path.unlink(missing_ok=True)
 
     def pack_level(self, channel: str, a: int, b: int) -> int:
         """Strong compression for the usual update; a faster level for very large packs.

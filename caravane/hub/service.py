@@ -369,10 +369,26 @@ class Hub:
         self.apply_retention(up.channel_id)
         return dict(res.to_dict(), already=False)
 
+    def held_versions(self, cid: str) -> set[int]:
+        """Releases of ``cid`` that centres heard from within ``hold_days`` have installed.
+
+        The hub keeps them, and packs from them to the latest, so a centre months behind
+        still gets one direct pack instead of a chain or a whole copy.
+        """
+        cutoff = now() - timedelta(days=self.config.hold_days)
+        held: set[int] = set()
+        with self.db.session() as s:
+            for installed, contact in s.execute(select(Centre.installed, Centre.last_contact)):
+                version = (installed or {}).get(cid)
+                when = _aware(contact)
+                if isinstance(version, int) and version > 0 and when and when >= cutoff:
+                    held.add(version)
+        return held
+
     def apply_retention(self, cid: str) -> list[int]:
         with self.db.session() as s:
             keep = self._channel_row(s, cid).keep_last
-        dropped = self.repo.retain(cid, keep)
+        dropped = self.repo.retain(cid, keep, also_keep=self.held_versions(cid))
         if dropped:
             with self.db.session() as s:
                 for r in s.scalars(

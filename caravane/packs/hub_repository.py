@@ -12,7 +12,7 @@ import hashlib
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -363,14 +363,17 @@ class HubRepository(RepositoryBase):
 
     # ------------------------------------------------------------------ retention
 
-    def retain(self, channel: str, keep_last: int) -> list[int]:
-        """Drop all but the newest ``keep_last`` releases of a channel; returns those dropped."""
+    def retain(
+        self, channel: str, keep_last: int, also_keep: Collection[int] = ()
+    ) -> list[int]:
+        """Drop all but the newest ``keep_last`` releases of a channel and ``also_keep``
+        (releases centres still hold, so packs can start from them); returns those dropped."""
         if keep_last < 1:
             raise ValueError("keep at least one release")
         with self.lock():
             meta = self.snapshot().channel(channel)
             versions = sorted(meta.releases)
-            drop = versions[:-keep_last]
+            drop = [v for v in versions[:-keep_last] if v not in also_keep]
             if not drop:
                 return []
             kept = {v: r for v, r in meta.releases.items() if v not in drop}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from datetime import timedelta
@@ -199,3 +200,42 @@ def test_cli_runs_all_jobs_once(tmp_path: Path):
     assert set(json.loads(r.stdout)["results"]) == {"packs", "gc", "expiry", "stale"}
     r = cli("hub", "jobs", "nope", "--config", cfg)
     assert r.returncode != 0 and "unknown job" in r.stderr
+
+
+def test_a_centre_far_behind_keeps_its_release_and_gets_one_direct_pack(hub: Hub, tmp_path: Path):
+    """Issue 10: the hub keeps the releases centres still hold and direct packs from them,
+    whatever keep_last says (2 here); releases nobody holds, and packs they replace, go."""
+    runner = JobRunner(hub)
+    publish(hub, tmp_path, {"a.bin": noise(30_000, "v1"), "same.txt": "x"})
+    store = Repository.init(tmp_path / "store", trust_root=hub.repo.path / "metadata/root.json")
+    first = tmp_path / "0-1.pack"
+    hub.repo.build_pack("maths", 0, 1, first)
+    store.apply_pack(first)
+    with hub.db.session() as s:
+        s.add(
+            Centre(
+                id="far", name="Loin", created_at=now(), last_contact=now(), installed={"maths": 1}
+            )
+        )
+        s.add(
+            Centre(
+                id="gone",
+                name="Partie",
+                created_at=now(),
+                last_contact=now() - timedelta(days=hub.config.hold_days + 1),
+                installed={"maths": 2},
+            )
+        )
+    for v in range(2, 5):
+        publish(hub, tmp_path, {"a.bin": noise(30_000, f"v{v}"), "same.txt": "x"})
+    assert "1-4.pack" in runner.build_recent_packs()
+    old = hub.repo.pack_path("maths", 1, 4)
+    stale = time.time() - 2 * 24 * 3600
+    os.utime(old, (stale, stale))
+    publish(hub, tmp_path, {"a.bin": noise(30_000, "v5"), "same.txt": "x"})
+    assert sorted(hub.repo.channel_meta("maths").releases) == [1, 4, 5]  # 1: held; 2: silent
+    built = runner.build_recent_packs()
+    assert "1-5.pack" in built and "4-5.pack" in built
+    assert not old.exists()  # replaced by 1-5 a day ago
+    store.apply_pack(hub.repo.pack_path("maths", 1, 5))
+    assert store.verify().ok and store.latest_local_version("maths") == 5

@@ -170,7 +170,7 @@ def batches(shas: list[str], store: ObjectStore) -> list[list[str]]:
     cur: list[str] = []
     size = 0
     for sha in shas:
-        n = store.path_for(sha).stat().st_size
+        n = store.frame_size(sha)
         if cur and (size + n > BATCH_BYTES or len(cur) >= BATCH_OBJECTS):
             out.append(cur)
             cur, size = [], 0

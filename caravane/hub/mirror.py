@@ -41,9 +41,9 @@ def _is_remote(dest: str) -> bool:
     )
 
 
-def _rsync(cmd: list[str], dest: str) -> None:
+def _rsync(cmd: list[str], dest: str, vanished_ok: bool = False) -> None:
     r = subprocess.run(cmd, capture_output=True, text=True)
-    if r.returncode != 0:
+    if r.returncode != 0 and not (vanished_ok and r.returncode == 24):
         raise HubError(f"rsync to {dest} failed ({r.returncode}): {r.stderr.strip()}")
 
 
@@ -102,6 +102,8 @@ def _push_objects(repo: Path, dest: str, target: str, delete: bool) -> None:
         ]
         if gone:
             shutil.rmtree(stage / "objects")
+            for sha in gone:  # only the files are missing, never their folders
+                (stage / object_relpath(sha)).parent.mkdir(parents=True, exist_ok=True)
             listing = stage / "gone.txt"
             listing.write_text("".join(f"{object_relpath(s)}\n" for s in gone))
             # listed paths missing from the (empty) source are deleted at the destination
@@ -115,6 +117,7 @@ def _push_objects(repo: Path, dest: str, target: str, delete: bool) -> None:
                     target,
                 ],
                 dest,
+                vanished_ok=True,
             )
             with db:
                 db.execute("BEGIN")

@@ -142,14 +142,21 @@ class SegmentIndex:
         if db is None or not shas:
             return set()
         at = now_ms() if at_ms is None else at_ms
-        found: set[str] = set()
+        # read first: a new object (the common case while publishing) costs no write
+        found = {
+            sha
+            for sha in shas
+            if db.execute("SELECT 1 FROM objects WHERE sha = ?", (bytes.fromhex(sha),)).fetchone()
+        }
+        if not found:
+            return found
         with _write(db):
-            for sha in shas:
+            for sha in found.copy():
                 cur = db.execute(
                     "UPDATE objects SET mtime = ? WHERE sha = ?", (at, bytes.fromhex(sha))
                 )
-                if cur.rowcount:
-                    found.add(sha)
+                if not cur.rowcount:
+                    found.discard(sha)  # collected between the two statements
         return found
 
     def mtime_ms(self, sha: str) -> int | None:

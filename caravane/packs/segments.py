@@ -55,6 +55,22 @@ CREATE TABLE IF NOT EXISTS segments (
 """
 
 
+_FORKS = [0]
+
+
+def _child_forked() -> None:
+    _FORKS[0] += 1
+
+
+os.register_at_fork(after_in_child=_child_forked)
+
+
+def _forks() -> int:
+    """Changes in a forked child: connections and segment locks are not inherited (a
+    counter, not ``os.getpid()``, which is a system call on every object)."""
+    return _FORKS[0]
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -83,7 +99,7 @@ class _Appender:
         self.fd = fd
         self.segment = segment
         self.end = end
-        self.pid = os.getpid()
+        self.pid = _forks()
 
 
 class SegmentIndex:
@@ -103,7 +119,7 @@ class SegmentIndex:
 
     def _db(self, create: bool = True) -> sqlite3.Connection | None:
         conn: sqlite3.Connection | None = getattr(self._tls, "conn", None)
-        if conn is not None and getattr(self._tls, "pid", None) == os.getpid():
+        if conn is not None and getattr(self._tls, "pid", None) == _forks():
             return conn
         if not create and not self.exists():
             return None
@@ -114,6 +130,7 @@ class SegmentIndex:
             )
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={'FULL' if self.durable else 'NORMAL'}")
+            conn.execute("PRAGMA journal_size_limit=1048576")  # a live WAL stays small
             conn.executescript(SCHEMA)
         except sqlite3.DatabaseError as exc:
             raise StoreError(
@@ -123,7 +140,7 @@ class SegmentIndex:
         except OSError as exc:
             raise _disk_error(exc, self.dir) from None
         self._tls.conn = conn
-        self._tls.pid = os.getpid()
+        self._tls.pid = _forks()
         return conn
 
     def locate(self, sha: str) -> Location | None:
@@ -261,7 +278,7 @@ class SegmentIndex:
 
     def _appender_for(self, need: int, db: sqlite3.Connection) -> _Appender:
         a = self._appender
-        if a is not None and a.pid == os.getpid() and (a.end == 0 or a.end + need <= SEGMENT_LIMIT):
+        if a is not None and a.pid == _forks() and (a.end == 0 or a.end + need <= SEGMENT_LIMIT):
             return a
         self._release()
         ids = self.segment_ids()
@@ -291,7 +308,7 @@ class SegmentIndex:
 
     def _release(self) -> None:
         a, self._appender = self._appender, None
-        if a is not None and a.pid == os.getpid():
+        if a is not None and a.pid == _forks():
             a.fh.close()  # type: ignore[attr-defined]
 
     def append(self, items: list[tuple[str, bytes]], mtime_ms: int | None = None) -> int:

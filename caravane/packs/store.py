@@ -122,6 +122,18 @@ class ObjectStore:
         self.durable = durable
         self.level = level
         self.index = SegmentIndex(self.root, durable)
+        self._loose_seen: bool | None = None
+
+    def _may_hold_loose(self) -> bool:
+        """False once ``objects/`` was seen empty: a store never writes loose objects, so a
+        new object's freshen skips a failing ``utime`` (old stores and mirrors say True)."""
+        if self._loose_seen is None or self._loose_seen:
+            try:
+                with os.scandir(self.root / "objects") as it:
+                    self._loose_seen = any(True for _ in it)
+            except FileNotFoundError:
+                self._loose_seen = False
+        return self._loose_seen
 
     def _loose(self, sha: str) -> Path:
         """Where a store from before segments kept the object (still read, never written)."""
@@ -187,6 +199,8 @@ class ObjectStore:
         """:meth:`freshen` for many objects in one index transaction; returns those present."""
         shas = list(shas)
         found = self.index.touch(shas, None if at is None else int(at * 1000))
+        if not self._may_hold_loose():
+            return found
         for sha in shas:
             if sha in found:
                 continue

@@ -493,7 +493,7 @@ def bench_throughput(tmp: Path, total: int, runs: int) -> dict[str, Any]:
             check = subprocess.run(["diff", "-rq", str(src), str(dest)], capture_output=True)
             if check.returncode:
                 raise RuntimeError("checkout differs from the source folder")
-            out["store_bytes"] = _dir_size(repo / "objects")
+            out["store_bytes"] = _dir_size(repo / "objects") + _dir_size(repo / "segments")
         shutil.rmtree(dest)
         tz = tmp / "full.tar.zst"
         samples["tar | zstd -3 -T0"].append(

@@ -98,6 +98,19 @@ def du(path: Path) -> int:
     return max(apparent, int(blocks.stdout.split()[0]))
 
 
+def store_disk(repo: Path) -> tuple[int, int]:
+    """Disk the object store takes (blocks, loose objects and segments with their index)
+    and the compressed payload it holds (the sum of its frames)."""
+    from caravane.packs.store import ObjectStore
+
+    store = ObjectStore(repo)
+    payload = 0
+    for sha in store.iter_ids():
+        payload += store.frame_size(sha)
+    disk = sum(du(repo / d) for d in ("objects", "segments") if (repo / d).exists())
+    return disk, payload
+
+
 def rsync_wire_bytes(src: Path, dest: Path) -> int:
     """Bytes rsync sends to update ``dest`` to ``src`` (delta mode, file list included)."""
     out = subprocess.run(
@@ -128,6 +141,7 @@ def measure(files: int, work: Path) -> dict[str, Any]:
     r["tar_zstd_s"] = shell(f"tar -C {tree} -cf - . | zstd -3 -T0 -q -o {work}/a.tar.zst")
     r["tar_zst_bytes"] = (work / "a.tar.zst").stat().st_size
     r["repo_disk_bytes"] = du(repo)
+    r["store_disk_bytes"], r["payload_bytes"] = store_disk(repo)
 
     # the same tree before the change, for rsync to update
     shutil.copytree(tree, work / "rsync-dest")
@@ -247,6 +261,7 @@ def rows_of(results: list[dict[str, Any]]) -> list[str]:
                 "repo on disk",
                 "tar.zst",
                 "disk ratio",
+                "store / payload",
             ],
             [
                 [
@@ -258,6 +273,7 @@ def rows_of(results: list[dict[str, Any]]) -> list[str]:
                     r["repo_disk_bytes"],
                     r["tar_zst_bytes"],
                     r["repo_disk_bytes"] / r["tar_zst_bytes"],
+                    r["store_disk_bytes"] / max(1, r["payload_bytes"]),
                 ]
                 for r in results
             ],

@@ -151,6 +151,30 @@ def repo_verify(directory: Path, as_json: bool) -> None:
         sys.exit(EXIT_VERIFY)
 
 
+@repo.command("compact")
+@click.argument("directory", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@json_option
+@handle_errors
+def repo_compact(directory: Path, as_json: bool) -> None:
+    """Move loose objects (stores from before segments) into segments; reclaim dead space.
+
+    Safe while the hub or the node agent runs; collection does the same after each run.
+    """
+    r = Repository(directory)
+    done = r.store.compact()
+    emit(
+        as_json,
+        {
+            "ok": True,
+            "migrated_objects": done.migrated,
+            "segments_removed": done.segments_removed,
+            "bytes_reclaimed": done.bytes_reclaimed,
+        },
+        f"compacted {directory}: {done.migrated} loose objects moved into segments, "
+        f"{done.segments_removed} segments rewritten, {size_text(done.bytes_reclaimed)} reclaimed",
+    )
+
+
 @repo.command("checkout")
 @click.argument("directory", type=click.Path(file_okay=False, exists=True, path_type=Path))
 @click.argument("channel")

@@ -29,6 +29,7 @@ from aiohttp import web
 
 from caravane.protocol.errors import CaravaneError
 from caravane.protocol.metadata import HEX64
+from caravane.served_objects import object_id, object_response
 
 from .appstate import HUB_KEY, PACK_QUEUE, in_thread, queue_packs
 from .auth import ANY_ROLE, Principal, Role, authorize
@@ -301,6 +302,9 @@ async def repo_file(request: web.Request) -> web.StreamResponse:
         path = _safe_repo_path(hub.repo.path, tail)
     except NotFound:
         raise web.HTTPNotFound() from None
+    sha = object_id(tail)
+    if sha is not None:  # objects live in segments; the URL layout is unchanged
+        return await object_response(request, hub.repo.store, sha)
     if not path.is_file():
         m = PACK_RE.match(tail)
         if not m:

@@ -170,7 +170,7 @@ def batches(shas: list[str], store: ObjectStore) -> list[list[str]]:
     cur: list[str] = []
     size = 0
     for sha in shas:
-        n = store.path_for(sha).stat().st_size
+        n = store.frame_size(sha)
         if cur and (size + n > BATCH_BYTES or len(cur) >= BATCH_OBJECTS):
             out.append(cur)
             cur, size = [], 0
@@ -286,22 +286,32 @@ class HubClient:
         store = ObjectStore(cache or default_cache())
         files_cache = FilesCache(store.root / "files.sqlite")  # unchanged files are not re-read
         loop = asyncio.get_running_loop()
-        try:
-            entries, *_ = await loop.run_in_executor(
-                None, ingest_files, store, scan_source(folder), DEFAULT_AVG, None, files_cache
-            )
-        finally:
-            files_cache.close()
         async with self._session() as s:
-            status, body = await self._call(s, "GET", f"/api/v1/channels/{channel}")
-            if status == 404:
-                doc: dict[str, Any] = {"id": channel, "title": title or channel}
-                self._check(
-                    *await self._call(s, "POST", "/api/v1/channels", json=doc),
-                    "creating the channel",
+
+            async def ensure_channel() -> None:
+                status, body = await self._call(s, "GET", f"/api/v1/channels/{channel}")
+                if status == 404:
+                    doc: dict[str, Any] = {"id": channel, "title": title or channel}
+                    self._check(
+                        *await self._call(s, "POST", "/api/v1/channels", json=doc),
+                        "creating the channel",
+                    )
+                else:
+                    self._check(status, body, "reading the channel")
+
+            # the hub is asked about the channel (and the connection warmed up) while the
+            # folder is chunked and compressed
+            checked = asyncio.ensure_future(ensure_channel())
+            try:
+                entries, *_ = await loop.run_in_executor(
+                    None, ingest_files, store, scan_source(folder), DEFAULT_AVG, None, files_cache
                 )
-            else:
-                self._check(status, body, "reading the channel")
+            except BaseException:
+                checked.cancel()
+                raise
+            finally:
+                files_cache.close()
+            await checked
             doc = {"channel": channel, "notes": notes, "files": [e.to_dict() for e in entries]}
             up = self._check(
                 *await self._call(s, "POST", "/api/v1/uploads", json=doc), "starting the upload"

@@ -222,7 +222,9 @@ class Hub:
 
     def _missing(self, chunks: Iterable[str]) -> list[str]:
         # freshened: an object the hub says it holds is spared by collection for a while
-        return [h for h in chunks if not self.repo.store.freshen(h)]
+        chunks = list(chunks)
+        present = self.repo.store.freshen_many(chunks)
+        return [h for h in chunks if h not in present]
 
     def _upload_objects(self, uid: str) -> list[str]:
         with self.db.session() as s:
@@ -313,13 +315,13 @@ class Hub:
         stray = [sha for sha in shas if sha not in sizes]
         if stray:
             raise Unprocessable(f"object {stray[0][:16]} is not part of upload {uid}")
-        new = 0
-        for sha, frame in records:
-            try:
-                new += self.repo.store.put_compressed(sha, frame, sizes[sha])
-            except CaravaneError as exc:
-                raise Unprocessable(str(exc)) from None
-        return new
+        try:
+            # one append and one index commit for the batch
+            return self.repo.store.put_compressed_many(
+                (sha, frame, sizes[sha]) for sha, frame in records
+            )
+        except CaravaneError as exc:
+            raise Unprocessable(str(exc)) from None
 
     def commit_upload(self, p: Principal, uid: str) -> dict[str, Any]:
         """Sign the release (long: runs in a worker thread). Visible only when complete."""

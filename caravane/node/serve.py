@@ -28,6 +28,7 @@ from aiohttp import web
 from caravane.i18n import Translator, negotiate, size_text
 from caravane.protocol.errors import PathError
 from caravane.protocol.paths import check_path
+from caravane.served_objects import object_id, object_response
 
 from .agent import NodeAgent
 from .config import REPO_PREFIX
@@ -284,6 +285,9 @@ class Portal:
             or any(part in ("", ".", "..") or part.startswith(".") for part in tail.split("/"))
         ):
             raise web.HTTPNotFound()
+        sha = object_id(tail)
+        if sha is not None:  # objects live in segments; the URL layout is unchanged
+            return await object_response(request, self.node.repo.store, sha)
         path = self.node.repo.path / tail
         if not path.is_file():
             raise web.HTTPNotFound()

@@ -633,6 +633,7 @@ class SyncEngine:
             for sha in self.repo.store.iter_ids():
                 if sha not in keep:
                     self.repo.store.remove(sha)
+            self.repo.store.compact()  # give the dead objects' space back
 
 
 def _valid_prefix(first: Path) -> int:

@@ -44,6 +44,15 @@ SKETCH_COMMON = 16  # ignore pieces found in more old files than this (boilerpla
 CANDIDATES = 2
 LEVEL = 19
 MAX_WINDOW_LOG = 27
+#: groups that do not compress (PNG, video, archives) are kept at this level: level 19 runs
+#: at 0.5 MB/s over them for 0.5 % gain
+FAST_LEVEL = 3
+PROBE_SAMPLES = 4
+PROBE_SAMPLE = 64 * 1024
+#: a sample that level 1 shrinks below this share is compressible: go strong at once
+PROBE_COMPRESSIBLE = 0.9
+#: a group that the fast level (with its base) shrinks less than this is stored fast
+INCOMPRESSIBLE = 0.97
 
 ReadChunk = Callable[[str, int], bytes]
 
@@ -243,8 +252,31 @@ def plan_groups(old: Manifest | None, new: Manifest, read_chunk: ReadChunk) -> I
         yield group
 
 
+def _looks_compressible(target: bytes) -> bool:
+    """A level-1 probe of a few samples of ``target``, without the base (cheap)."""
+    if len(target) <= PROBE_SAMPLES * PROBE_SAMPLE:
+        sample = target
+    else:
+        step = (len(target) - PROBE_SAMPLE) // (PROBE_SAMPLES - 1)
+        sample = b"".join(target[i * step : i * step + PROBE_SAMPLE] for i in range(PROBE_SAMPLES))
+    probe = zstd.ZstdCompressor(level=1).compress(sample)
+    return len(probe) < PROBE_COMPRESSIBLE * len(sample)
+
+
 def compress_group(base: bytes, target: bytes, level: int = LEVEL) -> bytes:
+    """``target`` as one zstd frame with ``base`` as its prefix, at ``level`` unless the
+    data does not compress.
+
+    Data that a sampled level-1 probe cannot shrink gets a whole fast pass with its base
+    (a changed video still matches its old version there); if that saves under 3 %, the
+    fast frame is the payload. Both passes are deterministic, so pack bytes stay a function
+    of the content.
+    """
     window_log = min(MAX_WINDOW_LOG, max(20, math.ceil(math.log2(len(base) + len(target) + 1))))
+    if level > FAST_LEVEL and target and not _looks_compressible(target):
+        fast = compress_with_prefix(base, target, FAST_LEVEL, window_log)
+        if len(fast) >= INCOMPRESSIBLE * len(target):
+            return fast
     return compress_with_prefix(base, target, level, window_log)
 
 

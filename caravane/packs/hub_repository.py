@@ -421,7 +421,10 @@ class HubRepository(RepositoryBase):
                     if n:
                         freed += n
                         count += 1
-            return count, freed
+        # outside the lock: moving live objects between segments never changes what is
+        # stored, so commits need not wait for it
+        self.store.compact()
+        return count, freed
 
 
 def move_keys_out(path: Path) -> list[Path]:

@@ -26,6 +26,7 @@ from .store import ObjectStore
 
 Progress = Callable[[int], None] | None
 PREFETCH = 32
+LOOKAHEAD = 2000  # files whose cache entries are looked up (and freshened) together
 
 
 def _mode_of(st: os.stat_result) -> int:
@@ -90,10 +91,24 @@ def ingest_files(
                     new_bytes += n
                     stored += w
 
+        stats: dict[int, os.stat_result] = {}
+        hits: dict[int, FileEntry] = {}
+        present: set[str] = set()
         for i, (rel, real) in enumerate(files):
-            st = real.stat()
-            hit = cache.lookup(real, st, avg_chunk) if cache else None
-            if hit is not None and all(store.freshen(h) for h, _ in hit.chunks):
+            if i % LOOKAHEAD == 0:
+                # the next files' cache entries, and one index transaction that freshens
+                # all their chunks (one per file was a write per file at 100k files)
+                stats.clear()
+                hits.clear()
+                for j in range(i, min(i + LOOKAHEAD, len(files))):
+                    stats[j] = files[j][1].stat()
+                    found = cache.lookup(files[j][1], stats[j], avg_chunk) if cache else None
+                    if found is not None:
+                        hits[j] = found
+                present = store.freshen_many({h for f in hits.values() for h, _ in f.chunks})
+            st = stats[i]
+            hit = hits.get(i)
+            if hit is not None and all(h in present for h, _ in hit.chunks):
                 from_cache.add(i)
                 per_file.append((rel, st, hit.sha256, hit.chunks))
                 continue

@@ -15,6 +15,7 @@ import pytest
 
 from caravane.packs.centre_store import CentreStore
 from caravane.packs.hub_repository import HubRepository
+from caravane.packs.layout import object_relpath
 from caravane.protocol.keys import PrivateKey
 from caravane.protocol.metadata import Envelope, sign_envelope
 
@@ -84,9 +85,16 @@ class RepoSim:
         return PrivateKey.load(self.hub.key_path("release"))
 
     def object_of(self, version: int, path: str) -> Path:
+        """The first object of ``path`` as a loose file (the form stores had before segments),
+        for a test to damage; segment damage has its own tests (test_segments.py)."""
         m = self.hub.manifest(self.channel, version)
-        entry = next(f for f in m.files if f.path == path)
-        return self.hub.store.path_for(entry.chunks[0][0])
+        sha = next(f for f in m.files if f.path == path).chunks[0][0]
+        frame = self.hub.store.read_frame(sha)
+        self.hub.store.remove(sha)
+        loose = self.hub.path / object_relpath(sha)
+        loose.parent.mkdir(parents=True, exist_ok=True)
+        loose.write_bytes(frame)
+        return loose
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -100,11 +101,13 @@ def test_damaged_repository_fails_verify_with_exit_3(tmp_path: Path) -> None:
     src = write_tree(tmp_path / "src", {"a.bin": bytes(range(256)) * 100})
     run("repo", "init", tmp_path / "hub")
     run("repo", "publish", tmp_path / "hub", "c", src)
-    obj = next((tmp_path / "hub/objects").rglob("*"))
-    obj = next(p for p in (tmp_path / "hub/objects").rglob("*") if p.is_file())
-    obj.write_bytes(obj.read_bytes()[:-1] + b"\0")
+    # the only object is the last frame of the only segment: damage its last byte
+    segment = next((tmp_path / "hub/segments").glob("*.seg"))
+    data = segment.read_bytes()
+    segment.write_bytes(data[:-1] + bytes([data[-1] ^ 0xFF]))
+    sha = hashlib.sha256(bytes(range(256)) * 100).hexdigest()
     r = run("repo", "verify", tmp_path / "hub", ok=False)
-    assert r.returncode == 3 and "FAILED" in r.stdout and obj.name[:16] in r.stdout
+    assert r.returncode == 3 and "FAILED" in r.stdout and sha[:16] in r.stdout
 
 
 def test_keys_generate_refuses_to_overwrite(tmp_path: Path) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from caravane.hub.client import HubClient
+from caravane.hub.mirror import push
 from caravane.hub.service import Principal
 from caravane.node.agent import NodeAgent
 from caravane.node.config import UpstreamConfig
@@ -94,7 +94,7 @@ class World:
 
     def mirror_copy(self, name: str) -> Path:
         dest = self.tmp / name
-        shutil.copytree(self.hub_repo, dest, ignore=shutil.ignore_patterns("keys", ".*"))
+        push(self.hub_repo, str(dest))  # loose objects, as a static mirror serves them
         return dest
 
     def serve_node(self, n: NodeAgent) -> str:

@@ -28,7 +28,7 @@ from caravane.node.state import NodeState
 from caravane.node.sync import SyncEngine, SyncResult
 from caravane.node.upstream import Upstream
 from caravane.packs.hub_repository import RotationResult
-from caravane.packs.layout import channel_relpath, manifest_relpath, pack_relpath
+from caravane.packs.layout import channel_relpath, manifest_relpath, object_relpath, pack_relpath
 from caravane.packs.repository import Repository
 from caravane.protocol.keys import PrivateKey
 from caravane.protocol.metadata import (
@@ -160,6 +160,8 @@ class RepositorySimulator:
             if folder.is_dir():
                 for rel, data in read_tree(folder).items():
                     self.files[f"{top}/{rel}"] = data
+        for sha in self.repo.store.iter_ids():  # served at objects/<aa>/<sha>, kept in segments
+            self.files[object_relpath(sha)] = self.repo.store.read_frame(sha)
 
 
 def forge_release(

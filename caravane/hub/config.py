@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+import tomli_w
 
 from caravane.protocol.errors import FormatError
 
@@ -70,16 +71,18 @@ class HubConfig:
         return cls(data_dir=data_dir, **kwargs)
 
     def to_toml(self) -> str:
-        lines = ["[hub]"]
+        """The ``[hub]`` table, written by tomli-w so any URL or path reads back as written.
+
+        Hand-written quoting broke on a ``"`` or ``\\`` in a database URL or a Windows-style
+        path; tomli-w is the writer half of the standard library's ``tomllib``.
+        """
+        table: dict[str, object] = {}
         for key, value in asdict(self).items():
             if key == "extra":
                 continue
-            if isinstance(value, bool):
-                lines.append(f"{key} = {'true' if value else 'false'}")
-            elif isinstance(value, int):
-                lines.append(f"{key} = {value}")
+            if isinstance(value, Path):
+                value = str(value)
             elif isinstance(value, list):
-                lines.append(f"{key} = {json.dumps([str(v) for v in value])}")
-            else:
-                lines.append(f'{key} = "{value}"')
-        return "\n".join(lines) + "\n"
+                value = [str(v) for v in value]
+            table[key] = value
+        return tomli_w.dumps({"hub": table})

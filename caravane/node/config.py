@@ -6,11 +6,14 @@ peer on the LAN before a metered satellite link).
 
 from __future__ import annotations
 
+import os
 import tomllib
 from dataclasses import dataclass, field
 from datetime import time
 from pathlib import Path
 from typing import Any
+
+import tomli_w
 
 from caravane.protocol.errors import FormatError
 
@@ -182,28 +185,30 @@ class NodeConfig:
         cfg.window_list()  # fail on a bad window now, not at 22:00
         return cfg
 
-    def to_toml(self) -> str:
-        def val(v: Any) -> str:
-            if isinstance(v, bool):
-                return "true" if v else "false"
-            if isinstance(v, int | float):
-                return str(v)
-            if isinstance(v, list):
-                return "[" + ", ".join(val(x) for x in v) + "]"
-            return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+    def to_toml(self, with_data_dir: bool = False) -> str:
+        """node.toml, written by tomli-w so any name, URL or path reads back as written.
 
-        lines = ["[node]"]
-        for key in cls_fields():
-            lines.append(f"{key} = {val(getattr(self, key))}")
-        lines += ["", "[serve]", f"host = {val(self.host)}", f"port = {self.port}"]
-        for u in self.upstreams:
-            table = u.to_dict(self.hub_url)
-            lines += ["", "[[upstream]]"] + [f"{k} = {val(v)}" for k, v in table.items()]
-        return "\n".join(lines) + "\n"
+        ``data_dir`` is written only for a file kept outside the data folder
+        (``/etc/caravane/node.toml``): a node.toml inside it follows the folder if it moves.
+        """
+        node: dict[str, Any] = {"data_dir": str(self.data_dir)} if with_data_dir else {}
+        node |= {key: getattr(self, key) for key in cls_fields()}
+        doc: dict[str, Any] = {
+            "node": node,
+            "serve": {"host": self.host, "port": self.port},
+        }
+        if self.upstreams:
+            doc["upstream"] = [u.to_dict(self.hub_url) for u in self.upstreams]
+        return tomli_w.dumps(doc)
 
-    def save(self) -> Path:
-        path = self.data_dir / CONFIG_NAME
-        path.write_text(self.to_toml(), encoding="utf-8")
+    def save(self, path: Path | None = None) -> Path:
+        """Write node.toml (default: in the data folder) whole or not at all."""
+        path = Path(path) if path is not None else self.data_dir / CONFIG_NAME
+        outside = path.parent.resolve() != self.data_dir.resolve()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(self.to_toml(with_data_dir=outside), encoding="utf-8")
+        os.replace(tmp, path)
         return path
 
 

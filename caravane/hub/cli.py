@@ -128,6 +128,7 @@ def hub_init(
         HubRepository.init(cfg.repo_dir, root_key_out=root_out)
     upgrade(cfg.url)
     path.write_text(cfg.to_toml(), encoding="utf-8")
+    os.chmod(path, 0o640)  # a database URL may carry a password
     token = Hub(cfg).create_token("admin", "admin", "init")
     root_line = (
         f"root key: {root_out}; move it NOW to a USB key kept in a safe (needed only for "

@@ -105,3 +105,19 @@ def test_a_hub_in_a_folder_with_quotes_and_backslashes_starts_again(tmp_path: Pa
     assert json.loads(status.stdout)["ok"] is True
     assert db.is_file()
     assert HubConfig.load(config).database_url == f"sqlite:///{db}"
+
+
+def test_a_postgresql_hub_without_the_hub_extra_says_what_to_install(tmp_path: Path) -> None:
+    """psycopg is in `caravane[hub]` only: a hub installed without it gets the pip command."""
+    cfg = HubConfig(data_dir=tmp_path, database_url="postgresql+psycopg://caravane@127.0.0.1/x")
+    path = tmp_path / "hub.toml"
+    path.write_text(cfg.to_toml())
+    no_driver = "import sys; sys.modules['psycopg'] = None\nfrom caravane.cli import main; main()"
+    out = subprocess.run(
+        [sys.executable, "-c", no_driver, "hub", "status", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode != 0
+    assert "pip install 'caravane[hub]'" in out.stderr and "Traceback" not in out.stderr

@@ -41,7 +41,8 @@ hub_config_option = click.option(
     "--hub-config",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="The hub's hub.toml (default: $CARAVANE_HUB_CONFIG or caravane-hub/hub.toml).",
+    help="The hub's hub.toml (default: $CARAVANE_HUB_CONFIG, else /etc/caravane/hub.toml on a "
+    "system install, else caravane-hub/hub.toml).",
 )
 
 
@@ -143,9 +144,9 @@ def usb_prepare(
 
 
 def _hub_config(path: Path | None) -> Path:
-    import os
+    from caravane.system_paths import hub_config
 
-    return path or Path(os.environ.get("CARAVANE_HUB_CONFIG", "caravane-hub/hub.toml"))
+    return path or hub_config()
 
 
 @usb.command("verify")
@@ -180,9 +181,10 @@ def usb_verify(drive: Path, repo_dir: Path, as_json: bool) -> None:
     "--node",
     "-d",
     "node_dir",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=click.Path(path_type=Path),
     default=None,
-    help="The centre's node folder (default: $CARAVANE_NODE_DIR or caravane-node).",
+    help="The centre's node folder or its node.toml (default: $CARAVANE_NODE_DIR, else "
+    "/etc/caravane/node.toml on a system install, else caravane-node).",
 )
 @click.option(
     "--store",
@@ -216,11 +218,10 @@ def usb_import(
         if not res.ok:
             raise SystemExit(1)
         return
-    import os
-
     from caravane.node.agent import NodeAgent, import_drive_into_centre
+    from caravane.system_paths import node_location
 
-    node = NodeAgent.open(node_dir or Path(os.environ.get("CARAVANE_NODE_DIR", "caravane-node")))
+    node = NodeAgent.open(node_dir or node_location())
     with progress_bar(None, "importing", as_json) as bar:
         out = import_drive_into_centre(node, drive, progress=bar)
     emit(as_json, out, out["receipt"].strip())

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import click
 
+from caravane import system_paths
 from caravane.output import emit, handle_errors, json_option, progress_bar
 
 if TYPE_CHECKING:
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 P = ParamSpec("P")
 R = TypeVar("R")
 
-DEFAULT_DATA = Path("caravane-hub")
+DEFAULT_DATA = system_paths.LOCAL_HUB_DIR
 
 
 def config_option(func: Callable[P, R]) -> Callable[P, R]:
@@ -35,8 +36,9 @@ def config_option(func: Callable[P, R]) -> Callable[P, R]:
         "--config",
         "config_path",
         type=click.Path(dir_okay=False, path_type=Path),
-        default=lambda: os.environ.get("CARAVANE_HUB_CONFIG", str(DEFAULT_DATA / "hub.toml")),
-        show_default="caravane-hub/hub.toml or $CARAVANE_HUB_CONFIG",
+        default=lambda: str(system_paths.hub_config()),
+        show_default="$CARAVANE_HUB_CONFIG, else /etc/caravane/hub.toml on a system install, "
+        "else caravane-hub/hub.toml",
         help="The hub's TOML configuration.",
     )(func)
 
@@ -62,8 +64,17 @@ def hub() -> None:
     "--data",
     "data_dir",
     type=click.Path(file_okay=False, path_type=Path),
-    default=DEFAULT_DATA,
-    show_default=True,
+    default=lambda: str(system_paths.hub_data_dir()),
+    show_default="/var/lib/caravane/hub on a system install, else caravane-hub",
+    help="The hub's data folder: repository, keys, SQLite database.",
+)
+@click.option(
+    "--config",
+    "config_out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Where to write hub.toml (default: /etc/caravane/hub.toml on a system install, "
+    "else DATA/hub.toml).",
 )
 @click.option("--database-url", default="", help="Default: SQLite in the data folder.")
 @click.option("--host", default="127.0.0.1", show_default=True)
@@ -80,6 +91,7 @@ def hub() -> None:
 @handle_errors
 def hub_init(
     data_dir: Path,
+    config_out: Path | None,
     database_url: str,
     host: str,
     port: int,
@@ -94,7 +106,7 @@ def hub_init(
     """
     from caravane.packs.hub_repository import HubRepository
 
-    from .config import CONFIG_NAME, HubConfig
+    from .config import HubConfig
     from .db import upgrade
     from .service import Hub
 
@@ -106,15 +118,17 @@ def hub_init(
         port=port,
         public_url=public_url,
     )
-    path = data_dir / CONFIG_NAME
+    path = config_out or system_paths.hub_init_config(data_dir)
     if path.exists():
-        raise click.ClickException(f"{path} exists: this folder already holds a hub")
+        raise click.ClickException(f"{path} exists: a hub is already configured there")
+    path.parent.mkdir(parents=True, exist_ok=True)
     root_out = (root_key_out or cfg.data_dir / "offline-root-key.pem").absolute()
     made = not (cfg.repo_dir / "repo.json").exists()
     if made:
         HubRepository.init(cfg.repo_dir, root_key_out=root_out)
     upgrade(cfg.url)
     path.write_text(cfg.to_toml(), encoding="utf-8")
+    os.chmod(path, 0o640)  # a database URL may carry a password
     token = Hub(cfg).create_token("admin", "admin", "init")
     root_line = (
         f"root key: {root_out}; move it NOW to a USB key kept in a safe (needed only for "

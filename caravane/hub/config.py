@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+import tomli_w
 
 from caravane.protocol.errors import FormatError
 
@@ -73,16 +74,59 @@ class HubConfig:
         return cls(data_dir=data_dir, **kwargs)
 
     def to_toml(self) -> str:
-        lines = ["[hub]"]
+        """The ``[hub]`` table, written by tomli-w so any URL or path reads back as written.
+
+        Hand-written quoting broke on a ``"`` or ``\\`` in a database URL or a Windows-style
+        path; tomli-w is the writer half of the standard library's ``tomllib``.
+        """
+        table: dict[str, object] = {}
         for key, value in asdict(self).items():
             if key == "extra":
                 continue
-            if isinstance(value, bool):
-                lines.append(f"{key} = {'true' if value else 'false'}")
-            elif isinstance(value, int):
-                lines.append(f"{key} = {value}")
+            if isinstance(value, Path):
+                value = str(value)
             elif isinstance(value, list):
-                lines.append(f"{key} = {json.dumps([str(v) for v in value])}")
-            else:
-                lines.append(f'{key} = "{value}"')
-        return "\n".join(lines) + "\n"
+                value = [str(v) for v in value]
+            table[key] = value
+        return tomli_w.dumps({"hub": table})
+
+
+#: One line per ``[hub]`` setting, for docs/CONFIGURATION.md (``python -m caravane.config_doc``)
+#: and the example files of the Debian package; a test fails when a setting has none.
+HUB_HELP: dict[str, str] = {
+    "data_dir": "Folder holding the repository (repo/), the release key and the SQLite "
+    "database. Default: the folder of hub.toml.",
+    "database_url": "SQLAlchemy URL of the database, e.g. "
+    "`postgresql+psycopg://caravane@db/caravane` (needs the `hub` extra). Empty: SQLite in "
+    "data_dir.",
+    "host": "Address `hub serve` listens on; 0.0.0.0 for every interface.",
+    "port": "TCP port `hub serve` listens on.",
+    "public_url": "URL centres and curators use to reach this hub (behind a reverse proxy). "
+    "Empty: http://host:port.",
+    "max_json_bytes": "Largest JSON request body (API calls, node reports).",
+    "max_object_bytes": "Largest single object a publish client may upload.",
+    "max_batch_bytes": "Largest batch of objects in one upload request.",
+    "expires_days": "Lifetime of signed channel metadata; centres refuse expired metadata "
+    "(freeze attacks). 0: never expires.",
+    "refresh_before_days": "The scheduler signs metadata again this many days before it "
+    "expires.",
+    "keep_last": "Releases kept per channel (a channel may set its own); older ones are "
+    "collected.",
+    "stale_after_days": "A centre with no news for this long is flagged in the fleet view.",
+    "scheduler": "Run the scheduled jobs (packs, expiry refresh, collection) in `hub serve`; "
+    "turn off on all but one process.",
+    "pack_pairs": "Packs pre-built from each of this many previous releases to the latest "
+    "(and from nothing).",
+    "on_demand_pack_bytes": "A pack asked for and not yet built is built while the centre "
+    "waits only up to this size; larger ones are queued.",
+    "strong_pack_bytes": "Packs of more new bytes than this are compressed at a faster "
+    "zstd level (9 instead of 19).",
+    "gc_grace_hours": "Unused objects younger than this are kept (an upload may still "
+    "refer to them).",
+    "header_timeout_seconds": "A client that has not sent a whole request head in this "
+    "time is dropped (slowloris).",
+    "body_timeout_seconds": "A request body that brings less than 1 KiB in this time is "
+    "dropped.",
+    "trusted_proxies": "Addresses of HTTPS reverse proxies whose X-Forwarded-Proto is "
+    "believed.",
+}

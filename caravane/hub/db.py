@@ -13,7 +13,27 @@ from sqlalchemy.orm import Session, sessionmaker
 from caravane import migrations
 
 
+def require_driver(url: str) -> None:
+    """Refuse a PostgreSQL URL, in words, when the driver (the ``hub`` extra) is missing.
+
+    psycopg is not a core dependency, so a centre installs without it; a hub operator who
+    forgot the extra gets the command to run rather than SQLAlchemy's ModuleNotFoundError.
+    """
+    if not url.startswith("postgres"):
+        return
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        from .errors import HubError
+
+        raise HubError(
+            "the database URL is PostgreSQL but its driver is not installed: "
+            "run `pip install 'caravane[hub]'` (psycopg) in caravane's environment"
+        ) from None
+
+
 def upgrade(url: str, revision: str = "head") -> None:
+    require_driver(url)
     migrations.upgrade(url, "hub", revision)
 
 
@@ -22,6 +42,7 @@ def downgrade(url: str, revision: str = "base") -> None:
 
 
 def make_engine(url: str) -> Engine:
+    require_driver(url)
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 

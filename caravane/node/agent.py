@@ -78,6 +78,7 @@ class NodeAgent:
         upstreams: list[UpstreamConfig] | None = None,
         offline: bool = False,
         port: int = 8480,
+        config_path: Path | None = None,
     ) -> NodeAgent:
         """Pin the hub's root, make this centre's key pair, and register it with the hub.
 
@@ -85,8 +86,10 @@ class NodeAgent:
         travels with the first report, by drive or by network.
         """
         data_dir = Path(data_dir).resolve()
-        if (data_dir / "node.toml").exists():
-            raise NodeError(f"{data_dir}: a node is already set up here")
+        config_path = Path(config_path) if config_path else data_dir / "node.toml"
+        for existing in {data_dir / "node.toml", config_path}:
+            if existing.exists():
+                raise NodeError(f"{existing}: a node is already set up here")
         data_dir.mkdir(parents=True, exist_ok=True)
         hub_url = str(enrolment.get("hub_url", "")).rstrip("/")
         if upstreams is None:
@@ -104,7 +107,7 @@ class NodeAgent:
         CentreStore.init(cfg.store_dir, root.encode() if isinstance(root, str) else root)
         key = PrivateKey.generate()
         key.save(cfg.key_path)
-        cfg.save()
+        cfg.save(config_path)
         node = cls(cfg)
         code = code or enrolment.get("code")
         request = {"node_id": cfg.node_id, "code": code, "public_key": key.public.raw.hex()}

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from caravane import system_paths
 from caravane.i18n import size_text
 from caravane.output import emit, fail, handle_errors, json_option, progress_bar
 
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from .agent import NodeAgent
     from .sync import ChannelResult
 
-DEFAULT_DIR = "caravane-node"
+DEFAULT_DIR = str(system_paths.LOCAL_NODE_DIR)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -31,10 +31,11 @@ def dir_option(func: F) -> F:
         "--dir",
         "-d",
         "data_dir",
-        type=click.Path(file_okay=False, path_type=Path),
-        default=lambda: os.environ.get("CARAVANE_NODE_DIR", DEFAULT_DIR),
-        show_default="caravane-node or $CARAVANE_NODE_DIR",
-        help="The node's data folder (holds node.toml).",
+        type=click.Path(path_type=Path),
+        default=lambda: str(system_paths.node_location()),
+        show_default="$CARAVANE_NODE_DIR, else /etc/caravane/node.toml on a system install, "
+        "else caravane-node",
+        help="The node's data folder (holds node.toml), or its node.toml.",
     )(func)
 
 
@@ -89,7 +90,15 @@ def node() -> None:
 
 
 @node.command("init")
-@click.argument("data_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("data_dir", type=click.Path(file_okay=False, path_type=Path), required=False)
+@click.option(
+    "--config",
+    "config_out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Where to write node.toml (default: /etc/caravane/node.toml on a system install, "
+    "else DATA_DIR/node.toml).",
+)
 @click.option(
     "--enrolment",
     "--enrol",
@@ -111,7 +120,8 @@ def node() -> None:
 @handle_errors
 @disk_errors
 def node_init(
-    data_dir: Path,
+    data_dir: Path | None,
+    config_out: Path | None,
     enrolment: Path | None,
     code: str | None,
     upstreams: tuple[str, ...],
@@ -119,7 +129,11 @@ def node_init(
     port: int,
     as_json: bool,
 ) -> None:
-    """Set up a node in DATA_DIR: pin the hub's keys, make this centre's key pair."""
+    """Set up a node in DATA_DIR: pin the hub's keys, make this centre's key pair.
+
+    DATA_DIR defaults to $CARAVANE_NODE_DIR, else /var/lib/caravane/node on a system install,
+    else caravane-node.
+    """
     from .agent import NodeAgent, read_enrolment
 
     if enrolment is None:
@@ -127,7 +141,19 @@ def node_init(
         return
     doc = read_enrolment(enrolment)
     ups = [_parse_upstream(u, i) for i, u in enumerate(upstreams)] or None
-    n = NodeAgent.init(data_dir, doc, code=code, upstreams=ups, offline=offline, port=port)
+    data_dir = data_dir or system_paths.node_data_dir()
+    config_path = config_out or system_paths.node_init_config(data_dir)
+    n = NodeAgent.init(
+        data_dir,
+        doc,
+        code=code,
+        upstreams=ups,
+        offline=offline,
+        port=port,
+        config_path=config_path,
+    )
+    # the -d a later command needs: the folder, or node.toml where it lives outside it
+    handle = n.config.data_dir if config_path.parent == data_dir else config_path.absolute()
     waiting = n.state.get("enrol_request")
     emit(
         as_json,
@@ -135,6 +161,7 @@ def node_init(
             "ok": True,
             "node_id": n.config.node_id,
             "data_dir": str(n.config.data_dir),
+            "config": str(config_path.absolute()),
             "channels": n.config.channels,
             "registered": not waiting,
         },
@@ -144,7 +171,7 @@ def node_init(
             if not waiting
             else "registration waits: it goes with the first report (network or drive)\n"
         )
-        + f"next: caravane node sync -d {n.config.data_dir}",
+        + f"next: caravane node sync -d {handle}",
     )
 
 

@@ -6,11 +6,14 @@ peer on the LAN before a metered satellite link).
 
 from __future__ import annotations
 
+import os
 import tomllib
 from dataclasses import dataclass, field
 from datetime import time
 from pathlib import Path
 from typing import Any
+
+import tomli_w
 
 from caravane.protocol.errors import FormatError
 
@@ -182,28 +185,30 @@ class NodeConfig:
         cfg.window_list()  # fail on a bad window now, not at 22:00
         return cfg
 
-    def to_toml(self) -> str:
-        def val(v: Any) -> str:
-            if isinstance(v, bool):
-                return "true" if v else "false"
-            if isinstance(v, int | float):
-                return str(v)
-            if isinstance(v, list):
-                return "[" + ", ".join(val(x) for x in v) + "]"
-            return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+    def to_toml(self, with_data_dir: bool = False) -> str:
+        """node.toml, written by tomli-w so any name, URL or path reads back as written.
 
-        lines = ["[node]"]
-        for key in cls_fields():
-            lines.append(f"{key} = {val(getattr(self, key))}")
-        lines += ["", "[serve]", f"host = {val(self.host)}", f"port = {self.port}"]
-        for u in self.upstreams:
-            table = u.to_dict(self.hub_url)
-            lines += ["", "[[upstream]]"] + [f"{k} = {val(v)}" for k, v in table.items()]
-        return "\n".join(lines) + "\n"
+        ``data_dir`` is written only for a file kept outside the data folder
+        (``/etc/caravane/node.toml``): a node.toml inside it follows the folder if it moves.
+        """
+        node: dict[str, Any] = {"data_dir": str(self.data_dir)} if with_data_dir else {}
+        node |= {key: getattr(self, key) for key in cls_fields()}
+        doc: dict[str, Any] = {
+            "node": node,
+            "serve": {"host": self.host, "port": self.port},
+        }
+        if self.upstreams:
+            doc["upstream"] = [u.to_dict(self.hub_url) for u in self.upstreams]
+        return tomli_w.dumps(doc)
 
-    def save(self) -> Path:
-        path = self.data_dir / CONFIG_NAME
-        path.write_text(self.to_toml(), encoding="utf-8")
+    def save(self, path: Path | None = None) -> Path:
+        """Write node.toml (default: in the data folder) whole or not at all."""
+        path = Path(path) if path is not None else self.data_dir / CONFIG_NAME
+        outside = path.parent.resolve() != self.data_dir.resolve()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(self.to_toml(with_data_dir=outside), encoding="utf-8")
+        os.replace(tmp, path)
         return path
 
 
@@ -213,3 +218,55 @@ def cls_fields() -> list[str]:
         for f in NodeConfig.__dataclass_fields__
         if f not in ("data_dir", "upstreams", "host", "port")
     ]
+
+
+#: One line per setting, for docs/CONFIGURATION.md (``python -m caravane.config_doc``) and the
+#: example files of the Debian package; a test fails when a setting has none.
+NODE_HELP: dict[str, str] = {
+    "data_dir": "Folder holding the store, releases, live content, keys and node.db. "
+    "Default: the folder of node.toml.",
+    "node_id": "This centre's identifier at the hub (from the enrolment file).",
+    "name": "The centre's name, shown on its portal and in the hub's fleet.",
+    "hub_url": "The hub's address; an `http` upstream without a url is this hub.",
+    "channels": "Channels this centre follows.",
+    "sync_interval_minutes": "Time between two sync passes of `node run`.",
+    "windows": "Times of day a network sync may run, as HH:MM-HH:MM (may wrap past "
+    "midnight). Empty: any time. Drives are imported at any time.",
+    "bandwidth_kbit": "Download rate limit in kbit/s. 0: no limit.",
+    "daily_budget_mb": "Most megabytes fetched per day from metered upstreams. 0: no limit.",
+    "monthly_budget_mb": "Most megabytes fetched per month from metered upstreams. "
+    "0: no limit.",
+    "timeout_seconds": "Network timeout of one request to an upstream.",
+    "pass_minutes": "Longest sync pass; the next pass continues where it stopped. "
+    "0: no limit.",
+    "fetch_minutes": "Longest single fetch before its upstream is set aside for this pass. "
+    "0: no limit.",
+    "min_rate_kbit": "An upstream slower than this (after a few seconds) is set aside for "
+    "this pass. 0: never.",
+    "margin_mb": "Free disk space kept in reserve; a sync that would eat into it stops "
+    "first.",
+    "freeze_warning_days": "Warn when a channel had no freshly signed metadata for this long "
+    "(freeze attack or cut-off centre).",
+    "header_timeout_seconds": "The portal drops a client that has not sent a whole request "
+    "head in this time.",
+    "usb_mounts": "Folders where USB drives are mounted (e.g. /media/caravane); `node run` "
+    "imports a drive found there and writes the centre's report onto it.",
+    "durable": "fsync staged releases before switching to them (turn off only on "
+    "throw-away test machines).",
+}
+
+#: the ``[serve]`` table: the LAN portal
+SERVE_HELP: dict[str, str] = {
+    "host": "Address the portal listens on (0.0.0.0: the whole LAN).",
+    "port": "TCP port of the portal.",
+}
+
+#: one ``[[upstream]]`` table per place the node may sync from, cheapest first
+UPSTREAM_HELP: dict[str, str] = {
+    "name": "A name for logs and status. Default: kind:url.",
+    "kind": "One of http (the hub), peer (another centre), mirror (static copy), rsync, "
+    "folder (a drive or a mounted share).",
+    "url": "Address or path of the upstream; an http upstream without one is hub_url.",
+    "cost": "Upstreams are tried cheapest first.",
+    "metered": "Bytes from this upstream count against the daily and monthly budgets.",
+}

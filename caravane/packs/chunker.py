@@ -1,6 +1,6 @@
 """Content-defined chunking of a file as a stream, with flat memory.
 
-The ``fastcdc`` package chunks a buffer (its path mode maps the whole file, which makes a
+The FastCDC chunker (:mod:`.cdc`) chunks a buffer (its path mode maps the whole file, which makes a
 2 GiB file count as 2 GiB of resident memory). We feed it a sliding buffer instead: a cut
 point depends only on the bytes from the chunk start up to ``max_size`` further, so as long as
 ``max_size`` bytes remain in the buffer the cut is the one a whole-file pass would make.
@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import BinaryIO
 
-from fastcdc.fastcdc_cy import chunk_generator  # type: ignore[import-untyped]
+from .cdc import spans
 
 DEFAULT_AVG = 64 * 1024
 READ_SIZE = 8 * 1024 * 1024
@@ -34,11 +34,11 @@ def iter_chunks(fh: BinaryIO, avg_size: int = DEFAULT_AVG) -> Iterator[memoryvie
         view = memoryview(buf)
         pos = 0
         if len(view):
-            for chunk in chunk_generator(view, min_size, avg, max_size, False, None):
-                if not eof and len(view) - chunk.offset < max_size:
+            for offset, length in spans(view, min_size, avg, max_size):
+                if not eof and len(view) - offset < max_size:
                     break
-                yield view[chunk.offset : chunk.offset + chunk.length]
-                pos = chunk.offset + chunk.length
+                yield view[offset : offset + length]
+                pos = offset + length
         buf = bytes(view[pos:]) if pos < len(view) else b""
         view.release()
 

@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import zstandard as zstd
-from fastcdc.fastcdc_cy import chunk_generator  # type: ignore[import-untyped]
 
 from caravane.protocol.errors import VerificationError
 from caravane.protocol.metadata import FileEntry, Manifest
 
+from .cdc import spans
 from .changes import missing_chunks
 from .zstd_prefix import compress_with_prefix
 
@@ -133,12 +133,12 @@ def sketch(data: bytes, sample: int = SKETCH_SAMPLE) -> set[int]:
         return set()
     view = memoryview(data)
     out: set[int] = set()
-    for c in chunk_generator(view, 128, SKETCH_AVG, SKETCH_AVG * 8, False, None):
+    for offset, length in spans(view, 128, SKETCH_AVG, SKETCH_AVG * 8):
         # a stable hash, not hash(): that one changes with each process's PYTHONHASHSEED, so
         # the sample, the bases chosen and the pack's bytes would too (a rebuilt pack would
         # not match the one a centre is resuming by byte range, nor a mirror's copy)
         h = int.from_bytes(
-            hashlib.blake2b(view[c.offset : c.offset + c.length], digest_size=8).digest()
+            hashlib.blake2b(view[offset : offset + length], digest_size=8).digest()
         )
         if h % sample == 0:
             out.add(h)

@@ -110,3 +110,28 @@ def test_node_run_syncs_on_its_own_and_serves_the_portal(world: World, tmp_path:
         proc.wait(timeout=30)
     row = next(r for r in world.rh.hub.fleet() if r["name"] == "centre-run")
     assert row["installed"].get("lecons") in (v1, v2)
+
+
+def test_node_toml_kept_apart_from_the_data_as_on_a_system_install(
+    world: World, tmp_path: Path
+) -> None:
+    """`node init --config` (the system layout's /etc/caravane/node.toml): commands take it."""
+    world.publish(content(1))
+    enrol = tmp_path / "enrol.json"
+    enrol.write_text(json.dumps(world.enrolment("Centre Est") | {"hub_url": world.rh.url}))
+    data = tmp_path / "var" / "node"
+    etc = tmp_path / "etc" / "node.toml"
+    out = run("node", "init", str(data), "--config", str(etc), "--enrolment", str(enrol), "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["config"] == str(etc)
+    assert etc.is_file() and not (data / "node.toml").exists()
+    out = run("node", "sync", "-d", str(etc), "--json")
+    assert out.returncode == 0, out.stderr
+    status = json.loads(run("node", "status", "-d", str(etc), "--json").stdout)
+    assert status["channels"][0]["active"] == 1
+    # a second init over the same file is refused, the first node untouched
+    again = run(
+        "node", "init", str(tmp_path / "other"), "--config", str(etc), "--enrolment", str(enrol)
+    )
+    assert again.returncode != 0 and "already set up" in again.stderr
+    assert json.loads(run("node", "status", "-d", str(etc), "--json").stdout)["channels"]

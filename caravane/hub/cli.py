@@ -282,8 +282,8 @@ def hub_serve(config_path: Path, no_scheduler: bool, access_log: bool, port: int
 
     from .app import make_app, server_options
 
+    h = load(config_path)  # before logging is set up: a refusal is its one error line
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    h = load(config_path)
     if port is not None:
         h.config.port = port
     app = make_app(h.config, h, scheduler=False if no_scheduler else None)

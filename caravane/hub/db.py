@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, event
+from sqlalchemy import create_engine, event, inspect, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -21,6 +21,9 @@ from caravane import migrations
 
 from .errors import SchemaError
 from .locks import MIGRATE, advisory_lock, file_lock, is_postgresql
+
+#: alembic's table of the schema revision (its default name)
+VERSION_TABLE = "alembic_version"
 
 
 def upgrade(url: str, revision: str = "head") -> None:
@@ -86,11 +89,15 @@ def known_revision(revision: str) -> bool:
 
 
 def current_revision(engine: Engine) -> str | None:
-    """The database's schema revision; None for a database alembic never touched."""
-    from alembic.runtime.migration import MigrationContext
+    """The database's schema revision; None for a database alembic never touched.
 
+    Read straight from alembic's version table (one query, no alembic context that would
+    log its set-up on every command).
+    """
     with engine.connect() as conn:
-        return MigrationContext.configure(conn).get_current_revision()
+        if not inspect(conn).has_table(VERSION_TABLE):
+            return None
+        return conn.scalar(text(f"SELECT version_num FROM {VERSION_TABLE}"))
 
 
 def check_schema(engine: Engine, config_path: Path | str) -> None:

@@ -97,7 +97,8 @@ def current_revision(engine: Engine) -> str | None:
     with engine.connect() as conn:
         if not inspect(conn).has_table(VERSION_TABLE):
             return None
-        return conn.scalar(text(f"SELECT version_num FROM {VERSION_TABLE}"))
+        found = conn.scalar(text(f"SELECT version_num FROM {VERSION_TABLE}"))
+        return None if found is None else str(found)
 
 
 def check_schema(engine: Engine, config_path: Path | str) -> None:

@@ -26,6 +26,10 @@ FINISHED = ("done", "failed")
 KEEP_SECONDS = 86400
 #: progress is written at most this often (one small UPDATE)
 SAVE_EVERY = 0.5
+#: a running job is written at least this often, even while signing says nothing...
+HEARTBEAT = 30.0
+#: ...so one not written for this long lost its process (stopped, crashed, host down)
+STALE_SECONDS = 120.0
 
 
 @dataclass
@@ -41,6 +45,8 @@ class PublishJob:
     files: int = 0
     error: str = ""
     started: float = field(default_factory=time.time)
+    #: its process stopped before it finished (the page says so and offers to try again)
+    interrupted: bool = False
     task: asyncio.Task[None] | None = field(default=None, repr=False)
 
     @property
@@ -51,8 +57,9 @@ class PublishJob:
 
 
 class PublishJobs:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, stale_seconds: float = STALE_SECONDS) -> None:
         self.db = db
+        self.stale_seconds = stale_seconds
         self.holder = f"{socket.gethostname()[:60]}:{os.getpid()}"
         self._saved: dict[str, float] = {}
         self._lock = threading.Lock()
@@ -116,24 +123,36 @@ class PublishJobs:
 
         return add
 
+    async def keep_alive(self, job: PublishJob) -> None:
+        """Write the job every HEARTBEAT seconds while it runs (cancelled when it ends)."""
+        while True:
+            await asyncio.sleep(HEARTBEAT)
+            await asyncio.to_thread(self.save, job)
+
     def get(self, jid: str) -> PublishJob | None:
+        """The job as last written; one whose process went silent is shown interrupted."""
         with self.db.session() as s:
             row = s.get(PublishJobRow, jid)
             if row is None:
                 return None
-            started = (
-                row.started_at if row.started_at.tzinfo else row.started_at.replace(tzinfo=UTC)
-            )
+            started = _aware(row.started_at)
+            silent = (datetime.now(UTC) - _aware(row.updated_at)).total_seconds()
+            interrupted = row.state not in FINISHED and silent > self.stale_seconds
             return PublishJob(
                 id=row.id,
                 channel=row.channel,
                 actor=row.actor,
                 archive=row.archive,
-                state=row.state,
+                state="failed" if interrupted else row.state,
                 total=row.total,
                 done=row.done,
                 version=row.version,
                 files=row.files,
                 error=row.error,
                 started=started.timestamp(),
+                interrupted=interrupted,
             )
+
+
+def _aware(when: datetime) -> datetime:
+    return when if when.tzinfo else when.replace(tzinfo=UTC)

@@ -506,6 +506,7 @@ async def _publish_job(
     fields: dict[str, str],
 ) -> None:
     ui = app[UI_KEY]
+    alive = asyncio.create_task(ui.jobs.keep_alive(job))
     try:
         await in_thread(_publish_blocking, ui.hub, ui.jobs, job, p, work, archive, kind, fields)
         job.state = "done"
@@ -516,6 +517,7 @@ async def _publish_job(
         log.exception("publishing %s from the web failed", job.archive)
         job.state, job.error = "failed", f"internal error ({type(exc).__name__})"
     finally:
+        alive.cancel()
         await in_thread(shutil.rmtree, work, True)
         try:
             await in_thread(ui.jobs.save, job)
@@ -528,6 +530,8 @@ async def job_status(request: web.Request) -> web.Response:
     job = await in_thread(request.app[UI_KEY].jobs.get, request.match_info["jid"])
     if job is None:
         return error_page(request, 404, Translator(lang_of(request))("hub.no_job"))
+    if job.interrupted:
+        job.error = Translator(lang_of(request))("hub.job_interrupted")
     return render(request, "job.html", job=job)
 
 

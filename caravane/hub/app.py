@@ -27,6 +27,7 @@ from typing import Any
 
 from aiohttp import web
 
+from caravane.packs import delta
 from caravane.protocol.errors import CaravaneError
 from caravane.protocol.metadata import HEX64
 from caravane.served_objects import object_id, object_response
@@ -35,7 +36,7 @@ from .appstate import HUB_KEY, PACK_QUEUE, in_thread, queue_packs
 from .auth import ANY_ROLE, Principal, Role, authorize
 from .config import HubConfig
 from .errors import HubError, NotFound
-from .jobs import JobRunner
+from .jobs import JobRunner, pack_lease
 from .service import Hub
 from .usage_web import add_usage_routes
 from .web import add_routes
@@ -358,7 +359,17 @@ def _small_file(request: web.Request, path: Path, cache: str) -> web.Response | 
     )
 
 
+#: how long a request waits for a pack another hub process is building before it answers
+#: 404 (the node then takes the objects one by one)
+PACK_WAIT_SECONDS = 60.0
+
+
 async def _build_pack_on_demand(request: web.Request, channel: str, a: int, b: int) -> None:
+    """Build a small pack a node asked for, once across every hub process.
+
+    Requests in this process for the same pack queue on one asyncio lock; across processes
+    the pack's database lease decides who builds, and the others wait for its file.
+    """
     hub = request.app[HUB_KEY]
     locks = request.app[PACK_LOCKS]
     lock = locks.setdefault((channel, a, b), asyncio.Lock())
@@ -377,7 +388,18 @@ async def _build_pack_on_demand(request: web.Request, channel: str, a: int, b: i
             # too long to build while a node waits: queue it, the node takes objects now
             queue_packs(request.app, channel)
             raise web.HTTPNotFound()
-        await in_thread(hub.repo.build_pack, channel, a, b, path)
+        runner = request.app[JOBS]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + PACK_WAIT_SECONDS
+        waited = False
+        while await in_thread(runner.build_pack_once, channel, a, b, delta.LEVEL) == "busy":
+            if not waited:
+                holder = await in_thread(hub.lease_holder, pack_lease(channel, a, b))
+                log.info("pack %s %d-%d is being built by %s; waiting", channel, a, b, holder)
+                waited = True
+            if loop.time() > deadline:
+                raise web.HTTPNotFound()
+            await asyncio.sleep(0.2)
 
 
 # --------------------------------------------------------------------------- app

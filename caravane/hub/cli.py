@@ -44,14 +44,23 @@ def config_option(func: Callable[P, R]) -> Callable[P, R]:
 
 
 def load(config_path: Path) -> Hub:
-    """The hub of a configuration file, its database migrated to the current schema."""
+    """The hub of a configuration file; refused unless its database has this code's schema.
+
+    Nothing migrates here: with several hub processes on one database the schema changes
+    once, when an operator runs `caravane hub migrate`, never as a side effect.
+    """
     from .config import HubConfig
-    from .db import upgrade
+    from .db import check_schema
     from .service import Hub
 
     cfg = HubConfig.load(config_path)
-    upgrade(cfg.url)
-    return Hub(cfg)
+    h = Hub(cfg)
+    try:
+        check_schema(h.db.engine, config_path)
+    except BaseException:
+        h.close()
+        raise
+    return h
 
 
 @click.group()
@@ -106,8 +115,8 @@ def hub_init(
     """
     from caravane.packs.hub_repository import HubRepository
 
-    from .config import HubConfig
-    from .db import upgrade
+    from .config import CONFIG_NAME, HubConfig
+    from .db import migrate
     from .service import Hub
 
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -126,7 +135,7 @@ def hub_init(
     made = not (cfg.repo_dir / "repo.json").exists()
     if made:
         HubRepository.init(cfg.repo_dir, root_key_out=root_out)
-    upgrade(cfg.url)
+    migrate(cfg.url)  # a new hub is ready to serve: its database has the current schema
     path.write_text(cfg.to_toml(), encoding="utf-8")
     os.chmod(path, 0o640)  # a database URL may carry a password
     token = Hub(cfg).create_token("admin", "admin", "init")
@@ -148,6 +157,36 @@ def hub_init(
         f"hub created in {data_dir}\nconfiguration: {path}\n"
         f"admin token (shown once, keep it safe): {token}\n{root_line}"
         f"next: caravane hub serve --config {path}",
+    )
+
+
+@hub.command("migrate")
+@config_option
+@json_option
+@handle_errors
+def hub_migrate(config_path: Path, as_json: bool) -> None:
+    """Bring the database's schema to this version of Caravane (run after each upgrade).
+
+    Locked (an advisory lock on PostgreSQL, a file lock beside a SQLite database), so two
+    at once are safe: the second waits and finds nothing left to do. Other hub commands
+    refuse a database whose schema is older than the code until this has run.
+    """
+    from .config import HubConfig
+    from .db import migrate
+
+    cfg = HubConfig.load(config_path)
+
+    def waiting() -> None:
+        click.echo("waiting for another `caravane hub migrate` to finish...", err=True)
+
+    before, after = migrate(cfg.url, on_wait=waiting)
+    changed = before != after
+    emit(
+        as_json,
+        {"ok": True, "from": before, "to": after, "changed": changed},
+        f"database migrated from revision {before or 'none (empty)'} to {after}"
+        if changed
+        else f"database already at revision {after}; nothing to do",
     )
 
 
@@ -239,15 +278,28 @@ def record_rotation(h: Hub, root_version: int, channels: dict[str, int]) -> None
     default=False,
     help="Log every request (costs about a third of the request rate; off by default).",
 )
+@click.option(
+    "--port",
+    type=int,
+    default=None,
+    help="Listen on this port instead of hub.toml's (several processes on one host).",
+)
 @handle_errors
-def hub_serve(config_path: Path, no_scheduler: bool, access_log: bool) -> None:
-    """Serve the API and the repository (Ctrl-C to stop)."""
+def hub_serve(config_path: Path, no_scheduler: bool, access_log: bool, port: int | None) -> None:
+    """Serve the API and the repository (Ctrl-C to stop).
+
+    Several processes, on one host or several, may serve one database and data folder
+    behind one address (docs/OPERATIONS.md): sessions, publish jobs and pack builds are
+    shared through the database.
+    """
     from aiohttp import web
 
     from .app import make_app, server_options
 
+    h = load(config_path)  # before logging is set up: a refusal is its one error line
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    h = load(config_path)
+    if port is not None:
+        h.config.port = port
     app = make_app(h.config, h, scheduler=False if no_scheduler else None)
     click.echo(f"hub serving on {h.config.base_url} (repository under /repo/)", err=True)
     web.run_app(

@@ -1,16 +1,29 @@
-"""Database engine, sessions and migrations (alembic owns every schema change)."""
+"""Database engine, sessions and migrations (alembic owns every schema change).
+
+Migrations run only when asked (``caravane hub migrate``, ``hub init``), under a lock, never
+as a side effect of another command: with several hub processes on one database, the
+schema changes once, at a moment an operator chose. Every other command checks the schema
+first and refuses one older (or newer) than the code, naming the command to run.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, event
-from sqlalchemy.engine import Engine
+from sqlalchemy import create_engine, event, inspect, text
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from caravane import migrations
+
+from .errors import SchemaError
+from .locks import MIGRATE, advisory_lock, file_lock, is_postgresql
+
+#: alembic's table of the schema revision (its default name)
+VERSION_TABLE = "alembic_version"
 
 
 def require_driver(url: str) -> None:
@@ -33,6 +46,7 @@ def require_driver(url: str) -> None:
 
 
 def upgrade(url: str, revision: str = "head") -> None:
+    """Alembic's upgrade, unlocked: for tests and the demo; operators use :func:`migrate`."""
     require_driver(url)
     migrations.upgrade(url, "hub", revision)
 
@@ -72,3 +86,93 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def head_revision() -> str:
+    """The schema revision this version of Caravane is written for."""
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(migrations.alembic_config("", "hub")).get_current_head()
+    assert head is not None  # the hub always has migrations
+    return head
+
+
+def known_revision(revision: str) -> bool:
+    """Whether this version's migrations know ``revision`` (an unknown one is newer)."""
+    from alembic.script import ScriptDirectory
+    from alembic.util import CommandError
+
+    script = ScriptDirectory.from_config(migrations.alembic_config("", "hub"))
+    try:
+        return script.get_revision(revision) is not None
+    except CommandError:
+        return False
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The database's schema revision; None for a database alembic never touched.
+
+    Read straight from alembic's version table (one query, no alembic context that would
+    log its set-up on every command).
+    """
+    with engine.connect() as conn:
+        if not inspect(conn).has_table(VERSION_TABLE):
+            return None
+        found = conn.scalar(text(f"SELECT version_num FROM {VERSION_TABLE}"))
+        return None if found is None else str(found)
+
+
+def check_schema(engine: Engine, config_path: Path | str) -> None:
+    """Refuse a database whose schema is not this code's, with the command that fixes it."""
+    have, want = current_revision(engine), head_revision()
+    if have == want:
+        return
+    if have is not None and not known_revision(have):
+        raise SchemaError(
+            f"{config_path}: the database is at schema revision {have}, newer than this "
+            f"version of caravane knows (it needs {want}); run the newer caravane that "
+            "migrated it"
+        )
+    raise SchemaError(
+        f"{config_path}: the database schema is at revision {have or 'none (empty)'}, this "
+        f"caravane needs {want}; run `caravane hub migrate --config {config_path}`"
+    )
+
+
+@contextmanager
+def migration_lock(engine: Engine, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+    """One migration at a time: an advisory lock on PostgreSQL, a file lock beside SQLite."""
+    if is_postgresql(engine):
+        with advisory_lock(engine, MIGRATE, on_wait):
+            yield
+        return
+    database = make_url(str(engine.url)).database
+    if not database or database == ":memory:":
+        yield  # a private in-memory database: nobody else can migrate it
+        return
+    with file_lock(Path(database + ".migrate.lock"), on_wait):
+        yield
+
+
+def migrate(url: str, on_wait: Callable[[], None] | None = None) -> tuple[str | None, str]:
+    """Bring the database to this code's schema under the migration lock: (from, to).
+
+    Two at once are safe: the second waits, then finds the schema already current. A
+    database newer than the code is refused, never downgraded.
+    """
+    engine = make_engine(url)
+    try:
+        with migration_lock(engine, on_wait):
+            before = current_revision(engine)
+            if before is not None and not known_revision(before):
+                raise SchemaError(
+                    f"the database is at schema revision {before}, newer than this version "
+                    f"of caravane knows (it needs {head_revision()}); nothing was changed"
+                )
+            if before != head_revision():
+                upgrade(url)
+            after = current_revision(engine)
+    finally:
+        engine.dispose()
+    assert after is not None
+    return before, after

@@ -30,3 +30,9 @@ class Conflict(HubError):
 
 class Unprocessable(HubError):
     status = 422
+
+
+class SchemaError(HubError):
+    """The database's schema is not the one this version of Caravane was written for."""
+
+    status = 503

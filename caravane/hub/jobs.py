@@ -10,8 +10,9 @@ import logging
 import os
 import socket
 import time
+import uuid
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
@@ -23,12 +24,21 @@ from .service import Hub
 log = logging.getLogger("caravane.hub.jobs")
 LEASE_SECONDS = 300
 SUPERSEDED_GRACE_SECONDS = 24 * 3600
+#: a pack build's lease; renewed while the build runs, lost this long after a crash
+PACK_LEASE_SECONDS = 60
+
+PackOutcome = Literal["built", "exists", "busy"]
+
+
+def pack_lease(channel: str, a: int, b: int) -> str:
+    """The lease that says which hub process builds the pack ``a`` -> ``b`` of a channel."""
+    return f"pack:{channel}:{a}-{b}"
 
 
 class JobRunner:
     def __init__(self, hub: Hub, holder: str | None = None) -> None:
         self.hub = hub
-        self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{id(self)}"
+        self.holder = holder or f"{socket.gethostname()[:60]}:{os.getpid()}:{id(self):x}"
         self.scheduler: BackgroundScheduler | None = None
 
     # Each job is a plain method, so tests (and operators) can run it once.
@@ -47,8 +57,7 @@ class JobRunner:
             wanted |= self.hub.held_versions(c) & set(older)
             for a in [0, *sorted(wanted)]:
                 path = repo.pack_path(c, a, latest)
-                if not path.exists():
-                    repo.build_pack(c, a, latest, path, level=self.pack_level(c, a, latest))
+                if not path.exists() and self.build_pack_once(c, a, latest) == "built":
                     built.append(path.name)
             self._drop_superseded_packs(c, latest)
         if built:
@@ -75,6 +84,31 @@ class JobRunner:
                 continue
             if replaced and old:
                 path.unlink(missing_ok=True)
+
+    def build_pack_once(
+        self, channel: str, a: int, b: int, level: int | None = None
+    ) -> PackOutcome:
+        """Build one pack unless it exists or another process is building it now.
+
+        Every hub process sharing the database asks for the pack's lease first, so a pack
+        is built once however many processes (and requests, and the worker) want it; a
+        caller told "busy" waits for the file to appear. The pack itself lands by an atomic
+        rename, so a reader never sees half of one.
+        """
+        path = self.hub.repo.pack_path(channel, a, b)
+        if path.is_file():
+            return "exists"
+        # one holder per build, so two builds in one process do not share a lease
+        holder = f"{self.holder}:{uuid.uuid4().hex[:8]}"[:100]
+        with self.hub.lease(pack_lease(channel, a, b), holder, PACK_LEASE_SECONDS) as mine:
+            if not mine:
+                return "busy"
+            if path.is_file():  # the previous holder finished just before we asked
+                return "exists"
+            lvl = self.pack_level(channel, a, b) if level is None else level
+            self.hub.repo.build_pack(channel, a, b, path, level=lvl)
+        log.info("built pack %s %d-%d (level %d)", channel, a, b, lvl)
+        return "built"
 
     def pack_level(self, channel: str, a: int, b: int) -> int:
         """Strong compression for the usual update; a faster level for very large packs.

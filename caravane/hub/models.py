@@ -156,9 +156,51 @@ class UploadObject(Base):
 
 
 class Lease(Base):
-    """Which hub process runs the scheduled jobs (several may share one database)."""
+    """Which hub process does a piece of work that must run once: the scheduled jobs
+    (``jobs``), building one pack (``pack:<channel>:<from>-<to>``). Several processes may
+    share one database; a lease that is not renewed expires and passes to another.
+    """
 
     __tablename__ = "leases"
-    name: Mapped[str] = mapped_column(String(50), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
     holder: Mapped[str] = mapped_column(String(100))
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class WebSession(Base):
+    """A person signed in to the web pages, seen by every hub process sharing the database.
+
+    Kept by the SHA-256 of the cookie's value: a copy of the database opens no session.
+    The token is asked again on every page, so revoking it ends its sessions at once.
+    """
+
+    __tablename__ = "web_sessions"
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(100))
+    role: Mapped[str] = mapped_column(String(20))
+    csrf: Mapped[str] = mapped_column(String(64))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
+class PublishJobRow(Base):
+    """A publish from the web page (an archive), followed on its page from any hub process.
+
+    The process that received the archive (``holder``) does the work and writes its
+    progress here; any other process renders the job page from this row.
+    """
+
+    __tablename__ = "publish_jobs"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    channel: Mapped[str] = mapped_column(String(64))
+    actor: Mapped[str] = mapped_column(String(100))
+    archive: Mapped[str] = mapped_column(String(255))
+    holder: Mapped[str] = mapped_column(String(200))
+    state: Mapped[str] = mapped_column(String(20))
+    total: Mapped[int] = mapped_column(BigInteger, default=0)
+    done: Mapped[int] = mapped_column(BigInteger, default=0)
+    version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    files: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str] = mapped_column(Text, default="")
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -7,13 +7,16 @@ the database records who did what and the fleet's state.
 
 from __future__ import annotations
 
+import logging
 import secrets
+import threading
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -29,6 +32,7 @@ from .auth import ROLES, Principal, hash_secret
 from .config import HubConfig
 from .db import Database
 from .errors import Conflict, Forbidden, HubError, NotFound, Unauthorized, Unprocessable
+from .locks import REPOSITORY, advisory_lock, is_postgresql
 from .models import (
     AuditEntry,
     Centre,
@@ -44,6 +48,8 @@ from .models import (
 from .usage import record_usage
 
 __all__ = ["ROLES", "Hub", "Principal", "now"]  # Principal and ROLES: from hub.auth
+
+log = logging.getLogger("caravane.hub.service")
 
 MAX_FILES = 1_000_000
 #: the fleet view flags a centre whose last fresh signed word is older than this (a freeze)
@@ -65,6 +71,11 @@ class Hub:
         self.config = config
         self.repo = HubRepository(config.repo_dir)
         self.db = db or Database(config.url)
+        if is_postgresql(self.db.engine):
+            # hub processes on other hosts share this repository: the folder's flock is not
+            # enough there, the database's advisory lock is
+            engine = self.db.engine
+            self.repo.shared_lock = lambda: advisory_lock(engine, REPOSITORY)
 
     # ------------------------------------------------------------------ audit
 
@@ -711,24 +722,71 @@ class Hub:
         return flagged
 
     def take_lease(self, name: str, holder: str, seconds: int) -> bool:
-        """One process among several sharing the database runs the jobs."""
+        """Take or renew the lease ``name`` for ``seconds``; False while another holds it.
+
+        One conditional UPDATE (or an INSERT for a lease never taken): atomic on both
+        engines, so two processes asking at the same instant never both get it.
+        """
+        t = now()
+        until = t + timedelta(seconds=seconds)
         try:
             with self.db.session() as s:
-                lease = s.get(Lease, name, with_for_update=True)
-                t = now()
-                if lease is None:
-                    s.add(
-                        Lease(name=name, holder=holder, expires_at=t + timedelta(seconds=seconds))
-                    )
+                taken = s.execute(
+                    update(Lease)
+                    .where(Lease.name == name, or_(Lease.holder == holder, Lease.expires_at < t))
+                    .values(holder=holder, expires_at=until)
+                    .execution_options(synchronize_session=False)
+                )
+                if taken.rowcount:  # type: ignore[attr-defined]
                     return True
-                expires = _aware(lease.expires_at)
-                if lease.holder == holder or expires is None or expires < t:
-                    lease.holder = holder
-                    lease.expires_at = t + timedelta(seconds=seconds)
-                    return True
-                return False
+                if s.get(Lease, name) is not None:
+                    return False
+                s.add(Lease(name=name, holder=holder, expires_at=until))
+            return True
         except IntegrityError:  # another process created the lease at the same instant
             return False
+
+    def release_lease(self, name: str, holder: str) -> None:
+        """Give a lease back before it expires (only its holder can)."""
+        with self.db.session() as s:
+            s.execute(delete(Lease).where(Lease.name == name, Lease.holder == holder))
+
+    @contextmanager
+    def lease(self, name: str, holder: str, seconds: int) -> Iterator[bool]:
+        """Hold the lease ``name`` while the block runs (True), or not at all (False).
+
+        A thread renews it every third of ``seconds``, so work longer than the lease (a
+        strong pack of a large channel) keeps it, and a process that dies loses it within
+        ``seconds``. Given back at the end.
+        """
+        if not self.take_lease(name, holder, seconds):
+            yield False
+            return
+        stop = threading.Event()
+
+        def renew() -> None:
+            while not stop.wait(seconds / 3):
+                if not self.take_lease(name, holder, seconds):
+                    log.warning("lost the lease %s to another process", name)
+                    return
+
+        keeper = threading.Thread(target=renew, name=f"lease {name}", daemon=True)
+        keeper.start()
+        try:
+            yield True
+        finally:
+            stop.set()
+            keeper.join()
+            self.release_lease(name, holder)
+
+    def lease_holder(self, name: str) -> str | None:
+        """Who holds the lease now (None when nobody does, or it expired)."""
+        with self.db.session() as s:
+            row = s.get(Lease, name)
+            if row is None:
+                return None
+            expires = _aware(row.expires_at)
+            return row.holder if expires is not None and expires >= now() else None
 
     def counts(self) -> dict[str, int]:
         with self.db.session() as s:

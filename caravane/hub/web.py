@@ -4,7 +4,9 @@ Pages are rendered on the server (Jinja2, autoescaped) in French or English (the
 catalogues and rules as the centre's portal: ``?lang=``, remembered in a cookie, else the
 browser's Accept-Language). Signing in takes an API token once; the hub then keeps a
 server-side session (8 hours, HttpOnly, SameSite=Lax cookie) and re-checks the token's role
-and revocation on every page. Every POST form carries the session's CSRF token.
+and revocation on every page. Every POST form carries the session's CSRF token. Sessions and
+publish jobs live in the database (:mod:`hub.sessions`, :mod:`hub.publish_jobs`), so any of
+several hub processes behind one address answers any page.
 
 Publishing from the browser takes a .zip or .tar.gz archive, unpacks it into a temporary
 folder (refusing absolute paths, ``..``, links and devices), stores its chunks straight into
@@ -24,13 +26,11 @@ import shutil
 import stat
 import tarfile
 import tempfile
-import time
 import unicodedata
 import urllib.parse
 import uuid
 import zipfile
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import wraps
 from pathlib import Path
@@ -50,7 +50,9 @@ from caravane.protocol.paths import check_path
 from .appstate import HUB_KEY, in_thread, queue_packs
 from .auth import ANY_ROLE, Principal, Role, hash_secret, may
 from .errors import HubError, NotFound
+from .publish_jobs import PublishJob, PublishJobs
 from .service import Hub
+from .sessions import SESSION_SECONDS, Session, SessionStore
 from .usb import route_targets
 
 log = logging.getLogger("caravane.hub.web")
@@ -59,42 +61,9 @@ TEMPLATES = Path(__file__).parent / "templates"
 STATIC = Path(__file__).parent / "static"
 SESSION_COOKIE = "caravane_hub_session"
 LOGIN_CSRF_COOKIE = "caravane_hub_login"
-SESSION_SECONDS = 8 * 3600
 MAX_ARCHIVE_BYTES = 8 * 1024**3
 MAX_ARCHIVE_MEMBERS = 200_000
 UPLOAD_PIECE = 1024 * 1024
-FINISHED = ("done", "failed")
-
-
-@dataclass
-class Session:
-    token_hash: str
-    name: str
-    role: str
-    csrf: str
-    expires: float
-
-
-@dataclass
-class PublishJob:
-    id: str
-    channel: str
-    actor: str
-    archive: str
-    state: str = "queued"  # queued | unpacking | storing | signing | done | failed
-    total: int = 0
-    done: int = 0
-    version: int | None = None
-    files: int = 0
-    error: str = ""
-    started: float = field(default_factory=time.time)
-    task: asyncio.Task[None] | None = field(default=None, repr=False)
-
-    @property
-    def percent(self) -> int:
-        if self.state == "done":
-            return 100
-        return int(100 * self.done / self.total) if self.total else 0
 
 
 class WebUI:
@@ -105,26 +74,16 @@ class WebUI:
             autoescape=jinja2.select_autoescape(["html"]),
         )
         self.env.filters["when"] = when_text
-        self.sessions: dict[str, Session] = {}
-        self.jobs: dict[str, PublishJob] = {}
+        self.sessions = SessionStore(hub.db, SESSION_SECONDS)
+        self.jobs = PublishJobs(hub.db)
 
     # ------------------------------------------------------------------ sessions
 
-    def new_session(self, token_hash: str, p: Principal) -> str:
-        t = time.time()
-        for sid in [k for k, s in self.sessions.items() if s.expires < t]:
-            del self.sessions[sid]
-        sid = secrets.token_urlsafe(32)
-        self.sessions[sid] = Session(
-            token_hash, p.name, p.role, secrets.token_urlsafe(24), t + SESSION_SECONDS
-        )
-        return sid
+    async def session(self, request: web.Request) -> Session | None:
+        return await in_thread(self.sessions.get, request.cookies.get(SESSION_COOKIE, ""))
 
-    def session(self, request: web.Request) -> Session | None:
-        s = self.sessions.get(request.cookies.get(SESSION_COOKIE, ""))
-        if s is None or s.expires < time.time():
-            return None
-        return s
+    async def end_session(self, request: web.Request) -> None:
+        await in_thread(self.sessions.end, request.cookies.get(SESSION_COOKIE, ""))
 
     def principal_of(self, s: Session) -> Principal | None:
         """The session's token, read again: a revoked token ends its sessions at once."""
@@ -215,10 +174,11 @@ def page(*roles: Role, post: bool = False, multipart: bool = False) -> Callable[
         @wraps(fn)
         async def handler(request: web.Request) -> web.StreamResponse:
             ui = request.app[UI_KEY]
-            s = ui.session(request)
+            s = await ui.session(request)
             p = await in_thread(ui.principal_of, s) if s else None
             if s is None or p is None:
-                ui.sessions.pop(request.cookies.get(SESSION_COOKIE, ""), None)  # revoked token
+                if s is not None:  # its token was revoked
+                    await ui.end_session(request)
                 if post:
                     return error_page(request, 401, Translator(lang_of(request))("hub.signed_out"))
                 nxt = urllib.parse.quote(request.path_qs, safe="")
@@ -271,7 +231,7 @@ def _safe_next(value: str | None) -> str:
 
 async def login_form(request: web.Request) -> web.Response:
     ui = request.app[UI_KEY]
-    if ui.session(request) is not None:
+    if await ui.session(request) is not None:
         raise web.HTTPFound(_safe_next(request.query.get("next")))
     return _login_page(request, 200, "")
 
@@ -309,7 +269,7 @@ async def login(request: web.Request) -> web.Response:
         p = await in_thread(ui.hub.authenticate, f"Bearer {token}")
     except HubError:
         return _login_page(request, 401, t("hub.login_failed"))
-    sid = ui.new_session(hash_secret(token), p)
+    sid = await in_thread(ui.sessions.create, hash_secret(token), p)
     resp = web.HTTPFound(_safe_next(str(form.get("next", ""))))
     resp.set_cookie(
         SESSION_COOKIE,
@@ -326,8 +286,7 @@ async def login(request: web.Request) -> web.Response:
 
 @page(*ANY_ROLE, post=True)
 async def logout(request: web.Request) -> web.Response:
-    ui = request.app[UI_KEY]
-    ui.sessions.pop(request.cookies.get(SESSION_COOKIE, ""), None)
+    await request.app[UI_KEY].end_session(request)
     resp = web.HTTPFound("/ui/login")
     resp.del_cookie(SESSION_COOKIE, path="/ui/")
     raise resp
@@ -378,10 +337,7 @@ async def publish(request: web.Request) -> web.Response:
         shutil.rmtree(work, ignore_errors=True)
         raise
     job = PublishJob(uuid.uuid4().hex[:12], channel, p.name, filename)
-    day_ago = time.time() - 86400
-    for old in [j for j in ui.jobs.values() if j.started < day_ago and j.state in FINISHED]:
-        del ui.jobs[old.id]
-    ui.jobs[job.id] = job
+    await in_thread(ui.jobs.add, job)
     job.task = asyncio.create_task(_publish_job(request.app, job, p, work, archive, kind, fields))
     raise web.HTTPSeeOther(f"/ui/jobs/{job.id}")
 
@@ -504,6 +460,7 @@ def unpack_archive(archive: Path, kind: str, dest: Path) -> Path:
 
 def _publish_blocking(
     hub: Hub,
+    jobs: PublishJobs,
     job: PublishJob,
     p: Principal,
     work: Path,
@@ -512,6 +469,7 @@ def _publish_blocking(
     fields: dict[str, str],
 ) -> None:
     job.state = "unpacking"
+    jobs.save(job)
     root = unpack_archive(archive, kind, work / "content")
     archive.unlink()
     files = scan_source(root)
@@ -519,12 +477,10 @@ def _publish_blocking(
         raise HubError("the archive holds no files", 422)
     job.total = sum(real.stat().st_size for _, real in files)
     job.state = "storing"
-
-    def progress(n: int) -> None:
-        job.done += n
-
-    entries, *_ = ingest_files(hub.repo.store, files, DEFAULT_AVG, progress)
+    jobs.save(job)
+    entries, *_ = ingest_files(hub.repo.store, files, DEFAULT_AVG, jobs.progress(job))
     job.state = "signing"
+    jobs.save(job)
     try:
         hub.channel(job.channel)
     except NotFound:
@@ -549,9 +505,10 @@ async def _publish_job(
     kind: str,
     fields: dict[str, str],
 ) -> None:
-    hub = app[UI_KEY].hub
+    ui = app[UI_KEY]
+    alive = asyncio.create_task(ui.jobs.keep_alive(job))
     try:
-        await in_thread(_publish_blocking, hub, job, p, work, archive, kind, fields)
+        await in_thread(_publish_blocking, ui.hub, ui.jobs, job, p, work, archive, kind, fields)
         job.state = "done"
         queue_packs(app, job.channel)
     except (HubError, CaravaneError, OSError) as exc:
@@ -560,14 +517,21 @@ async def _publish_job(
         log.exception("publishing %s from the web failed", job.archive)
         job.state, job.error = "failed", f"internal error ({type(exc).__name__})"
     finally:
+        alive.cancel()
         await in_thread(shutil.rmtree, work, True)
+        try:
+            await in_thread(ui.jobs.save, job)
+        except Exception:  # the database is gone: the log keeps the outcome
+            log.exception("could not record the end of publish job %s (%s)", job.id, job.state)
 
 
 @page("curator")
 async def job_status(request: web.Request) -> web.Response:
-    job = request.app[UI_KEY].jobs.get(request.match_info["jid"])
+    job = await in_thread(request.app[UI_KEY].jobs.get, request.match_info["jid"])
     if job is None:
         return error_page(request, 404, Translator(lang_of(request))("hub.no_job"))
+    if job.interrupted:
+        job.error = Translator(lang_of(request))("hub.job_interrupted")
     return render(request, "job.html", job=job)
 
 

@@ -31,9 +31,9 @@ import os
 import shutil
 import tempfile
 from collections import deque
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, cast
@@ -290,6 +290,10 @@ class Snapshot:
         self._manifest_data[(channel, version)] = data
 
 
+#: A lock a repository's owner adds to the folder's own (see :meth:`RepositoryBase.lock`).
+SharedLock = Callable[[], AbstractContextManager[object]]
+
+
 class RepositoryBase:
     """The folder, its object store, its lock, and what only reads verified content."""
 
@@ -305,6 +309,11 @@ class RepositoryBase:
         self.durable = durable
         self.store = ObjectStore(self.path, durable=durable)
         self._trusted: TrustedState | None = None
+        #: taken inside the folder's lock by every writer. The folder's ``flock`` holds
+        #: among the processes of one host; hub processes on several hosts sharing this
+        #: folder need more, which their owner installs here (the hub: a PostgreSQL
+        #: advisory lock). ``packs`` knows nothing of databases: it only calls it.
+        self.shared_lock: SharedLock | None = None
 
     @property
     def is_hub(self) -> bool:
@@ -331,11 +340,19 @@ class RepositoryBase:
 
     @contextmanager
     def lock(self) -> Iterator[None]:
-        """One writer at a time per repository (publish, apply, retention)."""
+        """One writer at a time per repository (publish, apply, retention).
+
+        The local ``flock`` first, then :attr:`shared_lock` if one is installed: every
+        writer takes them in that order, so two never wait on each other crosswise.
+        """
         with open(self.path / ".lock", "a+") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:
-                yield
+                if self.shared_lock is None:
+                    yield
+                else:
+                    with self.shared_lock():
+                        yield
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 

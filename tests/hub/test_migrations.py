@@ -21,6 +21,8 @@ TABLES = {
     "uploads",
     "upload_objects",
     "leases",
+    "web_sessions",
+    "publish_jobs",
 }
 
 

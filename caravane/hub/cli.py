@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import click
 
+from caravane import logs
 from caravane.output import emit, handle_errors, json_option, progress_bar
 
 if TYPE_CHECKING:
@@ -225,14 +226,23 @@ def record_rotation(h: Hub, root_version: int, channels: dict[str, int]) -> None
     default=False,
     help="Log every request (costs about a third of the request rate; off by default).",
 )
+@logs.options
 @handle_errors
-def hub_serve(config_path: Path, no_scheduler: bool, access_log: bool) -> None:
+def hub_serve(
+    config_path: Path,
+    no_scheduler: bool,
+    access_log: bool,
+    log_level: str | None,
+    log_format: str | None,
+) -> None:
     """Serve the API and the repository (Ctrl-C to stop)."""
     from aiohttp import web
 
     from .app import make_app, server_options
+    from .config import HubConfig
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    cfg = HubConfig.load(config_path)
+    logs.setup(log_level or cfg.log_level, log_format or cfg.log_format)
     h = load(config_path)
     app = make_app(h.config, h, scheduler=False if no_scheduler else None)
     click.echo(f"hub serving on {h.config.base_url} (repository under /repo/)", err=True)
@@ -261,6 +271,38 @@ def token_create(config_path: Path, name: str, role: str, as_json: bool) -> None
     """Make a token for a person or a script (shown once)."""
     t = load(config_path).create_token(name, role)
     emit(as_json, {"ok": True, "token": t, "role": role}, t)
+
+
+@token.command("list")
+@config_option
+@json_option
+@handle_errors
+def token_list(config_path: Path, as_json: bool) -> None:
+    """Every token: id, name, role, when made, revoked or not (never the secret)."""
+    rows = load(config_path).list_tokens()
+    lines = [f"{'id':>5} {'name':24} {'role':12} {'created':26} state"]
+    for r in rows:
+        lines.append(
+            f"{r['id']:>5} {r['name'][:24]:24} {r['role']:12} {(r['created'] or '-')[:26]:26} "
+            + ("revoked" if r["revoked"] else "active")
+        )
+    emit(as_json, {"ok": True, "tokens": rows}, "\n".join(lines))
+
+
+@token.command("revoke")
+@config_option
+@click.argument("which", metavar="NAME|ID")
+@click.option("--all", "every", is_flag=True, help="Revoke every active token of that name.")
+@json_option
+@handle_errors
+def token_revoke(config_path: Path, which: str, every: bool, as_json: bool) -> None:
+    """Revoke a token by its id or name: the API answers 401 to it and its sessions end."""
+    ids = load(config_path).revoke_token(which, "cli", every)
+    emit(
+        as_json,
+        {"ok": True, "revoked": ids},
+        f"revoked token {', '.join(map(str, ids))}; it no longer opens the API or the pages",
+    )
 
 
 @hub.group("channel")

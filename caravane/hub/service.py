@@ -100,6 +100,54 @@ class Hub:
             self.audit(s, actor, "token.create", name=name, role=role)
         return token
 
+    def list_tokens(self) -> list[dict[str, Any]]:
+        """Every token ever made, oldest first: who, which role, when, revoked or not.
+
+        The secret is never stored (only its hash), so it cannot be shown; neither is the hash.
+        """
+        with self.db.session() as s:
+            return [
+                {
+                    "id": t.id,
+                    "name": t.name,
+                    "role": t.role,
+                    "created": _iso(t.created_at),
+                    "revoked": bool(t.revoked),
+                }
+                for t in s.scalars(select(Token).order_by(Token.id))
+            ]
+
+    def revoke_token(self, which: str, actor: str = "cli", every: bool = False) -> list[int]:
+        """Revoke the token with id ``which``, or the one still active named ``which``.
+
+        A name held by several active tokens is refused unless ``every``: revoking the wrong
+        person's access is worse than asking for the id. Sessions on the pages end at once
+        (they re-read the token on every page). Returns the ids revoked.
+        """
+        with self.db.session() as s:
+            rows: list[Token] = []
+            if which.isdigit():
+                row = s.get(Token, int(which))
+                rows = [row] if row is not None else []
+            if not rows:
+                rows = list(s.scalars(select(Token).where(Token.name == which).order_by(Token.id)))
+            if not rows:
+                raise NotFound(f"no token with id or name {which!r}; see `caravane hub token list`")
+            active = [t for t in rows if not t.revoked]
+            if not active:
+                raise Conflict(f"token {which!r} is already revoked")
+            if len(active) > 1 and not every:
+                ids = ", ".join(str(t.id) for t in active)
+                raise Conflict(
+                    f"{len(active)} active tokens are named {which!r} (ids {ids}): revoke one "
+                    "by its id, or all of them with --all"
+                )
+            for t in active:
+                t.revoked = True
+            ids_revoked = [t.id for t in active]
+            self.audit(s, actor, "token.revoke", ids=ids_revoked, name=active[0].name)
+        return ids_revoked
+
     def authenticate(self, header: str | None) -> Principal:
         """The holder of the ``Authorization: Bearer`` token, or Unauthorized."""
         if not header or not header.startswith("Bearer "):

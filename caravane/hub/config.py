@@ -38,6 +38,8 @@ class HubConfig:
     body_timeout_seconds: int = 60
     # X-Forwarded-Proto is believed only from these addresses (an HTTPS reverse proxy)
     trusted_proxies: list[str] = field(default_factory=list)
+    # who may read /metrics: addresses or networks ("10.0.0.0/8"); empty: anyone
+    metrics_allow: list[str] = field(default_factory=list)
     # `hub serve` logs: debug | info | warning | error, text | json (caravane.logs)
     log_level: str = "info"
     log_format: str = "text"

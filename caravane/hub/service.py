@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import secrets
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, inspect, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -65,6 +65,8 @@ class Hub:
         self.config = config
         self.repo = HubRepository(config.repo_dir)
         self.db = db or Database(config.url)
+        #: told the channel of each release this process signs (hub/metrics.py counts them)
+        self.on_publish: Callable[[str], None] | None = None
 
     # ------------------------------------------------------------------ audit
 
@@ -415,6 +417,8 @@ class Hub:
             row.state, row.version = "committed", res.version
             self.audit(s, p.name, "release.publish", channel=up.channel_id, version=res.version)
         self.apply_retention(up.channel_id)
+        if self.on_publish is not None:
+            self.on_publish(up.channel_id)
         return dict(res.to_dict(), already=False)
 
     def apply_retention(self, cid: str) -> list[int]:
@@ -759,6 +763,43 @@ class Hub:
                 return False
         except IntegrityError:  # another process created the lease at the same instant
             return False
+
+    def operations_counts(self) -> dict[str, dict[str, int]]:
+        """What /metrics reads from the database: centres by state, releases per channel.
+
+        The same on every hub process sharing the database (a dashboard takes ``max``, not
+        ``sum``, over processes). A centre is ``not_enrolled``, ``stale`` (silent for
+        ``stale_after_days``), ``behind`` (a subscribed channel has a newer release) or
+        ``up_to_date``.
+        """
+        latest = self.latest_versions()
+        states = dict.fromkeys(("not_enrolled", "stale", "behind", "up_to_date"), 0)
+        with self.db.session() as s:
+            for n in s.scalars(select(Centre)):
+                if n.public_key is None:
+                    state = "not_enrolled"
+                elif n.stale:
+                    state = "stale"
+                elif any(int(n.installed.get(c, 0)) < latest.get(c, 0) for c in n.subscriptions):
+                    state = "behind"
+                else:
+                    state = "up_to_date"
+                states[state] += 1
+            releases = dict(
+                s.execute(select(Release.channel_id, func.count()).group_by(Release.channel_id))
+                .tuples()
+                .all()
+            )
+            tokens = s.scalar(select(func.count()).select_from(Token).where(~Token.revoked)) or 0
+        return {"centres": states, "releases": releases, "tokens": {"active": tokens}}
+
+    def database_revision(self) -> str | None:
+        """The schema revision the database is at (raises when it cannot be reached)."""
+        with self.db.session() as s:
+            s.execute(text("SELECT 1"))
+            if not inspect(s.connection()).has_table("alembic_version"):
+                return None
+            return s.execute(text("SELECT version_num FROM alembic_version")).scalar()
 
     def counts(self) -> dict[str, int]:
         with self.db.session() as s:

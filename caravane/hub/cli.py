@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 import click
 
 from caravane import logs
-from caravane.output import emit, handle_errors, json_option, progress_bar
+from caravane.output import EXIT_VERIFY, emit, fail, handle_errors, json_option, progress_bar
 
 if TYPE_CHECKING:
     from .service import Hub
@@ -253,6 +253,82 @@ def hub_serve(
         print=None,
         access_log=logging.getLogger("aiohttp.access") if access_log else None,
         **server_options(h.config),
+    )
+
+
+@hub.command("backup")
+@config_option
+@click.argument("dest", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--copy",
+    "copy_all",
+    is_flag=True,
+    help="Copy every file, even on the hub's own file system (default: hard-link the "
+    "files that never change, which costs no space there).",
+)
+@json_option
+@handle_errors
+def hub_backup(config_path: Path, dest: Path, copy_all: bool, as_json: bool) -> None:
+    """Back up the database, the release key and the repository into DEST, as one snapshot.
+
+    Safe while `hub serve` runs: publishing waits for the backup (it takes the
+    repository's writer lock), uploads and centres' reports go on. The root key is not in
+    a backup; keep it on its USB key. Restore with `caravane hub restore DEST --data DIR`.
+    """
+    from .backup import backup
+
+    h = load(config_path)
+    try:
+        res = backup(h, dest, config_path, link=not copy_all)
+    finally:
+        h.close()
+    rows = sum(res.tables.values())
+    emit(
+        as_json,
+        {"ok": True, **res.to_dict()},
+        f"backup written to {res.path}: {rows} database rows in {len(res.tables)} tables, "
+        f"{res.files} files ({res.bytes / 1e6:.1f} MB of repository, {res.linked} hard-linked)"
+        f"\ncheck it any time with `sha256sum -c SHA256SUMS` in {res.path}",
+    )
+
+
+@hub.command("restore")
+@click.argument("src", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option(
+    "--data",
+    "data_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="The hub's new data folder (empty); hub.toml is written there.",
+)
+@click.option("--database-url", default="", help="Default: SQLite in the data folder.")
+@click.option("--force", is_flag=True, help="Replace the hub already in the data folder/database.")
+@json_option
+@handle_errors
+def hub_restore(src: Path, data_dir: Path, database_url: str, force: bool, as_json: bool) -> None:
+    """Restore a backup made by `caravane hub backup` into a data folder and a database.
+
+    Every checksum is verified before anything is written; the restored repository is then
+    verified like `caravane repo verify` (exit 3 if it finds problems). The database may
+    be another engine than the backed-up one (SQLite to PostgreSQL, or back).
+    """
+    from .backup import restore
+
+    res = restore(src, data_dir, database_url, force)
+    if res.verify_problems:
+        emit(as_json, {"ok": False, **res.to_dict()}, "\n".join(res.verify_problems))
+        fail(
+            f"restored, but `repo verify` found {len(res.verify_problems)} problems in "
+            f"{data_dir / 'repo'}",
+            False,
+            EXIT_VERIFY,
+        )
+    rows = sum(res.tables.values())
+    emit(
+        as_json,
+        {"ok": True, **res.to_dict()},
+        f"hub restored into {res.data_dir}: {rows} database rows, {res.files} files, "
+        f"repository verified\nnext: caravane hub serve --config {res.config}",
     )
 
 

@@ -30,3 +30,7 @@ class Conflict(HubError):
 
 class Unprocessable(HubError):
     status = 422
+
+
+class BackupError(HubError):
+    """A backup that cannot be made or restored (damaged, incomplete, target not empty)."""

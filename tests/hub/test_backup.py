@@ -1,0 +1,193 @@
+"""`caravane hub backup` / `caravane hub restore`: a hub with releases, centres and reports
+is backed up while it serves, restored into a fresh data folder and database (SQLite or
+PostgreSQL), started, and a centre syncs from it; a damaged backup is refused."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from caravane.hub.app import make_app
+from caravane.hub.client import HubClient
+from caravane.hub.config import HubConfig
+from caravane.hub.service import Hub
+from caravane.node.agent import NodeAgent
+from caravane.node.config import UpstreamConfig
+from tests.hub.conftest import PG_URL, RunningHub, ServerThread, free_port, postgres_reachable
+from tests.hub.conftest import start_hub as start_test_hub
+from tests.hub.test_tokens import write_config
+from tests.hub.util import cli, http, read_tree, write_tree
+from tests.node.conftest import World, content
+
+
+@contextmanager
+def database(kind: str) -> Iterator[str]:
+    """ "" (SQLite in the data folder) or a fresh PostgreSQL database, dropped after."""
+    if kind == "sqlite":
+        yield ""
+        return
+    reason = postgres_reachable()
+    if reason:
+        pytest.skip(reason)
+    name = f"caravane_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield PG_URL.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with admin.connect() as c:
+            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def serve_config(path: Path) -> tuple[Hub, ServerThread, str]:
+    """Start `hub serve` on a restored hub.toml (on a free port)."""
+    cfg = HubConfig.load(path)
+    cfg.port, cfg.scheduler = free_port(), False
+    hub = Hub(cfg)
+    server = ServerThread(make_app(cfg, hub, scheduler=False), cfg.port)
+    server.start()
+    return hub, server, f"http://127.0.0.1:{cfg.port}"
+
+
+def run_json(*args: str) -> dict:
+    r = cli(*args, "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    return json.loads(r.stdout)
+
+
+def small(version: int) -> dict[str, bytes]:
+    return content(version, big=150_000, files=4)
+
+
+@pytest.mark.parametrize(
+    "source, target",
+    [("sqlite", "sqlite"), ("postgresql", "postgresql"), ("sqlite", "postgresql")],
+)
+def test_backup_restore_start_and_a_centre_syncs(tmp_path: Path, source: str, target: str) -> None:
+    with database(source) as src_url, database(target) as dst_url:
+        rh, server = start_test_hub(tmp_path / "hub", src_url or None)
+        try:
+            config = write_config(rh)
+            world = World(tmp_path, rh)
+            world.publish(small(1))
+            world.publish(small(2))
+            kita = world.node("kita")
+            assert world.sync(kita).complete
+            kita.make_report()
+            assert kita.send_reports() == 1
+            kita.close()
+            # while the hub serves
+            made = run_json("hub", "backup", str(tmp_path / "backup"), "--config", str(config))
+        finally:
+            server.stop()
+            rh.hub.close()
+        assert made["tables"]["releases"] == 2 and made["tables"]["nodes"] == 1
+        assert made["tables"]["node_reports"] == 1 and made["tables"]["tokens"] >= 2
+        assert made["linked"] > 0  # objects hard-linked: same file system
+        key = tmp_path / "backup" / "keys" / "release.pem"
+        assert key.stat().st_mode & 0o777 == 0o600
+
+        args = ["hub", "restore", str(tmp_path / "backup"), "--data", str(tmp_path / "hub2")]
+        if dst_url:
+            args += ["--database-url", dst_url]
+        restored = run_json(*args)
+        assert restored["verify_ok"] is True and restored["tables"] == made["tables"]
+        assert (tmp_path / "hub2" / "repo-keys" / "release.pem").stat().st_mode & 0o777 == 0o600
+
+        hub, server, url = serve_config(tmp_path / "hub2" / "hub.toml")
+        try:
+            # the old admin token, centres, reports and releases came back
+            fleet = http("GET", url + "/api/v1/nodes", token=rh.admin).json()["nodes"]
+            assert [(c["name"], c["installed"]) for c in fleet] == [("kita", {"lecons": 2})]
+            # the restored hub publishes (new rows after the restored ids) ...
+            src = write_tree(tmp_path / "src-3", small(3))
+            out = asyncio.run(
+                HubClient(url, rh.admin).publish("lecons", src, cache=tmp_path / "cache-b")
+            )
+            assert out["version"] == 3
+            # ... and the centre, pointed at it, syncs, activates and reports
+            kita = NodeAgent.open(tmp_path / "kita")
+            kita.config.upstreams = [UpstreamConfig("hub", "http", url)]
+            kita.config.hub_url = url
+            kita.config.save()
+            kita.close()
+            kita = NodeAgent.open(tmp_path / "kita")
+            result = world.sync(kita)
+            assert result.complete, result.to_dict()
+            assert kita.releases.active("lecons") == 3
+            assert read_tree(kita.releases.live_link("lecons")) == small(3)
+            kita.make_report()
+            assert kita.send_reports() == 1
+            fleet = http("GET", url + "/api/v1/nodes", token=rh.admin).json()["nodes"]
+            assert fleet[0]["installed"] == {"lecons": 3}
+            kita.close()
+        finally:
+            server.stop()
+            hub.close()
+
+
+@pytest.fixture
+def backed_up(sqlite_hub: RunningHub, tmp_path: Path) -> Path:
+    """A small hub's backup, every file copied (so damaging it leaves the hub alone)."""
+    world = World(tmp_path, sqlite_hub)
+    world.publish(small(1))
+    config = write_config(sqlite_hub)
+    out = run_json("hub", "backup", str(tmp_path / "b"), "--config", str(config), "--copy")
+    assert out["linked"] == 0
+    return tmp_path / "b"
+
+
+def restore_fails(backup: Path, data: Path, *more: str) -> str:
+    r = cli("hub", "restore", str(backup), "--data", str(data), *more)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr
+    return r.stderr
+
+
+def test_a_damaged_backup_is_refused_and_nothing_is_written(
+    backed_up: Path, tmp_path: Path
+) -> None:
+    objects = sorted(p for p in (backed_up / "repo" / "objects").rglob("*") if p.is_file())
+    victim = objects[len(objects) // 2]
+    good = victim.read_bytes()
+    victim.write_bytes(bytes([good[0] ^ 1]) + good[1:])
+    err = restore_fails(backed_up, tmp_path / "new")
+    assert "backup damaged" in err and victim.name in err and "nothing was restored" in err
+    assert not (tmp_path / "new").exists()
+
+    victim.write_bytes(good)
+    rows = backed_up / "database" / "releases.jsonl"
+    rows.write_text(rows.read_text().replace('"version": 1', '"version": 7'))
+    err = restore_fails(backed_up, tmp_path / "new")
+    assert "releases.jsonl does not match its checksum" in err
+
+    (backed_up / "manifest.json").unlink()
+    err = restore_fails(backed_up, tmp_path / "new")
+    assert "no manifest.json" in err and "did not finish" in err
+    assert not (tmp_path / "new").exists()
+
+
+def test_restore_refuses_a_hub_already_there_unless_forced(backed_up: Path, tmp_path: Path) -> None:
+    target = tmp_path / "target"
+    assert run_json("hub", "restore", str(backed_up), "--data", str(target))["verify_ok"]
+    marker = target / "repo" / "metadata" / "root.json"
+    before = marker.read_bytes()
+    err = restore_fails(backed_up, target)
+    assert "already holds a hub" in err and "--force" in err
+    assert marker.read_bytes() == before
+    out = run_json("hub", "restore", str(backed_up), "--data", str(target), "--force")
+    assert out["verify_ok"] and out["tables"]["releases"] == 1
+    # a backup never lands in a folder that already holds something
+    r = cli("hub", "backup", str(backed_up), "--config", str(target / "hub.toml"))
+    assert r.returncode == 1 and "not empty" in r.stderr
+    assert os.listdir(backed_up)  # untouched

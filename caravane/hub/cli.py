@@ -245,7 +245,9 @@ def hub_serve(
     logs.setup(log_level or cfg.log_level, log_format or cfg.log_format)
     h = load(config_path)
     app = make_app(h.config, h, scheduler=False if no_scheduler else None)
-    click.echo(f"hub serving on {h.config.base_url} (repository under /repo/)", err=True)
+    logging.getLogger("caravane.hub").info(
+        "hub serving on %s (repository under /repo/, metrics at /metrics)", h.config.base_url
+    )
     web.run_app(
         app,
         host=h.config.host,

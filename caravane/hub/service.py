@@ -772,7 +772,12 @@ class Hub:
         ``stale_after_days``), ``behind`` (a subscribed channel has a newer release) or
         ``up_to_date``.
         """
-        latest = self.latest_versions()
+        latest: dict[str, int] = {}
+        for c in self.repo.channels():
+            try:
+                latest[c] = self.repo.channel_meta(c).version
+            except CaravaneError:  # one damaged channel must not hide the whole fleet
+                continue
         states = dict.fromkeys(("not_enrolled", "stale", "behind", "up_to_date"), 0)
         with self.db.session() as s:
             for n in s.scalars(select(Centre)):
@@ -785,11 +790,12 @@ class Hub:
                 else:
                     state = "up_to_date"
                 states[state] += 1
-            releases = dict(
-                s.execute(select(Release.channel_id, func.count()).group_by(Release.channel_id))
-                .tuples()
-                .all()
-            )
+            releases = {
+                channel: int(n)
+                for channel, n in s.execute(
+                    select(Release.channel_id, func.count()).group_by(Release.channel_id)
+                )
+            }
             tokens = s.scalar(select(func.count()).select_from(Token).where(~Token.revoked)) or 0
         return {"centres": states, "releases": releases, "tokens": {"active": tokens}}
 

@@ -104,9 +104,12 @@ class RestoreResult:
     tables: dict[str, int]
     files: int
     verify_problems: list[str] = field(default_factory=list)
+    #: releases in the repository whose database row the snapshot missed, recorded now
+    recorded: dict[str, list[int]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "recorded_releases": self.recorded,
             "data_dir": str(self.data_dir),
             "config": str(self.config),
             "database": _safe_url(self.database_url),
@@ -463,8 +466,20 @@ def restore(
     config_path.write_text(cfg.to_toml(), encoding="utf-8")
     os.chmod(config_path, 0o600)
     report = Repository(cfg.repo_dir).verify()
+    hub = Hub(cfg)
+    try:
+        recorded = hub.record_missing_releases("restore")
+    finally:
+        hub.close()
     return RestoreResult(
-        data_dir, config_path, cfg.url, schema, tables, len(sums), list(report.problems)
+        data_dir,
+        config_path,
+        cfg.url,
+        schema,
+        tables,
+        len(sums),
+        list(report.problems),
+        recorded,
     )
 
 

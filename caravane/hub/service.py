@@ -799,6 +799,41 @@ class Hub:
             tokens = s.scalar(select(func.count()).select_from(Token).where(~Token.revoked)) or 0
         return {"centres": states, "releases": releases, "tokens": {"active": tokens}}
 
+    def record_missing_releases(self, actor: str) -> dict[str, list[int]]:
+        """Releases the repository holds that the releases table lacks, recorded now.
+
+        A publish signs under the repository lock and records its row just after; a backup
+        taken in between holds the release but not the row. A restore calls this so the
+        pages and the fleet view see every release the repository serves.
+        """
+        added: dict[str, list[int]] = {}
+        with self.db.session() as s:
+            for cid in s.scalars(select(Channel.id)).all():
+                try:
+                    meta = self.repo.channel_meta(cid)
+                except CaravaneError:
+                    continue  # not published yet
+                held = set(
+                    s.scalars(select(Release.version).where(Release.channel_id == cid)).all()
+                )
+                for version in sorted(set(meta.releases) - held):
+                    ref = meta.releases[version]
+                    s.add(
+                        Release(
+                            channel_id=cid,
+                            version=version,
+                            notes="found in the repository by a restore",
+                            published_by=actor,
+                            published_at=now(),
+                            size=ref.size,
+                            files=ref.files,
+                        )
+                    )
+                    added.setdefault(cid, []).append(version)
+            if added:
+                self.audit(s, actor, "release.recorded", channels=added)
+        return added
+
     def database_revision(self) -> str | None:
         """The schema revision the database is at (raises when it cannot be reached)."""
         with self.db.session() as s:

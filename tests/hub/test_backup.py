@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,7 +26,7 @@ from caravane.node.config import UpstreamConfig
 from tests.hub.conftest import PG_URL, RunningHub, ServerThread, free_port, postgres_reachable
 from tests.hub.conftest import start_hub as start_test_hub
 from tests.hub.test_tokens import write_config
-from tests.hub.util import cli, http, read_tree, write_tree
+from tests.hub.util import CARAVANE, cli, http, read_tree, write_tree
 from tests.node.conftest import World, content
 
 
@@ -191,3 +193,39 @@ def test_restore_refuses_a_hub_already_there_unless_forced(backed_up: Path, tmp_
     r = cli("hub", "backup", str(backed_up), "--config", str(target / "hub.toml"))
     assert r.returncode == 1 and "not empty" in r.stderr
     assert os.listdir(backed_up)  # untouched
+
+
+def test_backup_waits_for_the_writer_lock_and_restore_records_a_release_caught_between(
+    sqlite_hub: RunningHub, tmp_path: Path
+) -> None:
+    rh = sqlite_hub
+    world = World(tmp_path, rh)
+    world.publish(small(1))
+    world.publish(small(2))
+    # a publish caught between its signature (under the lock) and its database row
+    with rh.hub.db.session() as s:
+        s.execute(text("DELETE FROM releases WHERE version = 2"))
+    config = write_config(rh)
+    dest = tmp_path / "b"
+    with rh.hub.repo.lock():  # a publish is signing: the backup must wait for it
+        proc = subprocess.Popen(
+            [CARAVANE, "hub", "backup", str(dest), "--config", str(config), "--json"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(4)
+        assert proc.poll() is None and not dest.exists()
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out + err
+    assert json.loads(out)["tables"]["releases"] == 1
+
+    restored = run_json("hub", "restore", str(dest), "--data", str(tmp_path / "new"))
+    assert restored["recorded_releases"] == {"lecons": [2]}
+    hub, server, url = serve_config(tmp_path / "new" / "hub.toml")
+    try:
+        channel = http("GET", url + "/api/v1/channels/lecons", token=rh.admin).json()
+        assert sorted(r["version"] for r in channel["releases"]) == [1, 2]
+    finally:
+        server.stop()
+        hub.close()

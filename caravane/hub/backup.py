@@ -23,10 +23,10 @@ Why this shape:
 - **Any repository layout.** The repository is copied file by file whatever it holds
   (one file per object today, segment files and an SQLite index tomorrow): SQLite files
   (recognised by their header) through the sqlite3 backup API so a live index is copied
-  consistent, everything else as bytes; content-addressed files (``objects/``,
-  ``manifests/``, ``packs/``) are hard-linked when the backup is on the same file system,
-  since they never change once written (``--copy`` to have a second copy on the same
-  disk anyway).
+  consistent, and before the data files an index points into; everything else as bytes.
+  Files that never change once written (objects named by their SHA-256, manifests, packs:
+  :func:`immutable`) are hard-linked when the backup is on the same file system
+  (``--copy`` to have a second copy on the same disk anyway).
 - **Checked before use.** Restore verifies every checksum before it writes a byte, refuses
   a target that holds a hub unless ``--force``, and ends with ``repo verify``.
 
@@ -69,8 +69,6 @@ MANIFEST = "manifest.json"
 SUMS = "SHA256SUMS"
 SQLITE_MAGIC = b"SQLite format 3\x00"
 SQLITE_SIDECARS = ("-wal", "-shm", "-journal")
-#: files under these folders of a repository are named by their content and never rewritten
-IMMUTABLE_ROOTS = ("objects/", "manifests/", "packs/")
 BATCH_ROWS = 1000
 PIECE = 1024 * 1024
 
@@ -285,30 +283,55 @@ def _copy_keys(src: Path, dest: Path, sums: list[tuple[str, str]]) -> dict[str, 
 def _copy_tree(
     src: Path, dest: Path, prefix: str, link: bool, sums: list[tuple[str, str]]
 ) -> tuple[int, int, int]:
-    """Copy a repository folder; returns (files, bytes, hard links made)."""
+    """Copy a repository folder; returns (files, bytes, hard links made).
+
+    SQLite files first, then the rest: an index copied before the data files it points
+    into (append-only segments, objects) never names bytes the copy lacks.
+    """
     dest.mkdir()
     same_fs = link and os.stat(src).st_dev == os.stat(dest).st_dev
-    files = nbytes = linked = 0
+    databases: list[str] = []
+    others: list[str] = []
     for root, dirs, names in os.walk(src):
         dirs.sort()
         rel_root = Path(root).relative_to(src)
         for d in dirs:
             (dest / rel_root / d).mkdir(exist_ok=True)
         for name in sorted(names):
-            rel = (rel_root / name).as_posix()
             if _skipped(name, names):
                 continue
-            source, target = Path(root) / name, dest / rel
-            if _is_sqlite(source):
-                _sqlite_copy(source, target)
-            elif same_fs and rel.startswith(IMMUTABLE_ROOTS) and _link(source, target):
-                linked += 1
-            else:
-                shutil.copy2(source, target)
-            files += 1
-            nbytes += target.stat().st_size
-            sums.append((_sha256(target), f"{prefix}/{rel}"))
+            rel = (rel_root / name).as_posix()
+            (databases if _is_sqlite(Path(root) / name) else others).append(rel)
+    files = nbytes = linked = 0
+    sqlite_files = set(databases)
+    for rel in databases + others:
+        source, target = src / rel, dest / rel
+        if rel in sqlite_files:
+            _sqlite_copy(source, target)
+        elif same_fs and immutable(rel) and _link(source, target):
+            linked += 1
+        else:
+            shutil.copy2(source, target)
+        files += 1
+        nbytes += target.stat().st_size
+        sums.append((_sha256(target), f"{prefix}/{rel}"))
     return files, nbytes, linked
+
+
+def immutable(rel: str) -> bool:
+    """Files that never change once written, so a hard link is as good as a copy.
+
+    A release's manifest and a pack from A to B are fixed by the format; under
+    ``objects/`` only files named by their SHA-256 are (a segment file that grows is not).
+    """
+    if rel.startswith(("manifests/", "packs/")):
+        return True
+    name = rel.rsplit("/", 1)[-1].split(".", 1)[0]
+    return (
+        rel.startswith("objects/")
+        and len(name) == 64
+        and all(c in "0123456789abcdef" for c in name)
+    )
 
 
 def _link(source: Path, target: Path) -> bool:
@@ -321,8 +344,9 @@ def _link(source: Path, target: Path) -> bool:
 
 
 def _skipped(name: str, siblings: list[str]) -> bool:
-    """The lock file, temporary files being written, and SQLite's own side files."""
-    if name == ".lock" or (name.startswith(".") and name.endswith(".tmp")):
+    """The lock file, files being written (objects' ``.tmp``, packs' ``.part``: renamed into
+    place when whole), and SQLite's own side files (the backup API copies their content)."""
+    if name == ".lock" or (name.startswith(".") and name.endswith((".tmp", ".part"))):
         return True
     return any(name.endswith(side) and name[: -len(side)] in siblings for side in SQLITE_SIDECARS)
 
@@ -597,7 +621,7 @@ def _restore_files(
             continue  # database rows are loaded, hub.toml is written anew
         target.parent.mkdir(parents=True, exist_ok=True)
         source = src / rel
-        linkable = top == "repo" and same_fs and tail.startswith(IMMUTABLE_ROOTS)
+        linkable = top == "repo" and same_fs and immutable(tail)
         if not (linkable and _link(source, target)):
             shutil.copy2(source, target)
         if top == "keys":

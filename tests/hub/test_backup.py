@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sqlite3
 import subprocess
 import time
 import uuid
@@ -229,3 +230,39 @@ def test_backup_waits_for_the_writer_lock_and_restore_records_a_release_caught_b
     finally:
         server.stop()
         hub.close()
+
+
+def test_sqlite_files_and_growing_files_in_the_repository(
+    sqlite_hub: RunningHub, tmp_path: Path
+) -> None:
+    """Whatever the store keeps: a live SQLite index (WAL not yet checkpointed) comes out
+    whole; a file that grows (a segment) is copied, never hard-linked; objects are linked."""
+    world = World(tmp_path, sqlite_hub)
+    world.publish(small(1))
+    repo = sqlite_hub.hub.repo.path
+    live = sqlite3.connect(repo / "objects" / "index.sqlite")
+    live.execute("PRAGMA journal_mode=WAL")
+    live.execute("PRAGMA wal_autocheckpoint=0")
+    live.execute("CREATE TABLE segments (name TEXT, length INTEGER)")
+    live.executemany("INSERT INTO segments VALUES (?, ?)", [("seg-1", 10), ("seg-2", 20)])
+    live.commit()  # in the -wal file, not yet in the main file
+    segment = repo / "objects" / "seg-1"
+    segment.write_bytes(b"0123456789")
+    try:
+        config = write_config(sqlite_hub)
+        run_json("hub", "backup", str(tmp_path / "b"), "--config", str(config))
+    finally:
+        live.close()
+    copied = tmp_path / "b" / "repo" / "objects"
+    assert not (copied / "index.sqlite-wal").exists()
+    rows = sqlite3.connect(copied / "index.sqlite").execute("SELECT * FROM segments").fetchall()
+    assert rows == [("seg-1", 10), ("seg-2", 20)]
+    assert (copied / "seg-1").stat().st_ino != segment.stat().st_ino
+    segment.write_bytes(b"0123456789abcdef")  # the hub appends: the backup keeps its bytes
+    assert (copied / "seg-1").read_bytes() == b"0123456789"
+    obj = next(p for p in (repo / "objects").rglob("*") if p.is_file() and len(p.name) == 64)
+    assert (copied / obj.relative_to(repo / "objects")).stat().st_ino == obj.stat().st_ino
+    out = run_json("hub", "restore", str(tmp_path / "b"), "--data", str(tmp_path / "new"))
+    assert out["verify_ok"]
+    restored = tmp_path / "new" / "repo" / "objects" / "index.sqlite"
+    assert sqlite3.connect(restored).execute("SELECT count(*) FROM segments").fetchone() == (2,)

@@ -463,7 +463,7 @@ def restore(
                 "folder and database, or add --force to replace it"
             )
         if held:
-            _clear(cfg, engine)
+            _clear(cfg, engine, set(manifest.get("tables", {})) | {"alembic_version"})
     except BaseException:
         engine.dispose()
         if made:
@@ -511,12 +511,14 @@ def _target_holds(cfg: HubConfig, engine: Engine) -> list[str]:
     return held
 
 
-def _clear(cfg: HubConfig, engine: Engine) -> None:
+def _clear(cfg: HubConfig, engine: Engine, tables: set[str]) -> None:
+    """Remove the hub being replaced: its repository, keys, cache, config, and its tables
+    (only the hub's: a PostgreSQL database shared with something else keeps the rest)."""
     for path in (cfg.repo_dir, keys_dir(cfg.repo_dir), cfg.data_dir / "repo-cache"):
         shutil.rmtree(path, ignore_errors=True)
     (cfg.data_dir / CONFIG_NAME).unlink(missing_ok=True)
     md = MetaData()
-    md.reflect(engine)
+    md.reflect(engine, only=lambda name, _md: name in tables)
     md.drop_all(engine)
 
 

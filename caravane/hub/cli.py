@@ -522,12 +522,21 @@ def mirror_push(config_path: Path, dest: str, delete: bool, as_json: bool) -> No
 @config_option
 @click.argument("names", nargs=-1)
 @json_option
+@logs.options
 @handle_errors
-def hub_jobs(config_path: Path, names: tuple[str, ...], as_json: bool) -> None:
-    """Run scheduled jobs once now (all, or those named)."""
+def hub_jobs(
+    config_path: Path,
+    names: tuple[str, ...],
+    as_json: bool,
+    log_level: str | None,
+    log_format: str | None,
+) -> None:
+    """Run scheduled jobs once now (all, or those named); they log as under `hub serve`."""
     from .jobs import JobRunner
 
-    runner = JobRunner(load(config_path))
+    h = load(config_path)
+    logs.setup(log_level or h.config.log_level, log_format or h.config.log_format)
+    runner = JobRunner(h)
     jobs: dict[str, Callable[[], object]] = {
         "packs": runner.build_recent_packs,
         "gc": runner.collect_garbage,

@@ -34,7 +34,7 @@ JOB_NAMES = {
 
 def job_log(method: str) -> logging.Logger:
     """The logger a job writes to: ``caravane.hub.jobs.gc``, ``...packs`` and so on."""
-    return logging.getLogger(f"caravane.hub.jobs.{JOB_NAMES[method]}")
+    return logging.getLogger(f"caravane.hub.jobs.{JOB_NAMES.get(method, method)}")
 
 
 class JobRunner:
@@ -114,7 +114,7 @@ class JobRunner:
     # Scheduling
 
     def _guarded(self, job: Any) -> Any:
-        name = JOB_NAMES[job.__name__]
+        name = JOB_NAMES.get(job.__name__, job.__name__)
         jlog = job_log(job.__name__)
 
         def guarded() -> None:

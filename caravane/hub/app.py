@@ -37,6 +37,7 @@ from .auth import ANY_ROLE, Principal, Role, authorize
 from .config import HubConfig
 from .errors import HubError, NotFound
 from .jobs import JobRunner, pack_lease
+from .metrics import METRICS, add_metrics
 from .service import Hub
 from .usage_web import add_usage_routes
 from .web import add_routes
@@ -484,11 +485,13 @@ def make_app(
     r.add_get("/repo/{tail:.+}", repo_file)
     add_routes(app)
     add_usage_routes(app)
+    hub.on_publish = add_metrics(app, hub).published
 
     use_scheduler = config.scheduler if scheduler is None else scheduler
 
     async def start_background(app: web.Application) -> None:
         runner = JobRunner(hub)
+        runner.on_run = app[METRICS].job_ran
         app[JOBS] = runner
         app[PACK_WORKER] = asyncio.create_task(_pack_worker(app, runner))
         if use_scheduler:

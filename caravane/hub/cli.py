@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import click
 
-from caravane import system_paths
-from caravane.output import emit, handle_errors, json_option, progress_bar
+from caravane import logs, system_paths
+from caravane.output import EXIT_VERIFY, emit, fail, handle_errors, json_option, progress_bar
 
 if TYPE_CHECKING:
     from .service import Hub
@@ -115,7 +115,7 @@ def hub_init(
     """
     from caravane.packs.hub_repository import HubRepository
 
-    from .config import CONFIG_NAME, HubConfig
+    from .config import HubConfig
     from .db import migrate
     from .service import Hub
 
@@ -284,8 +284,16 @@ def record_rotation(h: Hub, root_version: int, channels: dict[str, int]) -> None
     default=None,
     help="Listen on this port instead of hub.toml's (several processes on one host).",
 )
+@logs.options
 @handle_errors
-def hub_serve(config_path: Path, no_scheduler: bool, access_log: bool, port: int | None) -> None:
+def hub_serve(
+    config_path: Path,
+    no_scheduler: bool,
+    access_log: bool,
+    port: int | None,
+    log_level: str | None,
+    log_format: str | None,
+) -> None:
     """Serve the API and the repository (Ctrl-C to stop).
 
     Several processes, on one host or several, may serve one database and data folder
@@ -297,11 +305,13 @@ def hub_serve(config_path: Path, no_scheduler: bool, access_log: bool, port: int
     from .app import make_app, server_options
 
     h = load(config_path)  # before logging is set up: a refusal is its one error line
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logs.setup(log_level or h.config.log_level, log_format or h.config.log_format)
     if port is not None:
         h.config.port = port
     app = make_app(h.config, h, scheduler=False if no_scheduler else None)
-    click.echo(f"hub serving on {h.config.base_url} (repository under /repo/)", err=True)
+    logging.getLogger("caravane.hub").info(
+        "hub serving on %s (repository under /repo/, metrics at /metrics)", h.config.base_url
+    )
     web.run_app(
         app,
         host=h.config.host,
@@ -309,6 +319,82 @@ def hub_serve(config_path: Path, no_scheduler: bool, access_log: bool, port: int
         print=None,
         access_log=logging.getLogger("aiohttp.access") if access_log else None,
         **server_options(h.config),
+    )
+
+
+@hub.command("backup")
+@config_option
+@click.argument("dest", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--copy",
+    "copy_all",
+    is_flag=True,
+    help="Copy every file, even on the hub's own file system (default: hard-link the "
+    "files that never change, which costs no space there).",
+)
+@json_option
+@handle_errors
+def hub_backup(config_path: Path, dest: Path, copy_all: bool, as_json: bool) -> None:
+    """Back up the database, the release key and the repository into DEST, as one snapshot.
+
+    Safe while `hub serve` runs: publishing waits for the backup (it takes the
+    repository's writer lock), uploads and centres' reports go on. The root key is not in
+    a backup; keep it on its USB key. Restore with `caravane hub restore DEST --data DIR`.
+    """
+    from .backup import backup
+
+    h = load(config_path)
+    try:
+        res = backup(h, dest, config_path, link=not copy_all)
+    finally:
+        h.close()
+    rows = sum(res.tables.values())
+    emit(
+        as_json,
+        {"ok": True, **res.to_dict()},
+        f"backup written to {res.path}: {rows} database rows in {len(res.tables)} tables, "
+        f"{res.files} files ({res.bytes / 1e6:.1f} MB of repository, {res.linked} hard-linked)"
+        f"\ncheck it any time with `sha256sum -c SHA256SUMS` in {res.path}",
+    )
+
+
+@hub.command("restore")
+@click.argument("src", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option(
+    "--data",
+    "data_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="The hub's new data folder (empty); hub.toml is written there.",
+)
+@click.option("--database-url", default="", help="Default: SQLite in the data folder.")
+@click.option("--force", is_flag=True, help="Replace the hub already in the data folder/database.")
+@json_option
+@handle_errors
+def hub_restore(src: Path, data_dir: Path, database_url: str, force: bool, as_json: bool) -> None:
+    """Restore a backup made by `caravane hub backup` into a data folder and a database.
+
+    Every checksum is verified before anything is written; the restored repository is then
+    verified like `caravane repo verify` (exit 3 if it finds problems). The database may
+    be another engine than the backed-up one (SQLite to PostgreSQL, or back).
+    """
+    from .backup import restore
+
+    res = restore(src, data_dir, database_url, force)
+    if res.verify_problems:
+        emit(as_json, {"ok": False, **res.to_dict()}, "\n".join(res.verify_problems))
+        fail(
+            f"restored, but `repo verify` found {len(res.verify_problems)} problems in "
+            f"{data_dir / 'repo'}",
+            False,
+            EXIT_VERIFY,
+        )
+    rows = sum(res.tables.values())
+    emit(
+        as_json,
+        {"ok": True, **res.to_dict()},
+        f"hub restored into {res.data_dir}: {rows} database rows, {res.files} files, "
+        f"repository verified\nnext: caravane hub serve --config {res.config}",
     )
 
 
@@ -327,6 +413,38 @@ def token_create(config_path: Path, name: str, role: str, as_json: bool) -> None
     """Make a token for a person or a script (shown once)."""
     t = load(config_path).create_token(name, role)
     emit(as_json, {"ok": True, "token": t, "role": role}, t)
+
+
+@token.command("list")
+@config_option
+@json_option
+@handle_errors
+def token_list(config_path: Path, as_json: bool) -> None:
+    """Every token: id, name, role, when made, revoked or not (never the secret)."""
+    rows = load(config_path).list_tokens()
+    lines = [f"{'id':>5} {'name':24} {'role':12} {'created':26} state"]
+    for r in rows:
+        lines.append(
+            f"{r['id']:>5} {r['name'][:24]:24} {r['role']:12} {(r['created'] or '-')[:26]:26} "
+            + ("revoked" if r["revoked"] else "active")
+        )
+    emit(as_json, {"ok": True, "tokens": rows}, "\n".join(lines))
+
+
+@token.command("revoke")
+@config_option
+@click.argument("which", metavar="NAME|ID")
+@click.option("--all", "every", is_flag=True, help="Revoke every active token of that name.")
+@json_option
+@handle_errors
+def token_revoke(config_path: Path, which: str, every: bool, as_json: bool) -> None:
+    """Revoke a token by its id or name: the API answers 401 to it and its sessions end."""
+    ids = load(config_path).revoke_token(which, "cli", every)
+    emit(
+        as_json,
+        {"ok": True, "revoked": ids},
+        f"revoked token {', '.join(map(str, ids))}; it no longer opens the API or the pages",
+    )
 
 
 @hub.group("channel")
@@ -468,12 +586,21 @@ def mirror_push(config_path: Path, dest: str, delete: bool, as_json: bool) -> No
 @config_option
 @click.argument("names", nargs=-1)
 @json_option
+@logs.options
 @handle_errors
-def hub_jobs(config_path: Path, names: tuple[str, ...], as_json: bool) -> None:
-    """Run scheduled jobs once now (all, or those named)."""
+def hub_jobs(
+    config_path: Path,
+    names: tuple[str, ...],
+    as_json: bool,
+    log_level: str | None,
+    log_format: str | None,
+) -> None:
+    """Run scheduled jobs once now (all, or those named); they log as under `hub serve`."""
     from .jobs import JobRunner
 
-    runner = JobRunner(load(config_path))
+    h = load(config_path)
+    logs.setup(log_level or h.config.log_level, log_format or h.config.log_format)
+    runner = JobRunner(h)
     jobs: dict[str, Callable[[], object]] = {
         "packs": runner.build_recent_packs,
         "gc": runner.collect_garbage,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import tomli_w
 
+from caravane import logs
 from caravane.protocol.errors import FormatError
 
 CONFIG_NAME = "hub.toml"
@@ -41,6 +42,11 @@ class HubConfig:
     body_timeout_seconds: int = 60
     # X-Forwarded-Proto is believed only from these addresses (an HTTPS reverse proxy)
     trusted_proxies: list[str] = field(default_factory=list)
+    # who may read /metrics: addresses or networks ("10.0.0.0/8"); empty: anyone
+    metrics_allow: list[str] = field(default_factory=list)
+    # `hub serve` logs: debug | info | warning | error, text | json (caravane.logs)
+    log_level: str = "info"
+    log_format: str = "text"
     extra: dict[str, object] = field(default_factory=dict)
 
     @property
@@ -71,7 +77,12 @@ class HubConfig:
             raise FormatError(f"{path}: unknown settings {', '.join(sorted(unknown))}")
         data_dir = Path(hub.get("data_dir", path.parent)).expanduser()
         kwargs = {k: v for k, v in hub.items() if k in known}
-        return cls(data_dir=data_dir, **kwargs)
+        cfg = cls(data_dir=data_dir, **kwargs)
+        try:
+            logs.check(cfg.log_level, cfg.log_format)
+        except logs.LogSetupError as exc:
+            raise FormatError(f"{path}: {exc}") from None
+        return cfg
 
     def to_toml(self) -> str:
         """The ``[hub]`` table, written by tomli-w so any URL or path reads back as written.

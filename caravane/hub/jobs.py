@@ -11,6 +11,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, Literal
 
@@ -33,6 +34,18 @@ PackOutcome = Literal["built", "exists", "busy"]
 def pack_lease(channel: str, a: int, b: int) -> str:
     """The lease that says which hub process builds the pack ``a`` -> ``b`` of a channel."""
     return f"pack:{channel}:{a}-{b}"
+#: each job's name (as `caravane hub jobs NAME` says it, in metrics and as its logger's tail)
+JOB_NAMES = {
+    "build_recent_packs": "packs",
+    "collect_garbage": "gc",
+    "refresh_expiring": "expiry",
+    "flag_stale_centres": "stale",
+}
+
+
+def job_log(method: str) -> logging.Logger:
+    """The logger a job writes to: ``caravane.hub.jobs.gc``, ``...packs`` and so on."""
+    return logging.getLogger(f"caravane.hub.jobs.{JOB_NAMES.get(method, method)}")
 
 
 class JobRunner:
@@ -40,6 +53,8 @@ class JobRunner:
         self.hub = hub
         self.holder = holder or f"{socket.gethostname()[:60]}:{os.getpid()}:{id(self):x}"
         self.scheduler: BackgroundScheduler | None = None
+        #: told (job name, seconds, failed) after each scheduled run (hub/metrics.py)
+        self.on_run: Callable[[str, float, bool], None] | None = None
 
     # Each job is a plain method, so tests (and operators) can run it once.
 
@@ -61,7 +76,7 @@ class JobRunner:
                     built.append(path.name)
             self._drop_superseded_packs(c, latest)
         if built:
-            log.info("built packs %s", ", ".join(built))
+            job_log("build_recent_packs").info("built packs %s", ", ".join(built))
         return built
 
     def _drop_superseded_packs(self, channel: str, latest: int) -> None:
@@ -127,7 +142,7 @@ class JobRunner:
             grace_seconds=self.hub.config.gc_grace_hours * 3600,
         )
         if count:
-            log.info("removed %d unused objects (%d bytes)", count, freed)
+            job_log("collect_garbage").info("removed %d unused objects (%d bytes)", count, freed)
         return count, freed
 
     def _open_upload_objects(self) -> set[str]:
@@ -146,13 +161,13 @@ class JobRunner:
                 self.hub.repo.refresh_expiry(c, cfg.expires_days)
                 refreshed.append(c)
         if refreshed:
-            log.info("refreshed the expiry of %s", ", ".join(refreshed))
+            job_log("refresh_expiring").info("refreshed the expiry of %s", ", ".join(refreshed))
         return refreshed
 
     def flag_stale_centres(self) -> list[str]:
         flagged = self.hub.flag_stale()
         if flagged:
-            log.warning(
+            job_log("flag_stale_centres").warning(
                 "no news for %d days from: %s", self.hub.config.stale_after_days, ", ".join(flagged)
             )
         return flagged
@@ -160,23 +175,38 @@ class JobRunner:
     # Scheduling
 
     def _guarded(self, job: Any) -> Any:
+        name = JOB_NAMES.get(job.__name__, job.__name__)
+        jlog = job_log(job.__name__)
+
         def guarded() -> None:
             if not self.hub.take_lease("jobs", self.holder, LEASE_SECONDS):
                 return
+            started = time.monotonic()
+            failed = False
             try:
                 job()
             except Exception:
-                log.exception("scheduled job %s failed", job.__name__)
+                failed = True
+                jlog.exception("scheduled job %s failed", name)
+            took = time.monotonic() - started
+            if not failed:
+                jlog.debug("scheduled job %s finished in %.2f s", name, took)
+            if self.on_run is not None:
+                self.on_run(name, took, failed)
 
-        guarded.__name__ = job.__name__
+        guarded.__name__ = guarded.__qualname__ = name
         return guarded
 
     def start(self) -> None:
         sched = BackgroundScheduler(timezone="UTC")
-        sched.add_job(self._guarded(self.build_recent_packs), "interval", minutes=10)
-        sched.add_job(self._guarded(self.collect_garbage), "interval", hours=6)
-        sched.add_job(self._guarded(self.refresh_expiring), "interval", hours=12)
-        sched.add_job(self._guarded(self.flag_stale_centres), "interval", hours=1)
+        for job, every in (
+            (self.build_recent_packs, {"minutes": 10}),
+            (self.collect_garbage, {"hours": 6}),
+            (self.refresh_expiring, {"hours": 12}),
+            (self.flag_stale_centres, {"hours": 1}),
+        ):
+            name = JOB_NAMES[job.__name__]
+            sched.add_job(self._guarded(job), "interval", id=name, name=name, **every)
         sched.start()
         self.scheduler = sched
 

@@ -11,12 +11,12 @@ import logging
 import secrets
 import threading
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, insert, or_, select, update
+from sqlalchemy import delete, func, insert, inspect, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -76,6 +76,8 @@ class Hub:
             # enough there, the database's advisory lock is
             engine = self.db.engine
             self.repo.shared_lock = lambda: advisory_lock(engine, REPOSITORY)
+        #: told the channel of each release this process signs (hub/metrics.py counts them)
+        self.on_publish: Callable[[str], None] | None = None
 
     # ------------------------------------------------------------------ audit
 
@@ -110,6 +112,54 @@ class Hub:
             s.add(Token(name=name, role=role, token_hash=hash_secret(token), created_at=now()))
             self.audit(s, actor, "token.create", name=name, role=role)
         return token
+
+    def list_tokens(self) -> list[dict[str, Any]]:
+        """Every token ever made, oldest first: who, which role, when, revoked or not.
+
+        The secret is never stored (only its hash), so it cannot be shown; neither is the hash.
+        """
+        with self.db.session() as s:
+            return [
+                {
+                    "id": t.id,
+                    "name": t.name,
+                    "role": t.role,
+                    "created": _iso(t.created_at),
+                    "revoked": bool(t.revoked),
+                }
+                for t in s.scalars(select(Token).order_by(Token.id))
+            ]
+
+    def revoke_token(self, which: str, actor: str = "cli", every: bool = False) -> list[int]:
+        """Revoke the token with id ``which``, or the one still active named ``which``.
+
+        A name held by several active tokens is refused unless ``every``: revoking the wrong
+        person's access is worse than asking for the id. Sessions on the pages end at once
+        (they re-read the token on every page). Returns the ids revoked.
+        """
+        with self.db.session() as s:
+            rows: list[Token] = []
+            if which.isdigit():
+                row = s.get(Token, int(which))
+                rows = [row] if row is not None else []
+            if not rows:
+                rows = list(s.scalars(select(Token).where(Token.name == which).order_by(Token.id)))
+            if not rows:
+                raise NotFound(f"no token with id or name {which!r}; see `caravane hub token list`")
+            active = [t for t in rows if not t.revoked]
+            if not active:
+                raise Conflict(f"token {which!r} is already revoked")
+            if len(active) > 1 and not every:
+                ids = ", ".join(str(t.id) for t in active)
+                raise Conflict(
+                    f"{len(active)} active tokens are named {which!r} (ids {ids}): revoke one "
+                    "by its id, or all of them with --all"
+                )
+            for t in active:
+                t.revoked = True
+            ids_revoked = [t.id for t in active]
+            self.audit(s, actor, "token.revoke", ids=ids_revoked, name=active[0].name)
+        return ids_revoked
 
     def authenticate(self, header: str | None) -> Principal:
         """The holder of the ``Authorization: Bearer`` token, or Unauthorized."""
@@ -380,6 +430,8 @@ class Hub:
             row.state, row.version = "committed", res.version
             self.audit(s, p.name, "release.publish", channel=up.channel_id, version=res.version)
         self.apply_retention(up.channel_id)
+        if self.on_publish is not None:
+            self.on_publish(up.channel_id)
         return dict(res.to_dict(), already=False)
 
     def held_versions(self, cid: str) -> set[int]:
@@ -787,6 +839,83 @@ class Hub:
                 return None
             expires = _aware(row.expires_at)
             return row.holder if expires is not None and expires >= now() else None
+    def operations_counts(self) -> dict[str, dict[str, int]]:
+        """What /metrics reads from the database: centres by state, releases per channel.
+
+        The same on every hub process sharing the database (a dashboard takes ``max``, not
+        ``sum``, over processes). A centre is ``not_enrolled``, ``stale`` (silent for
+        ``stale_after_days``), ``behind`` (a subscribed channel has a newer release) or
+        ``up_to_date``.
+        """
+        latest: dict[str, int] = {}
+        for c in self.repo.channels():
+            try:
+                latest[c] = self.repo.channel_meta(c).version
+            except CaravaneError:  # one damaged channel must not hide the whole fleet
+                continue
+        states = dict.fromkeys(("not_enrolled", "stale", "behind", "up_to_date"), 0)
+        with self.db.session() as s:
+            for n in s.scalars(select(Centre)):
+                if n.public_key is None:
+                    state = "not_enrolled"
+                elif n.stale:
+                    state = "stale"
+                elif any(int(n.installed.get(c, 0)) < latest.get(c, 0) for c in n.subscriptions):
+                    state = "behind"
+                else:
+                    state = "up_to_date"
+                states[state] += 1
+            releases = {
+                channel: int(n)
+                for channel, n in s.execute(
+                    select(Release.channel_id, func.count()).group_by(Release.channel_id)
+                )
+            }
+            tokens = s.scalar(select(func.count()).select_from(Token).where(~Token.revoked)) or 0
+        return {"centres": states, "releases": releases, "tokens": {"active": tokens}}
+
+    def record_missing_releases(self, actor: str) -> dict[str, list[int]]:
+        """Releases the repository holds that the releases table lacks, recorded now.
+
+        A publish signs under the repository lock and records its row just after; a backup
+        taken in between holds the release but not the row. A restore calls this so the
+        pages and the fleet view see every release the repository serves.
+        """
+        added: dict[str, list[int]] = {}
+        with self.db.session() as s:
+            for cid in s.scalars(select(Channel.id)).all():
+                try:
+                    meta = self.repo.channel_meta(cid)
+                except CaravaneError:
+                    continue  # not published yet
+                held = set(
+                    s.scalars(select(Release.version).where(Release.channel_id == cid)).all()
+                )
+                for version in sorted(set(meta.releases) - held):
+                    ref = meta.releases[version]
+                    s.add(
+                        Release(
+                            channel_id=cid,
+                            version=version,
+                            notes="found in the repository by a restore",
+                            published_by=actor,
+                            published_at=now(),
+                            size=ref.size,
+                            files=ref.files,
+                        )
+                    )
+                    added.setdefault(cid, []).append(version)
+            if added:
+                self.audit(s, actor, "release.recorded", channels=added)
+        return added
+
+    def database_revision(self) -> str | None:
+        """The schema revision the database is at (raises when it cannot be reached)."""
+        with self.db.session() as s:
+            s.execute(text("SELECT 1"))
+            if not inspect(s.connection()).has_table("alembic_version"):
+                return None
+            return s.execute(text("SELECT version_num FROM alembic_version")).scalar()
 
     def counts(self) -> dict[str, int]:
         with self.db.session() as s:

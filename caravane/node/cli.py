@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from caravane import system_paths
+from caravane import logs, system_paths
 from caravane.i18n import size_text
 from caravane.output import emit, fail, handle_errors, json_option, progress_bar
 
@@ -308,14 +308,21 @@ def node_report(data_dir: Path, send: bool, as_json: bool) -> None:
 @dir_option
 @click.option("--host", default=None, help="Default: from node.toml.")
 @click.option("--port", type=int, default=None, help="Default: from node.toml.")
+@logs.options
 @handle_errors
 @disk_errors
-def node_serve(data_dir: Path, host: str | None, port: int | None) -> None:
+def node_serve(
+    data_dir: Path,
+    host: str | None,
+    port: int | None,
+    log_level: str | None,
+    log_format: str | None,
+) -> None:
     """Serve the centre's portal and the read-only store for peer centres."""
     from .serve import serve
 
-    _setup_logging(True)
     n = _open(data_dir)
+    logs.setup(log_level or n.config.log_level, log_format or n.config.log_format)
     serve(n, host or n.config.host, port or n.config.port, agent=False)
 
 
@@ -324,15 +331,23 @@ def node_serve(data_dir: Path, host: str | None, port: int | None) -> None:
 @click.option("--host", default=None)
 @click.option("--port", type=int, default=None)
 @click.option("--no-serve", is_flag=True, help="Only the agent, no portal.")
+@logs.options
 @handle_errors
 @disk_errors
-def node_run(data_dir: Path, host: str | None, port: int | None, no_serve: bool) -> None:
+def node_run(
+    data_dir: Path,
+    host: str | None,
+    port: int | None,
+    no_serve: bool,
+    log_level: str | None,
+    log_format: str | None,
+) -> None:
     """The long-running agent: syncs in its windows, watches drives, serves the portal."""
     from .serve import serve
     from .service import run_agent
 
-    _setup_logging(True)
     n = _open(data_dir)
+    logs.setup(log_level or n.config.log_level, log_format or n.config.log_format)
     if no_serve:
         run_agent(n)
     else:

@@ -15,6 +15,7 @@ from typing import Any
 
 import tomli_w
 
+from caravane import logs
 from caravane.protocol.errors import FormatError
 
 CONFIG_NAME = "node.toml"
@@ -107,6 +108,9 @@ class NodeConfig:
     # the portal drops a client that has not sent a whole request head in this time
     header_timeout_seconds: int = 15
     usb_mounts: list[str] = field(default_factory=list)
+    # the agent's and portal's logs: debug | info | warning | error, text | json (caravane.logs)
+    log_level: str = "info"
+    log_format: str = "text"
     host: str = "0.0.0.0"
     port: int = 8480
     durable: bool = True
@@ -183,6 +187,10 @@ class NodeConfig:
         cfg.host = str(serve.get("host", cfg.host))
         cfg.port = int(serve.get("port", cfg.port))
         cfg.window_list()  # fail on a bad window now, not at 22:00
+        try:
+            logs.check(cfg.log_level, cfg.log_format)
+        except logs.LogSetupError as exc:
+            raise FormatError(f"{path}: {exc}") from None
         return cfg
 
     def to_toml(self, with_data_dir: bool = False) -> str:

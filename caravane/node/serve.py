@@ -33,6 +33,7 @@ from caravane.served_objects import object_id, object_response
 from .agent import NodeAgent
 from .config import REPO_PREFIX
 from .freeze import freeze_warning, freshness
+from .metrics import add_metrics
 
 log = logging.getLogger("caravane.node.serve")
 
@@ -357,6 +358,7 @@ def make_app(node: NodeAgent, agent: bool = False) -> web.Application:
     r.add_get(REPO_PREFIX + "/{tail:.+}", portal.repo_file)
     r.add_post("/api/v1/relay/reports", relay_report)
     r.add_static("/static/", STATIC)
+    add_metrics(app, node)
 
     async def usage_loop(app: web.Application) -> Any:
         async def loop() -> None:

@@ -316,6 +316,33 @@ class NodeState:
             row.value = value
             s.add(row)
 
+    # ------------------------------------------------------------------ counters
+
+    def add_counts(self, counts: dict[str, float], at: dict[str, float] | None = None) -> None:
+        """Add to named counters (``counter.<name>``) and set timestamps, in one transaction.
+
+        Kept in the state database, not in the process, so /metrics counts the passes of
+        `caravane node sync` run from cron as well as the agent's, across restarts.
+        """
+        with self.session() as s:
+            for name, n in counts.items():
+                key = f"counter.{name}"
+                row = s.get(Setting, key) or Setting(key=key, value="0")
+                row.value = repr(float(row.value) + n)
+                s.add(row)
+            for name, when in (at or {}).items():
+                key = f"counter.{name}"
+                row = s.get(Setting, key) or Setting(key=key, value="0")
+                row.value = repr(float(when))
+                s.add(row)
+
+    def counts(self, prefix: str) -> dict[str, float]:
+        """The counters whose name starts with ``prefix`` (name without the prefix)."""
+        key = f"counter.{prefix}"
+        with self.session() as s:
+            rows = s.scalars(select(Setting).where(Setting.key.startswith(key, autoescape=True)))
+            return {r.key[len(key) :]: float(r.value) for r in rows}
+
 
 def _iso(when: datetime | None) -> str | None:
     return when.isoformat(timespec="seconds") if when else None

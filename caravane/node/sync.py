@@ -99,6 +99,7 @@ class ChannelResult:
 class SyncResult:
     channels: list[ChannelResult] = field(default_factory=list)
     received: dict[str, int] = field(default_factory=dict)
+    by_route: dict[str, int] = field(default_factory=dict)  # usb, network, peer ... (metrics)
     errors: list[str] = field(default_factory=list)
     skipped: str = ""
 
@@ -213,6 +214,7 @@ class SyncEngine:
         if not online:
             result.skipped = self._offline_reason()
         result.received = dict(self.transfer.received)
+        result.by_route = dict(self.transfer.by_route)
         result.errors = list(dict.fromkeys(result.errors + self.transfer.errors))
         return result
 

@@ -36,5 +36,7 @@ class SchemaError(HubError):
     """The database's schema is not the one this version of Caravane was written for."""
 
     status = 503
+
+
 class BackupError(HubError):
     """A backup that cannot be made or restored (damaged, incomplete, target not empty)."""

@@ -839,6 +839,7 @@ class Hub:
                 return None
             expires = _aware(row.expires_at)
             return row.holder if expires is not None and expires >= now() else None
+
     def operations_counts(self) -> dict[str, dict[str, int]]:
         """What /metrics reads from the database: centres by state, releases per channel.
 

@@ -3,7 +3,8 @@
 One aiohttp application serves, on the LAN:
 
 - ``/`` a catalogue of the channels, ``/c/<channel>/...`` browsing and files (with Range, so
-  videos seek; HTML sites are served as they are), ``/search`` by title;
+  videos seek; HTML sites are served as they are, with a thin bar back to the portal when
+  opened as a page), ``/search`` over titles and text, ``/api/suggest`` (``node/library.py``);
 - ``/operator`` the sync state in plain words, ``/api/status`` the same as JSON;
 - ``/repo/...`` the node's verified store, read-only, so a neighbouring centre can sync from
   this one (it verifies everything itself against its own pinned root).
@@ -31,7 +32,9 @@ from caravane.protocol.paths import check_path
 
 from .agent import NodeAgent
 from .config import REPO_PREFIX
+from .extract import kind_of
 from .freeze import freeze_warning, freshness
+from .library import Library
 
 log = logging.getLogger("caravane.node.serve")
 
@@ -59,6 +62,7 @@ class Portal:
         self.env = _env()
         self.usage: dict[tuple[str, str], int] = defaultdict(int)
         self.drive_notice: dict[str, str] = {}
+        self.library = Library(self)
 
     # ------------------------------------------------------------------ helpers
 
@@ -81,6 +85,16 @@ class Portal:
         if request.query.get("lang") == lang:
             resp.set_cookie("lang", lang, max_age=365 * 86400, samesite="Lax")
         return resp
+
+    def channel_titles(self) -> dict[str, str]:
+        """Each served channel's title from its signed metadata (its id when it has none)."""
+        titles = {}
+        for ch in self.node.releases.channels():
+            try:
+                titles[ch] = self.node.repo.channel_meta(ch).title or ch
+            except Exception:
+                titles[ch] = ch
+        return titles
 
     def channel_root(self, channel: str) -> Path | None:
         if channel not in self.node.releases.channels():
@@ -109,6 +123,10 @@ class Portal:
     async def catalogue(self, request: web.Request) -> web.Response:
         lang = self.lang(request)
         channels = []
+        try:
+            descriptions = await asyncio.to_thread(self.library.index.descriptions)
+        except Exception:
+            descriptions = {}
         for ch in self.node.releases.channels():
             version = self.node.releases.active(ch)
             title, files, size, site = ch, 0, 0, None
@@ -130,6 +148,7 @@ class Portal:
                     "size": size_text(size, lang),
                     "version": version,
                     "site": site,
+                    "description": descriptions.get(ch, ""),
                 }
             )
         return self.render(
@@ -156,10 +175,17 @@ class Portal:
             return await self._listing(request, channel, rel.strip("/"), target)
         if not target.is_file():
             raise web.HTTPNotFound()
+        page = await self.library.content(request, channel, rel.strip("/"), target)
+        if page is not None:
+            if kind_of(rel) == "html":
+                self.usage[(channel, rel.strip("/"))] += 1
+            return page
         rng = request.headers.get("Range", "")
         if not rng or rng.replace(" ", "").startswith("bytes=0-"):
             self.usage[(channel, rel.strip("/"))] += 1  # an opening, not a seek
-        return web.FileResponse(target, headers={"Cache-Control": "public, max-age=3600"})
+        return web.FileResponse(
+            target, headers={"Cache-Control": "public, max-age=3600", "Vary": "Sec-Fetch-Dest"}
+        )
 
     async def _listing(
         self, request: web.Request, channel: str, rel: str, folder: Path
@@ -175,11 +201,13 @@ class Portal:
                     "name": p.name,
                     "href": href,
                     "dir": p.is_dir(),
+                    "kind": "folder" if p.is_dir() else kind_of(p.name),
                     "size": "" if p.is_dir() else size_text(p.stat().st_size, lang),
                 }
             )
         site = "index.html" if (folder / "index.html").is_file() else None
-        heading = f"{channel}/{rel}" if rel else channel
+        title = self.channel_titles().get(channel, channel)
+        heading = f"{title} / {rel}" if rel else title
         return self.render(
             request,
             "browse.html",
@@ -188,32 +216,6 @@ class Portal:
             up_href="../" if rel else "/",
             site=site,
         )
-
-    async def search(self, request: web.Request) -> web.Response:
-        q = request.query.get("q", "").strip()[:200]
-        lang = self.lang(request)
-        results = []
-        if q:
-            needle = q.casefold()
-            for ch in self.node.releases.channels():
-                version = self.node.releases.active(ch)
-                try:
-                    manifest = self.node.repo.manifest(ch, version)
-                except Exception:
-                    continue
-                for f in manifest.files:
-                    if needle in f.path.casefold():
-                        results.append(
-                            {
-                                "name": f.path.rsplit("/", 1)[-1],
-                                "channel": ch,
-                                "href": f"/c/{urllib.parse.quote(ch)}/{urllib.parse.quote(f.path)}",
-                                "size": size_text(f.size, lang),
-                            }
-                        )
-                        if len(results) >= 200:
-                            break
-        return self.render(request, "search.html", q=q, results=results)
 
     # ------------------------------------------------------------------ operator
 
@@ -344,7 +346,8 @@ def make_app(node: NodeAgent, agent: bool = False) -> web.Application:
     app[PORTAL_KEY] = portal
     r = app.router
     r.add_get("/", portal.catalogue)
-    r.add_get("/search", portal.search)
+    r.add_get("/search", portal.library.search_page)
+    r.add_get("/api/suggest", portal.library.suggest)
     r.add_get("/operator", portal.operator)
     r.add_get("/api/status", portal.api_status)
     r.add_get("/c/{channel}", _redirect_slash)
@@ -366,6 +369,15 @@ def make_app(node: NodeAgent, agent: bool = False) -> web.Application:
         await portal.flush_usage()
 
     app.cleanup_ctx.append(usage_loop)
+
+    async def index_at_start(app: web.Application) -> Any:
+        # a missing or damaged index is rebuilt from the releases while the portal serves
+        # (searches fall back to file names until it is done)
+        task = asyncio.create_task(asyncio.to_thread(portal.library.catch_up, True))
+        yield
+        await task
+
+    app.cleanup_ctx.append(index_at_start)
     if agent:
         from .service import AgentService
 

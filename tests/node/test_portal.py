@@ -57,11 +57,13 @@ def test_video_seeks_with_range(portal: str, world: World) -> None:
     assert headers["Content-Range"] == f"bytes 1000000-1000099/{len(whole)}"
 
 
-def test_search_by_title(portal: str) -> None:
-    _, _, body = _get(portal + "/search?q=CHAPITRE")
-    assert b"No" in body or b"Nothing" in body  # titles are file names: no match
-    _, _, body = _get(portal + "/search?q=%C3%A9t%C3%A9-01")
+def test_search_titles_names_and_text(portal: str) -> None:
+    _, _, body = _get(portal + "/search?q=CHAPITRE+7")  # inside the texts, any case
+    assert "été-07.txt".encode() in body and b"<mark>chapitre</mark>" in body
+    _, _, body = _get(portal + "/search?q=ete+01")  # file names, accents folded
     assert "été-01.txt".encode() in body
+    _, _, body = _get(portal + "/search?q=zzzz")
+    assert b"Nothing found" in body
 
 
 def test_operator_page_in_plain_words(portal: str) -> None:

@@ -99,7 +99,8 @@ class Library:
 
     def covered(self, served: dict[str, int]) -> tuple[dict[str, int], dict[str, int]]:
         """The served releases split into (indexed, not yet indexed)."""
-        indexed, missing = {}, {}
+        indexed: dict[str, int] = {}
+        missing: dict[str, int] = {}
         for ch, v in served.items():
             try:
                 ok = self.index.covers(ch, v)
@@ -288,7 +289,7 @@ class Library:
             request,
             "view.html",
             kind=kind,
-            name=name,
+            filename=name,
             raw=raw,
             size=size_text(target.stat().st_size, lang),
             folder=folder_href(channel, rel),

@@ -183,8 +183,15 @@ class NodeAgent:
         ``wait`` (a drive just plugged in) waits for a running pass to end instead of
         skipping.
         """
+        from .passlog import record_pass
+
+        by = "agent" if respect_windows else "hand"
         if respect_windows and not in_windows(self.config.window_list()):
-            return SyncResult(skipped="outside the sync windows " + ", ".join(self.config.windows))
+            result = SyncResult(
+                skipped="outside the sync windows " + ", ".join(self.config.windows)
+            )
+            record_pass(self.state, result, self.config.upstreams, by)
+            return result
         if not self._sync_lock.acquire(blocking=wait):
             return SyncResult(skipped="a sync is already running")
         try:
@@ -192,6 +199,7 @@ class NodeAgent:
                 result = self.engine(extra, only, **kwargs).sync(self.channels())
         finally:
             self._sync_lock.release()
+        record_pass(self.state, result, self.config.upstreams, by)
         if result.ok and result.complete and not result.skipped:
             self.errors_resolved()
         return result

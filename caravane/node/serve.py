@@ -35,6 +35,8 @@ from .config import REPO_PREFIX
 from .extract import kind_of
 from .freeze import freeze_warning, freshness
 from .library import Library
+from .operator import OperatorPage
+from .passlog import last_pass, last_syncs
 
 log = logging.getLogger("caravane.node.serve")
 
@@ -63,6 +65,7 @@ class Portal:
         self.usage: dict[tuple[str, str], int] = defaultdict(int)
         self.drive_notice: dict[str, str] = {}
         self.library = Library(self)
+        self.operator = OperatorPage(self)
 
     # ------------------------------------------------------------------ helpers
 
@@ -219,62 +222,11 @@ class Portal:
 
     # ------------------------------------------------------------------ operator
 
-    def plain_status(self, lang: str) -> tuple[dict[str, Any], list[dict[str, Any]], list[str]]:
-        t = Translator(lang)
-        st = self.node.status()
-        lines, nxt = [], []
-        behind = False
-        warning = st.get("freeze_warning")
-        if warning:  # a freeze is visible (node/freeze.py)
-            lines.append({"kind": "warn", "text": warning.get(lang, warning["en"])})
-        for c in st["channels"]:
-            args = {"channel": c["title"] or c["channel"], "v": c["active"]}
-            if c["state"] == "up-to-date":
-                lines.append({"kind": "ok", "text": t("op.channel_ok", **args)})
-            elif c["state"] == "held":
-                lines.append({"kind": "warn", "text": t("op.channel_held", **args)})
-            elif c["active"] is None and c["latest_known"] is None:
-                behind = True
-                lines.append({"kind": "warn", "text": t("op.channel_waiting", **args)})
-            else:
-                behind = True
-                lines.append(
-                    {
-                        "kind": "warn",
-                        "text": t("op.channel_behind", latest=c["latest_known"] or "?", **args),
-                    }
-                )
-        lines.append({"kind": "ok", "text": t("op.disk", free=size_text(st["disk"]["free"], lang))})
-        short = self.node.state.get("disk_missing")
-        if short and int(short) > 0:
-            nxt.append(t("op.disk_short", missing=size_text(int(short), lang)))
-        for drive, state in self.drive_notice.items():
-            nxt.append(t("op.drive_done" if state == "done" else "op.drive_busy", drive=drive))
-        if behind and not nxt:
-            nxt.append(t("op.next_link"))
-        if st["reports_waiting"]:
-            nxt.append(t("op.reports_waiting", n=st["reports_waiting"]))
-        for h in st["upstream_health"]:
-            if h["demoted_until"]:
-                nxt.append(
-                    t(
-                        "op.upstream_aside",
-                        name=h["name"],
-                        until=h["demoted_until"],
-                        error=(h["last_error"] or "")[:200],
-                    )
-                )
-        if not nxt:
-            nxt.append(t("op.next_nothing"))
-        return st, lines, nxt
-
-    async def operator(self, request: web.Request) -> web.Response:
-        st, lines, nxt = await asyncio.to_thread(self.plain_status, self.lang(request))
-        return self.render(request, "operator.html", st=st, lines=lines, next=nxt)
-
     async def api_status(self, request: web.Request) -> web.Response:
         st = await asyncio.to_thread(self.node.status)
         st["drives"] = dict(self.drive_notice)
+        st["last_pass"] = last_pass(self.node.state)
+        st["last_sync"] = last_syncs(self.node.state)
         return web.json_response(st)
 
     # ------------------------------------------------------------------ peers
@@ -348,7 +300,9 @@ def make_app(node: NodeAgent, agent: bool = False) -> web.Application:
     r.add_get("/", portal.catalogue)
     r.add_get("/search", portal.library.search_page)
     r.add_get("/api/suggest", portal.library.suggest)
-    r.add_get("/operator", portal.operator)
+    r.add_get("/operator", portal.operator.view)
+    r.add_post("/operator/{action}", portal.operator.act)
+    r.add_get("/api/operator/job", portal.operator.job_api)
     r.add_get("/api/status", portal.api_status)
     r.add_get("/c/{channel}", _redirect_slash)
     r.add_get("/c/{channel}/", portal.browse)
@@ -399,7 +353,8 @@ def serve(node: NodeAgent, host: str, port: int, agent: bool = False) -> None:
     """Serve the portal; aiohttp's keep-alive timer, which runs from the moment a connection
     opens and closes one still waiting for a whole request head, is the header deadline
     (node.toml ``header_timeout_seconds``): 300 slow clients cannot hold the portal. The
-    portal only answers GETs and reads no body."""
+    portal answers GETs, and reads small bodies only for the operator's two buttons and a
+    peer's relayed reports."""
     log.info("portal on http://%s:%d/", host, port)
     web.run_app(
         make_app(node, agent),

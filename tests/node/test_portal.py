@@ -68,8 +68,9 @@ def test_search_titles_names_and_text(portal: str) -> None:
 
 def test_operator_page_in_plain_words(portal: str) -> None:
     _, _, body = _get(portal + "/operator", {"Accept-Language": "fr"})
-    assert "à jour (version 1)".encode() in body
-    assert "Rien à faire".encode() in body
+    assert "La version 1 est servie".encode() in body
+    assert "Tout ce que ce centre connaît est servi".encode() in body
+    assert "à la main : complet".encode() in body
     status, headers, body = _get(portal + "/api/status")
     assert status == 200 and b'"active": 1' in body
 

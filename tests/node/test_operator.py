@@ -83,8 +83,8 @@ def test_the_page_says_a_newer_release_waits_and_why(world: World) -> None:
     # events in the page's language and the centre's time, not UTC ISO strings
     _, fr = Client(url, "fr").get("/operator")
     assert (
-        "lecons : la version 1 est maintenant servie (première livraison ; arrivée par Réseau (hub))."
-        in fr
+        "lecons : la version 1 est maintenant servie (première livraison ; arrivée par "
+        "Réseau (hub))." in fr
     )
     assert not re.search(r"<td>\d{4}-\d\d-\d\dT", fr)
     assert "Le forfait de données du jour" in fr

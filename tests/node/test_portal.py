@@ -68,7 +68,7 @@ def test_search_titles_names_and_text(portal: str) -> None:
 
 def test_operator_page_in_plain_words(portal: str) -> None:
     _, _, body = _get(portal + "/operator", {"Accept-Language": "fr"})
-    assert "La version 1 est servie".encode() in body
+    assert b"La version 1 est servie" in body
     assert "Tout ce que ce centre connaît est servi".encode() in body
     assert "à la main : complet".encode() in body
     status, headers, body = _get(portal + "/api/status")

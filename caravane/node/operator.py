@@ -124,13 +124,18 @@ EVENT_PATTERNS: list[tuple[re.Pattern[str], str]] = [
 ]
 
 
-def event_text(message: str, t: Translator) -> tuple[str, bool]:
-    """The event in the page's language; (text, translated). Unknown lines stay as written."""
+def event_text(
+    message: str, t: Translator, titles: dict[str, str] | None = None
+) -> tuple[str, bool]:
+    """The event in the page's language, channels by their titles; (text, translated).
+    Lines of no known shape stay as the agent wrote them."""
     for pattern, key in EVENT_PATTERNS:
         m = pattern.match(message)
         if m is None:
             continue
         args = m.groupdict()
+        if "channel" in args and titles:
+            args["channel"] = titles.get(args["channel"], args["channel"])
         if key == "ev.served" and args.get("prev") == "none":
             key = "ev.served_first"
         if "route" in args:
@@ -246,20 +251,27 @@ class OperatorPage:
             "routes": self._routes(t, health),
             "last_pass": self._pass_words(t, passed),
             "next": self._next(t, st, behind or waiting),
-            "events": [
-                {
-                    "at": local_time(e["at"], t),
-                    "iso": e["at"],
-                    "level": e["level"],
-                    "text": event_text(e["message"], t)[0],
-                    "translated": event_text(e["message"], t)[1],
-                }
-                for e in st["recent_events"]
-            ],
+            "events": self._events(t, st["recent_events"]),
             "disk": size_text(st["disk"]["free"], lang),
             "job": self.job_words(t),
             "mounts": ", ".join(cfg.usb_mounts),
         }
+
+    def _events(self, t: Translator, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        titles = self.portal.channel_titles()
+        out = []
+        for e in events:
+            text, translated = event_text(e["message"], t, titles)
+            out.append(
+                {
+                    "at": local_time(e["at"], t),
+                    "iso": e["at"],
+                    "level": e["level"],
+                    "text": text,
+                    "translated": translated,
+                }
+            )
+        return out
 
     def _release_words(self, channel: str, version: int, t: Translator) -> str:
         try:
@@ -394,7 +406,9 @@ class OperatorPage:
             ("sync", "busy"): "op.job_busy",
             ("import", "busy"): "op.job_busy",
         }.get((job.kind, job.state), "op.job_failed")
-        lines = [t(c["key"], **c.get("args", {})) for c in job.codes] + job.lines
+        titles = self.portal.channel_titles()
+        lines = [t(c["key"], **_titled(c.get("args", {}), titles)) for c in job.codes]
+        lines += job.lines
         return {
             "state": job.state,
             "head": t(head, when=local_time(job.started, t)),
@@ -528,6 +542,12 @@ class OperatorPage:
             ok = ok and bool(out["ok"])
             job.codes.append({"key": "op.drive_done", "args": {"drive": str(drive)}})
         job.state = "done" if ok else "failed"
+
+
+def _titled(args: dict[str, Any], titles: dict[str, str]) -> dict[str, Any]:
+    if "channel" not in args:
+        return args
+    return dict(args, channel=titles.get(args["channel"], args["channel"]))
 
 
 def _channel_code(

@@ -181,6 +181,8 @@ def _allowed(request: web.Request) -> bool:
         ip = ipaddress.ip_address((request.remote or "").split("%")[0])
     except ValueError:
         return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped  # a dual-stack socket shows IPv4 clients as ::ffff:a.b.c.d
     return ip.is_loopback or ip.is_private or ip.is_link_local
 
 

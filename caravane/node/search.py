@@ -324,14 +324,6 @@ class SearchIndex:
             conn.executemany("DELETE FROM docs WHERE id = ?", [(i,) for i in ids])
             return len(ids)
 
-    def drop_channel(self, channel: str) -> None:
-        with self._lock, self._write() as conn:
-            ids = [r[0] for r in conn.execute("SELECT id FROM docs WHERE channel = ?", (channel,))]
-            conn.executemany("DELETE FROM fts WHERE rowid = ?", [(i,) for i in ids])
-            conn.execute("DELETE FROM docs WHERE channel = ?", (channel,))
-            conn.execute("DELETE FROM covered WHERE channel = ?", (channel,))
-            conn.execute("DELETE FROM heads WHERE channel = ?", (channel,))
-
     # ------------------------------------------------------------------ reading
 
     def search(self, query: str, served: dict[str, int], limit: int = 50) -> list[Hit]:

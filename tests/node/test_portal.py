@@ -101,3 +101,39 @@ def test_escapes_names_in_pages(world: World) -> None:
     _, _, body = _get(url + "/c/lecons/")
     assert b"&lt;script&gt;alert('1')" not in body
     assert b"&amp;lt;script&amp;gt;alert(&#39;1&#39;)" in body
+
+
+def test_pages_opened_as_pages_get_the_way_back(portal: str, world: World) -> None:
+    page = {"Sec-Fetch-Dest": "document", "Accept-Language": "fr"}
+    status, headers, body = _get(portal + "/c/lecons/site/index.html", page)
+    assert status == 200 and b'id="caravane-bar"' in body
+    assert b"Retour &#224; lecons" in body and "Leçons v1".encode() in body
+    # the bar goes right after <body> or, without one, first: the page itself is unchanged
+    assert (
+        body.replace(body[: body.index(b"</div>") + 6], b"") == world.versions[1]["site/index.html"]
+    )
+    assert headers["Vary"] == "Sec-Fetch-Dest"
+    # what the site's own scripts and frames fetch, and download tools, get the file as it is
+    for headers_ in ({"Sec-Fetch-Dest": "iframe"}, {"Sec-Fetch-Dest": "empty"}, {}):
+        _, _, raw = _get(portal + "/c/lecons/site/index.html", headers_)
+        assert raw == world.versions[1]["site/index.html"]
+    # a video opened as a page: a page with a player and the way back; the file itself raw
+    status, headers, body = _get(portal + "/c/lecons/videos/lecon-1.mp4", page)
+    assert headers["Content-Type"].startswith("text/html")
+    assert b'<video controls preload="metadata" src="lecon-1.mp4?raw=1"' in body
+    _, headers, raw = _get(portal + "/c/lecons/videos/lecon-1.mp4?raw=1", page)
+    assert headers["Content-Type"] == "video/mp4"
+    assert raw == world.versions[1]["videos/lecon-1.mp4"]
+
+
+def test_suggestions_as_json(portal: str) -> None:
+    import json
+
+    _, headers, body = _get(portal + "/api/suggest?q=ete+0")  # titles, as the box is typed
+    assert headers["Content-Type"].startswith("application/json")
+    titles = [s["title"] for s in json.loads(body)["suggestions"]]
+    assert len(titles) == 8 and all(t.startswith("été 0") for t in titles)  # names of texts
+    _, _, body = _get(portal + "/api/suggest?q=chapitre")  # words inside texts are no titles
+    assert json.loads(body)["suggestions"] == []
+    _, _, body = _get(portal + "/api/suggest?q=%22%29%28*")  # no FTS syntax gets through
+    assert json.loads(body)["suggestions"] == []

@@ -25,7 +25,39 @@ from caravane.protocol.metadata import FileEntry, Manifest
 
 from .common import median, self_peak_rss, table
 
-WORDS = ["enfant", "nutrition", "hygiène", "eau", "puits", "savon", "école", "santé", "récolte", "mil", "sorgho", "marché", "coopérative", "lecture", "calcul", "vaccin", "paludisme", "moustiquaire", "forage", "irrigation", "élevage", "chèvre", "poulet", "jardin", "semence", "pluie", "saison", "engrais", "compost", "arbre", "reboisement"]
+WORDS = [
+    "enfant",
+    "nutrition",
+    "hygiène",
+    "eau",
+    "puits",
+    "savon",
+    "école",
+    "santé",
+    "récolte",
+    "mil",
+    "sorgho",
+    "marché",
+    "coopérative",
+    "lecture",
+    "calcul",
+    "vaccin",
+    "paludisme",
+    "moustiquaire",
+    "forage",
+    "irrigation",
+    "élevage",
+    "chèvre",
+    "poulet",
+    "jardin",
+    "semence",
+    "pluie",
+    "saison",
+    "engrais",
+    "compost",
+    "arbre",
+    "reboisement",
+]
 
 
 def page(rng: random.Random, i: int) -> bytes:

@@ -52,6 +52,10 @@ def record_pass(
         ],
         "errors": [e[:500] for e in result.errors[:5]],
     }
+    if result.skipped and not result.channels:
+        # a pass skipped outside the windows learnt nothing new: keep what the last pass that
+        # ran said of each channel (pieces still to come, the disk), for the operator page
+        doc["channels"] = (last_pass(state) or {}).get("channels", [])
     state.set("last_pass", json.dumps(doc))
     if doc["complete"]:
         for route in routes:

@@ -142,3 +142,17 @@ def test_import_the_drive_button(world: World, tmp_path) -> None:
     assert "Drive import started at" in page and "lecons: version 1 is now served." in page
     assert "The drive " + str(mounts / "KEY") + " can be removed now." in page
     assert "USB drive" in page and "Last complete sync</dt><dd>just now" in page
+
+
+def test_outside_the_windows_the_page_says_so(world: World) -> None:
+    from datetime import datetime, timedelta
+
+    world.publish(content(1, big=50_000, files=2))
+    later = datetime.now() + timedelta(hours=2)
+    window = f"{later:%H}:00-{(later + timedelta(hours=1)):%H}:00"
+    n = world.node("Centre D", windows=[window])
+    assert n.sync(respect_windows=True).skipped.startswith("outside the sync windows")
+    _, page = Client(world.serve_node(n)).get("/operator")
+    assert "by the agent: skipped, outside the sync windows." in page
+    assert f"It is outside the sync windows ({window})" in page
+    assert "Nothing is served yet" in page

@@ -70,6 +70,10 @@ CREATE TABLE IF NOT EXISTS heads (
 """
 
 
+_LOCKS: dict[str, threading.RLock] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
 class SearchIndexError(Exception):
     """The index file cannot be used (damaged, unreadable); the portal rebuilds it."""
 
@@ -132,7 +136,10 @@ class SearchIndex:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self._lock = threading.Lock()
+        # one writer per file in this process (the agent's activation and the portal's
+        # catch-up); other processes are caught by the checks inside each transaction
+        with _LOCKS_GUARD:
+            self._lock = _LOCKS.setdefault(str(self.path.resolve()), threading.RLock())
 
     # ------------------------------------------------------------------ connections
 
@@ -226,6 +233,19 @@ class SearchIndex:
         without the head's manifest (collected, or no head yet) the channel is indexed from
         scratch. One transaction: the release becomes searchable all at once.
         """
+        for _ in range(3):
+            try:
+                return self._update(manifest, folder, load_manifest)
+            except _Moved:
+                continue
+        raise SearchIndexError(f"{self.path}: the index keeps changing under this update")
+
+    def _update(
+        self,
+        manifest: Manifest,
+        folder: Path,
+        load_manifest: Callable[[int], Manifest | None],
+    ) -> UpdateStats:
         channel, version = manifest.channel, manifest.version
         with self._lock:
             if self.covers(channel, version):
@@ -242,6 +262,8 @@ class SearchIndex:
             stats.kept = len(manifest.files) - len(changed)
             prepared = [(f.path, f.size, extract(folder / f.path, f.path)) for f in changed]
             with self._write() as conn:
+                if _state(conn, channel, version) != (False, head):
+                    raise _Moved  # another process indexed meanwhile: look again
                 for path in [f.path for f in changed] + gone:
                     cur = conn.execute(
                         "UPDATE docs SET until = ? WHERE channel = ? AND path = ? "
@@ -259,6 +281,8 @@ class SearchIndex:
         channel, version = manifest.channel, manifest.version
         stats = UpdateStats(channel, version, rebuilt=True)
         with self._write() as conn:
+            if _state(conn, channel, version)[0]:
+                return UpdateStats(channel, version, kept=len(manifest.files))
             ids = [r[0] for r in conn.execute("SELECT id FROM docs WHERE channel = ?", (channel,))]
             stats.removed = len(ids)
             conn.executemany("DELETE FROM fts WHERE rowid = ?", [(i,) for i in ids])
@@ -360,6 +384,19 @@ class SearchIndex:
         with self._connect() as conn:
             rows = conn.execute(sql, [f"{{title path}} : ({expr})", *args, limit]).fetchall()
         return [Hit(ch, path, kind, size, title, "") for ch, path, kind, size, title in rows]
+
+
+class _Moved(Exception):
+    """The index changed between reading its head and writing: the update starts again."""
+
+
+def _state(conn: sqlite3.Connection, channel: str, version: int) -> tuple[bool, int | None]:
+    """(is ``version`` indexed, the head version), read inside a write transaction."""
+    covered = conn.execute(
+        "SELECT 1 FROM covered WHERE channel = ? AND version = ?", (channel, version)
+    ).fetchone()
+    head = conn.execute("SELECT version FROM heads WHERE channel = ?", (channel,)).fetchone()
+    return covered is not None, (int(head[0]) if head else None)
 
 
 def _served_clause(served: dict[str, int]) -> tuple[str, list[object]]:

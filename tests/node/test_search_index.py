@@ -141,3 +141,23 @@ def test_a_damaged_or_missing_index_is_rebuilt(sim: RepositorySimulator, centre:
     sim.publish(library({"textes/note-00.txt": b"eau potable"}))
     assert centre.sync([sim.upstream("mirror-2")]).channels[0].status == "activated"
     assert find(centre, "potable") == ["textes/note-00.txt"]
+
+
+def test_two_writers_index_a_release_once(sim: RepositorySimulator, centre: Centre) -> None:
+    """The agent's activation and the portal's catch-up may meet: no row twice."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    sim.publish(library())
+    centre.sync([sim.upstream("mirror")])
+    index_path = search.index_path(centre.path)
+    index_path.unlink()  # as if lost: both writers set out to rebuild it
+    manifest = centre.repo.manifest("lecons", 1)
+    folder = centre.releases.folder("lecons", 1)
+
+    def write(_: int) -> search.UpdateStats:
+        return search.SearchIndex(index_path).update(manifest, folder, lambda v: None)
+
+    with ThreadPoolExecutor(4) as pool:
+        written = sum(s.written for s in pool.map(write, range(4)))
+    assert written == 35 and search.SearchIndex(index_path).rows() == 35
+    assert find(centre, "hygiene") == ["guides/hygiene.html"]

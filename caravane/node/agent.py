@@ -27,7 +27,6 @@ from .activate import Releases
 from .config import NodeConfig, UpstreamConfig
 from .errors import NodeError, NotEnrolled
 from .freeze import freeze_warning, freshness
-from .metrics import record_pass
 from .policy import RateLimiter, in_windows, parse_rate_kbit
 from .state import NodeState, now
 from .sync import SyncEngine, SyncResult
@@ -187,8 +186,15 @@ class NodeAgent:
         ``wait`` (a drive just plugged in) waits for a running pass to end instead of
         skipping.
         """
+        from .passlog import record_pass
+
+        by = "agent" if respect_windows else "hand"
         if respect_windows and not in_windows(self.config.window_list()):
-            return SyncResult(skipped="outside the sync windows " + ", ".join(self.config.windows))
+            result = SyncResult(
+                skipped="outside the sync windows " + ", ".join(self.config.windows)
+            )
+            record_pass(self.state, result, self.config.upstreams, by)
+            return result
         if not self._sync_lock.acquire(blocking=wait):
             return SyncResult(skipped="a sync is already running")
         try:
@@ -196,6 +202,7 @@ class NodeAgent:
                 result = self.engine(extra, only, **kwargs).sync(self.channels())
         finally:
             self._sync_lock.release()
+        record_pass(self.state, result, self.config.upstreams, by)
         if result.ok and result.complete and not result.skipped:
             self.errors_resolved()
         record_pass(self.state, result)

@@ -3,7 +3,8 @@
 One aiohttp application serves, on the LAN:
 
 - ``/`` a catalogue of the channels, ``/c/<channel>/...`` browsing and files (with Range, so
-  videos seek; HTML sites are served as they are), ``/search`` by title;
+  videos seek; HTML sites are served as they are, with a thin bar back to the portal when
+  opened as a page), ``/search`` over titles and text, ``/api/suggest`` (``node/library.py``);
 - ``/operator`` the sync state in plain words, ``/api/status`` the same as JSON;
 - ``/repo/...`` the node's verified store, read-only, so a neighbouring centre can sync from
   this one (it verifies everything itself against its own pinned root).
@@ -32,8 +33,12 @@ from caravane.served_objects import object_id, object_response
 
 from .agent import NodeAgent
 from .config import REPO_PREFIX
+from .extract import kind_of
 from .freeze import freeze_warning, freshness
+from .library import Library
 from .metrics import add_metrics
+from .operator import OperatorPage
+from .passlog import last_pass, last_syncs
 
 log = logging.getLogger("caravane.node.serve")
 
@@ -61,6 +66,8 @@ class Portal:
         self.env = _env()
         self.usage: dict[tuple[str, str], int] = defaultdict(int)
         self.drive_notice: dict[str, str] = {}
+        self.library = Library(self)
+        self.operator = OperatorPage(self)
 
     # ------------------------------------------------------------------ helpers
 
@@ -83,6 +90,16 @@ class Portal:
         if request.query.get("lang") == lang:
             resp.set_cookie("lang", lang, max_age=365 * 86400, samesite="Lax")
         return resp
+
+    def channel_titles(self) -> dict[str, str]:
+        """Each served channel's title from its signed metadata (its id when it has none)."""
+        titles = {}
+        for ch in self.node.releases.channels():
+            try:
+                titles[ch] = self.node.repo.channel_meta(ch).title or ch
+            except Exception:
+                titles[ch] = ch
+        return titles
 
     def channel_root(self, channel: str) -> Path | None:
         if channel not in self.node.releases.channels():
@@ -111,6 +128,10 @@ class Portal:
     async def catalogue(self, request: web.Request) -> web.Response:
         lang = self.lang(request)
         channels = []
+        try:
+            descriptions = await asyncio.to_thread(self.library.index.descriptions)
+        except Exception:
+            descriptions = {}
         for ch in self.node.releases.channels():
             version = self.node.releases.active(ch)
             title, files, size, site = ch, 0, 0, None
@@ -132,6 +153,7 @@ class Portal:
                     "size": size_text(size, lang),
                     "version": version,
                     "site": site,
+                    "description": descriptions.get(ch, ""),
                 }
             )
         return self.render(
@@ -158,10 +180,17 @@ class Portal:
             return await self._listing(request, channel, rel.strip("/"), target)
         if not target.is_file():
             raise web.HTTPNotFound()
+        page = await self.library.content(request, channel, rel.strip("/"), target)
+        if page is not None:
+            if kind_of(rel) == "html":
+                self.usage[(channel, rel.strip("/"))] += 1
+            return page
         rng = request.headers.get("Range", "")
         if not rng or rng.replace(" ", "").startswith("bytes=0-"):
             self.usage[(channel, rel.strip("/"))] += 1  # an opening, not a seek
-        return web.FileResponse(target, headers={"Cache-Control": "public, max-age=3600"})
+        return web.FileResponse(
+            target, headers={"Cache-Control": "public, max-age=3600", "Vary": "Sec-Fetch-Dest"}
+        )
 
     async def _listing(
         self, request: web.Request, channel: str, rel: str, folder: Path
@@ -177,11 +206,13 @@ class Portal:
                     "name": p.name,
                     "href": href,
                     "dir": p.is_dir(),
+                    "kind": "folder" if p.is_dir() else kind_of(p.name),
                     "size": "" if p.is_dir() else size_text(p.stat().st_size, lang),
                 }
             )
         site = "index.html" if (folder / "index.html").is_file() else None
-        heading = f"{channel}/{rel}" if rel else channel
+        title = self.channel_titles().get(channel, channel)
+        heading = f"{title} / {rel}" if rel else title
         return self.render(
             request,
             "browse.html",
@@ -191,90 +222,13 @@ class Portal:
             site=site,
         )
 
-    async def search(self, request: web.Request) -> web.Response:
-        q = request.query.get("q", "").strip()[:200]
-        lang = self.lang(request)
-        results = []
-        if q:
-            needle = q.casefold()
-            for ch in self.node.releases.channels():
-                version = self.node.releases.active(ch)
-                try:
-                    manifest = self.node.repo.manifest(ch, version)
-                except Exception:
-                    continue
-                for f in manifest.files:
-                    if needle in f.path.casefold():
-                        results.append(
-                            {
-                                "name": f.path.rsplit("/", 1)[-1],
-                                "channel": ch,
-                                "href": f"/c/{urllib.parse.quote(ch)}/{urllib.parse.quote(f.path)}",
-                                "size": size_text(f.size, lang),
-                            }
-                        )
-                        if len(results) >= 200:
-                            break
-        return self.render(request, "search.html", q=q, results=results)
-
     # ------------------------------------------------------------------ operator
-
-    def plain_status(self, lang: str) -> tuple[dict[str, Any], list[dict[str, Any]], list[str]]:
-        t = Translator(lang)
-        st = self.node.status()
-        lines, nxt = [], []
-        behind = False
-        warning = st.get("freeze_warning")
-        if warning:  # a freeze is visible (node/freeze.py)
-            lines.append({"kind": "warn", "text": warning.get(lang, warning["en"])})
-        for c in st["channels"]:
-            args = {"channel": c["title"] or c["channel"], "v": c["active"]}
-            if c["state"] == "up-to-date":
-                lines.append({"kind": "ok", "text": t("op.channel_ok", **args)})
-            elif c["state"] == "held":
-                lines.append({"kind": "warn", "text": t("op.channel_held", **args)})
-            elif c["active"] is None and c["latest_known"] is None:
-                behind = True
-                lines.append({"kind": "warn", "text": t("op.channel_waiting", **args)})
-            else:
-                behind = True
-                lines.append(
-                    {
-                        "kind": "warn",
-                        "text": t("op.channel_behind", latest=c["latest_known"] or "?", **args),
-                    }
-                )
-        lines.append({"kind": "ok", "text": t("op.disk", free=size_text(st["disk"]["free"], lang))})
-        short = self.node.state.get("disk_missing")
-        if short and int(short) > 0:
-            nxt.append(t("op.disk_short", missing=size_text(int(short), lang)))
-        for drive, state in self.drive_notice.items():
-            nxt.append(t("op.drive_done" if state == "done" else "op.drive_busy", drive=drive))
-        if behind and not nxt:
-            nxt.append(t("op.next_link"))
-        if st["reports_waiting"]:
-            nxt.append(t("op.reports_waiting", n=st["reports_waiting"]))
-        for h in st["upstream_health"]:
-            if h["demoted_until"]:
-                nxt.append(
-                    t(
-                        "op.upstream_aside",
-                        name=h["name"],
-                        until=h["demoted_until"],
-                        error=(h["last_error"] or "")[:200],
-                    )
-                )
-        if not nxt:
-            nxt.append(t("op.next_nothing"))
-        return st, lines, nxt
-
-    async def operator(self, request: web.Request) -> web.Response:
-        st, lines, nxt = await asyncio.to_thread(self.plain_status, self.lang(request))
-        return self.render(request, "operator.html", st=st, lines=lines, next=nxt)
 
     async def api_status(self, request: web.Request) -> web.Response:
         st = await asyncio.to_thread(self.node.status)
         st["drives"] = dict(self.drive_notice)
+        st["last_pass"] = last_pass(self.node.state)
+        st["last_sync"] = last_syncs(self.node.state)
         return web.json_response(st)
 
     # ------------------------------------------------------------------ peers
@@ -349,8 +303,11 @@ def make_app(node: NodeAgent, agent: bool = False) -> web.Application:
     app[PORTAL_KEY] = portal
     r = app.router
     r.add_get("/", portal.catalogue)
-    r.add_get("/search", portal.search)
-    r.add_get("/operator", portal.operator)
+    r.add_get("/search", portal.library.search_page)
+    r.add_get("/api/suggest", portal.library.suggest)
+    r.add_get("/operator", portal.operator.view)
+    r.add_post("/operator/{action}", portal.operator.act)
+    r.add_get("/api/operator/job", portal.operator.job_api)
     r.add_get("/api/status", portal.api_status)
     r.add_get("/c/{channel}", _redirect_slash)
     r.add_get("/c/{channel}/", portal.browse)
@@ -372,6 +329,15 @@ def make_app(node: NodeAgent, agent: bool = False) -> web.Application:
         await portal.flush_usage()
 
     app.cleanup_ctx.append(usage_loop)
+
+    async def index_at_start(app: web.Application) -> Any:
+        # a missing or damaged index is rebuilt from the releases while the portal serves
+        # (searches fall back to file names until it is done)
+        task = asyncio.create_task(asyncio.to_thread(portal.library.catch_up, True))
+        yield
+        await task
+
+    app.cleanup_ctx.append(index_at_start)
     if agent:
         from .service import AgentService
 
@@ -393,7 +359,8 @@ def serve(node: NodeAgent, host: str, port: int, agent: bool = False) -> None:
     """Serve the portal; aiohttp's keep-alive timer, which runs from the moment a connection
     opens and closes one still waiting for a whole request head, is the header deadline
     (node.toml ``header_timeout_seconds``): 300 slow clients cannot hold the portal. The
-    portal only answers GETs and reads no body."""
+    portal answers GETs, and reads small bodies only for the operator's two buttons and a
+    peer's relayed reports."""
     log.info("portal on http://%s:%d/", host, port)
     web.run_app(
         make_app(node, agent),

@@ -19,6 +19,7 @@ a reboot costs at most the block in flight (packs) or one object.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -44,6 +45,7 @@ from caravane.protocol.errors import CaravaneError, NotFoundError
 from caravane.protocol.metadata import MAX_METADATA_BYTES, ChannelMeta, Manifest
 from caravane.protocol.trust import MAX_ROOT_ROTATIONS, too_many_roots
 
+from . import search
 from .activate import Releases
 from .errors import DiskSpaceError, PassOver, TooMuchData, UpstreamError, UpstreamNotFound
 from .freeze import note_channel_word
@@ -595,7 +597,10 @@ class SyncEngine:
         """Build and switch to ``manifest``'s release; returns the versions to keep."""
         channel = manifest.channel
         previous = self.releases.active(channel)
-        self.releases.build(self.repo, manifest)
+        folder = self.releases.build(self.repo, manifest)
+        # indexed before the switch: the new rows are searched from the instant it is served
+        index = search.for_releases(self.releases.releases_dir)
+        search.index_release(index, manifest, folder, lambda v: self._stored_manifest(channel, v))
         self.releases.switch(channel, manifest.version)
         self.state.record_activation(channel, manifest.version, previous, route)
         self.transfer.event(
@@ -605,8 +610,16 @@ class SyncEngine:
         )
         keep = {manifest.version} | ({previous} if previous is not None else set())
         self.releases.prune(channel, keep)
+        with contextlib.suppress(search.SearchIndexError, OSError):
+            index.forget(channel, keep)
         shutil.rmtree(self.partial_dir / "packs" / channel, ignore_errors=True)
         return keep
+
+    def _stored_manifest(self, channel: str, version: int) -> Manifest | None:
+        try:
+            return self.repo.manifest(channel, version)
+        except (CaravaneError, OSError):
+            return None
 
     def collect(self, channel: str, keep_versions: set[int]) -> None:
         """Drop manifests older than the kept releases, then objects no manifest left needs.

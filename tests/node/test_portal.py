@@ -57,17 +57,20 @@ def test_video_seeks_with_range(portal: str, world: World) -> None:
     assert headers["Content-Range"] == f"bytes 1000000-1000099/{len(whole)}"
 
 
-def test_search_by_title(portal: str) -> None:
-    _, _, body = _get(portal + "/search?q=CHAPITRE")
-    assert b"No" in body or b"Nothing" in body  # titles are file names: no match
-    _, _, body = _get(portal + "/search?q=%C3%A9t%C3%A9-01")
+def test_search_titles_names_and_text(portal: str) -> None:
+    _, _, body = _get(portal + "/search?q=CHAPITRE+7")  # inside the texts, any case
+    assert "été-07.txt".encode() in body and b"<mark>chapitre</mark>" in body
+    _, _, body = _get(portal + "/search?q=ete+01")  # file names, accents folded
     assert "été-01.txt".encode() in body
+    _, _, body = _get(portal + "/search?q=zzzz")
+    assert b"Nothing found" in body
 
 
 def test_operator_page_in_plain_words(portal: str) -> None:
     _, _, body = _get(portal + "/operator", {"Accept-Language": "fr"})
-    assert "à jour (version 1)".encode() in body
-    assert "Rien à faire".encode() in body
+    assert b"La version 1 est servie" in body
+    assert "Tout ce que ce centre connaît est servi".encode() in body
+    assert "à la main : complet".encode() in body
     status, headers, body = _get(portal + "/api/status")
     assert status == 200 and b'"active": 1' in body
 
@@ -98,3 +101,39 @@ def test_escapes_names_in_pages(world: World) -> None:
     _, _, body = _get(url + "/c/lecons/")
     assert b"&lt;script&gt;alert('1')" not in body
     assert b"&amp;lt;script&amp;gt;alert(&#39;1&#39;)" in body
+
+
+def test_pages_opened_as_pages_get_the_way_back(portal: str, world: World) -> None:
+    page = {"Sec-Fetch-Dest": "document", "Accept-Language": "fr"}
+    status, headers, body = _get(portal + "/c/lecons/site/index.html", page)
+    assert status == 200 and b'id="caravane-bar"' in body
+    assert b"Retour &#224; lecons" in body and "Leçons v1".encode() in body
+    # the bar goes right after <body> or, without one, first: the page itself is unchanged
+    assert (
+        body.replace(body[: body.index(b"</div>") + 6], b"") == world.versions[1]["site/index.html"]
+    )
+    assert headers["Vary"] == "Sec-Fetch-Dest"
+    # what the site's own scripts and frames fetch, and download tools, get the file as it is
+    for headers_ in ({"Sec-Fetch-Dest": "iframe"}, {"Sec-Fetch-Dest": "empty"}, {}):
+        _, _, raw = _get(portal + "/c/lecons/site/index.html", headers_)
+        assert raw == world.versions[1]["site/index.html"]
+    # a video opened as a page: a page with a player and the way back; the file itself raw
+    status, headers, body = _get(portal + "/c/lecons/videos/lecon-1.mp4", page)
+    assert headers["Content-Type"].startswith("text/html")
+    assert b'<video controls preload="metadata" src="lecon-1.mp4?raw=1"' in body
+    _, headers, raw = _get(portal + "/c/lecons/videos/lecon-1.mp4?raw=1", page)
+    assert headers["Content-Type"] == "video/mp4"
+    assert raw == world.versions[1]["videos/lecon-1.mp4"]
+
+
+def test_suggestions_as_json(portal: str) -> None:
+    import json
+
+    _, headers, body = _get(portal + "/api/suggest?q=ete+0")  # titles, as the box is typed
+    assert headers["Content-Type"].startswith("application/json")
+    titles = [s["title"] for s in json.loads(body)["suggestions"]]
+    assert len(titles) == 8 and all(t.startswith("été 0") for t in titles)  # names of texts
+    _, _, body = _get(portal + "/api/suggest?q=chapitre")  # words inside texts are no titles
+    assert json.loads(body)["suggestions"] == []
+    _, _, body = _get(portal + "/api/suggest?q=%22%29%28*")  # no FTS syntax gets through
+    assert json.loads(body)["suggestions"] == []

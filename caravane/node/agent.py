@@ -27,6 +27,7 @@ from .activate import Releases
 from .config import NodeConfig, UpstreamConfig
 from .errors import NodeError, NotEnrolled
 from .freeze import freeze_warning, freshness
+from .metrics import record_pass as count_pass
 from .policy import RateLimiter, in_windows, parse_rate_kbit
 from .state import NodeState, now
 from .sync import SyncEngine, SyncResult
@@ -205,7 +206,7 @@ class NodeAgent:
         record_pass(self.state, result, self.config.upstreams, by)
         if result.ok and result.complete and not result.skipped:
             self.errors_resolved()
-        record_pass(self.state, result)
+        count_pass(self.state, result)  # /metrics
         return result
 
     def errors_resolved(self) -> None:

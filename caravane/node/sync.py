@@ -362,6 +362,14 @@ class SyncEngine:
         except NotFoundError:
             return None
 
+    def _readable_manifest(self, channel: str, version: int) -> Manifest | None:
+        """The stored manifest, or None if it is absent or unreadable (the search index then
+        rebuilds from the release folder instead of comparing with it)."""
+        try:
+            return self.repo.manifest(channel, version)
+        except (CaravaneError, OSError):
+            return None
+
     def _load_manifest(self, channel: str, version: int) -> Manifest | None:
         """The manifest from the store, else from the first upstream whose copy verifies."""
         stored = self._stored_manifest(channel, version)
@@ -600,7 +608,7 @@ class SyncEngine:
         folder = self.releases.build(self.repo, manifest)
         # indexed before the switch: the new rows are searched from the instant it is served
         index = search.for_releases(self.releases.releases_dir)
-        search.index_release(index, manifest, folder, lambda v: self._stored_manifest(channel, v))
+        search.index_release(index, manifest, folder, lambda v: self._readable_manifest(channel, v))
         self.releases.switch(channel, manifest.version)
         self.state.record_activation(channel, manifest.version, previous, route)
         self.transfer.event(
@@ -614,12 +622,6 @@ class SyncEngine:
             index.forget(channel, keep)
         shutil.rmtree(self.partial_dir / "packs" / channel, ignore_errors=True)
         return keep
-
-    def _stored_manifest(self, channel: str, version: int) -> Manifest | None:
-        try:
-            return self.repo.manifest(channel, version)
-        except (CaravaneError, OSError):
-            return None
 
     def collect(self, channel: str, keep_versions: set[int]) -> None:
         """Drop manifests older than the kept releases, then objects no manifest left needs.

@@ -287,9 +287,12 @@ def node_serve(data_dir: Path, host: str | None, port: int | None) -> None:
     """Serve the centre's portal and the read-only store for peer centres."""
     from .serve import serve
 
+    from .books import kiwix_running
+
     _setup_logging(True)
     n = _open(data_dir)
-    serve(n, host or n.config.host, port or n.config.port, agent=False)
+    with kiwix_running(n.config.data_dir, host or n.config.host, n.config.kiwix_port):
+        serve(n, host or n.config.host, port or n.config.port, agent=False)
 
 
 @node.command("run")
@@ -304,12 +307,34 @@ def node_run(data_dir: Path, host: str | None, port: int | None, no_serve: bool)
     from .serve import serve
     from .service import run_agent
 
+    from .books import kiwix_running
+
     _setup_logging(True)
     n = _open(data_dir)
     if no_serve:
         run_agent(n)
     else:
-        serve(n, host or n.config.host, port or n.config.port, agent=True)
+        with kiwix_running(n.config.data_dir, host or n.config.host, n.config.kiwix_port):
+            serve(n, host or n.config.host, port or n.config.port, agent=True)
+
+
+@node.command("kiwix")
+@dir_option
+@click.option("--host", default=None, help="Default: from node.toml.")
+@click.option("--port", type=int, default=None, help="Default: kiwix_port in node.toml, or 8481.")
+@handle_errors
+def node_kiwix(data_dir: Path, host: str | None, port: int | None) -> None:
+    """Run kiwix-serve over the centre's ZIM books (in the foreground, for a service unit).
+
+    The node rewrites kiwix/library.xml on every switch and kiwix-serve follows it without
+    a restart (--monitorLibrary).
+    """
+    from .books import kiwix_command
+
+    n = _open(data_dir)
+    cmd = kiwix_command(n.config.data_dir, host or n.config.host, port or n.config.kiwix_port or 8481)
+    n.close()
+    os.execv(cmd[0], cmd)
 
 
 def _dump(obj: Any) -> str:

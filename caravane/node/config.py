@@ -104,6 +104,8 @@ class NodeConfig:
     # the portal drops a client that has not sent a whole request head in this time
     header_timeout_seconds: int = 15
     usb_mounts: list[str] = field(default_factory=list)
+    # kiwix-serve over the centre's ZIM books on this port, beside the portal (0: not run)
+    kiwix_port: int = 0
     host: str = "0.0.0.0"
     port: int = 8480
     durable: bool = True

@@ -29,6 +29,7 @@ from caravane.i18n import Translator, negotiate, size_text
 from caravane.protocol.errors import PathError
 from caravane.protocol.paths import check_path
 
+from . import books_web
 from .agent import NodeAgent
 from .config import REPO_PREFIX
 from .freeze import freeze_warning, freshness
@@ -353,6 +354,7 @@ def make_app(node: NodeAgent, agent: bool = False) -> web.Application:
     r.add_get(REPO_PREFIX + "/{tail:.+}", portal.repo_file)
     r.add_post("/api/v1/relay/reports", relay_report)
     r.add_static("/static/", STATIC)
+    books_web.add_routes(app, portal)  # ZIM books (node/books_web.py)
 
     async def usage_loop(app: web.Application) -> Any:
         async def loop() -> None:

@@ -49,7 +49,9 @@ def books_of(folder: Path) -> list[str]:
         data = json.loads((folder / INDEX).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return []
-    return [p for p in data.get("books", []) if isinstance(p, str)] if isinstance(data, dict) else []
+    return (
+        [p for p in data.get("books", []) if isinstance(p, str)] if isinstance(data, dict) else []
+    )
 
 
 # ---------------------------------------------------------------------- activation
@@ -119,7 +121,7 @@ def library_path(data_dir: Path) -> Path:
 
 def live_books(live_dir: Path) -> list[tuple[str, str, Path]]:
     """(channel, book path, real file) of every book the live releases hold."""
-    out = []
+    out: list[tuple[str, str, Path]] = []
     if not live_dir.is_dir():
         return out
     for link in sorted(live_dir.iterdir()):
@@ -160,8 +162,10 @@ def refresh_library(live_dir: Path) -> Path | None:
             tmp.unlink(missing_ok=True)
             return None
     else:
-        tmp.write_text('<?xml version="1.0" encoding="UTF-8" ?>\n<library version="20110515">\n'
-                       "</library>\n", encoding="utf-8")
+        tmp.write_text(
+            '<?xml version="1.0" encoding="UTF-8" ?>\n<library version="20110515">\n</library>\n',
+            encoding="utf-8",
+        )
     os.replace(tmp, lib)
     return lib
 
@@ -176,7 +180,9 @@ def kiwix_command(data_dir: Path, host: str, port: int) -> list[str]:
     if not lib.is_file():
         refresh_library(data_dir / "live")
     if not lib.is_file():
-        raise BookError("no kiwix library yet: kiwix-manage is missing (apt-get install kiwix-tools)")
+        raise BookError(
+            "no kiwix library yet: kiwix-manage is missing (apt-get install kiwix-tools)"
+        )
     return [exe, "--library", "--monitorLibrary", "--address", host, "--port", str(port), str(lib)]
 
 

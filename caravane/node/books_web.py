@@ -87,7 +87,9 @@ class BookPages:
                 meta = set(a.metadata_keys)
 
                 def m(key: str, a: Any = a, meta: set[str] = meta) -> str:
-                    return bytes(a.get_metadata(key)).decode("utf-8", "replace") if key in meta else ""
+                    return (
+                        bytes(a.get_metadata(key)).decode("utf-8", "replace") if key in meta else ""
+                    )
 
                 title, description, articles = m("Title"), m("Description"), a.article_count
             except Exception:
@@ -150,8 +152,11 @@ class BookPages:
             r["href"] = base + "content/" + urllib.parse.quote(r["path"])
         t = Translator(self.portal.lang(request))
         return self.portal.render(
-            request, "book_search.html", q=q, results=results, heading=t("books.search_in",
-                                                                           book=Path(rel).stem),
+            request,
+            "book_search.html",
+            q=q,
+            results=results,
+            heading=t("books.search_in", book=Path(rel).stem),
             action=base + "search",
         )
 

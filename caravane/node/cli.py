@@ -285,9 +285,8 @@ def node_report(data_dir: Path, send: bool, as_json: bool) -> None:
 @disk_errors
 def node_serve(data_dir: Path, host: str | None, port: int | None) -> None:
     """Serve the centre's portal and the read-only store for peer centres."""
-    from .serve import serve
-
     from .books import kiwix_running
+    from .serve import serve
 
     _setup_logging(True)
     n = _open(data_dir)
@@ -304,10 +303,9 @@ def node_serve(data_dir: Path, host: str | None, port: int | None) -> None:
 @disk_errors
 def node_run(data_dir: Path, host: str | None, port: int | None, no_serve: bool) -> None:
     """The long-running agent: syncs in its windows, watches drives, serves the portal."""
+    from .books import kiwix_running
     from .serve import serve
     from .service import run_agent
-
-    from .books import kiwix_running
 
     _setup_logging(True)
     n = _open(data_dir)
@@ -332,7 +330,8 @@ def node_kiwix(data_dir: Path, host: str | None, port: int | None) -> None:
     from .books import kiwix_command
 
     n = _open(data_dir)
-    cmd = kiwix_command(n.config.data_dir, host or n.config.host, port or n.config.kiwix_port or 8481)
+    port = port or n.config.kiwix_port or 8481
+    cmd = kiwix_command(n.config.data_dir, host or n.config.host, port)
     n.close()
     os.execv(cmd[0], cmd)
 

@@ -179,16 +179,11 @@ def _iter_stream(archive: Any) -> Iterator[bytes]:
     front = _front_articles(archive)
     count = 0
     last = b""
-    ids = list(range(archive.entry_count))
-    paths = [archive._get_entry_by_id(i).path.encode() for i in ids]
-    if any(a >= b for a, b in zip(paths, paths[1:], strict=False)):
-        ids.sort(key=lambda i: paths[i])  # libzim keeps them sorted; be sure anyway
-    del paths
-    for i in ids:
+    for i in range(archive.entry_count):  # libzim keeps them in path order
         entry = archive._get_entry_by_id(i)
         p = entry.path
         if p.encode() <= last and count:
-            raise ZimError(f"entry {p!r} appears twice")
+            raise ZimError(f"entry {p!r} is out of path order or appears twice")
         last = p.encode()
         count += 1
         if entry.is_redirect:
@@ -416,8 +411,14 @@ def _add(w: Any, creator: Any, rec: Record, bodies: _BodyReader) -> None:
             creator.add_metadata(name, data, head["mimetype"])
     elif rec.kind == "I":
         creator.add_item(
-            _Item(w, head["path"], head["title"], head["mimetype"], bodies.read(rec),
-                  bool(head.get("front")))
+            _Item(
+                w,
+                head["path"],
+                head["title"],
+                head["mimetype"],
+                bodies.read(rec),
+                bool(head.get("front")),
+            )
         )
     elif rec.kind == "R":
         hints = {w.Hint.FRONT_ARTICLE: bool(head.get("front"))}
@@ -425,7 +426,7 @@ def _add(w: Any, creator: Any, rec: Record, bodies: _BodyReader) -> None:
 
 
 def _make_item_class(w: Any) -> type:
-    class Item(w.Item):  # type: ignore[misc,name-defined]
+    class Item(w.Item):  # type: ignore[misc]
         def __init__(self, path: str, title: str, mime: str, data: bytes, front: bool) -> None:
             super().__init__()
             self._p, self._t, self._m, self._d, self._f = path, title, mime, data, front

@@ -20,13 +20,20 @@ def png(seed: int, size: int = 48) -> bytes:
     raw = b"".join(b"\0" + row for _ in range(size))
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(
-            ">I", zlib.crc32(kind + data) & 0xFFFFFFFF
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
         )
 
     head = struct.pack(">IIBBBBB", size, size, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", head) + chunk(b"IDAT", zlib.compress(raw))
-            + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", head)
+        + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b"")
+    )
 
 
 class _Item(zw.Item):
@@ -61,9 +68,7 @@ def page(i: int, text: str, n: int) -> str:
 
 def pages(n: int, changed: dict[int, str] | None = None) -> dict[int, str]:
     """Article texts; ``changed`` replaces some of them (an update of the book)."""
-    out = {
-        i: " ".join(f"mot{(i * 31 + k) % 997} savoir{i}" for k in range(120)) for i in range(n)
-    }
+    out = {i: " ".join(f"mot{(i * 31 + k) % 997} savoir{i}" for k in range(120)) for i in range(n)}
     out.update(changed or {})
     return out
 
@@ -76,9 +81,13 @@ def make_book(path: Path, texts: dict[int, str], title: str = "Leçons de scienc
         c.set_mainpath("index.html")
         links = "".join(f"<li><a href='a/{i}.html'>Leçon {i}</a></li>" for i in range(n))
         home = f"<!doctype html><html><head><title>{title}</title></head><body><ul>{links}</ul>"
-        c.add_item(_Item("index.html", title, "text/html", (home + "</body></html>").encode(), True))
+        c.add_item(
+            _Item("index.html", title, "text/html", (home + "</body></html>").encode(), True)
+        )
         for i, text in texts.items():
-            c.add_item(_Item(f"a/{i}.html", f"Leçon {i}", "text/html", page(i, text, n).encode(), True))
+            c.add_item(
+                _Item(f"a/{i}.html", f"Leçon {i}", "text/html", page(i, text, n).encode(), True)
+            )
         for k in range(10):
             c.add_item(_Item(f"images/{k}.png", f"figure {k}", "image/png", png(k), False))
         c.add_redirection("debut", "Début", "index.html", {zw.Hint.FRONT_ARTICLE: True})

@@ -100,8 +100,10 @@ def test_book_published_updated_by_its_changes_read_and_downloaded(
         assert page.status_code == 200 and "savoir3" in page.text
         img = web.get(book + "content/images/3.png")
         assert img.headers["content-type"] == "image/png" and img.content.startswith(b"\x89PNG")
-        assert web.get(book + "content/debut").headers.get("location", "").endswith("index.html") \
+        assert (
+            web.get(book + "content/debut").headers.get("location", "").endswith("index.html")
             or web.get(book + "content/debut", follow_redirects=True).status_code == 200
+        )
         found = web.get(book + "search", params={"q": "savoir17"})
         assert found.status_code == 200 and "a/17.html" in found.text
         titles = web.get(book + "suggest", params={"q": "Leçon 4"}).json()["suggestions"]
@@ -184,8 +186,11 @@ def test_hostile_zim_at_publish_is_refused_and_nothing_published(
         out = run("repo", "publish", repo, "lecons", src)
         assert out.returncode != 0, kind
         assert "Traceback" not in out.stderr, out.stderr
-        assert "ZIM" in out.stderr and "nothing was published" in out.stderr or \
-            "download it again" in out.stderr, (kind, out.stderr)
+        assert (
+            "ZIM" in out.stderr
+            and "nothing was published" in out.stderr
+            or "download it again" in out.stderr
+        ), (kind, out.stderr)
     assert not (repo / "manifests" / "lecons").exists()
     reserved = tmp_path / "src-reserved"
     reserved.mkdir()
@@ -200,7 +205,9 @@ def test_drive_carries_the_first_copy_then_the_update(
     config = world.rh.hub.config
     hub_toml = config.data_dir / "hub.toml"
     hub_toml.write_text(config.to_toml())
-    centre = NodeAgent.init(tmp_path / "centre", world.enrolment("Nioro"), upstreams=[], offline=True)
+    centre = NodeAgent.init(
+        tmp_path / "centre", world.enrolment("Nioro"), upstreams=[], offline=True
+    )
     centre.config.durable = False
     centre.config.save()
     centre.close()
@@ -224,8 +231,10 @@ def test_drive_carries_the_first_copy_then_the_update(
     import libzim.reader
 
     a = libzim.reader.Archive(str(data / "live" / world.channel / BOOK))
-    assert "nouvelle leçon de géométrie" in bytes(a.get_entry_by_path("a/17.html")
-                                                  .get_item().content).decode()
+    assert (
+        "nouvelle leçon de géométrie"
+        in bytes(a.get_entry_by_path("a/17.html").get_item().content).decode()
+    )
 
 
 def _wait_port(port: int, proc: subprocess.Popen[bytes], seconds: float = 20) -> None:
@@ -253,8 +262,19 @@ def test_kiwix_serve_follows_activations_without_restart(
     assert (data / "kiwix" / "library.xml").is_file()
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "caravane", "node", "kiwix", "-d", str(data),
-         "--host", "127.0.0.1", "--port", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "caravane",
+            "node",
+            "kiwix",
+            "-d",
+            str(data),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

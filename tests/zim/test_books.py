@@ -100,10 +100,8 @@ def test_book_published_updated_by_its_changes_read_and_downloaded(
         assert page.status_code == 200 and "savoir3" in page.text
         img = web.get(book + "content/images/3.png")
         assert img.headers["content-type"] == "image/png" and img.content.startswith(b"\x89PNG")
-        assert (
-            web.get(book + "content/debut").headers.get("location", "").endswith("index.html")
-            or web.get(book + "content/debut", follow_redirects=True).status_code == 200
-        )
+        moved = web.get(book + "content/debut")  # a redirect entry of the book
+        assert moved.status_code == 302 and moved.headers["location"].endswith("content/index.html")
         found = web.get(book + "search", params={"q": "savoir17"})
         assert found.status_code == 200 and "a/17.html" in found.text
         titles = web.get(book + "suggest", params={"q": "Leçon 4"}).json()["suggestions"]
@@ -186,11 +184,8 @@ def test_hostile_zim_at_publish_is_refused_and_nothing_published(
         out = run("repo", "publish", repo, "lecons", src)
         assert out.returncode != 0, kind
         assert "Traceback" not in out.stderr, out.stderr
-        assert (
-            "ZIM" in out.stderr
-            and "nothing was published" in out.stderr
-            or "download it again" in out.stderr
-        ), (kind, out.stderr)
+        said = out.stderr
+        assert "livre.zim" in said and ("nothing was published" in said or "again" in said), said
     assert not (repo / "manifests" / "lecons").exists()
     reserved = tmp_path / "src-reserved"
     reserved.mkdir()

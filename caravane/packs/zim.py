@@ -350,6 +350,8 @@ def build_zim(stream: Path, out: Path, verify: bool = True) -> None:
         header = records[0].head
         with open(stream, "rb") as fh, _BodyReader(stream) as bodies:
             creator = w.Creator(str(part))
+            # one compressing worker per core: each holds a zstd level-19 context (tens of MB)
+            creator.config_nbworkers(max(1, min(4, os.cpu_count() or 1)))
             if header.get("fulltext"):
                 creator.config_indexing(True, str(header.get("language") or "eng"))
             with creator:

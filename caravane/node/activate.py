@@ -15,14 +15,19 @@ links to the previous release: a new release costs only the bytes that changed.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 from pathlib import Path
 
+from caravane.packs import zim
 from caravane.packs.centre_store import CentreStore
 from caravane.protocol.metadata import Manifest
 
+from . import books
 from .errors import NodeError
+
+log = logging.getLogger("caravane.node.activate")
 
 
 class Releases:
@@ -88,6 +93,7 @@ class Releases:
             repo.materialise(rest, staging)
             for f in manifest.files:  # folders for empty trees too
                 (staging / f.path).parent.mkdir(parents=True, exist_ok=True)
+            books.rebuild(staging, manifest)  # ZIM books from their entries (node/books.py)
             if self.durable:
                 _sync_tree(staging)
             os.replace(staging, final)
@@ -114,6 +120,10 @@ class Releases:
         for f in manifest.files:
             prev = same.get(f.path)
             if prev is None or prev.sha256 != f.sha256 or prev.mode != f.mode:
+                continue
+            if zim.is_stream(f.path):  # an unchanged book: its rebuilt ZIM file
+                if books.link_unchanged(old_folder, staging, f):
+                    linked.add(f.path)
                 continue
             src = old_folder / f.path
             try:
@@ -143,6 +153,10 @@ class Releases:
         os.replace(tmp, self.live_link(channel))
         if self.durable:
             _fsync_dir(self.live_dir)
+        try:
+            books.refresh_library(self.live_dir)  # kiwix-serve's view (node/books.py)
+        except OSError as exc:
+            log.warning("kiwix library not refreshed: %s", exc)
 
     def prune(self, channel: str, keep: set[int]) -> list[int]:
         """Remove release folders other than ``keep`` (the active one and the previous)."""
@@ -161,6 +175,10 @@ class Releases:
         bad = []
         for f in manifest.files:
             path = folder / f.path
+            if zim.is_stream(f.path):
+                if not books.verify_book(folder, f):
+                    bad.append(f.path)
+                continue
             h = hashlib.sha256()
             try:
                 with open(path, "rb") as fh:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -319,11 +320,13 @@ def node_serve(
     log_format: str | None,
 ) -> None:
     """Serve the centre's portal and the read-only store for peer centres."""
+    from .books import kiwix_running
     from .serve import serve
 
     n = _open(data_dir)
     logs.setup(log_level or n.config.log_level, log_format or n.config.log_format)
-    serve(n, host or n.config.host, port or n.config.port, agent=False)
+    with kiwix_running(n.config.data_dir, host or n.config.host, n.config.kiwix_port):
+        serve(n, host or n.config.host, port or n.config.port, agent=False)
 
 
 @node.command("run")
@@ -343,6 +346,7 @@ def node_run(
     log_format: str | None,
 ) -> None:
     """The long-running agent: syncs in its windows, watches drives, serves the portal."""
+    from .books import kiwix_running
     from .serve import serve
     from .service import run_agent
 
@@ -351,7 +355,28 @@ def node_run(
     if no_serve:
         run_agent(n)
     else:
-        serve(n, host or n.config.host, port or n.config.port, agent=True)
+        with kiwix_running(n.config.data_dir, host or n.config.host, n.config.kiwix_port):
+            serve(n, host or n.config.host, port or n.config.port, agent=True)
+
+
+@node.command("kiwix")
+@dir_option
+@click.option("--host", default=None, help="Default: from node.toml.")
+@click.option("--port", type=int, default=None, help="Default: kiwix_port in node.toml, or 8481.")
+@handle_errors
+def node_kiwix(data_dir: Path, host: str | None, port: int | None) -> None:
+    """Run kiwix-serve over the centre's ZIM books (in the foreground, for a service unit).
+
+    The node rewrites kiwix/library.xml on every switch and kiwix-serve follows it without
+    a restart (--monitorLibrary).
+    """
+    from .books import kiwix_command
+
+    n = _open(data_dir)
+    port = port or n.config.kiwix_port or 8481
+    cmd = kiwix_command(n.config.data_dir, host or n.config.host, port)
+    n.close()
+    os.execv(cmd[0], cmd)
 
 
 def _dump(obj: Any) -> str:

@@ -111,6 +111,8 @@ class NodeConfig:
     # the agent's and portal's logs: debug | info | warning | error, text | json (caravane.logs)
     log_level: str = "info"
     log_format: str = "text"
+    # kiwix-serve over the centre's ZIM books on this port, beside the portal (0: not run)
+    kiwix_port: int = 0
     host: str = "0.0.0.0"
     port: int = 8480
     durable: bool = True

@@ -31,6 +31,7 @@ from caravane.protocol.errors import PathError
 from caravane.protocol.paths import check_path
 from caravane.served_objects import object_id, object_response
 
+from . import books_web
 from .agent import NodeAgent
 from .config import REPO_PREFIX
 from .extract import kind_of
@@ -316,6 +317,7 @@ def make_app(node: NodeAgent, agent: bool = False) -> web.Application:
     r.add_post("/api/v1/relay/reports", relay_report)
     r.add_static("/static/", STATIC)
     add_metrics(app, node)
+    books_web.add_routes(app, portal)  # ZIM books (node/books_web.py)
 
     async def usage_loop(app: web.Application) -> Any:
         async def loop() -> None:

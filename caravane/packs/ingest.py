@@ -19,6 +19,7 @@ from caravane.protocol.errors import NotFoundError, PathError
 from caravane.protocol.metadata import FileEntry
 from caravane.protocol.paths import check_paths
 
+from . import zim
 from .chunker import iter_chunks
 from .errors import StoreError
 from .files_cache import FilesCache
@@ -72,6 +73,7 @@ def ingest_files(
     # one pipeline across files: small files do not each wait for their last chunk
     per_file: list[tuple[str, os.stat_result, str, list[tuple[str, int]]]] = []
     from_cache: set[int] = set()  # indexes in ``files`` taken from the cache, not read
+    books: set[int] = set()  # ZIM files, carried as their canonical entries (packs/zim.py)
 
     def put(data: bytes) -> tuple[str, int, int]:
         sha, written = store.put_raw(data)
@@ -102,11 +104,16 @@ def ingest_files(
                 hits.clear()
                 for j in range(i, min(i + LOOKAHEAD, len(files))):
                     stats[j] = files[j][1].stat()
-                    found = cache.lookup(files[j][1], stats[j], avg_chunk) if cache else None
+                    # a book's entry is its stream's: never one recorded for the raw file
+                    key = -avg_chunk if zim.is_book(files[j][0]) else avg_chunk
+                    found = cache.lookup(files[j][1], stats[j], key) if cache else None
                     if found is not None:
                         hits[j] = found
                 present = store.freshen_many({h for f in hits.values() for h, _ in f.chunks})
             st = stats[i]
+            if zim.is_book(rel):
+                rel = zim.stream_path(rel)
+                books.add(i)
             hit = hits.get(i)
             if hit is not None and all(h in present for h, _ in hit.chunks):
                 from_cache.add(i)
@@ -114,7 +121,7 @@ def ingest_files(
                 continue
             fhash = hashlib.sha256()
             chunks: list[tuple[str, int]] = []
-            with open(real, "rb") as fh:
+            with zim.open_stream(real) if i in books else open(real, "rb") as fh:
                 for piece in iter_chunks(fh, avg_chunk):
                     fhash.update(piece)
                     data = bytes(piece)
@@ -127,14 +134,17 @@ def ingest_files(
     entries: list[FileEntry] = []
     for i, ((rel, st, digest, chunks), (_, real)) in enumerate(zip(per_file, files, strict=True)):
         size = sum(n for _, n in chunks)
-        if size != st.st_size:
+        if size != st.st_size if i not in books else real.stat().st_mtime_ns != st.st_mtime_ns:
             raise StoreError(f"{real}: changed while it was being published; try again")
         entry = FileEntry(rel, size, _mode_of(st), digest, chunks)
         entries.append(entry)
         if cache is not None and i not in from_cache:
-            cache.record(real, st, avg_chunk, entry)
+            cache.record(real, st, -avg_chunk if i in books else avg_chunk, entry)
     if cache is not None:
         cache.commit()
+    if books:
+        entries.sort(key=lambda e: e.path.encode())
+        check_paths(e.path for e in entries)
     return entries, new_objects, new_bytes, stored
 
 

@@ -37,6 +37,9 @@ class HubConfig:
     body_timeout_seconds: int = 60
     # X-Forwarded-Proto is believed only from these addresses (an HTTPS reverse proxy)
     trusted_proxies: list[str] = field(default_factory=list)
+    # where a drive shows up when plugged into the hub machine: the route page offers
+    # "prepare the drive" for each of these folders that is mounted
+    usb_mounts: list[str] = field(default_factory=list)
     extra: dict[str, object] = field(default_factory=dict)
 
     @property

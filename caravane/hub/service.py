@@ -178,6 +178,13 @@ class Hub:
             raise NotFound(f"no channel {cid!r}")
         return c
 
+    def channel_titles(self) -> dict[str, str]:
+        """Every channel's title by id (one query): pages name channels, not ids."""
+        with self.db.session() as s:
+            return {
+                cid: title or cid for cid, title in s.execute(select(Channel.id, Channel.title))
+            }
+
     def channels(self) -> list[dict[str, Any]]:
         with self.db.session() as s:
             ids = s.scalars(select(Channel.id).order_by(Channel.id)).all()

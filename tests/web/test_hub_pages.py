@@ -183,9 +183,12 @@ def test_curator_creates_a_channel_uploads_in_pieces_and_reviews_before_signing(
         status = page.evaluate(
             """async () => { const f = new FormData(document.getElementById('channel-form'));
                 f.set('id', 'Bad Id'); const r = await fetch('/ui/channels/new',
-                {method: 'POST', body: new URLSearchParams(f)}); return [r.status, await r.text()]; }"""
+                {method: 'POST', body: new URLSearchParams(f)});
+                const doc = new DOMParser().parseFromString(await r.text(), 'text/html');
+                return [r.status, doc.getElementById('id-error').textContent,
+                        doc.getElementById('title').value]; }"""
         )
-        assert status[0] == 422 and "Bad Id" in status[1] and title in status[1]
+        assert status == [422, t("hub.channel_bad_id", id="Bad Id"), title]
         page.get_by_label(t("hub.channel_id"), exact=True).fill(slug)
         page.get_by_role("button", name=t("hub.channel_create")).click()
         page.wait_for_url(f"**/ui/publish?channel={slug}**")

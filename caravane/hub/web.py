@@ -405,10 +405,16 @@ async def publish_form(request: web.Request) -> web.Response:
 
 
 def _check_archive(path: Path, kind: str) -> bool:
-    """The file's first bytes say it is the archive its name claims (before any work)."""
-    with open(path, "rb") as fh:
-        head = fh.read(4)
-    return head.startswith(b"PK\x03\x04" if kind == "zip" else b"\x1f\x8b")
+    """The file is the archive its name claims (its directory, or its first member, reads),
+    so a wrong file is refused at once with the form, not after a job has started."""
+    if kind == "zip":
+        return zipfile.is_zipfile(path)
+    try:
+        with tarfile.open(path, "r:gz") as tf:
+            tf.next()
+    except (tarfile.TarError, OSError, EOFError):
+        return False
+    return True
 
 
 @page("curator", post=True, multipart=True)

@@ -221,7 +221,7 @@ def test_curator_creates_a_channel_uploads_in_pieces_and_reviews_before_signing(
         good = zip_of(tmp_path / f"site-{lang}.zip", site)
         cut = {"done": False}
 
-        def cut_once(route, request):
+        def cut_once(route, request, cut=cut):
             """The second piece never arrives: the connection drops under it."""
             offset = request.headers.get("upload-offset", "0")
             if request.method == "PUT" and offset != "0" and not cut["done"]:

@@ -328,6 +328,18 @@ class Hub:
                 raise Unprocessable(str(exc)) from None
         return new
 
+    def abandon_upload(self, p: Principal, uid: str) -> None:
+        """Drop an open upload (the curator decided not to publish it): collection may then
+        take its objects once no release uses them. A committed upload stays as it is."""
+        p.require("curator")
+        with self.db.session() as s:
+            up = s.get(Upload, uid)
+            if up is None:
+                raise NotFound(f"no upload {uid!r}")
+            if up.state == "open":
+                up.state = "abandoned"
+                self.audit(s, p.name, "upload.abandon", channel=up.channel_id, upload=uid)
+
     def commit_upload(self, p: Principal, uid: str) -> dict[str, Any]:
         """Sign the release (long: runs in a worker thread). Visible only when complete."""
         p.require("curator")

@@ -675,6 +675,7 @@ async def job_decide(request: web.Request) -> web.Response:
             return error_page(request, 409, t("hub.review_identical_confirm"))
         job.task = asyncio.create_task(_sign_job(request.app, job, p))
     else:
+        await in_thread(ui.hub.abandon_upload, p, job.upload)
         job.state = "cancelled"
     raise web.HTTPSeeOther(f"/ui/jobs/{job.id}")
 

@@ -13,7 +13,9 @@ and the publish form then names the finished upload instead of carrying the file
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import re
 import secrets
 import shutil
@@ -41,6 +43,7 @@ from .web import MAX_ARCHIVE_BYTES, UI_KEY, lang_of, page, render
 UPLOADS = "web-uploads"
 MAX_PIECE = 8 * 1024 * 1024
 UPLOAD_DAYS = 1
+MAX_OPEN_PER_CURATOR = 8  # unfinished uploads one curator may hold (each reserves disk)
 LIST_LIMIT = 500
 _NOT_SLUG = re.compile(r"[^a-z0-9]+")
 
@@ -253,9 +256,12 @@ async def upload_status(request: web.Request, p: Principal) -> web.Response:
 
 
 def _append(part: Path, expect: int, data: bytes, size: int) -> int:
+    """Append under an exclusive lock (two requests, or two hub processes, never interleave)."""
     with open(part, "ab") as fh:
-        if fh.tell() != expect:  # another request appended meanwhile
-            raise Conflict(str(fh.tell()))
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        at = fh.seek(0, os.SEEK_END)
+        if at != expect:  # another request appended meanwhile
+            raise Conflict(str(at))
         if expect + len(data) > size:
             raise HubError("more bytes than the upload announced", 413)
         fh.write(data)

@@ -17,7 +17,7 @@ import urllib.request
 from caravane.hub.auth import Principal
 from caravane.hub.web_curator import slug_of
 from tests.hub.conftest import RunningHub, sqlite_hub  # noqa: F401
-from tests.web.test_safety import Browser
+from tests.web.test_safety import Browser, _post_multipart
 
 CURATOR = Principal("curator", "curator")
 
@@ -83,6 +83,18 @@ def test_uploader_refuses_bad_pieces_and_resumes_from_its_offset(
         "/ui/publish?lang=en", {"csrf": csrf, "channel": "lecons", "notes": "n", "upload": uid}
     )
     assert status == 415 and "is not a .zip or .tar.gz archive" in body
+    # the same without the page's script (the file in the form): the form comes back too
+    fields = {"csrf": csrf, "channel": "lecons", "notes": "gardée"}
+    status, body = _post_multipart(
+        b, f"/ui/publish?lang=en&csrf={csrf}", fields, {"archive": ("x.tgz", b"not gzip")}
+    )
+    assert status == 415 and '"x.tgz" is not a .zip' in body.replace("&#34;", '"')
+    assert "gardée" in body and 'id="publish-form"' in body
+    status, body = _post_multipart(
+        b, f"/ui/publish?lang=en&csrf={csrf}", dict(fields, channel="nowhere"),
+        {"archive": ("x.zip", b"PK")},
+    )
+    assert status == 422 and "Choose one of the channels" in body
     assert sqlite_hub.hub.channel("lecons")["latest"] is None
 
 

@@ -248,9 +248,13 @@ def test_curator_creates_a_channel_uploads_in_pieces_and_reviews_before_signing(
         assert "guide.pdf" in page.locator("#paths-added").inner_text()
         visited.append(page.url.removeprefix(world.rh.url))
         check_page(page)
+        page.goto(world.rh.url + "/ui/channels")
+        check_page(page)
         # the hub holds exactly the archive's files
         assert world.rh.hub.channel(slug)["releases"][0]["files"] == 3
 
+        if lang != "en":  # the rest of the flow once is enough (its pages: everywhere())
+            continue
         # the same archive again: a warning, and nothing published unless confirmed
         page.goto(f"{world.rh.url}/ui/publish?channel={slug}")
         page.get_by_label(t("hub.archive")).set_input_files(str(good))
@@ -280,8 +284,6 @@ def test_curator_creates_a_channel_uploads_in_pieces_and_reviews_before_signing(
         assert page.locator("#paths-changed").inner_text() == "index.html"
         assert page.locator("#paths-removed").inner_text() == "guide.pdf"
         visited.append(page.url.removeprefix(world.rh.url))
-        page.goto(world.rh.url + "/ui/channels")
-        check_page(page)
     everywhere(
         open_page, world.rh.url, token,
         ["/ui/channels/new", "/ui/publish", "/ui/channels", *visited],

@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import random
+import re
 import zipfile
 from pathlib import Path
 
@@ -61,7 +62,15 @@ def sign_in(page, hub: str, token: str, lang: str, goto: str) -> None:
 
 
 def everywhere(open_page, hub: str, token: str, paths: list[str]) -> None:
-    """The pages a flow visited, again in the other language and size: axe and layout."""
+    """The pages a flow visited, again in the other language and size: axe and layout.
+
+    One page per template is enough (release 1 and release 2 are the same page).
+    """
+    kinds: dict[tuple[str, bool], str] = {}
+    for path in paths:
+        base, _, query = path.partition("?")
+        kinds.setdefault((re.sub(r"/([0-9a-f]{12}|\d+)(?=/|$)", "/N", base), bool(query)), path)
+    paths = list(kinds.values())
     for lang, view in OTHER_VIEWS:
         page = open_page(lang, view)
         sign_in(page, hub, token, lang, paths[0])

@@ -282,9 +282,12 @@ async def upload_piece(request: web.Request, p: Principal) -> web.Response:
         return web.json_response({"offset": meta["offset"], "size": meta["size"]}, status=409)
     if (request.content_length or 0) > MAX_PIECE:
         raise HubError(f"pieces are at most {MAX_PIECE} bytes", 413)
-    data = await request.content.read(MAX_PIECE + 1)
-    if len(data) > MAX_PIECE:
-        raise HubError(f"pieces are at most {MAX_PIECE} bytes", 413)
+    body = bytearray()
+    while block := await request.content.read(256 * 1024):  # read() answers what has come
+        body += block
+        if len(body) > MAX_PIECE:
+            raise HubError(f"pieces are at most {MAX_PIECE} bytes", 413)
+    data = bytes(body)
     try:
         new = await in_thread(_append, _upload_paths(hub, uid)[1], offset, data, meta["size"])
     except Conflict as exc:

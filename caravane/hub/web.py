@@ -59,7 +59,6 @@ SESSION_SECONDS = 8 * 3600
 MAX_ARCHIVE_BYTES = 8 * 1024**3
 MAX_ARCHIVE_MEMBERS = 200_000
 UPLOAD_PIECE = 1024 * 1024
-FINISHED = ("done", "failed")
 STOPPED = ("done", "failed", "cancelled", "review")  # what a day-old job may be swept in
 
 
@@ -465,6 +464,8 @@ async def publish(request: web.Request) -> web.Response:
     job.notes = fields.get("notes", "")
     day_ago = time.time() - 86400
     for old in [j for j in ui.jobs.values() if j.started < day_ago and j.state in STOPPED]:
+        if old.state == "review" and old.upload:  # never confirmed: its objects may go
+            await in_thread(ui.hub.abandon_upload, Principal(old.actor, "curator"), old.upload)
         del ui.jobs[old.id]
     ui.jobs[job.id] = job
     job.task = asyncio.create_task(_prepare_job(request.app, job, p, work, archive, kind))

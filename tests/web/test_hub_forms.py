@@ -13,8 +13,10 @@ import io
 import json
 import urllib.error
 import urllib.request
+from datetime import UTC, datetime, timedelta
 
 from caravane.hub.auth import Principal
+from caravane.hub.web import ago_text
 from caravane.hub.web_curator import slug_of
 from tests.hub.conftest import RunningHub, sqlite_hub  # noqa: F401
 from tests.web.test_safety import Browser, _post_multipart
@@ -32,6 +34,15 @@ def api(b: Browser, method: str, path: str, csrf: str | None, body: bytes = b"",
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read())
+
+
+def test_times_read_as_people_say_them() -> None:
+    at = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
+    three_days = (at - timedelta(days=3)).isoformat()
+    assert ago_text(three_days, "fr", at) == "il y a 3 jours"
+    assert ago_text(three_days, "en", at) == "3 days ago"
+    assert ago_text(at - timedelta(seconds=20), "fr", at) == "à l'instant"
+    assert ago_text(None, "en", at) == "—" and ago_text("not a time", "en", at) == "—"
 
 
 def test_slugs_from_titles() -> None:

@@ -94,6 +94,16 @@
     return id;
   }
 
+  var action = form.action;
+  /* back from the next page (the browser's page cache): the form as it was, usable again */
+  window.addEventListener('pageshow', function () {
+    busy = false;
+    input.disabled = false;
+    form.enctype = 'multipart/form-data';
+    form.action = action;
+    form.elements.upload.value = '';
+  });
+
   form.addEventListener('submit', function (event) {
     var file = input.files && input.files[0];
     event.preventDefault();

@@ -47,6 +47,9 @@ class HubConfig:
     # `hub serve` logs: debug | info | warning | error, text | json (caravane.logs)
     log_level: str = "info"
     log_format: str = "text"
+    # where a drive shows up when plugged into the hub machine: the route page offers
+    # "prepare the drive" for each of these folders that is mounted
+    usb_mounts: list[str] = field(default_factory=list)
     extra: dict[str, object] = field(default_factory=dict)
 
     @property

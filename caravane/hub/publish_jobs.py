@@ -15,13 +15,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from sqlalchemy import delete
+from sqlalchemy import delete, select
 
 from .db import Database
 from .models import PublishJobRow
 
-FINISHED = ("done", "failed")
+FINISHED = ("done", "failed", "cancelled")
+#: waiting for the curator's word (sign or drop): no process works on it, none is missed
+WAITING = ("review",)
 #: finished jobs are forgotten after this long (their releases and audit entries stay)
 KEEP_SECONDS = 86400
 #: progress is written at most this often (one small UPDATE)
@@ -38,12 +41,17 @@ class PublishJob:
     channel: str
     actor: str
     archive: str
-    state: str = "queued"  # queued | unpacking | storing | signing | done | failed
+    # queued | unpacking | storing | review | signing | done | failed | cancelled
+    state: str = "queued"
     total: int = 0
     done: int = 0
     version: int | None = None
     files: int = 0
     error: str = ""
+    notes: str = ""
+    upload: str = ""  # the open upload that holds the file list while the curator reviews
+    latest: int | None = None  # the release the review compares with
+    review: dict[str, Any] = field(default_factory=dict)
     started: float = field(default_factory=time.time)
     #: its process stopped before it finished (the page says so and offers to try again)
     interrupted: bool = False
@@ -87,6 +95,10 @@ class PublishJobs:
                     version=job.version,
                     files=job.files,
                     error=job.error,
+                    notes=job.notes,
+                    upload=job.upload,
+                    latest=job.latest,
+                    review=job.review or None,
                     started_at=datetime.fromtimestamp(job.started, UTC),
                     updated_at=now,
                 )
@@ -102,6 +114,8 @@ class PublishJobs:
                 return  # forgotten meanwhile: nothing to show it on
             row.state, row.total, row.done = job.state, job.total, job.done
             row.version, row.files, row.error = job.version, job.files, job.error
+            row.notes, row.upload, row.latest = job.notes, job.upload, job.latest
+            row.review = job.review or None
             row.updated_at = datetime.now(UTC)
         if job.state in FINISHED:
             with self._lock:
@@ -129,6 +143,19 @@ class PublishJobs:
             await asyncio.sleep(HEARTBEAT)
             await asyncio.to_thread(self.save, job)
 
+    def stale_reviews(self, older_than: float) -> list[PublishJob]:
+        """Jobs still waiting for the curator's word that started before ``older_than``."""
+        with self.db.session() as s:
+            ids = list(
+                s.scalars(
+                    select(PublishJobRow.id).where(
+                        PublishJobRow.state.in_(WAITING),
+                        PublishJobRow.started_at < datetime.fromtimestamp(older_than, UTC),
+                    )
+                )
+            )
+        return [job for job in (self.get(i) for i in ids) if job is not None]
+
     def get(self, jid: str) -> PublishJob | None:
         """The job as last written; one whose process went silent is shown interrupted."""
         with self.db.session() as s:
@@ -137,7 +164,8 @@ class PublishJobs:
                 return None
             started = _aware(row.started_at)
             silent = (datetime.now(UTC) - _aware(row.updated_at)).total_seconds()
-            interrupted = row.state not in FINISHED and silent > self.stale_seconds
+            waiting = row.state in FINISHED or row.state in WAITING
+            interrupted = not waiting and silent > self.stale_seconds
             return PublishJob(
                 id=row.id,
                 channel=row.channel,
@@ -149,6 +177,10 @@ class PublishJobs:
                 version=row.version,
                 files=row.files,
                 error=row.error,
+                notes=row.notes or "",
+                upload=row.upload or "",
+                latest=row.latest,
+                review=dict(row.review or {}),
                 started=started.timestamp(),
                 interrupted=interrupted,
             )

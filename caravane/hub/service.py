@@ -239,6 +239,13 @@ class Hub:
             raise NotFound(f"no channel {cid!r}")
         return c
 
+    def channel_titles(self) -> dict[str, str]:
+        """Every channel's title by id (one query): pages name channels, not ids."""
+        with self.db.session() as s:
+            return {
+                cid: title or cid for cid, title in s.execute(select(Channel.id, Channel.title))
+            }
+
     def channels(self) -> list[dict[str, Any]]:
         with self.db.session() as s:
             ids = s.scalars(select(Channel.id).order_by(Channel.id)).all()
@@ -383,6 +390,18 @@ class Hub:
             )
         except CaravaneError as exc:
             raise Unprocessable(str(exc)) from None
+
+    def abandon_upload(self, p: Principal, uid: str) -> None:
+        """Drop an open upload (the curator decided not to publish it): collection may then
+        take its objects once no release uses them. A committed upload stays as it is."""
+        p.require("curator")
+        with self.db.session() as s:
+            up = s.get(Upload, uid)
+            if up is None:
+                raise NotFound(f"no upload {uid!r}")
+            if up.state == "open":
+                up.state = "abandoned"
+                self.audit(s, p.name, "upload.abandon", channel=up.channel_id, upload=uid)
 
     def commit_upload(self, p: Principal, uid: str) -> dict[str, Any]:
         """Sign the release (long: runs in a worker thread). Visible only when complete."""

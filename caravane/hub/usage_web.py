@@ -372,14 +372,18 @@ def _export_query(request: web.Request) -> str:
 async def usage_page(request: web.Request) -> web.Response:
     svc = request.app[USAGE_KEY]
     ctx = await asyncio.to_thread(_content_page, svc, request.query)
-    return render(request, "usage.html", query=_export_query(request), **ctx)
+    titles = await asyncio.to_thread(request.app[UI_KEY].hub.channel_titles)
+    return render(request, "usage.html", query=_export_query(request), titles=titles, **ctx)
 
 
 @page("curator")
 async def usage_centres_page(request: web.Request) -> web.Response:
     svc = request.app[USAGE_KEY]
     ctx = await asyncio.to_thread(_centres_page, svc, request.query)
-    return render(request, "usage_centres.html", query=_export_query(request), **ctx)
+    titles = await asyncio.to_thread(request.app[UI_KEY].hub.channel_titles)
+    return render(
+        request, "usage_centres.html", query=_export_query(request), titles=titles, **ctx
+    )
 
 
 @page("curator")

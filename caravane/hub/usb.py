@@ -43,7 +43,12 @@ def route_targets(
         raise HubError(f"no centres {where}; register them with `caravane hub centre add`")
     channels = sorted({c for n in centres for c in n.subscriptions} & set(hub.repo.channels()))
     targets = [
-        Target(n.id, {c: int((n.installed or {}).get(c, 0)) for c in n.subscriptions}, n.region)
+        Target(
+            n.id,
+            {c: int((n.installed or {}).get(c, 0)) for c in n.subscriptions},
+            n.region,
+            list(n.subscriptions),
+        )
         for n in centres
     ]
     return targets, channels

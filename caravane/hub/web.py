@@ -4,9 +4,7 @@ Pages are rendered on the server (Jinja2, autoescaped) in French or English (the
 catalogues and rules as the centre's portal: ``?lang=``, remembered in a cookie, else the
 browser's Accept-Language). Signing in takes an API token once; the hub then keeps a
 server-side session (8 hours, HttpOnly, SameSite=Lax cookie) and re-checks the token's role
-and revocation on every page. Every POST form carries the session's CSRF token. Sessions and
-publish jobs live in the database (:mod:`hub.sessions`, :mod:`hub.publish_jobs`), so any of
-several hub processes behind one address answers any page.
+and revocation on every page. Every POST form carries the session's CSRF token.
 
 Publishing from the browser takes a .zip or .tar.gz archive, unpacks it into a temporary
 folder (refusing absolute paths, ``..``, links and devices), stores its chunks straight into
@@ -18,7 +16,6 @@ the audit log, retention and the pack queue behave exactly as for ``caravane pub
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import secrets
@@ -26,6 +23,7 @@ import shutil
 import stat
 import tarfile
 import tempfile
+import time
 import unicodedata
 import urllib.parse
 import uuid
@@ -40,20 +38,17 @@ import jinja2
 from aiohttp import BodyPartReader, web
 
 from caravane.i18n import Translator, negotiate, size_text
-from caravane.packs.bundle import plan_packs
 from caravane.packs.chunker import DEFAULT_AVG
 from caravane.packs.repository import ingest_files, scan_source
 from caravane.protocol.errors import CaravaneError, PathError
-from caravane.protocol.metadata import check_channel
 from caravane.protocol.paths import check_path
 
 from .appstate import HUB_KEY, in_thread, queue_packs
 from .auth import ANY_ROLE, Principal, Role, hash_secret, may
-from .errors import HubError, NotFound
+from .errors import HubError
 from .publish_jobs import PublishJob, PublishJobs
 from .service import Hub
 from .sessions import SESSION_SECONDS, Session, SessionStore
-from .usb import route_targets
 
 log = logging.getLogger("caravane.hub.web")
 
@@ -74,8 +69,17 @@ class WebUI:
             autoescape=jinja2.select_autoescape(["html"]),
         )
         self.env.filters["when"] = when_text
+        # in the database, so any of several hub processes answers any page (docs/OPERATIONS.md)
         self.sessions = SessionStore(hub.db, SESSION_SECONDS)
         self.jobs = PublishJobs(hub.db)
+        self.running: set[asyncio.Task[None]] = set()  # held here: the loop keeps weak refs
+
+    def start(self, job: PublishJob, work: Awaitable[None]) -> None:
+        """Run a job's work in this process, holding its task until it ends."""
+        task: asyncio.Task[None] = asyncio.ensure_future(work)
+        job.task = task
+        self.running.add(task)
+        task.add_done_callback(self.running.discard)
 
     # ------------------------------------------------------------------ sessions
 
@@ -108,6 +112,30 @@ def when_text(value: Any) -> str:
     return str(value.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC"))
 
 
+def ago_text(value: Any, lang: str, at: datetime | None = None) -> str:
+    """ "3 days ago" / "il y a 3 jours" (CLDR's words and plural rules, through Babel)."""
+    from babel.dates import format_timedelta
+
+    when = _as_datetime(value)
+    if when is None:
+        return "—"
+    delta = when - (at or datetime.now(UTC))
+    if abs(delta.total_seconds()) < 60:
+        return Translator(lang)("hub.just_now")
+    return str(format_timedelta(delta, add_direction=True, locale=lang, threshold=1.5))
+
+
+def _as_datetime(value: Any) -> datetime | None:
+    if isinstance(value, str) and value:
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            return None
+    if not isinstance(value, datetime):
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
 def lang_of(request: web.Request) -> str:
     return negotiate(
         request.query.get("lang"),
@@ -131,6 +159,8 @@ def render(request: web.Request, name: str, status: int = 200, **ctx: Any) -> we
         lang=lang,
         t=t,
         size=lambda n: size_text(n, lang),
+        ago=lambda v: ago_text(v, lang),
+        iso=lambda v: d.isoformat() if (d := _as_datetime(v)) else "",
         session=s,
         user=p,
         can=lambda *roles: p is not None and may(p.role, roles),
@@ -305,40 +335,102 @@ async def channels(request: web.Request) -> web.Response:
     return render(request, "channels.html", channels=await in_thread(hub.channels))
 
 
+def _publish_ctx(hub: Hub) -> dict[str, Any]:
+    return {"channels": sorted(hub.channel_titles().items(), key=lambda kv: kv[1].casefold())}
+
+
+def publish_page(
+    request: web.Request, status: int = 200, error: str = "", **fields: str
+) -> Awaitable[web.Response]:
+    """The publish form, again with what the curator typed and the reason it was refused."""
+
+    async def make() -> web.Response:
+        ctx = await in_thread(_publish_ctx, request.app[UI_KEY].hub)
+        return render(
+            request,
+            "publish.html",
+            status=status,
+            error=error,
+            channel=fields.get("channel", request.query.get("channel", "")),
+            notes=fields.get("notes", ""),
+            created=request.query.get("created") == "1",
+            **ctx,
+        )
+
+    return make()
+
+
 @page("curator")
 async def publish_form(request: web.Request) -> web.Response:
-    hub = request.app[UI_KEY].hub
-    ids = [c["id"] for c in await in_thread(hub.channels)]
-    return render(
-        request, "publish.html", channel_ids=ids, channel=request.query.get("channel", "")
-    )
+    return await publish_page(request)
+
+
+def _check_archive(path: Path, kind: str) -> bool:
+    """The file is the archive its name claims (its directory, or its first member, reads),
+    so a wrong file is refused at once with the form, not after a job has started."""
+    if kind == "zip":
+        return zipfile.is_zipfile(path)
+    try:
+        with tarfile.open(path, "r:gz") as tf:
+            tf.next()
+    except (tarfile.TarError, OSError, EOFError):
+        return False
+    return True
 
 
 @page("curator", post=True, multipart=True)
 async def publish(request: web.Request) -> web.Response:
+    """Take the archive (in the form, or an upload the page sent in pieces), then unpack and
+    store it as a job that stops at a review of its changes: nothing is signed before the
+    curator confirms. A refusal gives the form back with what was typed and why."""
     ui = request.app[UI_KEY]
     t = Translator(lang_of(request))
     s: Session = request["ui_session"]
     p: Principal = request["ui_principal"]
-    if request.content_type != "multipart/form-data":
-        return error_page(request, 400, t("hub.publish_no_file"))
     work = Path(tempfile.mkdtemp(prefix="caravane-web-"))
+    fields: dict[str, str] = {}
     try:
-        fields, archive, filename = await _read_multipart(request, work)
-        if not secrets.compare_digest(fields.get("csrf", ""), s.csrf):
-            shutil.rmtree(work, ignore_errors=True)
-            return error_page(request, 403, t("hub.bad_csrf"))
-        channel = check_channel(fields.get("channel", "").strip())
+        if request.content_type == "multipart/form-data":
+            fields, archive, filename = await _read_multipart(request, work)
+            if not secrets.compare_digest(fields.get("csrf", ""), s.csrf):
+                shutil.rmtree(work, ignore_errors=True)
+                return error_page(request, 403, t("hub.bad_csrf"))
+        else:
+            form = request["ui_form"]
+            fields = {k: str(form.get(k, "")) for k in ("channel", "notes", "upload")}
+            archive, filename = None, ""
+            if fields["upload"]:
+                from .web_curator import take_upload
+
+                archive = work / "upload.bin"
+                filename = await in_thread(take_upload, ui.hub, fields["upload"], p.name, archive)
+        fields["channel"] = fields.get("channel", "").strip()
+        titles = await in_thread(ui.hub.channel_titles)
+        if fields["channel"] not in titles:
+            raise HubError(t("hub.publish_pick_channel"), 422)
         kind = archive_kind(filename)
-        if archive is None or kind is None:
-            shutil.rmtree(work, ignore_errors=True)
-            return error_page(request, 400, t("hub.publish_no_file"))
-    except (HubError, CaravaneError):
+        if archive is None or not filename:
+            raise HubError(t("hub.publish_no_file"), 400)
+        if kind is None or not await in_thread(_check_archive, archive, kind):
+            raise HubError(t("hub.publish_wrong_kind", name=filename), 415)
+    except (HubError, CaravaneError) as exc:
         shutil.rmtree(work, ignore_errors=True)
-        raise
-    job = PublishJob(uuid.uuid4().hex[:12], channel, p.name, filename)
+        return await publish_page(
+            request,
+            getattr(exc, "status", 422),
+            str(exc),
+            channel=fields.get("channel", ""),
+            notes=fields.get("notes", ""),
+        )
+    job = PublishJob(uuid.uuid4().hex[:12], fields["channel"], p.name, filename)
+    job.notes = fields.get("notes", "")
+    for old in await in_thread(ui.jobs.stale_reviews, time.time() - 86400):
+        if old.upload:  # never confirmed: its objects may go
+            await in_thread(ui.hub.abandon_upload, Principal(old.actor, "curator"), old.upload)
+        old.state = "cancelled"
+        await in_thread(ui.jobs.save, old)
     await in_thread(ui.jobs.add, job)
-    job.task = asyncio.create_task(_publish_job(request.app, job, p, work, archive, kind, fields))
+    ui.start(job, _prepare_job(request.app, job, p, work, archive, kind))
     raise web.HTTPSeeOther(f"/ui/jobs/{job.id}")
 
 
@@ -458,7 +550,16 @@ def unpack_archive(archive: Path, kind: str, dest: Path) -> Path:
     return real_dest
 
 
-def _publish_blocking(
+def _latest_files(hub: Hub, channel: str) -> tuple[int | None, list[Any] | None]:
+    """The newest release of ``channel`` and its files (None, None before the first)."""
+    if channel not in hub.repo.channels():
+        return None, None
+    snap = hub.repo.snapshot()
+    latest = snap.channel(channel).version
+    return latest, snap.manifest(channel, latest).files
+
+
+def _prepare_blocking(
     hub: Hub,
     jobs: PublishJobs,
     job: PublishJob,
@@ -466,8 +567,13 @@ def _publish_blocking(
     work: Path,
     archive: Path,
     kind: str,
-    fields: dict[str, str],
 ) -> None:
+    """Unpack, store the chunks, record the file list as an open upload (collection keeps
+    its objects meanwhile) and say what it changes; signing waits for the curator."""
+    from caravane.packs.changes import file_changes
+
+    from .web_curator import changes_view
+
     job.state = "unpacking"
     jobs.save(job)
     root = unpack_archive(archive, kind, work / "content")
@@ -479,38 +585,22 @@ def _publish_blocking(
     job.state = "storing"
     jobs.save(job)
     entries, *_ = ingest_files(hub.repo.store, files, DEFAULT_AVG, jobs.progress(job))
-    job.state = "signing"
-    jobs.save(job)
-    try:
-        hub.channel(job.channel)
-    except NotFound:
-        title = fields.get("title", "").strip() or job.channel
-        hub.create_channel(p, {"id": job.channel, "title": title})
-    doc = {
-        "channel": job.channel,
-        "notes": fields.get("notes", ""),
-        "files": [e.to_dict() for e in entries],
-    }
-    up = hub.start_upload(p, doc)
-    out = hub.commit_upload(p, up["upload"])
-    job.version, job.files = int(out["version"]), len(entries)
+    latest, old = _latest_files(hub, job.channel)
+    job.latest = latest
+    job.review = changes_view(file_changes(old, entries))
+    doc = {"channel": job.channel, "notes": job.notes, "files": [e.to_dict() for e in entries]}
+    job.upload = str(hub.start_upload(p, doc)["upload"])
+    job.files = len(entries)
+    job.state = "review"
 
 
-async def _publish_job(
-    app: web.Application,
-    job: PublishJob,
-    p: Principal,
-    work: Path,
-    archive: Path,
-    kind: str,
-    fields: dict[str, str],
+async def _prepare_job(
+    app: web.Application, job: PublishJob, p: Principal, work: Path, archive: Path, kind: str
 ) -> None:
     ui = app[UI_KEY]
     alive = asyncio.create_task(ui.jobs.keep_alive(job))
     try:
-        await in_thread(_publish_blocking, ui.hub, ui.jobs, job, p, work, archive, kind, fields)
-        job.state = "done"
-        queue_packs(app, job.channel)
+        await in_thread(_prepare_blocking, ui.hub, ui.jobs, job, p, work, archive, kind)
     except (HubError, CaravaneError, OSError) as exc:
         job.state, job.error = "failed", str(exc)
     except Exception as exc:  # the page says it failed; the log says why
@@ -519,10 +609,62 @@ async def _publish_job(
     finally:
         alive.cancel()
         await in_thread(shutil.rmtree, work, True)
-        try:
-            await in_thread(ui.jobs.save, job)
-        except Exception:  # the database is gone: the log keeps the outcome
-            log.exception("could not record the end of publish job %s (%s)", job.id, job.state)
+        await _record_end(ui.jobs, job)
+
+
+async def _record_end(jobs: PublishJobs, job: PublishJob) -> None:
+    """Write where a job ended (review, done, failed) for the page on every process."""
+    try:
+        await in_thread(jobs.save, job)
+    except Exception:  # the database is gone: the log keeps the outcome
+        log.exception("could not record the end of publish job %s (%s)", job.id, job.state)
+
+
+async def _sign_job(app: web.Application, job: PublishJob, p: Principal) -> None:
+    ui = app[UI_KEY]
+    hub = ui.hub
+    job.state = "signing"
+    await in_thread(ui.jobs.save, job)
+    alive = asyncio.create_task(ui.jobs.keep_alive(job))
+    try:
+        out = await in_thread(hub.commit_upload, p, job.upload)
+        job.version = int(out["version"])
+        job.state = "done"
+        queue_packs(app, job.channel)
+    except (HubError, CaravaneError, OSError) as exc:
+        job.state, job.error = "failed", str(exc)
+    except Exception as exc:  # the page says it failed; the log says why
+        log.exception("signing %s from the web failed", job.archive)
+        job.state, job.error = "failed", f"internal error ({type(exc).__name__})"
+    finally:
+        alive.cancel()
+        await _record_end(ui.jobs, job)
+
+
+@page("curator", post=True)
+async def job_decide(request: web.Request) -> web.Response:
+    """The curator's word on a reviewed archive: sign it, or drop it (nothing published)."""
+    ui = request.app[UI_KEY]
+    t = Translator(lang_of(request))
+    job = await in_thread(ui.jobs.get, request.match_info["jid"])
+    if job is None:
+        return error_page(request, 404, t("hub.no_job"))
+    p: Principal = request["ui_principal"]
+    if job.actor != p.name:
+        return error_page(request, 403, t("hub.job_not_yours"))
+    if job.state != "review":
+        raise web.HTTPSeeOther(f"/ui/jobs/{job.id}")
+    if request["ui_form"].get("decision") == "publish":
+        if job.review.get("identical") and request["ui_form"].get("same") != "1":
+            return error_page(request, 409, t("hub.review_identical_confirm"))
+        job.state = "signing"  # at once, so a second click on any process does nothing
+        await in_thread(ui.jobs.save, job)
+        ui.start(job, _sign_job(request.app, job, p))
+    else:
+        await in_thread(ui.hub.abandon_upload, p, job.upload)
+        job.state = "cancelled"
+        await in_thread(ui.jobs.save, job)
+    raise web.HTTPSeeOther(f"/ui/jobs/{job.id}")
 
 
 @page("curator")
@@ -532,147 +674,8 @@ async def job_status(request: web.Request) -> web.Response:
         return error_page(request, 404, Translator(lang_of(request))("hub.no_job"))
     if job.interrupted:
         job.error = Translator(lang_of(request))("hub.job_interrupted")
-    return render(request, "job.html", job=job)
-
-
-# --------------------------------------------------------------------------- centres
-
-
-@page("admin")
-async def register_form(request: web.Request) -> web.Response:
-    hub = request.app[UI_KEY].hub
-    ids = [c["id"] for c in await in_thread(hub.channels)]
-    return render(request, "register.html", channel_ids=ids)
-
-
-@page("admin", post=True)
-async def register(request: web.Request) -> web.Response:
-    hub = request.app[UI_KEY].hub
-    form = request["ui_form"]
-    doc = {
-        "name": str(form.get("name", "")),
-        "region": str(form.get("region", "")).strip(),
-        "channels": [str(c) for c in form.getall("channels", [])],
-    }
-    out = await in_thread(hub.register_centre, request["ui_principal"], doc)
-    filename = f"enrolment-{out['node_id']}.json"
-    return web.Response(
-        body=json.dumps(out, indent=2, ensure_ascii=False).encode(),
-        content_type="application/json",
-        headers={
-            "Content-Disposition": f'attachment; filename="{filename}"',
-            "Cache-Control": "no-store",
-        },
-    )
-
-
-def _fleet_rows(
-    hub: Hub, region: str | None, behind: bool
-) -> tuple[list[dict[str, Any]], list[str], dict[str, int]]:
-    rows = hub.fleet(region, behind)
-    regions = sorted({n["region"] for n in hub.fleet() if n["region"]})
-    latest = hub.latest_versions()
-    return rows, regions, latest
-
-
-@page(*ANY_ROLE)
-async def fleet(request: web.Request) -> web.Response:
-    hub = request.app[UI_KEY].hub
-    region = request.query.get("region") or None
-    behind = request.query.get("behind") in ("1", "on", "true")
-    rows, regions, latest = await in_thread(_fleet_rows, hub, region, behind)
-    return render(
-        request,
-        "fleet.html",
-        centres=rows,
-        regions=regions,
-        latest=latest,
-        region=region or "",
-        behind_only=behind,
-    )
-
-
-@page(*ANY_ROLE)
-async def centre(request: web.Request) -> web.Response:
-    hub = request.app[UI_KEY].hub
-    info = await in_thread(hub.centre_detail, request.match_info["nid"])
-    return render(request, "centre.html", **info)
-
-
-# --------------------------------------------------------------------------- routes (drives)
-
-
-def route_plan(hub: Hub, names: list[str], region: str | None) -> dict[str, Any]:
-    targets, chans = route_targets(hub, names, region)
-    plans = plan_packs(hub.repo, targets, chans)
-    by_id = {n.id: n for n in hub.find_centres()}
-    return {
-        "format": "caravane-route-plan",
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "region": region or "",
-        "channels": chans,
-        "centres": [
-            {
-                "id": tg.name,
-                "name": by_id[tg.name].name if tg.name in by_id else tg.name,
-                "region": tg.region,
-                "installed": tg.installed,
-            }
-            for tg in targets
-        ],
-        "packs": [
-            {
-                "channel": pl.channel,
-                "from_version": pl.from_version,
-                "to_version": pl.to_version,
-                "size": pl.size,
-                "path": pl.relpath,
-                "for_centres": pl.for_centres,
-            }
-            for pl in plans
-        ],
-        "total_bytes": sum(pl.size for pl in plans),
-    }
-
-
-def _route_query(request: web.Request) -> tuple[list[str], str | None]:
-    names = [c for c in request.query.getall("centre", []) if c]
-    return names, request.query.get("region") or None
-
-
-@page("field_agent")
-async def routes(request: web.Request) -> web.Response:
-    hub = request.app[UI_KEY].hub
-    names, region = _route_query(request)
-    centres = await in_thread(hub.fleet)
-    regions = sorted({n["region"] for n in centres if n["region"]})
-    plan = None
-    if names or region:
-        plan = await in_thread(route_plan, hub, names, region)
-    names_of = {n["id"]: n["name"] for n in centres}
-    return render(
-        request,
-        "routes.html",
-        centres=centres,
-        regions=regions,
-        region=region or "",
-        chosen=set(names),
-        plan=plan,
-        names_of=names_of,
-        download_query=request.query_string,
-    )
-
-
-@page("field_agent")
-async def route_plan_download(request: web.Request) -> web.Response:
-    hub = request.app[UI_KEY].hub
-    names, region = _route_query(request)
-    plan = await in_thread(route_plan, hub, names, region)
-    return web.Response(
-        body=json.dumps(plan, indent=2, ensure_ascii=False).encode(),
-        content_type="application/json",
-        headers={"Content-Disposition": 'attachment; filename="route-plan.json"'},
-    )
+    titles = await in_thread(request.app[UI_KEY].hub.channel_titles)
+    return render(request, "job.html", job=job, title=titles.get(job.channel, job.channel))
 
 
 # --------------------------------------------------------------------------- wiring
@@ -691,10 +694,11 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/ui/publish", publish_form)
     r.add_post("/ui/publish", publish)
     r.add_get("/ui/jobs/{jid}", job_status)
-    r.add_get("/ui/fleet", fleet)
-    r.add_get("/ui/fleet/{nid}", centre)
-    r.add_get("/ui/register", register_form)
-    r.add_post("/ui/register", register)
-    r.add_get("/ui/routes", routes)
-    r.add_get("/ui/routes/plan.json", route_plan_download)
+    r.add_post("/ui/jobs/{jid}", job_decide)
     r.add_static("/ui/static/", STATIC)
+    # the pages of each kind of user, in their own modules (they import this one)
+    from . import web_admin, web_curator, web_routes
+
+    web_admin.add_routes(app)
+    web_curator.add_routes(app)
+    web_routes.add_routes(app)

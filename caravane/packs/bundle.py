@@ -68,11 +68,25 @@ def safe_name(name: str) -> str:
 
 @dataclass
 class Target:
-    """A centre on the route and what the hub last knew it held (channel -> version, 0: none)."""
+    """A centre on the route and what the hub last knew it held (channel -> version, 0: none).
+
+    ``subscriptions`` are the channels the centre takes; ``None`` means every channel of the
+    drive (a centre the hub knows nothing about, or one named on the command line). A centre
+    is never planned a channel outside its subscriptions: the drive's space and the
+    per-centre checklist would be spent on content it would refuse.
+    """
 
     name: str
     installed: dict[str, int]
     region: str = ""
+    subscriptions: list[str] | None = None
+
+    def wants(self, channels: list[str]) -> list[str]:
+        """The channels of ``channels`` this centre subscribes to."""
+        if self.subscriptions is None:
+            return list(channels)
+        subs = set(self.subscriptions)
+        return [c for c in channels if c in subs]
 
 
 @dataclass
@@ -159,8 +173,9 @@ def plan_packs(hub: RepositoryBase, targets: list[Target], channels: list[str]) 
     plans: dict[tuple[str, int, int], PackPlan] = {}
     behind: dict[tuple[str, int, int], int] = {}
     for t in targets:
-        lag = sum(latest[c] - min(t.installed.get(c, 0), latest[c]) for c in channels)
-        for c in channels:
+        mine = t.wants(channels)
+        lag = sum(latest[c] - min(t.installed.get(c, 0), latest[c]) for c in mine)
+        for c in mine:
             have = t.installed.get(c, 0)
             if have >= latest[c]:
                 continue

@@ -9,7 +9,9 @@ plan or an on-demand decision wrong without any test noticing, so there is one f
 
 from __future__ import annotations
 
-from caravane.protocol.metadata import Manifest
+from dataclasses import dataclass, field
+
+from caravane.protocol.metadata import FileEntry, Manifest
 
 
 def missing_chunks(old: Manifest | None, new: Manifest) -> dict[str, int]:
@@ -33,4 +35,53 @@ def new_bytes(old: Manifest | None, new: Manifest) -> int:
     return sum(missing_chunks(old, new).values())
 
 
-__all__ = ["missing_chunks", "new_bytes"]
+@dataclass
+class FileChanges:
+    """What a release adds, changes and removes, file by file, against the one before it.
+
+    A curator reads it before signing (is this the archive I meant?) and on the release
+    page; ``identical`` warns that publishing would only make a new version number.
+    """
+
+    added: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    unchanged: int = 0
+    added_bytes: int = 0
+    removed_bytes: int = 0
+
+    @property
+    def identical(self) -> bool:
+        return not (self.added or self.changed or self.removed)
+
+
+def file_changes(old: list[FileEntry] | None, new: list[FileEntry]) -> FileChanges:
+    """Paths of ``new`` that ``old`` lacks, holds with other bytes or mode, or no longer has.
+
+    Files are compared by content hash and mode, so a file rewritten with the same bytes is
+    unchanged. Lists come sorted by path.
+    """
+    before = {e.path: e for e in old or []}
+    out = FileChanges()
+    seen: set[str] = set()
+    for e in new:
+        seen.add(e.path)
+        prev = before.get(e.path)
+        if prev is None:
+            out.added.append(e.path)
+            out.added_bytes += e.size
+        elif prev.sha256 != e.sha256 or prev.mode != e.mode:
+            out.changed.append(e.path)
+        else:
+            out.unchanged += 1
+    for path, e in before.items():
+        if path not in seen:
+            out.removed.append(path)
+            out.removed_bytes += e.size
+    out.added.sort()
+    out.changed.sort()
+    out.removed.sort()
+    return out
+
+
+__all__ = ["FileChanges", "file_changes", "missing_chunks", "new_bytes"]

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from caravane.hub.auth import Principal
 from caravane.node.agent import NodeAgent
 from tests.foundation.conftest import read_tree
 from tests.node.conftest import World, content
@@ -63,3 +64,26 @@ def test_nothing_to_carry_and_unknown_centre(world: World, tmp_path: Path) -> No
     assert out.returncode != 0 and "unknown centres: Nowhere" in out.stderr
     out = run("usb", "prepare", drive, "--hub-config", hub_toml)
     assert out.returncode != 0 and "--nodes" in out.stderr
+
+
+def test_region_drive_plans_each_centre_its_own_subscriptions(world: World, tmp_path: Path) -> None:
+    """Two centres of one region, each subscribed to one channel of two: no channel is
+    carried for a centre that never subscribed to it, and the drive's plans say so."""
+    world.publish({"a.txt": b"lecons " * 100})
+    world.channel = "sante"
+    world.publish({"b.txt": b"sante " * 100_000})
+    admin = Principal("admin", "admin")
+    hub = world.rh.hub
+    kita = hub.register_centre(admin, {"name": "Kita", "region": "Kayes", "channels": ["lecons"]})
+    nioro = hub.register_centre(admin, {"name": "Nioro", "region": "Kayes", "channels": ["sante"]})
+    hub_toml = hub.config.data_dir / "hub.toml"
+    hub_toml.write_text(hub.config.to_toml())
+    drive = tmp_path / "drive"
+    drive.mkdir()
+
+    out = run("usb", "prepare", drive, "--region", "Kayes", "--hub-config", hub_toml, "--json")
+    assert out.returncode == 0, out.stderr
+    carried = {p["channel"]: p["for_centres"] for p in json.loads(out.stdout)["written"]}
+    assert carried == {"lecons": [kita["node_id"]], "sante": [nioro["node_id"]]}
+    plan = json.loads((drive / "caravane" / "plans" / f"{kita['node_id']}.json").read_text())
+    assert [s["channel"] for s in plan["steps"]] == ["lecons"]

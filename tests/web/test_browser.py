@@ -30,11 +30,20 @@ def sign_in(page, hub_url: str, token: str, goto: str = "/ui/fleet") -> None:
 
 def publish_via_form(page, hub_url: str, archive: Path, channel: str, notes: str) -> str:
     page.goto(hub_url + "/ui/publish")
-    page.get_by_label("Channel", exact=True).fill(channel)
+    if page.get_by_label("Channel", exact=True).count() == 0:  # no channel yet: make it
+        page.get_by_role("link", name="New channel").first.click()
+        page.get_by_label("Title", exact=True).fill(channel)
+        page.get_by_role("button", name="Create the channel").click()
+        page.wait_for_url("**/ui/publish?channel=*")
+    page.get_by_label("Channel", exact=True).select_option(channel)
     page.get_by_label("Notes").fill(notes)
     page.get_by_label("Archive (.zip or .tar.gz)").set_input_files(str(archive))
-    page.get_by_role("button", name="Publish", exact=True).click()
+    page.get_by_role("button", name="Send and review").click()
     page.wait_for_url("**/ui/jobs/*")
+    reviewed = page.locator('#job-state[data-state="review"], #job-state[data-state="failed"]')
+    reviewed.wait_for(timeout=60_000)
+    if page.locator('#job-state[data-state="review"]').count():
+        page.locator("#sign").click()
     finished = page.locator('#job-state[data-state="done"], #job-state[data-state="failed"]')
     finished.wait_for(timeout=60_000)
     state = page.locator("#job-state").get_attribute("data-state") or ""
@@ -84,8 +93,9 @@ def test_publish_fleet_and_portal(world: World, new_page, tmp_path: Path) -> Non
     sign_in(admin, hub, world.rh.admin, goto="/ui/register")
     admin.get_by_label("Centre name").fill("Centre de Kita")
     admin.get_by_label("Region").fill("Kayes")
+    admin.get_by_role("button", name="Register the centre").click()
     with admin.expect_download() as dl:
-        admin.get_by_role("button", name="Register and download the enrolment file").click()
+        admin.locator("#enrolment-download").click()
     enrolment = json.loads(Path(dl.value.path()).read_text(encoding="utf-8"))
     assert enrolment["format"] == "caravane-enrolment" and enrolment["channels"] == ["lecons"]
     n = NodeAgent.init(tmp_path / "kita", enrolment, offline=True)

@@ -44,6 +44,12 @@ def upgrade() -> None:
         sa.Column("version", sa.Integer, nullable=True),
         sa.Column("files", sa.Integer, nullable=False),
         sa.Column("error", sa.Text, nullable=False),
+        # the curator's review step: notes typed, the open upload holding the file list,
+        # the release compared with, and what the archive adds, changes and removes
+        sa.Column("notes", sa.Text, nullable=False, server_default=""),
+        sa.Column("upload", sa.String(40), nullable=False, server_default=""),
+        sa.Column("latest", sa.Integer, nullable=True),
+        sa.Column("review", sa.JSON, nullable=True),
         sa.Column("started_at", TS, nullable=False, index=True),
         sa.Column("updated_at", TS, nullable=False),
     )

@@ -25,7 +25,7 @@ from typing import Any
 import jinja2
 from aiohttp import web
 
-from caravane.i18n import Translator, negotiate, size_text
+from caravane.i18n import Translator, negotiate, size_text, switcher
 from caravane.protocol.errors import PathError
 from caravane.protocol.paths import check_path
 
@@ -74,7 +74,9 @@ class Portal:
     ) -> web.Response:
         lang = self.lang(request)
         t = Translator(lang)
-        html = self.env.get_template(name).render(lang=lang, t=t, **ctx)
+        html = self.env.get_template(name).render(
+            lang=lang, t=t, languages=switcher(lang), **ctx
+        )
         resp = web.Response(text=html, content_type="text/html", status=status)
         resp.headers["Content-Language"] = lang
         resp.headers["X-Content-Type-Options"] = "nosniff"
@@ -251,7 +253,7 @@ class Portal:
         if behind and not nxt:
             nxt.append(t("op.next_link"))
         if st["reports_waiting"]:
-            nxt.append(t("op.reports_waiting", n=st["reports_waiting"]))
+            nxt.append(t.n("op.reports_waiting", st["reports_waiting"]))
         for h in st["upstream_health"]:
             if h["demoted_until"]:
                 nxt.append(
@@ -331,9 +333,9 @@ async def errors(request: web.Request, handler: Any) -> web.StreamResponse:
     except web.HTTPException as exc:
         if exc.status in (404, 400) and not request.path.startswith((REPO_PREFIX + "/", "/api/")):
             portal: Portal = request.app[PORTAL_KEY]
-            key = "err.not_found" if exc.status == 404 else "err.bad_path"
             t = Translator(portal.lang(request))
-            return web.Response(text=t(key), status=exc.status, content_type="text/plain")
+            text = t("err.not_found") if exc.status == 404 else t("err.bad_path")
+            return web.Response(text=text, status=exc.status, content_type="text/plain")
         raise
 
 

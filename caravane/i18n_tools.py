@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import string
 import sys
 import tempfile
@@ -82,6 +83,26 @@ def read_catalog(path: Path) -> Catalog:
         raise CatalogueError(f"{path}: {exc}") from None
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise CatalogueError(f"{path}: cannot be read ({exc})") from None
+
+
+_PO_STRING = r'"(?:[^"\\]|\\.)*"'
+_PO_LINE = re.compile(
+    rf"^(?:#.*|(?:msgctxt|msgid|msgid_plural|msgstr|msgstr\[\d+\])\s+{_PO_STRING}|{_PO_STRING})$"
+)
+
+
+def lint_po(path: Path) -> list[str]:
+    """Lines msgfmt would refuse that Babel's lenient reader lets through (a lost quote)."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return [f"{path}: not UTF-8 ({exc})"]
+    problems = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if line and not _PO_LINE.match(line):
+            problems.append(f"{path}:{lineno}: syntax error: {line[:60]!r}")
+    return problems
 
 
 def render_catalog(cat: Catalog, template: bool = False) -> bytes:
@@ -298,16 +319,23 @@ def check(locales: Path, source: Path) -> Report:
             f"{stray}: JSON catalogue left over: run `python -m caravane.i18n_tools import-json`"
         )
     cats: dict[str, Catalog] = {}
+    broken: set[str] = set()
     for lang, po in catalogue_files(locales):
         if not i18n.LANG_CODE.match(lang):
             report.errors.append(f"{po}: folder {lang!r} is not a language code (mos, fr, pt_BR)")
+            continue
+        lint = lint_po(po)
+        if lint:
+            report.errors += lint
+            broken.add(lang)
             continue
         try:
             cats[lang] = read_catalog(po)
         except CatalogueError as exc:
             report.errors.append(f"syntax error: {exc}")
+            broken.add(lang)
     for lang in REQUIRED:
-        if lang not in cats and not any(lang in e for e in report.errors):
+        if lang not in cats and lang not in broken:
             report.errors.append(f"{i18n.po_path(locales, lang)}: missing")
 
     keys = sorted({_key(m) for c in cats.values() for m in c if m.id})

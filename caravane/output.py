@@ -12,12 +12,15 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import wraps
-from typing import Any, NoReturn, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar
 
 import click
 from tqdm import tqdm
 
 from caravane.protocol.errors import CaravaneError
+
+if TYPE_CHECKING:
+    from caravane.i18n import Translator
 
 EXIT_ERROR = 1
 EXIT_VERIFY = 3
@@ -78,6 +81,24 @@ def progress_bar(total: int | None, desc: str, quiet: bool) -> Iterator[Callable
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+
+
+def _translator(ctx: click.Context, param: click.Parameter, value: str | None) -> Translator:
+    from caravane.i18n import Translator, cli_language
+
+    return Translator(cli_language(value))
+
+
+# the messages a field agent reads, in their language: the command receives ``t``
+lang_option = click.option(
+    "--lang",
+    "t",
+    metavar="LANG",
+    default=None,
+    callback=_translator,
+    help="Language of the messages (en, fr, or any catalogue present); "
+    "default: $LANGUAGE, $LC_ALL, $LC_MESSAGES or $LANG.",
+)
 
 
 def size_text(n: int) -> str:

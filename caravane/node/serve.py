@@ -74,9 +74,7 @@ class Portal:
     ) -> web.Response:
         lang = self.lang(request)
         t = Translator(lang)
-        html = self.env.get_template(name).render(
-            lang=lang, t=t, languages=switcher(lang), **ctx
-        )
+        html = self.env.get_template(name).render(lang=lang, t=t, languages=switcher(lang), **ctx)
         resp = web.Response(text=html, content_type="text/html", status=status)
         resp.headers["Content-Language"] = lang
         resp.headers["X-Content-Type-Options"] = "nosniff"

@@ -438,7 +438,10 @@ def init_language(locales: Path, lang: str, name: str | None, plural_forms: str 
         string: str | tuple[str, ...] = ("",) * cat.num_plurals if msg.pluralizable else ""
         cat.add(msg.id, string, auto_comments=msg.auto_comments)
     if name:
-        cat.add("lang.name", name)
+        if i18n.NAME_KEY in cat:
+            cat[i18n.NAME_KEY].string = name
+        else:
+            cat.add(i18n.NAME_KEY, name)
     write_atomic(target, render_catalog(cat))
     return target
 

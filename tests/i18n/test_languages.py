@@ -72,6 +72,7 @@ def add_moore(tmp_path: Path) -> Path:
 def test_a_new_catalogue_is_a_new_language(
     portal: str, world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(i18n, "RECHECK", 0.0)  # look at the folders on every request
     _, _, page = get(portal + "/?lang=mos")
     assert 'lang="en"' in page  # no Mooré catalogue yet: English
     monkeypatch.setenv("CARAVANE_LOCALES", str(add_moore(tmp_path)))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ast
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO, Any
 
 from jinja2 import Environment, nodes
@@ -40,17 +41,26 @@ class Use:
     note: str = ""
 
 
-def known_keys() -> list[str]:
-    keys: set[str] = set()
+def _source_texts(locales: str | None) -> dict[str, dict[str, i18n.Entry]]:
+    """English and French messages: of ``locales`` (the ``locales`` option), else the runtime's."""
+    out: dict[str, dict[str, i18n.Entry]] = {}
     for code in i18n.FALLBACKS:
-        keys.update(i18n.catalogue(code))
-    return sorted(keys)
+        if locales:
+            path = i18n.po_path(Path(locales), code)
+            out[code] = i18n.parse(path, code).messages if path.exists() else {}
+        else:
+            out[code] = i18n.catalogue(code)
+    return out
 
 
-def _comments(key: str) -> list[str]:
+def known_keys(texts: dict[str, dict[str, i18n.Entry]]) -> list[str]:
+    return sorted({key for messages in texts.values() for key in messages})
+
+
+def _comments(key: str, texts: dict[str, dict[str, i18n.Entry]]) -> list[str]:
     out = []
     for code in ("en", "fr"):
-        entry = i18n.catalogue(code).get(key)
+        entry = texts.get(code, {}).get(key)
         if entry is None:
             continue
         text = entry if isinstance(entry, str) else " | ".join(entry)
@@ -175,9 +185,10 @@ def expand(uses: Iterator[Use], keys: list[str]) -> Iterator[Use]:
                 yield Use(key, use.plural, use.lineno, note=use.note)
 
 
-def _babel(uses: Iterator[Use]) -> Iterator[Extracted]:
-    for use in expand(uses, known_keys()):
-        comments = ([use.note] if use.note else []) + _comments(use.key)
+def _babel(uses: Iterator[Use], options: Mapping[str, Any]) -> Iterator[Extracted]:
+    texts = _source_texts(options.get("locales"))
+    for use in expand(uses, known_keys(texts)):
+        comments = ([use.note] if use.note else []) + _comments(use.key, texts)
         if use.plural:
             yield use.lineno, "ngettext", (use.key, use.key), comments
         else:
@@ -199,7 +210,7 @@ def extract_python(
         uses = list(python_uses(_read(fileobj, options)))
     except SyntaxError:
         return
-    yield from _babel(iter(uses))
+    yield from _babel(iter(uses), options)
 
 
 def extract_jinja(
@@ -213,4 +224,4 @@ def extract_jinja(
         uses = list(jinja_uses(_read(fileobj, options)))
     except TemplateSyntaxError:
         return
-    yield from _babel(iter(uses))
+    yield from _babel(iter(uses), options)

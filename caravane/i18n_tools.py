@@ -237,7 +237,7 @@ def import_json(locales: Path) -> Report:
 # ---------------------------------------------------------------------------- template
 
 
-def build_template(source: Path) -> Catalog:
+def build_template(source: Path, locales: Path | None = None) -> Catalog:
     """The ``.pot``: every message id the code and templates use, with en/fr texts as notes."""
     cat = Catalog(
         domain=i18n.DOMAIN,
@@ -248,19 +248,24 @@ def build_template(source: Path) -> Catalog:
         header_comment=HEADER.format(lang="Template for the"),
         fuzzy=False,
     )
-    for _path, _lineno, message, comments, context in extract_from_dir(str(source), METHOD_MAP):
+    # the English and French notes come from the catalogues being worked on
+    options = {pattern: {"locales": str(locales)} for pattern, _ in METHOD_MAP} if locales else {}
+    found = extract_from_dir(str(source), METHOD_MAP, options)
+    for _path, _lineno, message, comments, context in found:
         cat.add(message, None, auto_comments=comments, context=context)
     return cat
 
 
 def write_template(locales: Path, source: Path) -> bool:
-    return write_atomic(locales / TEMPLATE, render_catalog(build_template(source), template=True))
+    return write_atomic(
+        locales / TEMPLATE, render_catalog(build_template(source, locales), template=True)
+    )
 
 
 def template_is_current(locales: Path, source: Path) -> bool:
     path = locales / TEMPLATE
     return path.exists() and path.read_bytes() == render_catalog(
-        build_template(source), template=True
+        build_template(source, locales), template=True
     )
 
 
@@ -414,6 +419,10 @@ def check(locales: Path, source: Path) -> Report:
             report.notes.append(
                 f"{lang}: {done} messages translated; {missing} in use fall back to French"
             )
+    if english is not None:
+        unused = sorted({_key(m) for m in english if m.id} - used - {i18n.NAME_KEY})
+        if unused:
+            report.notes.append(f"in the catalogues but used nowhere: {', '.join(unused)}")
     if locales.resolve() == i18n.LOCALES.resolve() and not template_is_current(locales, source):
         report.warnings.append(
             f"{locales / TEMPLATE} is out of date: run `python -m caravane.i18n_tools extract`"

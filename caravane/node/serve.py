@@ -25,7 +25,7 @@ from typing import Any
 import jinja2
 from aiohttp import web
 
-from caravane.i18n import Translator, negotiate, size_text, switcher
+from caravane.i18n import FALLBACKS, Translator, negotiate, size_text, switcher
 from caravane.protocol.errors import PathError
 from caravane.protocol.paths import check_path
 
@@ -144,7 +144,9 @@ class Portal:
             for ch in self.node.channels()
         ]
         warning = freeze_warning(chans, days)
-        return warning.get(lang, warning["en"]) if warning else None
+        if not warning:
+            return None
+        return next(warning[c] for c in (lang, *FALLBACKS) if c in warning)  # en, fr written
 
     async def browse(self, request: web.Request) -> web.StreamResponse:
         channel = request.match_info["channel"]

@@ -1,11 +1,12 @@
 """Babel extractors for key-style messages: ``t("key")`` and ``t.n("key", count)``.
 
 Babel's own Python and Jinja2 extractors only see ``gettext``-like names; pages here call a
-:class:`~caravane.i18n.Translator` named ``t`` (or ``Translator(lang)("key")``), and sometimes
-build the key from a literal prefix (``t('hub.role.' ~ user.role)``) or pick one of two
-literals. These extractors read the source as a syntax tree (``ast``, Jinja2's parser), expand
-a prefix to every key of the English and French catalogues that starts with it, and report
-each message as ``gettext`` / ``ngettext`` so ``pybabel extract -F babel.cfg`` needs no ``-k``.
+:class:`~caravane.i18n.Translator` named ``t`` (or ``Translator(lang)("key")``), errors name
+theirs with ``CaravaneError.say("key", ...)``, and some calls build the key from a literal
+prefix (``t('hub.role.' ~ user.role)``) or pick one of two literals. These extractors read the
+source as a syntax tree (``ast``, Jinja2's parser), expand a prefix to every key of the English
+and French catalogues that starts with it, and report each message as ``gettext`` /
+``ngettext`` so ``pybabel extract -F babel.cfg`` needs no ``-k``.
 Each message carries its English and French texts as an extracted comment, so a translator
 working from ``caravane.pot`` sees what to translate, not just a key.
 """
@@ -110,7 +111,8 @@ def python_uses(source: str) -> Iterator[Use]:
         if not isinstance(node, ast.Call) or not node.args:
             continue
         func = node.func
-        if _py_is_translator(func):
+        says = isinstance(func, ast.Attribute) and func.attr == "say"  # CaravaneError.say(key)
+        if _py_is_translator(func) or says:
             plural = False
         elif isinstance(func, ast.Attribute) and func.attr == "n" and _py_is_translator(func.value):
             plural = True

@@ -37,12 +37,25 @@ def emit(as_json: bool, data: dict[str, Any], text: str) -> None:
         click.echo(text)
 
 
-def fail(message: str, as_json: bool = False, code: int = EXIT_ERROR) -> NoReturn:
-    """One ``error: ...`` line on stderr (and ``{"ok": false}`` with --json), then exit."""
+def fail(
+    message: str, as_json: bool = False, code: int = EXIT_ERROR, local: str | None = None
+) -> NoReturn:
+    """One ``error: ...`` line on stderr (and ``{"ok": false}`` with --json), then exit.
+
+    ``local`` is the same message in the reader's language, for the line a person reads;
+    the JSON keeps the English one, and the ``error:`` prefix stays for scripts.
+    """
     if as_json:
         click.echo(json.dumps({"ok": False, "error": message}, ensure_ascii=False))
-    click.echo(f"error: {message}", err=True)
+    click.echo(f"error: {local or message}", err=True)
     sys.exit(code)
+
+
+def _in_language(exc: CaravaneError, translator: Translator | None) -> str | None:
+    if translator is None or exc.message_id is None:
+        return None
+    text = translator(exc.message_id, **exc.message_args)
+    return None if text == exc.message_id else text
 
 
 def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
@@ -53,7 +66,11 @@ def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
         try:
             return func(*args, **kwargs)
         except CaravaneError as exc:
-            fail(str(exc), bool(kwargs.get("as_json")))
+            from caravane.i18n import Translator
+
+            t = kwargs.get("t")  # the command's --lang translator, if it has one
+            local = _in_language(exc, t if isinstance(t, Translator) else None)
+            fail(str(exc), bool(kwargs.get("as_json")), local=local)
         except OSError as exc:
             where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
             fail(f"{exc.strerror or exc}{where}", bool(kwargs.get("as_json")))

@@ -35,6 +35,8 @@ def test_a_route_in_french_then_english(world: World, tmp_path: Path) -> None:
 
     out = run("usb", "prepare", drive, "--hub-config", hub_toml, **FR)
     assert out.returncode != 0 and "dites quels centres : --nodes" in out.stderr
+    out = run("usb", "prepare", drive, "--nodes", "Nowhere", "--hub-config", hub_toml, **FR)
+    assert out.returncode != 0 and "error: centres inconnus : Nowhere" in out.stderr
     out = run("usb", "prepare", drive, "--nodes", "Kita", "--hub-config", hub_toml, **FR)
     assert out.returncode == 0, out.stderr
     assert f"clé {drive} : 1 paquet, 3,0 Mo, vérifié" in out.stdout
@@ -63,3 +65,18 @@ def test_a_route_in_french_then_english(world: World, tmp_path: Path) -> None:
     out = run("usb", "ingest", drive, "--hub-config", hub_toml, LC_MESSAGES="fr_BF.UTF-8")
     assert out.returncode == 0, out.stderr
     assert "déjà connu : " in out.stdout  # the same drive twice
+
+
+def test_errors_in_the_readers_language_json_in_english(tmp_path: Path) -> None:
+    missing = tmp_path / "no-centre-here"
+    out = run("node", "status", "-d", missing, **FR)
+    assert out.returncode == 1
+    assert out.stderr.strip() == (
+        f"error: {missing} : pas de configuration de centre ici ; "
+        "lancez d'abord `caravane node init`"
+    )
+    out = run("node", "status", "-d", missing, "--json", **FR)
+    assert out.returncode == 1  # scripts read the same English words in every locale
+    assert '"error": "' + str(missing) + ': no node configuration' in out.stdout
+    out = run("node", "status", "-d", missing, "--lang", "en", **FR)
+    assert "error: " + str(missing) + ": no node configuration; run" in out.stderr

@@ -172,6 +172,19 @@ def _key(msg: Message) -> str:
 # ---------------------------------------------------------------------------- import-json
 
 
+def _words(text: str | None) -> str | None:
+    return " ".join(text.split()) if text is not None else None
+
+
+def _remembered(msg: Message) -> str | None:
+    """The JSON text a plural entry was made from (its comment, wrapped over lines by Babel)."""
+    comments = list(msg.user_comments)
+    for i, line in enumerate(comments):
+        if line.startswith(JSON_NOTE):
+            return " ".join([line[len(JSON_NOTE) :], *comments[i + 1 :]])
+    return None
+
+
 def import_json(locales: Path) -> Report:
     """Merge each ``locales/<lang>.json`` into ``<lang>/LC_MESSAGES/caravane.po``; remove it."""
     report = Report()
@@ -207,10 +220,7 @@ def import_json(locales: Path) -> Report:
             msg.flags.discard("fuzzy")
             if isinstance(msg.string, (list, tuple)):
                 forms = [str(s) for s in msg.string]
-                remembered = {
-                    c[len(JSON_NOTE) :] for c in msg.user_comments if c.startswith(JSON_NOTE)
-                }
-                if text not in forms and text not in remembered:
+                if text not in forms and _words(text) != _words(_remembered(msg)):
                     report.warnings.append(
                         f"{lang}: {key} has plural forms in {target.name}; its JSON text "
                         f"{text!r} was not applied: edit the forms in the .po"

@@ -175,3 +175,26 @@ def test_pybabel_extract_with_babel_cfg_gives_the_shipped_template(tmp_path: Pat
     assert ids(pot) == shipped
     assert shipped["portal.files"] is True and shipped["hub.role.admin"] is False
     assert "lang.name" in shipped
+
+
+def test_the_old_json_of_main_imports_as_no_change(locales: Path) -> None:
+    """A branch made before the conversion brings back the JSON texts these catalogues came
+    from: re-importing them changes nothing and warns of nothing (long notes wrap in .po)."""
+    from caravane.i18n_tools import _remembered
+
+    for lang in ("en", "fr"):
+        with po(locales, lang).open("rb") as f:
+            cat = read_po(f)
+        doc = {}
+        for msg in cat:
+            if not msg.id:
+                continue
+            key = msg.id[0] if msg.pluralizable else msg.id
+            text = _remembered(msg) if msg.pluralizable else msg.string
+            if text:  # plural entries made after the JSON files were gone have no note
+                doc[key] = text
+        (locales / f"{lang}.json").write_text(json.dumps(doc, ensure_ascii=False), "utf-8")
+    before = {p: p.read_bytes() for p in locales.rglob("*.po*")}
+    out = tools("import-json", "--locales", locales)
+    assert out.returncode == 0 and out.stderr == ""
+    assert {p: p.read_bytes() for p in locales.rglob("*.po*")} == before

@@ -77,6 +77,6 @@ def test_errors_in_the_readers_language_json_in_english(tmp_path: Path) -> None:
     )
     out = run("node", "status", "-d", missing, "--json", **FR)
     assert out.returncode == 1  # scripts read the same English words in every locale
-    assert '"error": "' + str(missing) + ': no node configuration' in out.stdout
+    assert '"error": "' + str(missing) + ": no node configuration" in out.stdout
     out = run("node", "status", "-d", missing, "--lang", "en", **FR)
     assert "error: " + str(missing) + ": no node configuration; run" in out.stderr

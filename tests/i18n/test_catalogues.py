@@ -56,9 +56,14 @@ def test_check_names_a_key_missing_from_french(locales: Path) -> None:
     cut = 'msgid "portal.search_label"\nmsgstr "Rechercher par titre"\n'
     assert cut in text
     path.write_text(text.replace(cut, ""), encoding="utf-8")
+    english = po(locales, "en")
+    cut = 'msgid "cli.usb.removable"\nmsgstr "the drive can be removed"\n'
+    assert cut in english.read_text(encoding="utf-8")
+    english.write_text(english.read_text(encoding="utf-8").replace(cut, ""), encoding="utf-8")
     out = tools("check", "--locales", locales)
     assert out.returncode == 1
     assert "'portal.search_label'" in out.stderr and "base.html" in out.stderr
+    assert "en/LC_MESSAGES/caravane.po: 'cli.usb.removable' (caravane/usb_cli.py:" in out.stderr
 
 
 def test_check_names_the_line_of_a_syntax_error(locales: Path) -> None:

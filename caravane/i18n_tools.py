@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import gettext
 import json
 import os
 import re
@@ -157,8 +158,8 @@ def _set_plural_forms(cat: Catalog, text: str) -> None:
     try:
         n = int(parts["nplurals"])
         expr = parts["plural"]
-        i18n._compile_plural(expr)
-    except (KeyError, ValueError) as exc:
+        gettext.c2py(expr)
+    except (KeyError, ValueError, SyntaxError) as exc:
         raise CatalogueError(
             f"plural forms {text!r}: write them as 'nplurals=2; plural=(n > 1);'"
         ) from exc
@@ -395,9 +396,12 @@ def check(locales: Path, source: Path) -> Report:
     for lang, cat in cats.items():
         po = i18n.po_path(locales, lang)
         try:
-            i18n._compile_plural(cat.plural_expr)
-        except Exception:  # pragma: no cover - _compile_plural falls back already
-            report.errors.append(f"{po}: Plural-Forms {cat.plural_forms!r} does not parse")
+            gettext.c2py(cat.plural_expr)
+        except (ValueError, SyntaxError):
+            report.errors.append(
+                f"{po}: Plural-Forms {cat.plural_forms!r} does not parse: write it as "
+                "'nplurals=2; plural=(n > 1);' (TRANSLATING.md)"
+            )
         done = 0
         for msg in cat:
             if not msg.id:

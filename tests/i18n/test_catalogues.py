@@ -203,3 +203,13 @@ def test_the_old_json_of_main_imports_as_no_change(locales: Path) -> None:
     out = tools("import-json", "--locales", locales)
     assert out.returncode == 0 and out.stderr == ""
     assert {p: p.read_bytes() for p in locales.rglob("*.po*")} == before
+
+
+def test_check_refuses_plural_forms_that_do_not_parse(locales: Path) -> None:
+    path = po(locales, "fr")
+    text = path.read_text(encoding="utf-8")
+    rule = '"Plural-Forms: nplurals=2; plural=(n > 1);\\n"'
+    assert rule in text
+    path.write_text(text.replace(rule, '"Plural-Forms: nplurals=2; plural=(n >);\\n"'), "utf-8")
+    out = tools("check", "--locales", locales)
+    assert out.returncode == 1 and "Plural-Forms" in out.stderr and "does not parse" in out.stderr

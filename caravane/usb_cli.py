@@ -9,6 +9,7 @@ fleet database, and the node agent imports by itself when it sees a drive.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -242,9 +243,23 @@ def usb_import(
     node = NodeAgent.open(node_dir or Path(os.environ.get("CARAVANE_NODE_DIR", "caravane-node")))
     with progress_bar(None, t("cli.usb.importing"), as_json) as bar:
         out = import_drive_into_centre(node, drive, progress=bar)
-    emit(as_json, out, out["receipt"].strip())
+    # the receipt on the drive is in English and French; the screen speaks the agent's language
+    emit(as_json, out, "\n".join(_import_lines(out, t)))
     if not out["ok"]:
         raise SystemExit(1)
+
+
+def _import_lines(out: dict[str, Any], t: Translator) -> list[str]:
+    lines = []
+    for c in out["channels"]:
+        if c["status"] == "activated":
+            lines.append(t("cli.usb.installed", channel=c["channel"], v=c["active"]))
+        elif c["status"] == "up-to-date":
+            lines.append(t("cli.usb.already", channel=c["channel"], v=c["active"]))
+        else:
+            lines.append(t("cli.usb.not_installed", channel=c["channel"], why=c["message"]))
+    lines += [t("cli.usb.problem", problem=e) for e in out["errors"]]
+    return [*(lines or [t("cli.usb.nothing_here")]), t("cli.usb.removable")]
 
 
 @usb.command("ingest")

@@ -54,7 +54,12 @@ def test_a_route_in_french_then_english(world: World, tmp_path: Path) -> None:
     out = run("node", "status", "-d", tmp_path / "centre", LANG="C.UTF-8")
     assert "lecons: serving —" in out.stdout and "free disk: " in out.stdout
 
-    assert run("usb", "import", drive, "-d", tmp_path / "centre", **FR).returncode == 0
+    out = run("usb", "import", drive, "-d", tmp_path / "centre", **FR)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["lecons : version 1 installée", "la clé peut être retirée"]
+    out = run("usb", "import", drive, "-d", tmp_path / "centre", "--lang", "en", **FR)
+    assert out.returncode == 0, out.stderr
+    assert "lecons: already up to date (version 1)" in out.stdout
     out = run("node", "status", "-d", tmp_path / "centre", "--lang", "fr")
     assert "(à jour)" in out.stdout
 

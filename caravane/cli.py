@@ -45,6 +45,7 @@ COMMANDS: Final[tuple[tuple[str, str, str], ...]] = (
     ("caravane.hub.cli", "publish", "publish"),
     ("caravane.node.cli", "node", "node"),
     ("caravane.usb_cli", "usb", "usb"),
+    ("caravane.i18n_tools", "main", "i18n"),
 )
 
 

@@ -12,12 +12,15 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import wraps
-from typing import Any, NoReturn, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar
 
 import click
 from tqdm import tqdm
 
 from caravane.protocol.errors import CaravaneError
+
+if TYPE_CHECKING:
+    from caravane.i18n import Translator
 
 EXIT_ERROR = 1
 EXIT_VERIFY = 3
@@ -34,12 +37,25 @@ def emit(as_json: bool, data: dict[str, Any], text: str) -> None:
         click.echo(text)
 
 
-def fail(message: str, as_json: bool = False, code: int = EXIT_ERROR) -> NoReturn:
-    """One ``error: ...`` line on stderr (and ``{"ok": false}`` with --json), then exit."""
+def fail(
+    message: str, as_json: bool = False, code: int = EXIT_ERROR, local: str | None = None
+) -> NoReturn:
+    """One ``error: ...`` line on stderr (and ``{"ok": false}`` with --json), then exit.
+
+    ``local`` is the same message in the reader's language, for the line a person reads;
+    the JSON keeps the English one, and the ``error:`` prefix stays for scripts.
+    """
     if as_json:
         click.echo(json.dumps({"ok": False, "error": message}, ensure_ascii=False))
-    click.echo(f"error: {message}", err=True)
+    click.echo(f"error: {local or message}", err=True)
     sys.exit(code)
+
+
+def _in_language(exc: CaravaneError, translator: Translator | None) -> str | None:
+    if translator is None or exc.message_id is None:
+        return None
+    text = translator(exc.message_id, **exc.message_args)
+    return None if text == exc.message_id else text
 
 
 def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
@@ -50,7 +66,11 @@ def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
         try:
             return func(*args, **kwargs)
         except CaravaneError as exc:
-            fail(str(exc), bool(kwargs.get("as_json")))
+            from caravane.i18n import Translator
+
+            t = kwargs.get("t")  # the command's --lang translator, if it has one
+            local = _in_language(exc, t if isinstance(t, Translator) else None)
+            fail(str(exc), bool(kwargs.get("as_json")), local=local)
         except OSError as exc:
             where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
             fail(f"{exc.strerror or exc}{where}", bool(kwargs.get("as_json")))
@@ -78,6 +98,24 @@ def progress_bar(total: int | None, desc: str, quiet: bool) -> Iterator[Callable
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+
+
+def _translator(ctx: click.Context, param: click.Parameter, value: str | None) -> Translator:
+    from caravane.i18n import Translator, cli_language
+
+    return Translator(cli_language(value))
+
+
+# the messages a field agent reads, in their language: the command receives ``t``
+lang_option = click.option(
+    "--lang",
+    "t",
+    metavar="LANG",
+    default=None,
+    callback=_translator,
+    help="Language of the messages (en, fr, or any catalogue present); "
+    "default: $LANGUAGE, $LC_ALL, $LC_MESSAGES or $LANG.",
+)
 
 
 def size_text(n: int) -> str:

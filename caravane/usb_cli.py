@@ -9,19 +9,23 @@ fleet database, and the node agent imports by itself when it sees a drive.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
+from caravane.i18n import Translator, size_text
 from caravane.node.cli import disk_errors
 from caravane.packs.bundle import Target, import_drive, prepare, read_description, verify_drive
 from caravane.packs.centre_store import CentreStore
 from caravane.packs.repository import Repository
 from caravane.protocol.errors import CaravaneError
 
-from .output import EXIT_VERIFY, emit, handle_errors, json_option, progress_bar
+from .output import EXIT_VERIFY, emit, handle_errors, json_option, lang_option, progress_bar
 
 
-def parse_centres(values: tuple[str, ...], channels: list[str]) -> list[Target]:
+def parse_centres(
+    values: tuple[str, ...], channels: list[str], t: Translator | None = None
+) -> list[Target]:
     """``NAME`` or ``NAME=chan:version,chan:version`` -> targets (unknown versions: 0)."""
     targets = []
     for value in values:
@@ -32,7 +36,8 @@ def parse_centres(values: tuple[str, ...], channels: list[str]) -> list[Target]:
             try:
                 installed[chan.strip()] = int(version)
             except ValueError:
-                raise CaravaneError(f"--centre {value!r}: write versions as channel:N") from None
+                tr = t or Translator("en")
+                raise CaravaneError(tr("cli.usb.bad_centre", value=repr(value))) from None
         targets.append(Target(name.strip(), installed))
     return targets
 
@@ -87,6 +92,7 @@ def usb() -> None:
 )
 @click.option("--volume-size", type=int, default=None, help="Bytes per pack volume.")
 @json_option
+@lang_option
 @handle_errors
 def usb_prepare(
     drive: Path,
@@ -99,6 +105,7 @@ def usb_prepare(
     centres: tuple[str, ...],
     volume_size: int | None,
     as_json: bool,
+    t: Translator,
 ) -> None:
     """Fill DRIVE with what a route of centres lacks, by priority; says what did not fit.
 
@@ -108,11 +115,11 @@ def usb_prepare(
 
     chans = [c.strip() for c in (channels or "").split(",") if c.strip()]
     vsize = volume_size or DEFAULT_VOLUME_SIZE
-    with progress_bar(None, "writing drive", as_json) as bar:
+    with progress_bar(None, t("cli.usb.writing"), as_json) as bar:
         if repo_dir is not None or node_dir is not None:
             repo = Repository(repo_dir if repo_dir is not None else Path(str(node_dir)) / "store")
             chans = chans or repo.channels()
-            targets = parse_centres(centres or ("any-centre",), chans)
+            targets = parse_centres(centres or ("any-centre",), chans, t)
             res = prepare(
                 repo,
                 drive,
@@ -129,17 +136,24 @@ def usb_prepare(
             hub = load(_hub_config(hub_config))
             names = [n.strip() for n in (nodes or "").split(",") if n.strip()]
             if not (names or region or chans):
-                raise CaravaneError("say which centres: --nodes A,B,C, --region R or --channels")
+                raise CaravaneError(t("cli.usb.need_centres"))
             res = prepare_for_route(hub, drive, names, region, chans or None, vsize, bar)
-    lines = [f"drive {drive}: {len(res.written)} packs, {res.bytes_on_drive} bytes, verified"]
+    size = size_text(res.bytes_on_drive, t.lang)
+    lines = [t.n("cli.usb.prepared", len(res.written), drive=drive, size=size)]
     if not res.written and not res.skipped:
-        lines = [f"drive {drive}: nothing to carry, these centres are up to date (as last known)"]
+        lines = [t("cli.usb.nothing", drive=drive)]
     for s in res.skipped:
         lines.append(
-            f"  did not fit: {s['channel']} {s['from_version']}->{s['to_version']} "
-            f"({s['size']} bytes) for {', '.join(s['for_centres'])}"
+            t(
+                "cli.usb.did_not_fit",
+                channel=s["channel"],
+                old=s["from_version"],
+                new=s["to_version"],
+                size=size_text(s["size"], t.lang),
+                centres=", ".join(s["for_centres"]),
+            )
         )
-    lines.append("the drive can be removed / le support peut etre retire")
+    lines.append(t("cli.usb.removable"))
     emit(as_json, dict(res.to_dict(), ok=True), "\n".join(lines))
 
 
@@ -159,17 +173,18 @@ def _hub_config(path: Path | None) -> Path:
     help="A repository or store whose pinned root the drive must match.",
 )
 @json_option
+@lang_option
 @handle_errors
-def usb_verify(drive: Path, repo_dir: Path, as_json: bool) -> None:
+def usb_verify(drive: Path, repo_dir: Path, as_json: bool, t: Translator) -> None:
     """Read back every file on DRIVE and check it, before the drive leaves."""
     problems = verify_drive(drive, Repository(repo_dir))
     doc = read_description(drive) if not problems else {}
     emit(
         as_json,
         {"ok": not problems, "problems": problems, "packs": len(doc.get("packs", []))},
-        "drive OK: every pack reads back and verifies"
+        t("cli.usb.verify_ok")
         if not problems
-        else "drive FAILED:\n" + "\n".join(f"  {p}" for p in problems),
+        else t("cli.usb.verify_failed") + "\n" + "\n".join(f"  {p}" for p in problems),
     )
     if problems:
         raise SystemExit(EXIT_VERIFY)
@@ -195,6 +210,7 @@ def usb_verify(drive: Path, repo_dir: Path, as_json: bool) -> None:
 )
 @click.option("--channels", default=None, help="With --store: only these channels.")
 @json_option
+@lang_option
 @handle_errors
 @disk_errors  # a full or read-only disk at the centre: one line, not a traceback
 def usb_import(
@@ -203,17 +219,21 @@ def usb_import(
     store_dir: Path | None,
     channels: str | None,
     as_json: bool,
+    t: Translator,
 ) -> None:
     """Verify and take from DRIVE what this centre needs, activate it, write the report back."""
     if store_dir is not None:
         store = CentreStore(store_dir, durable=True)
         chans = [c.strip() for c in channels.split(",")] if channels else None
-        with progress_bar(None, "importing", as_json) as bar:
+        with progress_bar(None, t("cli.usb.importing"), as_json) as bar:
             res = import_drive(store, drive, chans, progress=bar)
-        lines = [f"applied {a['channel']} {a['from']} -> {a['to']}" for a in res.applied]
-        lines += [f"up to date: {c}" for c in res.up_to_date]
-        lines += [f"problem: {f}" for f in res.failed]
-        lines.append("the drive can be removed / le support peut etre retire")
+        lines = [
+            t("cli.usb.applied", channel=a["channel"], old=a["from"], new=a["to"])
+            for a in res.applied
+        ]
+        lines += [t("cli.usb.up_to_date", channel=c) for c in res.up_to_date]
+        lines += [t("cli.usb.problem", problem=f) for f in res.failed]
+        lines.append(t("cli.usb.removable"))
         emit(as_json, res.to_dict(), "\n".join(lines))
         if not res.ok:
             raise SystemExit(1)
@@ -222,28 +242,43 @@ def usb_import(
     from caravane.system_paths import node_location
 
     node = NodeAgent.open(node_dir or node_location())
-    with progress_bar(None, "importing", as_json) as bar:
+    with progress_bar(None, t("cli.usb.importing"), as_json) as bar:
         out = import_drive_into_centre(node, drive, progress=bar)
-    emit(as_json, out, out["receipt"].strip())
+    # the receipt on the drive is in English and French; the screen speaks the agent's language
+    emit(as_json, out, "\n".join(_import_lines(out, t)))
     if not out["ok"]:
         raise SystemExit(1)
+
+
+def _import_lines(out: dict[str, Any], t: Translator) -> list[str]:
+    lines = []
+    for c in out["channels"]:
+        if c["status"] == "activated":
+            lines.append(t("cli.usb.installed", channel=c["channel"], v=c["active"]))
+        elif c["status"] == "up-to-date":
+            lines.append(t("cli.usb.already", channel=c["channel"], v=c["active"]))
+        else:
+            lines.append(t("cli.usb.not_installed", channel=c["channel"], why=c["message"]))
+    lines += [t("cli.usb.problem", problem=e) for e in out["errors"]]
+    return [*(lines or [t("cli.usb.nothing_here")]), t("cli.usb.removable")]
 
 
 @usb.command("ingest")
 @click.argument("drive", type=click.Path(file_okay=False, exists=True, path_type=Path))
 @hub_config_option
 @json_option
+@lang_option
 @handle_errors
-def usb_ingest(drive: Path, hub_config: Path | None, as_json: bool) -> None:
+def usb_ingest(drive: Path, hub_config: Path | None, as_json: bool, t: Translator) -> None:
     """At the hub: read the reports centres wrote on a returned DRIVE into the fleet state."""
     from caravane.hub.cli import load
     from caravane.hub.usb import ingest
 
     out = ingest(load(_hub_config(hub_config)), drive)
-    lines = [f"registered: {n}" for n in out["enrolled"]]
-    lines += [f"report from {n} recorded (route: usb)" for n in out["reports"]]
-    lines += [f"already known: {n}" for n in out["already_known"]]
-    lines += [f"refused: {r}" for r in out["refused"]]
-    emit(as_json, out, "\n".join(lines) or "no reports on this drive")
+    lines = [t("cli.usb.registered", name=n) for n in out["enrolled"]]
+    lines += [t("cli.usb.report_recorded", name=n) for n in out["reports"]]
+    lines += [t("cli.usb.already_known", name=n) for n in out["already_known"]]
+    lines += [t("cli.usb.refused", reason=r) for r in out["refused"]]
+    emit(as_json, out, "\n".join(lines) or t("cli.usb.no_reports"))
     if not out["ok"]:
         raise SystemExit(1)

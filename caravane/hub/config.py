@@ -70,7 +70,9 @@ class HubConfig:
         try:
             doc = tomllib.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise FormatError(f"{path}: no hub configuration; run `caravane hub init`") from None
+            raise FormatError(f"{path}: no hub configuration; run `caravane hub init`").say(
+                "cli.err.hub_config_missing", path=path
+            ) from None
         except tomllib.TOMLDecodeError as exc:
             raise FormatError(f"{path}: not valid TOML ({exc})") from None
         hub = doc.get("hub", {})

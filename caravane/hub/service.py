@@ -774,7 +774,10 @@ class Hub:
             found = {r.name for r in rows} | {r.id for r in rows}
             unknown = wanted - found
             if unknown:
-                raise NotFound(f"unknown centres: {', '.join(sorted(unknown))}")
+                missing = ", ".join(sorted(unknown))
+                raise NotFound(f"unknown centres: {missing}").say(
+                    "cli.err.unknown_centres", names=missing
+                )
         return rows
 
     # ------------------------------------------------------------------ jobs support

@@ -37,7 +37,7 @@ from typing import Any
 import jinja2
 from aiohttp import BodyPartReader, web
 
-from caravane.i18n import Translator, negotiate, size_text
+from caravane.i18n import Translator, negotiate, size_text, switcher
 from caravane.packs.chunker import DEFAULT_AVG
 from caravane.packs.repository import ingest_files, scan_source
 from caravane.protocol.errors import CaravaneError, PathError
@@ -164,7 +164,7 @@ def render(request: web.Request, name: str, status: int = 200, **ctx: Any) -> we
         session=s,
         user=p,
         can=lambda *roles: p is not None and may(p.role, roles),
-        switch_href=lang_href(request, t("lang.switch_code")),
+        languages=[(code, name, lang_href(request, code)) for code, name in switcher(lang)],
         path=request.path,
         **ctx,
     )

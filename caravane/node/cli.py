@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from caravane import logs, system_paths
-from caravane.i18n import size_text
-from caravane.output import emit, fail, handle_errors, json_option, progress_bar
+from caravane.i18n import FALLBACKS, Translator, size_text
+from caravane.output import emit, fail, handle_errors, json_option, lang_option, progress_bar
 
 from .config import UPSTREAM_KINDS, UpstreamConfig
 
@@ -245,28 +245,43 @@ def _describe(c: ChannelResult) -> str:
 @node.command("status")
 @dir_option
 @json_option
+@lang_option
 @handle_errors
 @disk_errors
-def node_status(data_dir: Path, as_json: bool) -> None:
+def node_status(data_dir: Path, as_json: bool, t: Translator) -> None:
     """What this centre serves, what it waits for, and what to do next."""
     n = _open(data_dir)
     st = n.status()
-    lines = [f"node {st['node_id']} {st['name']}".rstrip()]
+    lines = [t("cli.status.node", id=st["node_id"], name=st["name"] or "").rstrip()]
     warning = st.get("freeze_warning")
-    if warning:
-        lines += [f"  {warning['en']}", f"  {warning['fr']}"]
+    if warning:  # written in English and French by the agent; other languages read French
+        lang = next(c for c in (t.lang, *FALLBACKS) if c in warning)
+        lines.append(f"  {warning[lang]}")
     for c in st["channels"]:
         fresh = c["freshness"]["last_fresh_word"]
         lines.append(
-            f"  {c['channel']}: serving {c['active']}, newest known {c['latest_known']}"
-            f" ({c['state']}); last fresh word from the hub: {fresh or 'never'}"
+            t(
+                "cli.status.channel",
+                channel=c["channel"],
+                active=c["active"] if c["active"] is not None else "—",
+                latest=c["latest_known"] if c["latest_known"] is not None else "—",
+                state=t("cli.state." + c["state"]),
+                fresh=fresh or t("cli.status.never"),
+            )
         )
-    lines.append(f"  free disk: {st['disk']['free'] / 1e9:.1f} GB")
+    lines.append(t("cli.status.disk", free=size_text(st["disk"]["free"], t.lang)))
     if st["reports_waiting"]:
-        lines.append(f"  reports waiting to go to the hub: {st['reports_waiting']}")
+        lines.append(t.n("cli.status.reports", st["reports_waiting"]))
     for h in st["upstream_health"]:
         if h["demoted_until"]:
-            lines.append(f"  {h['name']}: set aside until {h['demoted_until']} ({h['last_error']})")
+            lines.append(
+                t(
+                    "cli.status.aside",
+                    name=h["name"],
+                    until=h["demoted_until"],
+                    error=h["last_error"],
+                )
+            )
     emit(as_json, st, "\n".join(lines))
 
 

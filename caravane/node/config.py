@@ -160,8 +160,8 @@ class NodeConfig:
         try:
             doc = tomllib.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise FormatError(
-                f"{path}: no node configuration; run `caravane node init` first"
+            raise FormatError(f"{path}: no node configuration; run `caravane node init` first").say(
+                "cli.err.node_config_missing", path=path
             ) from None
         except tomllib.TOMLDecodeError as exc:
             raise FormatError(f"{path}: not valid TOML ({exc})") from None

@@ -389,7 +389,7 @@ class OperatorPage:
         if behind and not out:
             out.append(t("op.next_link"))
         if st["reports_waiting"]:
-            out.append(t("op.reports_waiting", n=st["reports_waiting"]))
+            out.append(t.n("op.reports_waiting", st["reports_waiting"]))
         if st["registration_waiting"]:
             out.append(t("op.registration_waiting"))
         if not out:

@@ -26,7 +26,7 @@ from typing import Any
 import jinja2
 from aiohttp import web
 
-from caravane.i18n import Translator, negotiate, size_text
+from caravane.i18n import FALLBACKS, Translator, negotiate, size_text, switcher
 from caravane.protocol.errors import PathError
 from caravane.protocol.paths import check_path
 from caravane.served_objects import object_id, object_response
@@ -84,7 +84,7 @@ class Portal:
     ) -> web.Response:
         lang = self.lang(request)
         t = Translator(lang)
-        html = self.env.get_template(name).render(lang=lang, t=t, **ctx)
+        html = self.env.get_template(name).render(lang=lang, t=t, languages=switcher(lang), **ctx)
         resp = web.Response(text=html, content_type="text/html", status=status)
         resp.headers["Content-Language"] = lang
         resp.headers["X-Content-Type-Options"] = "nosniff"
@@ -169,7 +169,9 @@ class Portal:
             for ch in self.node.channels()
         ]
         warning = freeze_warning(chans, days)
-        return warning.get(lang, warning["en"]) if warning else None
+        if not warning:
+            return None
+        return next(warning[c] for c in (lang, *FALLBACKS) if c in warning)  # en, fr written
 
     async def browse(self, request: web.Request) -> web.StreamResponse:
         channel = request.match_info["channel"]
@@ -291,9 +293,9 @@ async def errors(request: web.Request, handler: Any) -> web.StreamResponse:
     except web.HTTPException as exc:
         if exc.status in (404, 400) and not request.path.startswith((REPO_PREFIX + "/", "/api/")):
             portal: Portal = request.app[PORTAL_KEY]
-            key = "err.not_found" if exc.status == 404 else "err.bad_path"
             t = Translator(portal.lang(request))
-            return web.Response(text=t(key), status=exc.status, content_type="text/plain")
+            text = t("err.not_found") if exc.status == 404 else t("err.bad_path")
+            return web.Response(text=text, status=exc.status, content_type="text/plain")
         raise
 
 

@@ -4,9 +4,23 @@ Messages name the file and the problem in words a field agent can act on; the CL
 them as they are and exits non-zero.
 """
 
+from typing import Self
+
 
 class CaravaneError(Exception):
-    """Base of every error Caravane raises on purpose."""
+    """Base of every error Caravane raises on purpose.
+
+    ``str()`` is the English message (logs, the API, ``--json``). A raiser may also name a
+    message id of the translation catalogues with :meth:`say`, so that a command prints the
+    message in the field agent's language (``caravane.output.handle_errors``).
+    """
+
+    message_id: str | None = None
+    message_args: dict[str, object] = {}  # replaced by say(), never mutated
+
+    def say(self, message_id: str, **args: object) -> Self:
+        self.message_id, self.message_args = message_id, args
+        return self
 
 
 class BadDataError(CaravaneError):

@@ -61,7 +61,8 @@ def test_frozen_mirror_is_visible_after_the_warning_age(world: World, tmp_path: 
     out = _status(n.config.data_dir)
     assert out.returncode == 0, out.stderr
     assert "no fresh word from the hub for 21 days" in out.stdout
-    assert "depuis 21 jours" in out.stdout
+    out = _status(n.config.data_dir, "--lang", "fr")  # the field agent's language
+    assert out.returncode == 0 and "depuis 21 jours" in out.stdout
     doc = json.loads(_status(n.config.data_dir, "--json").stdout)
     assert doc["channels"][0]["freshness"]["fresh_word_age_days"] == 21
     assert doc["freeze_warning"]["days"] == "21"

@@ -89,3 +89,30 @@ def node_location() -> Path:
 
 def layout_name() -> str:
     return "system" if system_layout() else "local"
+
+
+def refuse_root_for_service_data(data_dir: Path, command: str) -> None:
+    """Stop `init` run as root into the service user's folder.
+
+    The units run as the ``caravane`` user; files root made there (keys, database) would
+    stop the service at its first write. The package makes /var/lib/caravane the service
+    user's, so root initialising a hub or node inside it is refused with the command to run.
+    """
+    if os.geteuid() != 0:
+        return
+    try:
+        target = Path(data_dir).resolve()
+        owner = SYSTEM_STATE_DIR.stat().st_uid
+    except OSError:
+        return
+    if owner != 0 and target.is_relative_to(SYSTEM_STATE_DIR):
+        import pwd
+
+        try:
+            user = pwd.getpwuid(owner).pw_name
+        except KeyError:
+            user = str(owner)
+        raise click.ClickException(
+            f"{target} belongs to the service user {user!r}: run this as that user, "
+            f"`sudo -u {user} caravane {command} ...`, so the service can write what it makes"
+        )

@@ -119,6 +119,7 @@ def hub_init(
     from .db import migrate
     from .service import Hub
 
+    system_paths.refuse_root_for_service_data(data_dir, "hub init")
     data_dir.mkdir(parents=True, exist_ok=True)
     cfg = HubConfig(
         data_dir=data_dir.resolve(),

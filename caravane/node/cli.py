@@ -143,6 +143,7 @@ def node_init(
     doc = read_enrolment(enrolment)
     ups = [_parse_upstream(u, i) for i, u in enumerate(upstreams)] or None
     data_dir = data_dir or system_paths.node_data_dir()
+    system_paths.refuse_root_for_service_data(data_dir, "node init")
     config_path = config_out or system_paths.node_init_config(data_dir)
     n = NodeAgent.init(
         data_dir,

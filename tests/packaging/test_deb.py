@@ -152,6 +152,10 @@ def test_install_serve_stop_and_purge_on_fresh_debian(debian: Path, tmp_path: Pa
     assert out.returncode == 0, out.stderr
 
     port = free_port()
+    # root would make files the service user cannot write: refused, with the command to run
+    out = inside("caravane", "hub", "init", "--port", str(port))
+    assert out.returncode != 0 and "sudo -u caravane caravane hub init" in out.stderr
+    assert not (debian / "etc/caravane/hub.toml").exists()
     out = inside(
         "runuser", "-u", "caravane", "--", "caravane", "hub", "init", "--port", str(port), "--json"
     )

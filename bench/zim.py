@@ -320,7 +320,7 @@ def table_of(rows: list[dict[str, Any]]) -> str:
         "entries",
         "changed",
         "zim_bytes",
-        "caravane_with_manifest",
+        "caravane_pack",
         "page_bound",
         "zstd_patch_zim",
         "xdelta3_zim",

@@ -242,6 +242,20 @@ async def put_objects(request: web.Request, p: Principal) -> web.Response:
 
 
 @api("curator")
+async def declare_chunks(request: web.Request, p: Principal) -> web.Response:
+    doc = await body_json(request)
+    hub = request.app[HUB_KEY]
+    return web.json_response(await in_thread(hub.declare_chunks, p, request.match_info["uid"], doc))
+
+
+@api("curator")
+async def set_files(request: web.Request, p: Principal) -> web.Response:
+    doc = await body_json(request)
+    hub = request.app[HUB_KEY]
+    return web.json_response(await in_thread(hub.set_files, p, request.match_info["uid"], doc))
+
+
+@api("curator")
 async def commit_upload(request: web.Request, p: Principal) -> web.Response:
     hub = request.app[HUB_KEY]
     out = await in_thread(hub.commit_upload, p, request.match_info["uid"])
@@ -476,6 +490,8 @@ def make_app(
     r.add_get("/api/v1/uploads/{uid}", upload_status)
     r.add_put("/api/v1/uploads/{uid}/objects/{sha}", put_object)
     r.add_post("/api/v1/uploads/{uid}/objects", put_objects)
+    r.add_post("/api/v1/uploads/{uid}/chunks", declare_chunks)
+    r.add_put("/api/v1/uploads/{uid}/files", set_files)
     r.add_post("/api/v1/uploads/{uid}/commit", commit_upload)
     r.add_post("/api/v1/nodes", register_centre)
     r.add_get("/api/v1/nodes", fleet)

@@ -33,12 +33,14 @@ from caravane.packs.chunker import DEFAULT_AVG
 from caravane.packs.files_cache import FilesCache
 from caravane.packs.repository import ingest_files, scan_source
 from caravane.packs.store import ObjectStore
-from caravane.protocol.metadata import check_channel
+from caravane.protocol.metadata import FileEntry, check_channel
 
 from .errors import HubError
 
 RETRIES: Final = 6
 PARALLEL: Final = 4
+DECLARE_BATCH: Final = 2000  # chunks per declaration request
+DECLARE_MIN: Final = 64  # ... and at least this many unless the folder is done
 MAX_REDIRECTS: Final = 5
 MAX_ANSWER_BYTES: Final = 64 * 1024 * 1024  # the biggest JSON answer: a huge upload's "missing"
 RESUME_HINT: Final = "run the same command again later: what was uploaded is kept"
@@ -281,77 +283,210 @@ class HubClient:
         progress: Callable[[int], object] | None = None,
         max_objects: int | None = None,
     ) -> dict[str, Any]:
-        """Publish ``folder``; ``max_objects`` stops after that many uploads (tests, resume)."""
+        """Publish ``folder``; ``max_objects`` stops after that many uploads (tests, resume).
+
+        Objects are declared and uploaded while the folder is still being chunked (a
+        *streaming* upload), then the file list is sent and the release committed; a hub
+        from before streaming uploads gets the file list first, as it expects.
+        """
         check_channel(channel)
         store = ObjectStore(cache or default_cache())
         files_cache = FilesCache(store.root / "files.sqlite")  # unchanged files are not re-read
-        loop = asyncio.get_running_loop()
-        async with self._session() as s:
-
-            async def ensure_channel() -> None:
-                status, body = await self._call(s, "GET", f"/api/v1/channels/{channel}")
-                if status == 404:
-                    doc: dict[str, Any] = {"id": channel, "title": title or channel}
-                    self._check(
-                        *await self._call(s, "POST", "/api/v1/channels", json=doc),
-                        "creating the channel",
+        try:
+            async with self._session() as s:
+                await self._ensure_channel(s, channel, title)
+                if max_objects is None:
+                    done = await self._publish_streaming(
+                        s, channel, folder, notes, store, files_cache, progress
                     )
-                else:
-                    self._check(status, body, "reading the channel")
+                    if done is not None:
+                        return done
+                return await self._publish_listed(
+                    s, channel, folder, notes, store, files_cache, progress, max_objects
+                )
+        finally:
+            files_cache.close()
 
-            # the hub is asked about the channel (and the connection warmed up) while the
-            # folder is chunked and compressed
-            checked = asyncio.ensure_future(ensure_channel())
+    async def _ensure_channel(self, s: httpx.AsyncClient, channel: str, title: str | None) -> None:
+        status, body = await self._call(s, "GET", f"/api/v1/channels/{channel}")
+        if status == 404:
+            doc: dict[str, Any] = {"id": channel, "title": title or channel}
+            self._check(
+                *await self._call(s, "POST", "/api/v1/channels", json=doc), "creating the channel"
+            )
+        else:
+            self._check(status, body, "reading the channel")
+
+    async def _send(
+        self,
+        s: httpx.AsyncClient,
+        uid: str,
+        store: ObjectStore,
+        batch: list[str],
+        progress: Callable[[int], object] | None,
+    ) -> int:
+        """One batch of objects in one request; returns the bytes sent."""
+        body = bytearray()
+        for sha in batch:
+            frame = store.read_frame(sha)
+            body += BATCH_RECORD.pack(bytes.fromhex(sha), len(frame)) + frame
+        self._check(
+            *await self._call(
+                s,
+                "POST",
+                f"/api/v1/uploads/{uid}/objects",
+                content=bytes(body),
+                headers={"Content-Type": "application/octet-stream"},
+            ),
+            f"uploading {len(batch)} objects from {batch[0][:16]}",
+        )
+        if progress:
+            progress(len(body))
+        return len(body)
+
+    async def _upload_all(
+        self,
+        s: httpx.AsyncClient,
+        uid: str,
+        store: ObjectStore,
+        missing: list[str],
+        progress: Callable[[int], object] | None,
+    ) -> int:
+        queue: asyncio.Queue[list[str]] = asyncio.Queue()
+        for batch in batches(missing, store):
+            queue.put_nowait(batch)
+        sent = 0
+
+        async def worker() -> None:
+            nonlocal sent
+            while not queue.empty():
+                sent += await self._send(s, uid, store, queue.get_nowait(), progress)
+
+        await asyncio.gather(*(worker() for _ in range(PARALLEL)))
+        return sent
+
+    async def _publish_listed(
+        self,
+        s: httpx.AsyncClient,
+        channel: str,
+        folder: Path,
+        notes: str,
+        store: ObjectStore,
+        files_cache: FilesCache,
+        progress: Callable[[int], object] | None,
+        max_objects: int | None,
+    ) -> dict[str, Any]:
+        """The file list first, then the objects the hub lacks (every hub accepts this)."""
+        loop = asyncio.get_running_loop()
+        entries, *_ = await loop.run_in_executor(
+            None, ingest_files, store, scan_source(folder), DEFAULT_AVG, None, files_cache
+        )
+        doc = {"channel": channel, "notes": notes, "files": [e.to_dict() for e in entries]}
+        up = self._check(
+            *await self._call(s, "POST", "/api/v1/uploads", json=doc), "starting the upload"
+        )
+        uid, missing = str(up["upload"]), [str(h) for h in up["missing"]]
+        if max_objects is not None:
+            missing = missing[:max_objects]
+        sent = await self._upload_all(s, uid, store, missing, progress)
+        if max_objects is not None and len(up["missing"]) > max_objects:
+            return {"upload": uid, "sent_objects": len(missing), "complete": False}
+        result = self._check(
+            *await self._call(s, "POST", f"/api/v1/uploads/{uid}/commit"), "committing"
+        )
+        return dict(result, upload=uid, sent_objects=len(missing), sent_bytes=sent, complete=True)
+
+    async def _publish_streaming(
+        self,
+        s: httpx.AsyncClient,
+        channel: str,
+        folder: Path,
+        notes: str,
+        store: ObjectStore,
+        files_cache: FilesCache,
+        progress: Callable[[int], object] | None,
+    ) -> dict[str, Any] | None:
+        """Chunks declared and objects sent while the folder is read; None if the hub is
+        from before streaming uploads (it then gets the file list first)."""
+        status, body = await self._call(
+            s, "POST", "/api/v1/uploads", json={"channel": channel, "notes": notes, "stream": True}
+        )
+        if status == 422 and "'files'" in str(body.get("error", "")):
+            return None
+        uid = str(self._check(status, body, "starting the upload")["upload"])
+        loop = asyncio.get_running_loop()
+        chunks: asyncio.Queue[tuple[str, int] | None] = asyncio.Queue()
+        to_send: asyncio.Queue[list[str] | None] = asyncio.Queue()
+        sent = sent_objects = 0
+
+        def on_chunk(sha: str, size: int) -> None:  # in the ingest thread
+            loop.call_soon_threadsafe(chunks.put_nowait, (sha, size))
+
+        async def ingest() -> list[FileEntry]:
             try:
                 entries, *_ = await loop.run_in_executor(
-                    None, ingest_files, store, scan_source(folder), DEFAULT_AVG, None, files_cache
+                    None,
+                    lambda: ingest_files(
+                        store, scan_source(folder), DEFAULT_AVG, None, files_cache, on_chunk
+                    ),
                 )
-            except BaseException:
-                checked.cancel()
-                raise
             finally:
-                files_cache.close()
-            await checked
-            doc = {"channel": channel, "notes": notes, "files": [e.to_dict() for e in entries]}
-            up = self._check(
-                *await self._call(s, "POST", "/api/v1/uploads", json=doc), "starting the upload"
-            )
-            uid, missing = str(up["upload"]), [str(h) for h in up["missing"]]
-            if max_objects is not None:
-                missing = missing[:max_objects]
-            sent = 0
-            queue: asyncio.Queue[list[str]] = asyncio.Queue()
-            for batch in batches(missing, store):
-                queue.put_nowait(batch)
+                chunks.put_nowait(None)  # after every on_chunk: the loop runs them in order
+            return entries
 
-            async def worker() -> None:
-                nonlocal sent
-                while not queue.empty():
-                    batch = queue.get_nowait()
-                    body = bytearray()
-                    for sha in batch:
-                        frame = store.read_frame(sha)
-                        body += BATCH_RECORD.pack(bytes.fromhex(sha), len(frame)) + frame
-                    self._check(
-                        *await self._call(
-                            s,
-                            "POST",
-                            f"/api/v1/uploads/{uid}/objects",
-                            content=bytes(body),
-                            headers={"Content-Type": "application/octet-stream"},
-                        ),
-                        f"uploading {len(batch)} objects from {batch[0][:16]}",
+        async def declare() -> None:
+            nonlocal sent_objects
+            seen: set[str] = set()
+            pending: dict[str, int] = {}
+            more = True
+            while more:
+                item = await chunks.get()
+                if item is None:
+                    more = False
+                elif item[0] not in seen:
+                    seen.add(item[0])
+                    pending[item[0]] = item[1]
+                if pending and (not more or len(pending) >= DECLARE_BATCH or chunks.empty()):
+                    if more and len(pending) < DECLARE_MIN and chunks.empty():
+                        continue  # wait for a few more before a round trip
+                    doc = {"chunks": [[h, n] for h, n in pending.items()]}
+                    answer = self._check(
+                        *await self._call(s, "POST", f"/api/v1/uploads/{uid}/chunks", json=doc),
+                        "declaring objects",
                     )
-                    sent += len(body)
-                    if progress:
-                        progress(len(body))
+                    pending = {}
+                    missing = [str(h) for h in answer["missing"]]
+                    sent_objects += len(missing)
+                    for batch in batches(missing, store):
+                        to_send.put_nowait(batch)
+            for _ in range(PARALLEL):
+                to_send.put_nowait(None)
 
-            await asyncio.gather(*(worker() for _ in range(PARALLEL)))
-            if max_objects is not None and len(up["missing"]) > max_objects:
-                return {"upload": uid, "sent_objects": len(missing), "complete": False}
-            result = self._check(
-                *await self._call(s, "POST", f"/api/v1/uploads/{uid}/commit"), "committing"
-            )
-            return dict(
-                result, upload=uid, sent_objects=len(missing), sent_bytes=sent, complete=True
-            )
+        async def worker() -> None:
+            nonlocal sent
+            while (batch := await to_send.get()) is not None:
+                sent += await self._send(s, uid, store, batch, progress)
+
+        async with asyncio.TaskGroup() as tg:
+            listed = tg.create_task(ingest())
+            tg.create_task(declare())
+            for _ in range(PARALLEL):
+                tg.create_task(worker())
+        entries = listed.result()
+        doc = {"files": [e.to_dict() for e in entries]}
+        answer = self._check(
+            *await self._call(s, "PUT", f"/api/v1/uploads/{uid}/files", json=doc),
+            "sending the file list",
+        )
+        late = [str(h) for h in answer["missing"]]  # collected at the hub meanwhile: again
+        sent += await self._upload_all(s, uid, store, late, progress)
+        result = self._check(
+            *await self._call(s, "POST", f"/api/v1/uploads/{uid}/commit"), "committing"
+        )
+        return dict(
+            result,
+            upload=uid,
+            sent_objects=sent_objects + len(late),
+            sent_bytes=sent,
+            complete=True,
+        )

@@ -24,7 +24,7 @@ from caravane.packs.errors import StoreError
 from caravane.packs.hub_repository import HubRepository
 from caravane.protocol.errors import CaravaneError, FormatError, SignatureError
 from caravane.protocol.keys import PublicKey
-from caravane.protocol.metadata import FileEntry, check_channel
+from caravane.protocol.metadata import HEX64, FileEntry, check_channel
 from caravane.protocol.paths import check_paths
 from caravane.protocol.report import Report, report_node_id, verify_report
 
@@ -52,6 +52,10 @@ __all__ = ["ROLES", "Hub", "Principal", "now"]  # Principal and ROLES: from hub.
 log = logging.getLogger("caravane.hub.service")
 
 MAX_FILES = 1_000_000
+MAX_DECLARED = 100_000  # chunks declared in one request
+MAX_CHUNK = 64 * 1024 * 1024
+#: an upload whose chunks are being declared and sent, its file list still to come
+RECEIVING = "receiving"
 #: the fleet view flags a centre whose last fresh signed word is older than this (a freeze)
 FREEZE_WARNING_DAYS = 14
 
@@ -254,10 +258,19 @@ class Hub:
     # ------------------------------------------------------------------ publishing
 
     def start_upload(self, p: Principal, doc: dict[str, Any]) -> dict[str, Any]:
-        """Record a release to be: its file list. Answers which objects the hub lacks."""
+        """Record a release to be: its file list. Answers which objects the hub lacks.
+
+        ``{"stream": true}`` without ``files`` opens a *receiving* upload instead: the
+        client declares chunks as it makes them (:meth:`declare_chunks`), uploads the ones
+        the hub lacks while it is still reading the folder, and sends the file list last
+        (:meth:`set_files`), so a curator's upload overlaps its local work.
+        """
         p.require("curator")
         cid = check_channel(str(doc.get("channel", "")))
         raw = doc.get("files")
+        streaming = raw is None and doc.get("stream") is True
+        if streaming:
+            raw = []
         if not isinstance(raw, list) or len(raw) > MAX_FILES:
             raise Unprocessable("'files' must be a list of file entries")
         try:
@@ -278,6 +291,7 @@ class Hub:
                     created_at=now(),
                     notes=str(doc.get("notes", "")),
                     files=[e.to_dict() for e in entries],
+                    state=RECEIVING if streaming else "open",
                 )
             )
             s.flush()
@@ -286,6 +300,79 @@ class Hub:
                     insert(UploadObject),
                     [{"upload_id": uid, "sha": h, "size": n} for h, n in chunks.items()],
                 )
+        return {"upload": uid, "missing": self._missing(chunks)}
+
+    def declare_chunks(self, p: Principal, uid: str, doc: dict[str, Any]) -> dict[str, Any]:
+        """Chunks a receiving upload will need (``[[sha, size], ...]``); which the hub lacks."""
+        p.require("curator")
+        raw = doc.get("chunks")
+        if not isinstance(raw, list) or len(raw) > MAX_DECLARED:
+            raise Unprocessable(f"'chunks' must be a list of at most {MAX_DECLARED} [sha, size]")
+        chunks: dict[str, int] = {}
+        for item in raw:
+            if (
+                not isinstance(item, list)
+                or len(item) != 2
+                or not isinstance(item[0], str)
+                or not HEX64.match(item[0])
+                or not isinstance(item[1], int)
+                or isinstance(item[1], bool)
+                or not 0 <= item[1] <= MAX_CHUNK
+            ):
+                raise Unprocessable("each chunk must be [sha256 hex, size in bytes]")
+            chunks[item[0]] = item[1]
+        with self.db.session() as s:
+            state = s.scalar(select(Upload.state).where(Upload.id == uid))
+            if state is None:
+                raise NotFound(f"no upload {uid!r}")
+            if state != RECEIVING:
+                raise Conflict(f"upload {uid} is {state}, not receiving chunks")
+            known = set(
+                s.scalars(
+                    select(UploadObject.sha).where(
+                        UploadObject.upload_id == uid, UploadObject.sha.in_(list(chunks))
+                    )
+                )
+            )
+            fresh = [
+                {"upload_id": uid, "sha": h, "size": n} for h, n in chunks.items() if h not in known
+            ]
+            if fresh:
+                s.execute(insert(UploadObject), fresh)
+        return {"upload": uid, "missing": self._missing(chunks)}
+
+    def set_files(self, p: Principal, uid: str, doc: dict[str, Any]) -> dict[str, Any]:
+        """The file list of a receiving upload, every chunk of it declared before; the upload
+        is then open as any other (objects still missing are named, commit follows)."""
+        p.require("curator")
+        raw = doc.get("files")
+        if not isinstance(raw, list) or len(raw) > MAX_FILES:
+            raise Unprocessable("'files' must be a list of file entries")
+        try:
+            entries = [FileEntry.from_dict(f) for f in raw]
+            check_paths(e.path for e in entries)
+        except FormatError as exc:
+            raise Unprocessable(str(exc)) from None
+        chunks = {h: n for e in entries for h, n in e.chunks}
+        with self.db.session() as s:
+            up = s.get(Upload, uid)
+            if up is None:
+                raise NotFound(f"no upload {uid!r}")
+            if up.state != RECEIVING:
+                raise Conflict(f"upload {uid} is {up.state}; its file list is already known")
+            declared: dict[str, int] = {
+                sha: size
+                for sha, size in s.execute(
+                    select(UploadObject.sha, UploadObject.size).where(UploadObject.upload_id == uid)
+                )
+            }
+            wrong = [h for h, n in chunks.items() if declared.get(h) != n]
+            if wrong:
+                raise Unprocessable(
+                    f"object {wrong[0][:16]} of the file list was not declared with that size"
+                )
+            up.files = [e.to_dict() for e in entries]
+            up.state = "open"
         return {"upload": uid, "missing": self._missing(chunks)}
 
     def _missing(self, chunks: Iterable[str]) -> list[str]:
@@ -305,7 +392,7 @@ class Hub:
                 s.scalars(
                     select(UploadObject.sha)
                     .join(Upload, Upload.id == UploadObject.upload_id)
-                    .where(Upload.state == "open")
+                    .where(Upload.state.in_(("open", RECEIVING)))
                 )
             )
 
@@ -326,7 +413,9 @@ class Hub:
             "upload": uid,
             "state": state,
             "version": version,
-            "missing": self._missing(self._upload_objects(uid)) if state == "open" else [],
+            "missing": self._missing(self._upload_objects(uid))
+            if state in ("open", RECEIVING)
+            else [],
         }
 
     def put_object(self, p: Principal, uid: str, sha: str, frame: bytes) -> bool:
@@ -348,7 +437,7 @@ class Hub:
         if row is None:
             raise NotFound(f"no upload {uid!r}")
         state, size = row
-        if state != "open":
+        if state not in ("open", RECEIVING):
             raise Conflict(f"upload {uid} is {state}")
         if size is None:
             raise Unprocessable(f"object {sha[:16]} is not part of upload {uid}")
@@ -378,7 +467,7 @@ class Hub:
             }
         if state is None:
             raise NotFound(f"no upload {uid!r}")
-        if state != "open":
+        if state not in ("open", RECEIVING):
             raise Conflict(f"upload {uid} is {state}")
         stray = [sha for sha in shas if sha not in sizes]
         if stray:
@@ -413,6 +502,8 @@ class Hub:
             s.expunge(up)
         if up.state == "committed":
             return {"channel": up.channel_id, "version": up.version, "already": True}
+        if up.state == RECEIVING:
+            raise Conflict(f"upload {uid} has no file list yet; send it (PUT .../files) first")
         missing = self._missing(self._upload_objects(uid))
         if missing:
             raise Conflict(

@@ -61,13 +61,15 @@ def ingest_files(
     avg_chunk: int,
     progress: Progress = None,
     cache: FilesCache | None = None,
+    on_chunk: Callable[[str, int], object] | None = None,
 ) -> tuple[list[FileEntry], int, int, int]:
     """Chunk, hash and store every file, compressing in worker threads.
 
     Returns (file entries, new objects, their raw bytes, their stored bytes). Used by the
     hub's own publish and by a curator's client, which builds locally and uploads only what
     the hub lacks. With a ``cache``, a file unchanged since it was last read (and whose
-    chunks are all still in ``store``) is not read again.
+    chunks are all still in ``store``) is not read again. ``on_chunk(sha, size)`` hears of
+    each chunk once it is in ``store`` (a client uploads while the folder is still read).
     """
     new_objects = new_bytes = stored = 0
     # one pipeline across files: small files do not each wait for their last chunk
@@ -88,6 +90,8 @@ def ingest_files(
                 chunks, future = pending.popleft()
                 sha, n, w = future.result()
                 chunks.append((sha, n))
+                if on_chunk:
+                    on_chunk(sha, n)
                 if w:
                     new_objects += 1
                     new_bytes += n
@@ -116,6 +120,9 @@ def ingest_files(
                 books.add(i)
             hit = hits.get(i)
             if hit is not None and all(h in present for h, _ in hit.chunks):
+                if on_chunk:
+                    for h, n in hit.chunks:
+                        on_chunk(h, n)
                 from_cache.add(i)
                 per_file.append((rel, st, hit.sha256, hit.chunks))
                 continue

@@ -126,3 +126,46 @@ def test_migration_fills_in_open_uploads(tmp_path: Path) -> None:
         rows = set(c.execute(text("SELECT upload_id, sha, size FROM upload_objects")))
     engine.dispose()
     assert rows == {("open1", "a" * 64, 10), ("open1", "b" * 64, 20)}
+
+
+def test_streaming_upload_declares_then_lists_then_commits(
+    running_hub: RunningHub, tmp_path: Path
+) -> None:
+    """A curator's client uploads while it still reads the folder: chunks first, files last."""
+    rh = running_hub
+    local = _local_release(tmp_path)
+    entries = local.manifest("tmp", 1).files
+    chunks = [[h, n] for e in entries for h, n in e.chunks]
+    assert http("POST", f"{rh.url}/api/v1/channels", {"id": "maths"}, rh.admin).status == 201
+    up = http("POST", f"{rh.url}/api/v1/uploads", {"channel": "maths", "stream": True}, rh.admin)
+    assert up.status == 201 and up.json()["missing"] == []
+    uid = up.json()["upload"]
+    base = f"{rh.url}/api/v1/uploads/{uid}"
+    # nothing to commit before the file list; objects must be declared before they are sent
+    assert http("POST", f"{base}/commit", None, rh.admin).status == 409
+    ans = http("POST", f"{base}/objects", _batch(local, [chunks[0][0]]), rh.admin)
+    assert ans.status == 422 and "not part of upload" in ans.json()["error"]
+    bad = http("POST", f"{base}/chunks", {"chunks": [["../etc", 1]]}, rh.admin)
+    assert bad.status == 422
+    first = http("POST", f"{base}/chunks", {"chunks": chunks[:3]}, rh.admin)
+    assert first.status == 200 and sorted(first.json()["missing"]) == sorted(
+        c[0] for c in chunks[:3]
+    )
+    assert (
+        http("POST", f"{base}/objects", _batch(local, first.json()["missing"]), rh.admin).status
+        == 200
+    )
+    # declared objects of a receiving upload are kept by collection, grace period or not
+    assert set(first.json()["missing"]) <= rh.hub.open_upload_objects()
+    # a file list naming a chunk never declared is refused, and the upload stays receiving
+    files = [e.to_dict() for e in entries]
+    ans = http("PUT", f"{base}/files", {"files": files}, rh.admin)
+    assert ans.status == 422 and "not declared" in ans.json()["error"]
+    rest = http("POST", f"{base}/chunks", {"chunks": chunks[3:]}, rh.admin).json()["missing"]
+    assert http("POST", f"{base}/objects", _batch(local, rest), rh.admin).status == 200
+    listed = http("PUT", f"{base}/files", {"files": files}, rh.admin)
+    assert listed.status == 200 and listed.json()["missing"] == []
+    assert http("PUT", f"{base}/files", {"files": files}, rh.admin).status == 409  # once
+    done = http("POST", f"{base}/commit", None, rh.admin)
+    assert done.status == 200 and done.json()["version"] == 1
+    assert http("POST", f"{base}/chunks", {"chunks": chunks[:1]}, rh.admin).status == 409

@@ -145,4 +145,12 @@ HUB_HELP: dict[str, str] = {
     "dropped.",
     "trusted_proxies": "Addresses of HTTPS reverse proxies whose X-Forwarded-Proto is "
     "believed.",
+    "hold_days": "A release a centre reported installed within this many days is kept, with "
+    "a direct pack from it to the latest, however far behind keep_last it is.",
+    "metrics_allow": "Addresses or networks (10.0.0.0/8) that may read /metrics; empty: "
+    "anyone.",
+    "log_level": "`hub serve` log level: debug, info, warning or error.",
+    "log_format": "`hub serve` log lines: text, or json (one object a line).",
+    "usb_mounts": "Folders where a drive shows up on the hub machine: the route page offers "
+    "\"prepare the drive\" for each one that is mounted.",
 }

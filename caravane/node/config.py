@@ -263,6 +263,10 @@ NODE_HELP: dict[str, str] = {
     "imports a drive found there and writes the centre's report onto it.",
     "durable": "fsync staged releases before switching to them (turn off only on "
     "throw-away test machines).",
+    "log_level": "The agent's and portal's log level: debug, info, warning or error.",
+    "log_format": "Log lines as text, or json (one object a line).",
+    "kiwix_port": "Run kiwix-serve over the centre's ZIM books on this port beside the "
+    "portal (0: not run).",
 }
 
 #: the ``[serve]`` table: the LAN portal

@@ -160,7 +160,13 @@ def restore_fails(backup: Path, data: Path, *more: str) -> str:
 def test_a_damaged_backup_is_refused_and_nothing_is_written(
     backed_up: Path, tmp_path: Path
 ) -> None:
-    objects = sorted(p for p in (backed_up / "repo" / "objects").rglob("*") if p.is_file())
+    # the objects' bytes: segment files (or loose objects of an older store)
+    store = backed_up / "repo"
+    objects = sorted(
+        p
+        for p in [*(store / "segments").glob("*.seg"), *(store / "objects").rglob("*")]
+        if p.is_file() and p.stat().st_size
+    )
     victim = objects[len(objects) // 2]
     good = victim.read_bytes()
     victim.write_bytes(bytes([good[0] ^ 1]) + good[1:])
@@ -260,8 +266,10 @@ def test_sqlite_files_and_growing_files_in_the_repository(
     assert (copied / "seg-1").stat().st_ino != segment.stat().st_ino
     segment.write_bytes(b"0123456789abcdef")  # the hub appends: the backup keeps its bytes
     assert (copied / "seg-1").read_bytes() == b"0123456789"
-    obj = next(p for p in (repo / "objects").rglob("*") if p.is_file() and len(p.name) == 64)
-    assert (copied / obj.relative_to(repo / "objects")).stat().st_ino == obj.stat().st_ino
+    # what never changes is linked: a manifest (objects now live in growing segment files)
+    manifest = next((repo / "manifests").rglob("*.json"))
+    linked = tmp_path / "b" / "repo" / manifest.relative_to(repo)
+    assert linked.stat().st_ino == manifest.stat().st_ino
     out = run_json("hub", "restore", str(tmp_path / "b"), "--data", str(tmp_path / "new"))
     assert out["verify_ok"]
     restored = tmp_path / "new" / "repo" / "objects" / "index.sqlite"

@@ -50,10 +50,11 @@ def load(config_path: Path) -> Hub:
     once, when an operator runs `caravane hub migrate`, never as a side effect.
     """
     from .config import HubConfig
-    from .db import check_schema
+    from .db import check_schema, require_driver
     from .service import Hub
 
     cfg = HubConfig.load(config_path)
+    require_driver(cfg.url)  # the missing extra first: it is what the operator must fix
     h = Hub(cfg)
     try:
         check_schema(h.db.engine, config_path)

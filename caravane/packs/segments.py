@@ -351,17 +351,26 @@ class SegmentIndex:
                 for sha, frame in batch:
                     rows.append((bytes.fromhex(sha), a.segment, offset, len(frame), at))
                     offset += len(frame)
-                with _write(db):
-                    db.executemany(
-                        "INSERT OR IGNORE INTO objects (sha, segment, offset, length, mtime) "
-                        "VALUES (?, ?, ?, ?, ?)",
-                        rows,
-                    )
-                    db.execute(
-                        "INSERT INTO segments (id, end_offset) VALUES (?, ?) "
-                        "ON CONFLICT(id) DO UPDATE SET end_offset = excluded.end_offset",
-                        (a.segment, offset),
-                    )
+                try:
+                    with _write(db):
+                        db.executemany(
+                            "INSERT OR IGNORE INTO objects (sha, segment, offset, length, mtime) "
+                            "VALUES (?, ?, ?, ?, ?)",
+                            rows,
+                        )
+                        db.execute(
+                            "INSERT INTO segments (id, end_offset) VALUES (?, ?) "
+                            "ON CONFLICT(id) DO UPDATE SET end_offset = excluded.end_offset",
+                            (a.segment, offset),
+                        )
+                except sqlite3.OperationalError as exc:
+                    self._release()  # the frames just written are a torn tail now
+                    if "full" in str(exc):
+                        raise _disk_error(OSError(errno.ENOSPC, "disk full"), self.dir) from None
+                    raise StoreError(
+                        f"{self.dir / INDEX_NAME}: cannot record objects ({exc}); "
+                        "run `caravane repo verify` on this folder"
+                    ) from None
                 a.end = offset
                 written += total
         return written
@@ -468,8 +477,14 @@ class _write:
 
     def __exit__(self, kind: object, exc: object, tb: object) -> None:
         if kind is None:
-            self.db.execute("COMMIT")
-        else:
+            try:
+                self.db.execute("COMMIT")
+                return
+            except sqlite3.Error:
+                if self.db.in_transaction:
+                    self.db.execute("ROLLBACK")
+                raise
+        if self.db.in_transaction:
             self.db.execute("ROLLBACK")
 
 

@@ -22,6 +22,7 @@ threads and processes for free; a hand-written index file would need its own jou
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -110,6 +111,7 @@ class SegmentIndex:
         self.durable = durable
         self._tls = threading.local()
         self._lock = threading.Lock()
+        self._setup = threading.Lock()
         self._appender: _Appender | None = None
 
     # ------------------------------------------------------------------ index
@@ -125,13 +127,8 @@ class SegmentIndex:
             return None
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(
-                self.dir / INDEX_NAME, timeout=60, isolation_level=None, check_same_thread=False
-            )
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute(f"PRAGMA synchronous={'FULL' if self.durable else 'NORMAL'}")
-            conn.execute("PRAGMA journal_size_limit=1048576")  # a live WAL stays small
-            conn.executescript(SCHEMA)
+            with self._setup:  # threads of one store do not race to create the index
+                conn = self._connect()
         except sqlite3.DatabaseError as exc:
             raise StoreError(
                 f"{self.dir / INDEX_NAME}: the object index cannot be opened ({exc}); "
@@ -142,6 +139,27 @@ class SegmentIndex:
         self._tls.conn = conn
         self._tls.pid = _forks()
         return conn
+
+    def _connect(self) -> sqlite3.Connection:
+        """Open the index, creating it; retried while another process sets it up (switching
+        to WAL answers "locked" at once instead of waiting for the busy timeout)."""
+        deadline = time.monotonic() + 60
+        while True:
+            conn = sqlite3.connect(
+                self.dir / INDEX_NAME, timeout=60, isolation_level=None, check_same_thread=False
+            )
+            try:
+                if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                    conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute(f"PRAGMA synchronous={'FULL' if self.durable else 'NORMAL'}")
+                conn.execute("PRAGMA journal_size_limit=1048576")  # a live WAL stays small
+                conn.executescript(SCHEMA)
+                return conn
+            except sqlite3.OperationalError as exc:
+                conn.close()
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
 
     def locate(self, sha: str) -> Location | None:
         db = self._db(create=False)
@@ -306,6 +324,12 @@ class SegmentIndex:
                 return claimed
             segment += 1
 
+    def _cut_and_release(self, a: _Appender) -> None:
+        """Drop what was appended after the indexed end, then let the segment go."""
+        with contextlib.suppress(OSError):  # else the next writer to take the segment cuts it
+            os.ftruncate(a.fd, a.end)
+        self._release()
+
     def _release(self) -> None:
         a, self._appender = self._appender, None
         if a is not None and a.pid == _forks():
@@ -344,24 +368,33 @@ class SegmentIndex:
                     if self.durable:
                         os.fdatasync(a.fd)
                 except OSError as exc:
-                    self._release()  # the claimer truncates what we half wrote
+                    self._cut_and_release(a)  # a full disk gets its space back at once
                     raise _disk_error(exc, self.segment_path(a.segment)) from None
                 rows = []
                 offset = a.end
                 for sha, frame in batch:
                     rows.append((bytes.fromhex(sha), a.segment, offset, len(frame), at))
                     offset += len(frame)
-                with _write(db):
-                    db.executemany(
-                        "INSERT OR IGNORE INTO objects (sha, segment, offset, length, mtime) "
-                        "VALUES (?, ?, ?, ?, ?)",
-                        rows,
-                    )
-                    db.execute(
-                        "INSERT INTO segments (id, end_offset) VALUES (?, ?) "
-                        "ON CONFLICT(id) DO UPDATE SET end_offset = excluded.end_offset",
-                        (a.segment, offset),
-                    )
+                try:
+                    with _write(db):
+                        db.executemany(
+                            "INSERT OR IGNORE INTO objects (sha, segment, offset, length, mtime) "
+                            "VALUES (?, ?, ?, ?, ?)",
+                            rows,
+                        )
+                        db.execute(
+                            "INSERT INTO segments (id, end_offset) VALUES (?, ?) "
+                            "ON CONFLICT(id) DO UPDATE SET end_offset = excluded.end_offset",
+                            (a.segment, offset),
+                        )
+                except sqlite3.OperationalError as exc:
+                    self._cut_and_release(a)  # the frames just written are not indexed
+                    if "full" in str(exc):
+                        raise _disk_error(OSError(errno.ENOSPC, "disk full"), self.dir) from None
+                    raise StoreError(
+                        f"{self.dir / INDEX_NAME}: cannot record objects ({exc}); "
+                        "run `caravane repo verify` on this folder"
+                    ) from None
                 a.end = offset
                 written += total
         return written
@@ -433,7 +466,7 @@ class SegmentIndex:
                 if self.durable:
                     os.fdatasync(a.fd)
             except OSError as exc:
-                self._release()
+                self._cut_and_release(a)
                 raise _disk_error(exc, self.segment_path(a.segment)) from None
             with _write(db):
                 db.execute(
@@ -468,8 +501,14 @@ class _write:
 
     def __exit__(self, kind: object, exc: object, tb: object) -> None:
         if kind is None:
-            self.db.execute("COMMIT")
-        else:
+            try:
+                self.db.execute("COMMIT")
+                return
+            except sqlite3.Error:
+                if self.db.in_transaction:
+                    self.db.execute("ROLLBACK")
+                raise
+        if self.db.in_transaction:
             self.db.execute("ROLLBACK")
 
 

@@ -237,3 +237,31 @@ def test_collection_gives_the_space_of_dead_objects_back(sim: RepoSim) -> None:
     after = sum(p.stat().st_size for p in segments(sim.hub.path))
     assert after < before - 500_000
     assert store.has(young) and sim.hub.verify().ok
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A real 1 MiB file system (tmpfs), for a store that fills it."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True
+    )
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.decode().strip()}")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_a_full_disk_is_named_and_loses_no_stored_object(small_disk: Path) -> None:
+    from caravane.packs.errors import DiskFullError
+
+    store = ObjectStore(small_disk / "store")
+    stored: list[str] = []
+    with pytest.raises(DiskFullError, match="full"):
+        for i in range(1000):
+            stored.append(store.put_raw(noise(20_000, f"big-{i}"))[0])
+    assert len(stored) > 10
+    store.close()
+    again = ObjectStore(small_disk / "store")
+    assert all(again.has(s) for s in stored) and check_store(small_disk / "store") >= len(stored)

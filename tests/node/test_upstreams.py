@@ -50,7 +50,9 @@ def test_peer_does_not_serve_anything_but_its_store(world: World) -> None:
 @pytest.mark.skipif(shutil.which("rsync") is None, reason="the rsync program is not installed")
 def test_rsync_source(world: World) -> None:
     v1 = world.publish(content(1))
-    source = str(world.hub_repo)  # rsync reads only the repository paths it is asked for
+    # an rsync module serves a mirror the hub pushed (loose objects; the hub's own folder
+    # keeps them in segments); rsync reads only the repository paths it is asked for
+    source = str(world.mirror_copy("rsync-module"))
     n = world.node("centre-a", upstreams=[UpstreamConfig("rsync", "rsync", source)])
     r = world.sync(n)
     assert r.complete, r.to_dict()
@@ -58,6 +60,7 @@ def test_rsync_source(world: World) -> None:
     assert r.channels[0].route == "rsync"
     # the next release is seen: metadata is never answered from rsync's local cache
     v2 = world.publish(content(2))
+    world.mirror_copy("rsync-module")
     r = world.sync(n)
     assert r.complete and world.live(n) == world.versions[v2]
 

@@ -162,6 +162,12 @@ def test_sign_in_on_a_publish_on_a_follow_the_job_on_b(two_hubs: TwoHubs) -> Non
     fleet = client.get(f"{b}/ui/fleet")
     assert fleet.status_code == 200 and "amina" in fleet.text
 
+    made = client.post(
+        f"{a}/api/v1/channels",
+        json={"id": "lecons", "title": "Leçons"},
+        headers={"Authorization": f"Bearer {two_hubs.curator}"},
+    )
+    assert made.status_code in (200, 201), made.text
     form = client.get(f"{a}/ui/publish")
     assert form.status_code == 200
     csrf = _field(form.text, "csrf")
@@ -177,17 +183,27 @@ def test_sign_in_on_a_publish_on_a_follow_the_job_on_b(two_hubs: TwoHubs) -> Non
     job_path = r.headers["location"]
     assert job_path.startswith("/ui/jobs/")
 
-    states = []
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        page = client.get(f"{b}{job_path}")  # followed on the other process
-        assert page.status_code == 200, page.text
-        states.append(_job_state(page.text))
-        if states[-1] in ("done", "failed"):
-            break
-        time.sleep(0.2)
-    assert states[-1] == "done", page.text
-    assert "lecons version 1 is published (8 files)" in page.text
+    def follow(until: tuple[str, ...]) -> httpx.Response:
+        states: list[str] = []
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            page = client.get(f"{b}{job_path}")  # followed on the other process
+            assert page.status_code == 200, page.text
+            states.append(_job_state(page.text))
+            if states[-1] in (*until, "failed"):
+                break
+            time.sleep(0.2)
+        assert states[-1] in until, page.text
+        return page
+
+    # stored by A, reviewed on B: the curator signs it from B's page
+    review = follow(("review",))
+    r = client.post(
+        f"{b}{job_path}", data={"csrf": _field(review.text, "csrf"), "decision": "publish"}
+    )
+    assert r.status_code in (302, 303), r.text
+    page = follow(("done",))
+    assert "Leçons version 1 is published (8 files)" in page.text
     # A shows the same job, and B's channel page the release A signed
     assert _job_state(client.get(f"{a}{job_path}").text) == "done"
     channels = client.get(f"{b}/ui/channels")

@@ -44,9 +44,9 @@ DOC_PAIRS: list[tuple[str, Release, Release, str]] = [
         "docs",
     ),
     (
-        "Sphinx docs 7.4.6->7.4.7",
-        Release("pypi", "sphinx", "7.4.6"),
-        Release("pypi", "sphinx", "7.4.7"),
+        "Sphinx docs 7.3.7->7.4.0",
+        Release("pypi", "sphinx", "7.3.7"),
+        Release("pypi", "sphinx", "7.4.0"),
         "doc",
     ),
 ]

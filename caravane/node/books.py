@@ -146,10 +146,12 @@ def refresh_library(live_dir: Path) -> Path | None:
     if manage is None:
         return None
     lib = library_path(live_dir.parent)
+    books = [str(real) for _, _, real in live_books(live_dir)]
+    if not books and not lib.exists():
+        return None  # a centre without books keeps no library
     lib.parent.mkdir(parents=True, exist_ok=True)
     tmp = lib.with_name(lib.name + ".new")
     tmp.unlink(missing_ok=True)
-    books = [str(real) for _, _, real in live_books(live_dir)]
     if books:
         proc = subprocess.run(
             [manage, str(tmp), "add", *books],

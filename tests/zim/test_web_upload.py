@@ -7,6 +7,7 @@ import time
 import zipfile
 from pathlib import Path
 
+from caravane.hub.service import Principal
 from tests.node.conftest import World
 from tests.support.zimbook import hostile_files, make_book, pages
 from tests.web.test_safety import Browser, _post_multipart
@@ -33,12 +34,19 @@ def test_book_uploaded_as_an_archive_is_published_as_its_entries(
     world: World, tmp_path: Path
 ) -> None:
     good = make_book(tmp_path / "lecons.zim", pages(20))
+    world.rh.hub.create_channel(Principal("admin", "admin"), {"id": world.channel})
     b = Browser(world.rh.url)
     csrf = b.sign_in(world.rh.token("curator"))
-    _upload(
+    body = _upload(
         world, b, csrf, _zipped({"books/lecons.zim": good.read_bytes(), "lisez-moi.txt": b"livres"})
     )
+    jid = body.split("/ui/jobs/")[1].split('"')[0]
     deadline = time.monotonic() + 60
+    while 'data-state="review"' not in (page := b.call(f"/ui/jobs/{jid}")[1]):
+        assert time.monotonic() < deadline and 'data-state="failed"' not in page, page[-1500:]
+        time.sleep(0.2)
+    assert "books/lecons.zim.crv" in page  # the review lists the book as its entries
+    b.call(f"/ui/jobs/{jid}", {"csrf": csrf, "decision": "publish"})  # the curator signs
     while world.rh.hub.repo.known_version(world.channel) is None:
         assert time.monotonic() < deadline, "the publish job did not finish"
         time.sleep(0.2)

@@ -188,13 +188,7 @@ def readiness(hub: Hub, head: str | None) -> dict[str, str]:
     except Exception as exc:
         checks["database"] = f"unreachable: {type(exc).__name__}: {str(exc)[:200]}"
         checks["schema"] = "unknown: the database did not answer"
-    root = hub.repo.path / "metadata" / "root.json"
-    try:
-        with open(root, "rb") as fh:
-            fh.read(1)
-        checks["repository"] = "ok"
-    except OSError as exc:
-        checks["repository"] = f"cannot read {root}: {exc.strerror or exc}"
+    checks["repository"] = hub.repo.readable()
     return checks
 
 

@@ -150,13 +150,7 @@ def readiness(node: NodeAgent) -> dict[str, str]:
     except Exception as exc:
         checks["database"] = f"unreachable: {type(exc).__name__}: {str(exc)[:200]}"
         checks["schema"] = "unknown: the state database did not answer"
-    root = node.repo.path / "metadata" / "root.json"
-    try:
-        with open(root, "rb") as fh:
-            fh.read(1)
-        checks["store"] = "ok"
-    except OSError as exc:
-        checks["store"] = f"cannot read {root}: {exc.strerror or exc}"
+    checks["store"] = node.repo.readable()
     return checks
 
 

@@ -358,6 +358,16 @@ class RepositoryBase:
 
     # ------------------------------------------------------------------ trust
 
+    def readable(self) -> str:
+        """"ok", or why this folder cannot be read now (what a readiness probe reports)."""
+        root = self.path / root_relpath()
+        try:
+            with open(root, "rb") as fh:
+                fh.read(1)
+        except OSError as exc:
+            return f"cannot read {root}: {exc.strerror or exc}"
+        return "ok"
+
     def root_versions(self) -> list[int]:
         folder = self.path / "metadata/root"
         return sorted(int(p.stem) for p in folder.glob("*.json") if p.stem.isdigit())

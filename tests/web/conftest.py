@@ -21,8 +21,11 @@ CHROMIUM = os.environ.get("CARAVANE_CHROMIUM", "/usr/bin/chromium")
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser() -> Iterator:
+    """One Chromium for the browser tests, stopped when tests/web ends: Playwright's sync API
+    runs an event loop in the main thread while it lives, and tests after these (tests/zim)
+    call asyncio.run there."""
     try:
         from playwright.sync_api import Error, sync_playwright
     except ImportError as exc:

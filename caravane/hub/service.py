@@ -271,13 +271,7 @@ class Hub:
         streaming = raw is None and doc.get("stream") is True
         if streaming:
             raw = []
-        if not isinstance(raw, list) or len(raw) > MAX_FILES:
-            raise Unprocessable("'files' must be a list of file entries")
-        try:
-            entries = [FileEntry.from_dict(f) for f in raw]
-            check_paths(e.path for e in entries)
-        except FormatError as exc:
-            raise Unprocessable(str(exc)) from None
+        entries = _file_entries(raw)
         chunks = {h: n for e in entries for h, n in e.chunks}
         with self.db.session() as s:
             if s.get(Channel, cid) is None:
@@ -346,13 +340,7 @@ class Hub:
         is then open as any other (objects still missing are named, commit follows)."""
         p.require("curator")
         raw = doc.get("files")
-        if not isinstance(raw, list) or len(raw) > MAX_FILES:
-            raise Unprocessable("'files' must be a list of file entries")
-        try:
-            entries = [FileEntry.from_dict(f) for f in raw]
-            check_paths(e.path for e in entries)
-        except FormatError as exc:
-            raise Unprocessable(str(exc)) from None
+        entries = _file_entries(raw)
         chunks = {h: n for e in entries for h, n in e.chunks}
         with self.db.session() as s:
             up = s.get(Upload, uid)
@@ -1039,6 +1027,18 @@ class Hub:
                 "nodes": s.scalar(select(func.count()).select_from(Centre)) or 0,
                 "reports": s.scalar(select(func.count()).select_from(CentreReport)) or 0,
             }
+
+
+def _file_entries(raw: object) -> list[FileEntry]:
+    """An upload's file list from a client, checked as a manifest's would be."""
+    if not isinstance(raw, list) or len(raw) > MAX_FILES:
+        raise Unprocessable("'files' must be a list of file entries")
+    try:
+        entries = [FileEntry.from_dict(f) for f in raw]
+        check_paths(e.path for e in entries)
+    except FormatError as exc:
+        raise Unprocessable(str(exc)) from None
+    return entries
 
 
 def _parse_iso(value: object) -> datetime | None:

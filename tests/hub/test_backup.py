@@ -10,13 +10,12 @@ import os
 import sqlite3
 import subprocess
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 
 from caravane.hub.app import make_app
 from caravane.hub.client import HubClient
@@ -24,7 +23,7 @@ from caravane.hub.config import HubConfig
 from caravane.hub.service import Hub
 from caravane.node.agent import NodeAgent
 from caravane.node.config import UpstreamConfig
-from tests.hub.conftest import PG_URL, RunningHub, ServerThread, free_port, postgres_reachable
+from tests.hub.conftest import RunningHub, ServerThread, free_port, fresh_database
 from tests.hub.conftest import start_hub as start_test_hub
 from tests.hub.test_tokens import write_config
 from tests.hub.util import CARAVANE, cli, http, read_tree, write_tree
@@ -37,19 +36,8 @@ def database(kind: str) -> Iterator[str]:
     if kind == "sqlite":
         yield ""
         return
-    reason = postgres_reachable()
-    if reason:
-        pytest.skip(reason)
-    name = f"caravane_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield PG_URL.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with admin.connect() as c:
-            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with fresh_database() as url:
+        yield url
 
 
 def serve_config(path: Path) -> tuple[Hub, ServerThread, str]:

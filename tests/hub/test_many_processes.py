@@ -16,18 +16,16 @@ import re
 import subprocess
 import threading
 import time
-import uuid
 import zipfile
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import create_engine, text
 
-from tests.hub.conftest import PG_URL, free_port, postgres_reachable
+from tests.hub.conftest import free_port, fresh_database
 from tests.hub.util import CARAVANE, cli
 
 
@@ -104,24 +102,6 @@ def two_hubs(
                 p.proc.terminate()
             for p in procs:
                 p.proc.wait(timeout=30)
-
-
-@contextmanager
-def fresh_database() -> Iterator[str]:
-    """A PostgreSQL database of its own (skips when PostgreSQL is not reachable)."""
-    reason = postgres_reachable()
-    if reason:
-        pytest.skip(reason)
-    name = f"caravane_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield PG_URL.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with admin.connect() as c:
-            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def _field(html: str, name: str) -> str:

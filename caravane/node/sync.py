@@ -40,6 +40,7 @@ from caravane.packs.layout import (
     pack_relpath,
     root_relpath,
 )
+from caravane.packs.manifests import piece_ids
 from caravane.packs.packfile import MAGIC, read_entries
 from caravane.protocol.errors import CaravaneError, NotFoundError
 from caravane.protocol.metadata import MAX_METADATA_BYTES, ChannelMeta, Manifest
@@ -382,7 +383,7 @@ class SyncEngine:
             data = self.transfer.retrying(
                 lambda: self.transfer.read(up, path, ref.manifest_length), lambda: 0
             )
-            return self.repo.accept_manifest(channel, version, data)
+            return self.repo.accept_manifest(channel, version, data, self._fetch_objects)
 
         return self.transfer.first(f"the manifest of {channel} version {version}", from_up)
 
@@ -646,6 +647,12 @@ class SyncEngine:
                 # every object id in a manifest, without building its objects: file hashes
                 # come along too, which only means keeping nothing extra
                 keep.update(m.decode() for m in HEX64_QUOTED.findall(data))
+                try:  # a format 2 manifest names its pieces, which name the objects
+                    for sha, piece in piece_ids(data, self.repo.store):
+                        keep.add(sha)
+                        keep.update(m.decode() for m in HEX64_QUOTED.findall(piece))
+                except (CaravaneError, OSError):
+                    return  # a piece is missing or damaged: collect nothing this time
                 del data
             for sha in self.repo.store.iter_ids():
                 if sha not in keep:

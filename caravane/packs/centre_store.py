@@ -13,12 +13,14 @@ trust its own commits.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import hashlib
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
 import zstandard as zstd
 
+from caravane.protocol import tree
 from caravane.protocol.errors import (
     CaravaneError,
     FormatError,
@@ -30,6 +32,7 @@ from caravane.protocol.metadata import (
     MAX_METADATA_BYTES,
     ChannelMeta,
     Manifest,
+    ReleaseRef,
     check_channel,
 )
 from caravane.protocol.trust import (
@@ -43,6 +46,7 @@ from . import delta
 from .errors import PackError, StoreError, TruncatedPackError
 from .ingest import Progress
 from .layout import channel_relpath, manifest_relpath
+from .manifests import store_reader
 from .packfile import Opener, read_entries
 from .repository import (
     MAX_MANIFEST_BYTES,
@@ -127,12 +131,24 @@ class CentreStore(RepositoryBase):
                 snap.remember_channel(channel, data, meta)
             return meta
 
-    def accept_manifest(self, channel: str, version: int, data: bytes) -> Manifest:
-        """Verify a fetched manifest against the signed channel metadata, and keep it."""
+    def accept_manifest(
+        self,
+        channel: str,
+        version: int,
+        data: bytes,
+        fetch: Callable[[dict[str, int]], None] | None = None,
+    ) -> Manifest:
+        """Verify a fetched manifest against the signed channel metadata, and keep it.
+
+        A format 2 manifest's pieces come from this store, and ``fetch`` (an upstream's
+        objects) brings in the ones it lacks: for an update, the few pieces that changed.
+        """
         ref = self.snapshot().channel(channel).releases.get(version)
         if ref is None:
             raise NotFoundError(f"channel {channel!r} has no signed version {version}")
-        manifest = self.trusted.verify_manifest(data, ref, channel)
+        manifest = self.trusted.verify_manifest(
+            data, ref, channel, store_reader(self.store, fetch)
+        )
         write_atomic(self.path / manifest_relpath(channel, version), data, self.durable)
         return manifest
 
@@ -177,12 +193,25 @@ class CentreStore(RepositoryBase):
     ) -> ApplyResult:
         pending_channel: Pending | None = None
         manifest: Manifest | None = None
+        intake: _TreeIntake | None = None
         old: Manifest | None = None
         mbytes = b""
         added = 0
 
         def payload_limit(header: dict[str, Any]) -> int:
-            return _entry_bound(header, pending_channel, manifest)
+            if header.get("kind") == "delta":
+                finish_tree()  # a delta names files of the new release: decode it first
+            return _entry_bound(header, pending_channel, manifest, intake)
+
+        def finish_tree() -> Manifest | None:
+            """The release's manifest once every piece its tree names is here."""
+            nonlocal manifest, intake
+            if manifest is None and intake is not None:
+                manifest = self.trusted.verify_manifest(
+                    mbytes, intake.ref, intake.channel, self.pieces()
+                )
+                intake = None
+            return manifest
 
         with self.lock():
             snap = self.snapshot()
@@ -192,12 +221,20 @@ class CentreStore(RepositoryBase):
                     if entry.kind == "metadata":
                         pending_channel = self._apply_metadata(entry, snap, what) or pending_channel
                     elif entry.kind == "manifest":
-                        manifest, mbytes, old = self._apply_manifest(
+                        manifest, mbytes, old, intake = self._apply_manifest(
                             entry, pending_channel, snap, what
                         )
+                    elif entry.kind == "tree":
+                        if intake is None:
+                            raise PackError(f"{what}: manifest pieces without a tree manifest")
+                        added += self._apply_tree(entry, what, intake, old, snap)
                     elif entry.kind == "delta":
-                        added += self._apply_delta(entry, what, progress, old, manifest)
+                        added += self._apply_delta(entry, what, progress, old, finish_tree())
             except TruncatedPackError as exc:
+                try:
+                    finish_tree()
+                except CaravaneError:
+                    manifest = None  # pieces still missing: the next carrier brings them
                 if manifest is not None:
                     # verified against the signed metadata: keep it, so whatever carries the
                     # rest (the network, the next drive) knows what the release needs
@@ -208,6 +245,12 @@ class CentreStore(RepositoryBase):
                     )
                 raise TruncatedPackError(
                     f"{exc} ({added} objects from it were verified and kept)"
+                ) from None
+            try:
+                finish_tree()
+            except VerificationError as exc:
+                raise PackError(
+                    f"{pack}: {exc}; this pack was built for a store holding another release"
                 ) from None
             if manifest is None or pending_channel is None:
                 raise PackError(f"{pack}: carries no release manifest")
@@ -267,8 +310,12 @@ class CentreStore(RepositoryBase):
 
     def _apply_manifest(
         self, entry: Any, pending: Pending | None, snap: Snapshot, what: str
-    ) -> tuple[Manifest, bytes, Manifest | None]:
-        """The pack's manifest, verified, with the base release it was built against."""
+    ) -> tuple[Manifest | None, bytes, Manifest | None, _TreeIntake | None]:
+        """The pack's manifest, verified, with the base release it was built against.
+
+        A format 2 manifest is only its document here: its pieces follow in ``tree``
+        entries (or are in this store already), and the manifest is decoded once they are.
+        """
         if pending is None:
             raise PackError(f"{what}: manifest before its channel metadata")
         channel, _, meta = pending
@@ -293,7 +340,58 @@ class CentreStore(RepositoryBase):
                 )
             old, base = snap.manifest_with_bytes(channel, base_version)
         data = delta.decompress_group(base, entry.payload, size, what)
-        return self.trusted.verify_manifest(data, ref, channel), data, old
+        if tree.spec_version_of(data, what) == tree.TREE_SPEC_VERSION:
+            self.trusted.check_manifest_bytes(data, ref, channel)
+            doc = tree.parse_doc(data, what)
+            if doc.channel != channel or doc.version != ref.version:
+                raise VerificationError(f"{what}: it claims {doc.channel!r} v{doc.version}")
+            return None, data, old, _TreeIntake(channel, ref, doc, base)
+        return self.trusted.verify_manifest(data, ref, channel), data, old, None
+
+    def _apply_tree(
+        self, entry: Any, what: str, intake: _TreeIntake, old: Manifest | None, snap: Snapshot
+    ) -> int:
+        """Manifest pieces, each kept only if the part of the new tree verified so far names it.
+
+        Pieces come top-down (a node before the pieces it names), so a hostile pack can add
+        nothing to this store that the signed release does not use.
+        """
+        h = entry.header
+        sizes, base_refs = h.get("sizes"), h.get("base", [])
+        if not isinstance(sizes, list) or not sizes or not isinstance(base_refs, list):
+            raise PackError(f"{what}: malformed manifest pieces entry")
+        if not all(isinstance(n, int) and 0 < n <= tree.MAX_PIECE_BYTES for n in sizes):
+            raise PackError(f"{what}: malformed manifest piece size")
+        base_parts = []
+        if h.get("base_manifest"):
+            base_parts.append(intake.old_doc)
+        spent = 0
+        for item in base_refs:
+            if (
+                not isinstance(item, list)
+                or len(item) != 2
+                or not isinstance(item[0], str)
+                or not isinstance(item[1], int)
+            ):
+                raise PackError(f"{what}: malformed base piece")
+            spent += item[1]
+            if spent > delta.GROUP_BASE:
+                raise PackError(f"{what}: base larger than the format allows")
+            try:
+                base_parts.append(self.store.read(item[0], item[1]))
+            except (StoreError, VerificationError):
+                raise PackError(
+                    f"{what}: needs manifest pieces this store lacks; apply the packs in order"
+                ) from None
+        data = delta.decompress_group(b"".join(base_parts), entry.payload, sum(sizes), what)
+        added = pos = 0
+        for n in sizes:
+            piece = data[pos : pos + n]
+            pos += n
+            intake.accept(piece, what)
+            _, written = self.store.put_raw(piece)
+            added += 1 if written else 0
+        return added
 
     def _apply_delta(
         self,
@@ -331,6 +429,31 @@ class CentreStore(RepositoryBase):
         return added
 
 
+class _TreeIntake:
+    """What of a format 2 release's tree a pack has delivered: the pieces it may still send.
+
+    Starts from the root the signed document names; each accepted node adds the pieces it
+    names. A piece named by nothing verified so far is refused.
+    """
+
+    def __init__(self, channel: str, ref: ReleaseRef, doc: tree.TreeDoc, old_doc: bytes) -> None:
+        self.channel, self.ref, self.old_doc = channel, ref, old_doc
+        self.named: dict[str, tree.PieceRef] = {}
+        if doc.root is not None:
+            self.named[doc.root.sha256] = doc.root
+
+    def accept(self, piece: bytes, what: str) -> None:
+        sha = hashlib.sha256(piece).hexdigest()
+        ref = self.named.pop(sha, None)
+        if ref is None or ref.length != len(piece):
+            raise VerificationError(
+                f"{what}: carries a manifest piece ({sha[:16]}) that the signed release does "
+                "not name; the pack is corrupt or forged, nothing more from it is kept"
+            )
+        for child in tree.children_of(ref, piece, what):
+            self.named[child.sha256] = child
+
+
 def _zstd_bound(size: int) -> int:
     """The most a zstd frame of ``size`` bytes can take (ZSTD_COMPRESSBOUND, with room)."""
     return size + (size >> 7) + 128 * 1024
@@ -340,6 +463,7 @@ def _entry_bound(
     header: dict[str, Any],
     pending: Pending | None,
     manifest: Manifest | None,
+    intake: _TreeIntake | None = None,
 ) -> int:
     """The largest payload a pack entry may have, from the signed sizes known so far.
 
@@ -356,6 +480,11 @@ def _entry_bound(
         version = header.get("version")
         ref = pending[2].releases.get(version) if pending and isinstance(version, int) else None
         return _zstd_bound(min(ref.manifest_length, MAX_MANIFEST_BYTES)) if ref else 0
+    if kind == "tree" and intake is not None:
+        sizes = header.get("sizes")
+        if not isinstance(sizes, list) or not all(isinstance(n, int) and n > 0 for n in sizes):
+            return 0
+        return _zstd_bound(min(sum(sizes), tree.MAX_PIECE_BYTES + delta.GROUP_TARGET))
     if kind == "delta" and manifest is not None:
         try:
             targets = delta.resolve_runs(header.get("targets"), manifest, "pack entry targets")

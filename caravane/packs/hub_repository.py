@@ -8,7 +8,6 @@ sign would be one stolen drive away from signing for every centre.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import time
@@ -39,6 +38,7 @@ from .errors import StoreError
 from .files_cache import FilesCache
 from .ingest import Progress, ingest_files, scan_source
 from .layout import channel_relpath, manifest_relpath
+from .manifests import release_ref, write_manifest
 from .repository import (
     LEGACY_KEYS,
     RELEASE_KEY,
@@ -197,16 +197,10 @@ class HubRepository(RepositoryBase):
             version = old_meta.version + 1 if old_meta else 1
             previous = snap.manifest(channel, old_meta.version) if old_meta else None
             manifest = Manifest(channel, version, format_time(now_utc()), entries, notes)
-            mbytes = manifest.to_bytes()
-            write_atomic(self.path / manifest_relpath(channel, version), mbytes, self.durable)
-            ref = ReleaseRef(
-                version,
-                hashlib.sha256(mbytes).hexdigest(),
-                len(mbytes),
-                manifest.created,
-                manifest.total_size,
-                len(entries),
+            mbytes, manifest = write_manifest(
+                self.store, self.path / manifest_relpath(channel, version), manifest, self.durable
             )
+            ref = release_ref(mbytes, manifest)
             releases = dict(old_meta.releases) if old_meta else {}
             releases[version] = ref
             self._sign_channel(
@@ -308,17 +302,11 @@ class HubRepository(RepositoryBase):
             f"(root {old_root} -> {new_root})"
         )
         manifest = Manifest(meta.channel, version, format_time(now_utc()), latest.files, notes)
-        mbytes = manifest.to_bytes()
-        write_atomic(self.path / manifest_relpath(meta.channel, version), mbytes, self.durable)
-        releases = dict(meta.releases)
-        releases[version] = ReleaseRef(
-            version,
-            hashlib.sha256(mbytes).hexdigest(),
-            len(mbytes),
-            manifest.created,
-            manifest.total_size,
-            len(manifest.files),
+        mbytes, manifest = write_manifest(
+            self.store, self.path / manifest_relpath(meta.channel, version), manifest, self.durable
         )
+        releases = dict(meta.releases)
+        releases[version] = release_ref(mbytes, manifest)
         expires_days = None
         if meta.expires:
             left = parse_time(meta.expires, "expires") - now_utc()
@@ -397,7 +385,7 @@ class HubRepository(RepositoryBase):
         for channel in self.channels():
             for v in snap.channel(channel).releases:
                 if snap.has_manifest(channel, v):
-                    refs.update(snap.manifest(channel, v, keep=False).chunk_sizes())
+                    refs.update(snap.manifest(channel, v, keep=False).object_sizes())
         return refs
 
     def collect_garbage(

@@ -27,7 +27,7 @@ MAX_HEADER = 16 * 1024 * 1024
 MAX_PAYLOAD = 1024 * 1024 * 1024
 FAT32_LIMIT = 4 * 1024**3 - 1
 DEFAULT_VOLUME_SIZE = FAT32_LIMIT + 1 - 64 * 1024 * 1024
-KINDS = ("metadata", "manifest", "delta", "end")
+KINDS = ("metadata", "manifest", "tree", "delta", "end")
 
 
 @dataclass

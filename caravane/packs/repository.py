@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
+from caravane.protocol import tree
 from caravane.protocol.canonical import canonical_bytes
 from caravane.protocol.errors import (
     FormatError,
@@ -58,6 +59,7 @@ from .layout import (
     pack_relpath,
     root_relpath,
 )
+from .manifests import store_reader
 from .packfile import DEFAULT_VOLUME_SIZE, PackWriter
 from .store import ObjectStore, compress, decode_frame, write_atomic
 
@@ -266,7 +268,7 @@ class Snapshot:
         if manifest is None:
             ref = self.ref(channel, version)
             data = self.repo.manifest_bytes(channel, version)
-            manifest = self.trusted.verify_manifest(data, ref, channel)
+            manifest = self.trusted.verify_manifest(data, ref, channel, self.repo.pieces())
             if keep:
                 self._manifests[key] = manifest
         return manifest
@@ -279,7 +281,7 @@ class Snapshot:
             return self._manifests[key], self._manifest_data[key]
         ref = self.ref(channel, version)
         data = self.repo.manifest_bytes(channel, version)
-        manifest = self.trusted.verify_manifest(data, ref, channel)
+        manifest = self.trusted.verify_manifest(data, ref, channel, self.repo.pieces())
         self.remember_manifest(channel, version, data, manifest)
         return manifest, data
 
@@ -367,6 +369,10 @@ class RepositoryBase:
         except OSError as exc:
             return f"cannot read {root}: {exc.strerror or exc}"
         return "ok"
+
+    def pieces(self) -> tree.PieceReader:
+        """Where this repository's format 2 manifests read their pieces: its own store."""
+        return store_reader(self.store)
 
     def root_versions(self) -> list[int]:
         folder = self.path / "metadata/root"
@@ -569,7 +575,7 @@ class RepositoryBase:
                     problems.append(str(exc))
                     continue
                 channels[channel].append(v)
-                sizes.update(m.chunk_sizes())
+                sizes.update(m.object_sizes())
         checked = nbytes = 0
         for sha, n in sizes.items():
             try:
@@ -656,6 +662,8 @@ class RepositoryBase:
                 },
                 delta.manifest_delta(old_mbytes, new_mbytes, level),
             )
+            if new.spec_version == tree.TREE_SPEC_VERSION:
+                self._add_tree(writer, from_version, old, old_mbytes, new_mbytes, level)
             n_chunks = n_bytes = 0
             for group in delta.plan_groups(old, new, chunk_bytes):
                 base = b"".join(chunk_bytes(h, n) for h, n in group.base)
@@ -696,6 +704,59 @@ class RepositoryBase:
             n_chunks,
             n_bytes,
         )
+
+
+    def _add_tree(
+        self,
+        writer: PackWriter,
+        from_version: int,
+        old: Manifest | None,
+        old_doc: bytes,
+        new_doc: bytes,
+        level: int,
+    ) -> None:
+        """The pieces of the new tree the base release lacks, top-down, as deltas.
+
+        Each group is compressed against the old pieces covering the same paths (a changed
+        leaf against its old version), or, from a format 1 release, against its whole old
+        manifest, which holds the same entries: the move to format 2 costs a small delta too.
+        """
+        read = self.pieces()
+        new_refs = tree.piece_refs(new_doc, read)
+        old_refs: list[tree.PieceRef] = []
+        whole_old = False
+        if old is not None and old.spec_version == tree.TREE_SPEC_VERSION:
+            old_refs = tree.piece_refs(old_doc, read)
+        elif old is not None:
+            whole_old = len(old_doc) <= delta.GROUP_BASE
+        have = {r.sha256 for r in old_refs}
+        todo = [r for r in new_refs if r.sha256 not in have]
+
+        def flush(group: list[tree.PieceRef]) -> None:
+            bases = tree.bases_for(group, old_refs)
+            base = (old_doc if whole_old else b"") + b"".join(read(bases))
+            target = b"".join(read(group))
+            writer.add(
+                "tree",
+                {
+                    "base_version": from_version,
+                    "base_manifest": whole_old,
+                    "base": [[b.sha256, b.length] for b in bases],
+                    "sizes": [r.length for r in group],
+                },
+                delta.compress_group(base, target, level),
+            )
+
+        group: list[tree.PieceRef] = []
+        size = 0
+        for ref in todo:
+            if group and size + ref.length > delta.GROUP_TARGET:
+                flush(group)
+                group, size = [], 0
+            group.append(ref)
+            size += ref.length
+        if group:
+            flush(group)
 
 
 class _OverlayStore(ObjectStore):

@@ -328,8 +328,14 @@ class Manifest:
     created: str
     files: list[FileEntry]
     notes: str = ""
+    #: 1: one flat signed document (this class's own bytes); 2: a tree of pieces
+    #: (protocol/tree.py), whose object ids and lengths are kept here once decoded
+    spec_version: int = SPEC_VERSION
+    tree_objects: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
+        if self.spec_version != SPEC_VERSION:
+            raise FormatError("a format 2 manifest is encoded by protocol/tree.py")
         return {
             "_type": "manifest",
             "spec_version": SPEC_VERSION,
@@ -372,4 +378,10 @@ class Manifest:
         for f in self.files:
             for h, n in f.chunks:
                 out[h] = n
+        return out
+
+    def object_sizes(self) -> dict[str, int]:
+        """Every object the release needs kept: its chunks and, in format 2, its pieces."""
+        out = self.chunk_sizes()
+        out.update(self.tree_objects)
         return out

@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 from datetime import datetime
 
+from . import tree
 from .canonical import load_json
 from .errors import ExpiredError, FormatError, RollbackError, SignatureError, VerificationError
 from .metadata import (
@@ -174,7 +175,8 @@ class TrustedState:
         return meta
 
     @staticmethod
-    def verify_manifest(data: bytes, ref: ReleaseRef, channel: str) -> Manifest:
+    def check_manifest_bytes(data: bytes, ref: ReleaseRef, channel: str) -> None:
+        """Whether ``data`` is the manifest document the signed ``ref`` names (no parsing)."""
         what = f"manifest of {channel!r} version {ref.version}"
         if len(data) != ref.manifest_length:
             raise VerificationError(
@@ -182,7 +184,26 @@ class TrustedState:
             )
         if hashlib.sha256(data).hexdigest() != ref.manifest_sha256:
             raise VerificationError(f"{what}: SHA-256 does not match the signed metadata")
-        manifest = Manifest.from_bytes(data, what)
+
+    @staticmethod
+    def verify_manifest(
+        data: bytes, ref: ReleaseRef, channel: str, read: tree.PieceReader | None = None
+    ) -> Manifest:
+        """The manifest these bytes are, if the signed ``ref`` names them.
+
+        A format 2 manifest names a tree of pieces; ``read`` supplies them (from a store, a
+        pack or an upstream) and each is checked against the hash its parent names.
+        """
+        what = f"manifest of {channel!r} version {ref.version}"
+        TrustedState.check_manifest_bytes(data, ref, channel)
+        if tree.spec_version_of(data, what) == tree.TREE_SPEC_VERSION:
+            if read is None:
+                raise VerificationError(f"{what}: a tree manifest, and nowhere to read its pieces")
+            manifest = tree.decode_manifest(data, read, what)
+            if manifest.total_size != ref.size or len(manifest.files) != ref.files:
+                raise VerificationError(f"{what}: its files differ from the signed metadata")
+        else:
+            manifest = Manifest.from_bytes(data, what)
         if manifest.channel != channel or manifest.version != ref.version:
             raise VerificationError(f"{what}: it claims {manifest.channel!r} v{manifest.version}")
         return manifest

@@ -7,17 +7,21 @@ clear message and keeps what it had.
 
 from __future__ import annotations
 
+import hashlib
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from caravane.packs.centre_store import CentreStore
 from caravane.packs.hub_repository import HubRepository
 from caravane.packs.layout import object_relpath
+from caravane.packs.manifests import write_manifest
 from caravane.protocol.keys import PrivateKey
-from caravane.protocol.metadata import Envelope, sign_envelope
+from caravane.protocol.metadata import Envelope, FileEntry, Manifest, sign_envelope
 
 
 def write_tree(folder: Path, files: dict[str, bytes | str]) -> Path:
@@ -83,6 +87,49 @@ class RepoSim:
     @property
     def release_key(self) -> PrivateKey:
         return PrivateKey.load(self.hub.key_path("release"))
+
+    def rewrite_release(self, version: int, edit: Callable[[list[dict[str, Any]]], None]) -> bytes:
+        """Release ``version`` with its file entries edited, signed by the hub's own key.
+
+        What an attacker holding the release key (or a buggy publisher) would produce: the
+        pieces are written into the hub's store, the document replaces the old one and the
+        channel metadata names it. Returns the new manifest document.
+        """
+        m = self.hub.manifest(self.channel, version)
+        files = [f.to_dict() for f in m.files]
+        edit(files)
+        entries = sorted(
+            (
+                FileEntry(
+                    d["path"], d["size"], d["mode"], d["sha256"], [tuple(c) for c in d["chunks"]]
+                )
+                for d in files
+            ),
+            key=lambda e: e.path,
+        )
+        tampered = Manifest(m.channel, m.version, m.created, entries, m.notes)
+        rel = f"manifests/{self.channel}/{version}.json"
+        doc, written = write_manifest(self.hub.store, self.hub_file(rel), tampered)
+        self.resign(
+            self.hub_file(f"metadata/channels/{self.channel}.json"),
+            self.release_key,
+            lambda s: s["releases"][str(version)].update(
+                manifest={"sha256": hashlib.sha256(doc).hexdigest(), "length": len(doc)},
+                files=len(entries),
+                size=written.total_size,
+            ),
+        )
+        return doc
+
+    def piece_of(self, version: int, path: str) -> str:
+        """The id of the leaf piece of release ``version``'s tree that holds ``path``."""
+        from caravane.protocol import tree
+
+        doc = self.hub_file(f"manifests/{self.channel}/{version}.json").read_bytes()
+        for ref, data, parsed in tree.walk(tree.parse_doc(doc), self.hub.pieces(), "test"):
+            if ref.level == 0 and any(f["path"] == path for f in parsed["files"]):
+                return ref.sha256
+        raise KeyError(path)
 
     def object_of(self, version: int, path: str) -> Path:
         """The first object of ``path`` as a loose file (the form stores had before segments),

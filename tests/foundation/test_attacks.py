@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -153,18 +152,7 @@ def test_expired_metadata_in_a_pack_is_refused(sim: RepoSim):
 def _signed_manifest_with_path(sim: RepoSim, bad_path: str) -> None:
     """A manifest that the hub's own release key signs, with one hostile path."""
     sim.publish(V1)
-    mpath = sim.hub_file("manifests/maths/1.json")
-    doc = json.loads(mpath.read_bytes())
-    doc["files"][0]["path"] = bad_path
-    data = canonical_bytes(doc)
-    mpath.write_bytes(data)
-    sim.resign(
-        sim.hub_file("metadata/channels/maths.json"),
-        sim.release_key,
-        lambda s: s["releases"]["1"].update(
-            manifest={"sha256": hashlib.sha256(data).hexdigest(), "length": len(data)}
-        ),
-    )
+    sim.rewrite_release(1, lambda files: files[0].__setitem__("path", bad_path))
 
 
 @pytest.mark.parametrize(
@@ -180,13 +168,17 @@ def test_manifest_with_hostile_path_is_refused(sim: RepoSim, tmp_path: Path, bad
 
 
 def test_manifest_with_case_colliding_names_is_refused(sim: RepoSim):
-    _signed_manifest_with_path(sim, "LEÇONS/ÉTÉ.PDF".lower().replace("ç", "ç").upper())
-    mpath = sim.hub_file("manifests/maths/1.json")
-    doc = json.loads(mpath.read_bytes())
-    doc["files"].append(dict(doc["files"][0], path=doc["files"][0]["path"].lower()))
-    doc["files"].sort(key=lambda f: f["path"].encode())
+    sim.publish(V1)
+    files = [f.to_dict() for f in sim.hub.manifest("maths", 1).files]
+    files.append(dict(files[0], path=files[0]["path"].upper()))
+    files.sort(key=lambda f: f["path"].encode())
+    doc = Manifest("maths", 1, "2026-01-01T00:00:00Z", []).to_dict() | {"files": files}
     with pytest.raises(PathError, match="differ only by case"):
         Manifest.from_dict(doc)
+    # the same two names in a format 2 tree, signed by the hub's own key
+    sim.rewrite_release(1, lambda fs: fs.append(dict(fs[0], path=fs[0]["path"].upper())))
+    with pytest.raises(PathError, match="differ only by case"):
+        sim.hub.manifest("maths", 1)
 
 
 def test_decompression_bomb_is_refused(sim: RepoSim, tmp_path: Path):

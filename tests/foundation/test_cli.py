@@ -13,6 +13,7 @@ import pytest
 
 import caravane.cli
 from caravane.cli import Caravane, main, register_commands
+from caravane.packs.repository import Repository
 
 from .conftest import read_tree, write_tree
 
@@ -101,11 +102,15 @@ def test_damaged_repository_fails_verify_with_exit_3(tmp_path: Path) -> None:
     src = write_tree(tmp_path / "src", {"a.bin": bytes(range(256)) * 100})
     run("repo", "init", tmp_path / "hub")
     run("repo", "publish", tmp_path / "hub", "c", src)
-    # the only object is the last frame of the only segment: damage its last byte
-    segment = next((tmp_path / "hub/segments").glob("*.seg"))
-    data = segment.read_bytes()
-    segment.write_bytes(data[:-1] + bytes([data[-1] ^ 0xFF]))
+    # damage the last byte of the file's only chunk, where the segment index places it
     sha = hashlib.sha256(bytes(range(256)) * 100).hexdigest()
+    index = Repository.open(tmp_path / "hub").store.index
+    loc = index.locate(sha)
+    assert loc is not None
+    segment = index.segment_path(loc.segment)
+    data = bytearray(segment.read_bytes())
+    data[loc.offset + loc.length - 1] ^= 0xFF
+    segment.write_bytes(bytes(data))
     r = run("repo", "verify", tmp_path / "hub", ok=False)
     assert r.returncode == 3 and "FAILED" in r.stdout and sha[:16] in r.stdout
 

@@ -36,7 +36,7 @@ def _forged_pack(tmp_path: Path, sparse_tail: bool) -> tuple[Repository, Path]:
     with open(forged, "wb") as fh:
         fh.write(MAGIC)
         for e in entries:
-            if e.kind in ("metadata", "manifest"):
+            if e.kind in ("metadata", "manifest", "tree"):
                 hdr = {k: v for k, v in e.header.items() if k not in ("kind", "length")}
                 fh.write(encode_entry(e.kind, hdr, e.payload))
         header = dict(delta.header, length=GIB)

@@ -108,9 +108,9 @@ class VerificationCounter:
             self.calls[("channel", name, hashlib.sha256(data).hexdigest())] += 1
             return channel(data, name, *args, **kw)
 
-        def verify_manifest(data: bytes, ref: Any, name: str) -> Any:
+        def verify_manifest(data: bytes, ref: Any, name: str, *args: Any) -> Any:
             self.calls[("manifest", name, str(ref.version))] += 1
-            return manifest(data, ref, name)
+            return manifest(data, ref, name, *args)
 
         state.verify_channel = verify_channel  # type: ignore[method-assign]
         state.verify_manifest = verify_manifest  # type: ignore[method-assign]

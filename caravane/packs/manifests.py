@@ -1,0 +1,95 @@
+"""Manifests in a store: writing format 2 pieces as objects, reading them back.
+
+The tree format itself (protocol/tree.py) takes and returns bytes; this module is where its
+pieces meet an :class:`ObjectStore`. A piece is stored like a chunk (compressed, named by the
+SHA-256 of its bytes), so collection, mirrors, peers and packs treat it like any object.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
+
+from caravane.protocol import tree
+from caravane.protocol.errors import VerificationError
+from caravane.protocol.metadata import Manifest, ReleaseRef
+
+from .errors import StoreError
+from .store import ObjectStore, write_atomic
+
+
+def store_reader(
+    store: ObjectStore, fetch: Callable[[dict[str, int]], None] | None = None
+) -> tree.PieceReader:
+    """Pieces from ``store``; ``fetch`` is asked first for those it lacks (an upstream).
+
+    The tree code verifies every piece's hash itself, so the store skips its own check.
+    """
+
+    def read(refs: list[tree.PieceRef]) -> list[bytes]:
+        if fetch is not None:
+            missing = {r.sha256: r.length for r in refs if not store.has(r.sha256)}
+            if missing:
+                fetch(missing)
+        out = []
+        for r in refs:
+            try:
+                out.append(store.read(r.sha256, r.length, verify=False))
+            except StoreError:
+                raise VerificationError(
+                    f"manifest piece {r.sha256[:16]} is not in {store.root}: the release is "
+                    "incomplete here; sync again or apply the pack that carries it"
+                ) from None
+        return out
+
+    return read
+
+
+def write_manifest(
+    store: ObjectStore, path: Path, manifest: Manifest, durable: bool = False
+) -> tuple[bytes, Manifest]:
+    """Store ``manifest`` in format 2: pieces first, then its document at ``path``.
+
+    Returns the document (what the channel metadata signs by hash) and the manifest as a
+    reader will decode it (its pieces recorded, for collection and verification).
+    """
+    encoded = tree.encode_manifest(manifest)
+    for ref, data in encoded.pieces:
+        store.put_raw(data, ref.sha256)
+    write_atomic(path, encoded.doc, durable)
+    written = Manifest(
+        manifest.channel,
+        manifest.version,
+        manifest.created,
+        manifest.files,
+        manifest.notes,
+        spec_version=tree.TREE_SPEC_VERSION,
+        tree_objects=encoded.objects(),
+    )
+    return encoded.doc, written
+
+
+def release_ref(doc: bytes, manifest: Manifest, version: int | None = None) -> ReleaseRef:
+    """What channel metadata says of a release whose manifest document is ``doc``."""
+    return ReleaseRef(
+        manifest.version if version is None else version,
+        hashlib.sha256(doc).hexdigest(),
+        len(doc),
+        manifest.created,
+        manifest.total_size,
+        len(manifest.files),
+    )
+
+
+def piece_ids(doc: bytes, store: ObjectStore) -> list[tuple[str, bytes]]:
+    """Each piece of a format 2 document with its bytes, from ``store`` (collection's mark)."""
+    if tree.spec_version_of(doc) != tree.TREE_SPEC_VERSION:
+        return []
+    reader = store_reader(store)
+    return [
+        (ref.sha256, data) for ref, data, _ in tree.walk(tree.parse_doc(doc), reader, "manifest")
+    ]
+
+
+__all__ = ["piece_ids", "release_ref", "store_reader", "write_manifest"]

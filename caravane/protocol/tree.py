@@ -1,0 +1,445 @@
+"""Manifest format 2: a release's file list as a tree of hashed pieces.
+
+Format 1 signs one flat document naming every file; at a national library's size it is tens
+or hundreds of MB, every update re-sends (or delta-encodes against) all of it, and it hits
+``MAX_MANIFEST_BYTES`` near a million files. Format 2 keeps the same sorted list of file
+entries but cuts it into **leaves** at content-defined boundaries and names the leaves from
+**nodes**, level by level up to one root, as prolly trees (Noms, Dolt) do over a sorted key
+space. The manifest document itself (signed by hash in channel metadata) is a few hundred
+bytes naming the root. Pieces are ordinary objects, addressed by the SHA-256 of their
+canonical bytes, so every carrier that moves objects (packs, drives, mirrors, peers) moves
+them, and a receiver fetches only the pieces it does not hold: a one-file change replaces one
+leaf and one node per level (four pieces at a million files).
+
+Why content-defined boundaries: a boundary falls after an entry whose path hashes to 0
+modulo the fan-out, so inserting or removing a file changes the piece that holds it (and its
+neighbour at worst), never every piece after it. Bounds in entries and bytes keep a hostile
+or pathological tree small per piece.
+
+Load order, for a reader (every step refuses on the first failure)::
+
+    1. the manifest document verified against the signed ReleaseRef (caller, trust.py)
+    2. the root piece, by the hash and length the document names
+    3. each level's pieces, by the hashes and lengths their parent names; a node's counts
+       and sizes must add up to what its parent claims, levels must step down by one, and
+       the leaves must hold strictly ascending paths starting at the key the parent names
+    4. the flattened list goes through the same path checks as format 1
+
+This module takes and returns bytes; where pieces come from (a store, a pack, an upstream)
+is the caller's ``PieceReader``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import re
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from .canonical import canonical_bytes, load_json
+from .errors import FormatError, VerificationError
+from .metadata import FileEntry, Manifest, check_channel
+from .paths import check_paths
+
+TREE_SPEC_VERSION = 2
+LEAF_TYPE = "manifest-leaf"
+NODE_TYPE = "manifest-node"
+
+#: a piece larger than this is refused before it is parsed (a leaf holding one file of
+#: 40 GB of 64 KiB chunks is about 48 MB)
+MAX_PIECE_BYTES = 64 * 1024 * 1024
+#: levels above the leaves; 36 children a node on average gives 10^12 files at 6
+MAX_LEVELS = 8
+MAX_FILES = 100_000_000
+MAX_CHILDREN = 1024
+MAX_LEAF_ENTRIES = 2048
+
+LEAF_MIN, LEAF_MODULUS, LEAF_MAX_BYTES = 8, 64, 256 * 1024
+NODE_MIN, NODE_MODULUS, NODE_MAX_CHILDREN = 4, 32, 512
+
+
+@dataclass(frozen=True)
+class PieceRef:
+    """A piece as its parent names it: the key it starts at, its hash, length and counts."""
+
+    first: str
+    sha256: str
+    length: int
+    files: int
+    size: int
+    level: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "first": self.first,
+            "sha256": self.sha256,
+            "length": self.length,
+            "files": self.files,
+            "size": self.size,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any, level: int, what: str) -> PieceRef:
+        if not isinstance(data, dict):
+            raise FormatError(f"{what}: malformed piece reference")
+        first, sha, length = data.get("first"), data.get("sha256"), data.get("length")
+        files, size = data.get("files"), data.get("size")
+        if not isinstance(first, str) or not isinstance(sha, str) or len(sha) != 64:
+            raise FormatError(f"{what}: malformed piece reference")
+        try:
+            int(sha, 16)
+        except ValueError:
+            raise FormatError(f"{what}: piece hash is not hexadecimal") from None
+        for name, value in (("length", length), ("files", files), ("size", size)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise FormatError(f"{what}: piece {name} is not a count")
+        assert isinstance(length, int) and isinstance(files, int) and isinstance(size, int)
+        if length == 0 or length > MAX_PIECE_BYTES or files == 0:
+            raise FormatError(f"{what}: piece of {length} bytes and {files} files is refused")
+        return cls(first, sha.lower(), length, files, size, level)
+
+
+@dataclass
+class EncodedManifest:
+    """A manifest in format 2: the signed document, and the pieces it needs, top-down."""
+
+    doc: bytes
+    root: PieceRef | None
+    pieces: list[tuple[PieceRef, bytes]] = field(default_factory=list)
+
+    def objects(self) -> dict[str, int]:
+        return {ref.sha256: ref.length for ref, _ in self.pieces}
+
+
+#: reads pieces by reference, a level at a time (so a fetcher can ask for them together);
+#: returns their bytes in the same order. Verification is this module's job, not the reader's.
+PieceReader = Callable[[list[PieceRef]], list[bytes]]
+
+
+_QUOTED_ID = re.compile(rb'"([0-9a-f]{64})"')
+
+
+def _split_hash(level: int, key: str) -> int:
+    digest = hashlib.sha256(b"caravane-tree\x00%d\x00" % level + key.encode()).digest()
+    return int.from_bytes(digest[:8], "big")
+
+
+def _leaf_bytes(entries: list[dict[str, Any]]) -> bytes:
+    return canonical_bytes({"_type": LEAF_TYPE, "files": entries})
+
+
+def _node_bytes(level: int, children: list[PieceRef]) -> bytes:
+    return canonical_bytes(
+        {"_type": NODE_TYPE, "level": level, "children": [c.to_dict() for c in children]}
+    )
+
+
+def _ref(first: str, data: bytes, files: int, size: int, level: int) -> PieceRef:
+    return PieceRef(first, hashlib.sha256(data).hexdigest(), len(data), files, size, level)
+
+
+def _leaves(files: list[FileEntry]) -> Iterator[tuple[PieceRef, bytes]]:
+    run: list[dict[str, Any]] = []
+    run_bytes = run_size = 0
+    first = ""
+    for entry in files:
+        d = entry.to_dict()
+        if not run:
+            first = entry.path
+        run.append(d)
+        run_size += entry.size
+        run_bytes += 80 + len(entry.path) + 70 * len(entry.chunks)
+        natural = len(run) >= LEAF_MIN and _split_hash(0, entry.path) % LEAF_MODULUS == 0
+        if natural or run_bytes >= LEAF_MAX_BYTES or len(run) >= MAX_LEAF_ENTRIES:
+            data = _leaf_bytes(run)
+            yield _ref(first, data, len(run), run_size, 0), data
+            run, run_bytes, run_size = [], 0, 0
+    if run:
+        data = _leaf_bytes(run)
+        yield _ref(first, data, len(run), run_size, 0), data
+
+
+def _nodes(level: int, children: list[PieceRef]) -> Iterator[tuple[PieceRef, bytes]]:
+    run: list[PieceRef] = []
+    for child in children:
+        run.append(child)
+        natural = len(run) >= NODE_MIN and _split_hash(level, child.first) % NODE_MODULUS == 0
+        if natural or len(run) >= NODE_MAX_CHILDREN:
+            data = _node_bytes(level, run)
+            yield (
+                _ref(
+                    run[0].first, data, sum(c.files for c in run), sum(c.size for c in run), level
+                ),
+                data,
+            )
+            run = []
+    if run:
+        data = _node_bytes(level, run)
+        yield (
+            _ref(run[0].first, data, sum(c.files for c in run), sum(c.size for c in run), level),
+            data,
+        )
+
+
+def build_tree(files: list[FileEntry]) -> tuple[PieceRef | None, list[tuple[PieceRef, bytes]]]:
+    """The pieces of ``files`` (sorted by path), root first then level by level down.
+
+    Deterministic: the same file list gives the same pieces at the hub and everywhere else.
+    An empty release has no root.
+    """
+    _check_sorted(files)
+    levels: list[list[tuple[PieceRef, bytes]]] = [list(_leaves(files))]
+    while len(levels[-1]) > 1:
+        level = len(levels)
+        levels.append(list(_nodes(level, [ref for ref, _ in levels[-1]])))
+    if not levels[-1]:
+        return None, []
+    out: list[tuple[PieceRef, bytes]] = []
+    for pieces in reversed(levels):
+        out.extend(pieces)
+    return out[0][0], out
+
+
+def _check_sorted(files: list[FileEntry]) -> None:
+    for a, b in zip(files, files[1:], strict=False):
+        if not a.path < b.path:
+            raise FormatError(f"manifest: files out of order or repeated at {b.path!r}")
+
+
+def encode_manifest(manifest: Manifest) -> EncodedManifest:
+    """``manifest`` in format 2 (its files sorted by path, as every publisher sorts them)."""
+    root, pieces = build_tree(manifest.files)
+    tree: dict[str, Any] | None = None
+    if root is not None:
+        tree = {"sha256": root.sha256, "length": root.length, "level": root.level}
+    doc = canonical_bytes(
+        {
+            "_type": "manifest",
+            "spec_version": TREE_SPEC_VERSION,
+            "channel": manifest.channel,
+            "version": manifest.version,
+            "created": manifest.created,
+            "notes": manifest.notes,
+            "files": len(manifest.files),
+            "size": manifest.total_size,
+            "tree": tree,
+        }
+    )
+    return EncodedManifest(doc, root, pieces)
+
+
+@dataclass(frozen=True)
+class TreeDoc:
+    """The signed format 2 document, parsed: what it says before any piece is read."""
+
+    channel: str
+    version: int
+    created: str
+    notes: str
+    files: int
+    size: int
+    root: PieceRef | None
+
+
+def spec_version_of(data: bytes, what: str = "manifest") -> int:
+    """1 for a flat manifest, 2 for a tree (cheap: the document is parsed, not checked)."""
+    doc = load_json(data, what)
+    if not isinstance(doc, dict):
+        raise FormatError(f"{what}: not a release manifest")
+    version = doc.get("spec_version")
+    return version if isinstance(version, int) else 0
+
+
+def parse_doc(data: bytes, what: str = "manifest") -> TreeDoc:
+    doc = load_json(data, what, 64 * 1024)
+    if not isinstance(doc, dict) or doc.get("_type") != "manifest":
+        raise FormatError(f"{what}: not a release manifest")
+    if doc.get("spec_version") != TREE_SPEC_VERSION:
+        raise FormatError(f"{what}: unsupported spec_version {doc.get('spec_version')!r}")
+    files, size, version = doc.get("files"), doc.get("size"), doc.get("version")
+    for name, value in (("files", files), ("size", size), ("version", version)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise FormatError(f"{what}: {name} is not a count")
+    assert isinstance(files, int) and isinstance(size, int) and isinstance(version, int)
+    if files > MAX_FILES:
+        raise FormatError(f"{what}: {files} files, more than the {MAX_FILES} allowed")
+    channel, created = doc.get("channel"), doc.get("created")
+    if not isinstance(channel, str) or not isinstance(created, str):
+        raise FormatError(f"{what}: malformed manifest")
+    tree = doc.get("tree")
+    root: PieceRef | None = None
+    if tree is None:
+        if files:
+            raise FormatError(f"{what}: names {files} files but no tree")
+    else:
+        if not isinstance(tree, dict):
+            raise FormatError(f"{what}: malformed tree reference")
+        level = tree.get("level")
+        if not isinstance(level, int) or isinstance(level, bool) or not 0 <= level <= MAX_LEVELS:
+            raise FormatError(f"{what}: tree level {level!r} is refused")
+        root = PieceRef.from_dict(
+            {**tree, "first": "", "files": files or 1, "size": size}, level, f"{what} tree"
+        )
+        if files == 0:
+            raise FormatError(f"{what}: a tree with no files")
+    return TreeDoc(
+        check_channel(channel), version, created, str(doc.get("notes", "")), files, size, root
+    )
+
+
+def _check_piece(ref: PieceRef, data: bytes, what: str) -> Any:
+    if len(data) != ref.length:
+        raise VerificationError(f"{what}: {len(data)} bytes, its parent says {ref.length}")
+    if hashlib.sha256(data).hexdigest() != ref.sha256:
+        raise VerificationError(f"{what}: SHA-256 does not match the one its parent names")
+    return load_json(data, what)
+
+
+def _node_children(ref: PieceRef, doc: Any, what: str) -> list[PieceRef]:
+    if not isinstance(doc, dict) or doc.get("_type") != NODE_TYPE:
+        raise FormatError(f"{what}: not a manifest node")
+    if doc.get("level") != ref.level:
+        raise FormatError(f"{what}: level {doc.get('level')!r}, its parent says {ref.level}")
+    raw = doc.get("children")
+    if not isinstance(raw, list) or not raw or len(raw) > MAX_CHILDREN:
+        raise FormatError(f"{what}: malformed children")
+    children = [PieceRef.from_dict(c, ref.level - 1, f"{what} child") for c in raw]
+    if sum(c.files for c in children) != ref.files or sum(c.size for c in children) != ref.size:
+        raise VerificationError(f"{what}: children do not add up to what its parent says")
+    if ref.first and children[0].first != ref.first:
+        raise FormatError(f"{what}: starts at {children[0].first!r}, its parent says {ref.first!r}")
+    for a, b in zip(children, children[1:], strict=False):
+        if not a.first < b.first:
+            raise FormatError(f"{what}: children out of order at {b.first!r}")
+    return children
+
+
+def _leaf_entries(ref: PieceRef, doc: Any, what: str) -> list[FileEntry]:
+    if not isinstance(doc, dict) or doc.get("_type") != LEAF_TYPE:
+        raise FormatError(f"{what}: not a manifest leaf")
+    raw = doc.get("files")
+    if not isinstance(raw, list) or not raw or len(raw) > MAX_LEAF_ENTRIES:
+        raise FormatError(f"{what}: malformed file list")
+    entries = [FileEntry.from_dict(d) for d in raw]
+    if len(entries) != ref.files or sum(e.size for e in entries) != ref.size:
+        raise VerificationError(f"{what}: files do not add up to what its parent says")
+    if ref.first and entries[0].path != ref.first:
+        raise FormatError(f"{what}: starts at {entries[0].path!r}, its parent says {ref.first!r}")
+    return entries
+
+
+def children_of(ref: PieceRef, data: bytes, what: str) -> list[PieceRef]:
+    """A piece checked against its reference; the pieces it names (none for a leaf)."""
+    parsed = _check_piece(ref, data, what)
+    if ref.level > 0:
+        return _node_children(ref, parsed, what)
+    _leaf_entries(ref, parsed, what)
+    return []
+
+
+def walk(doc: TreeDoc, read: PieceReader, what: str) -> Iterator[tuple[PieceRef, bytes, Any]]:
+    """Every piece of the tree, verified, level by level from the root (parsed JSON too)."""
+    if doc.root is None:
+        return
+    level_refs = [doc.root]
+    while level_refs:
+        datas = read(level_refs)
+        if len(datas) != len(level_refs):
+            raise VerificationError(f"{what}: pieces missing")
+        below: list[PieceRef] = []
+        for ref, data in zip(level_refs, datas, strict=True):
+            parsed = _check_piece(ref, data, f"{what} piece {ref.sha256[:12]}")
+            if ref.level > 0:
+                below.extend(_node_children(ref, parsed, f"{what} piece {ref.sha256[:12]}"))
+            yield ref, data, parsed
+        level_refs = below
+
+
+def decode_manifest(data: bytes, read: PieceReader, what: str = "manifest") -> Manifest:
+    """A format 2 manifest and its pieces, checked, as the in-memory :class:`Manifest`."""
+    doc = parse_doc(data, what)
+    files: list[FileEntry] = []
+    objects: dict[str, int] = {}
+    for ref, _, parsed in walk(doc, read, what):
+        objects[ref.sha256] = ref.length
+        if ref.level == 0:
+            files.extend(_leaf_entries(ref, parsed, f"{what} piece {ref.sha256[:12]}"))
+    if len(files) != doc.files:
+        raise VerificationError(f"{what}: holds {len(files)} files, says {doc.files}")
+    _check_sorted(files)
+    check_paths(f.path for f in files)
+    return Manifest(
+        doc.channel,
+        doc.version,
+        doc.created,
+        files,
+        doc.notes,
+        spec_version=TREE_SPEC_VERSION,
+        tree_objects=objects,
+    )
+
+
+def piece_refs(data: bytes, read: PieceReader, what: str = "manifest") -> list[PieceRef]:
+    """Every piece a format 2 manifest names, top-down, verified (cheaper than decoding)."""
+    return [ref for ref, _, _ in walk(parse_doc(data, what), read, what)]
+
+
+def object_ids(pieces: Iterable[bytes]) -> Iterator[str]:
+    """Object ids named in pieces' bytes, without building entries (collection's mark)."""
+    for data in pieces:
+        for m in _QUOTED_ID.findall(data):
+            yield m.decode()
+
+
+def bases_for(
+    new: list[PieceRef], old: list[PieceRef], budget: int = 8 * 1024 * 1024
+) -> list[PieceRef]:
+    """Old pieces covering the same key ranges as the new ones, level by level.
+
+    A changed leaf is usually the old leaf with one entry edited, so its old version is the
+    best zstd base there is; this is what keeps a one-file change's metadata near 1 KB.
+    """
+    by_level: dict[int, list[PieceRef]] = {}
+    for ref in old:
+        by_level.setdefault(ref.level, []).append(ref)
+    for refs in by_level.values():
+        refs.sort(key=lambda r: r.first)
+    keys = {level: [r.first for r in refs] for level, refs in by_level.items()}
+    have = {r.sha256 for r in old}
+    out: list[PieceRef] = []
+    seen: set[str] = set()
+    spent = 0
+    for ref in new:
+        if ref.sha256 in have:
+            continue
+        row = by_level.get(ref.level, [])
+        i = max(bisect.bisect_right(keys.get(ref.level, []), ref.first) - 1, 0)
+        for cand in row[i : i + 2]:
+            if cand.sha256 in seen or spent + cand.length > budget:
+                continue
+            seen.add(cand.sha256)
+            spent += cand.length
+            out.append(cand)
+    return out
+
+
+__all__ = [
+    "EncodedManifest",
+    "MAX_PIECE_BYTES",
+    "PieceReader",
+    "PieceRef",
+    "TREE_SPEC_VERSION",
+    "TreeDoc",
+    "bases_for",
+    "build_tree",
+    "children_of",
+    "decode_manifest",
+    "encode_manifest",
+    "object_ids",
+    "parse_doc",
+    "piece_refs",
+    "spec_version_of",
+    "walk",
+]

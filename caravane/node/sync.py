@@ -287,12 +287,15 @@ class SyncEngine:
             return
         manifest = self._stored_manifest(channel, known)
         tried_pack = False
-        if manifest is None and res.active is not None:
-            # an update: the pack from the release here carries the new manifest as a delta
-            # against the one this centre holds, so its metadata costs what changed, where the
-            # whole manifest grows with the channel (22 MB at 100,000 files for one file)
+        if manifest is None:
+            # the pack carries the manifest: for an update as a delta against the one this
+            # centre holds (its metadata costs what changed, where the whole file list grows
+            # with the channel), for a first sync with every piece of its tree in one stream
+            # (instead of one object request per piece)
             tried_pack = True
-            manifest = self._manifest_from_pack(channel, res.active, known, update=True)
+            manifest = self._manifest_from_pack(
+                channel, res.active, known, update=res.active is not None, soft=True
+            )
         if manifest is None:
             manifest = self._load_manifest(channel, known)
         if manifest is None and not tried_pack:
@@ -388,7 +391,12 @@ class SyncEngine:
         return self.transfer.first(f"the manifest of {channel} version {version}", from_up)
 
     def _manifest_from_pack(
-        self, channel: str, base: int | None, target: int, update: bool = False
+        self,
+        channel: str,
+        base: int | None,
+        target: int,
+        update: bool = False,
+        soft: bool = False,
     ) -> Manifest | None:
         """The release through the pack from ``base``: its manifest and its content at once.
 
@@ -403,7 +411,7 @@ class SyncEngine:
         needed = self.margin if update else 2 * ref.size + self.margin
         free = shutil.disk_usage(where).free
         if free < needed:
-            if update:
+            if update or soft:  # the manifest route says exactly how much space it needs
                 return None
             raise DiskSpaceError(needed, free, str(where))
         self._fetch_pack(channel, base or 0, target, pack_bound(ref.size, ref.manifest_length))

@@ -54,13 +54,13 @@ def test_stalled_link_times_out_and_resumes(world: World) -> None:
 
 def test_flipped_byte_in_metadata_is_refused(world: World) -> None:
     v1 = world.publish(content(1))
-    n = world.node("centre-a")  # a new centre reads the whole manifest after the metadata
+    n = world.node("centre-a")  # a new centre reads the pack (its whole tree inside) first
     proxy = world.proxy()
-    proxy.faults.flip_at = 5_000  # inside the manifest, after the channel metadata
+    proxy.faults.flip_at = 5_000  # inside the pack, after the channel metadata
     n.config.upstreams = [UpstreamConfig("hub", "http", proxy.url)]
     first = world.sync(n)
     assert first.channels[0].status == "waiting"
-    assert any("hub" in e and "SHA-256" in e for e in first.errors)
+    assert any("hub" in e and "checksum" in e for e in first.errors), first.errors
     assert n.releases.active(world.channel) is None  # nothing unverified was installed
     second = world.sync(n, ignore_demotion=True)
     assert second.complete, second.to_dict()

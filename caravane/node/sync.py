@@ -42,8 +42,9 @@ from caravane.packs.layout import (
 )
 from caravane.packs.manifests import piece_ids
 from caravane.packs.packfile import MAGIC, read_entries
+from caravane.protocol import tree
 from caravane.protocol.errors import CaravaneError, NotFoundError
-from caravane.protocol.metadata import MAX_METADATA_BYTES, ChannelMeta, Manifest
+from caravane.protocol.metadata import MAX_METADATA_BYTES, ChannelMeta, Manifest, ReleaseRef
 from caravane.protocol.trust import MAX_ROOT_ROTATIONS, too_many_roots
 
 from . import search
@@ -75,13 +76,16 @@ def frame_bound(size: int) -> int:
     return size + (size >> 7) + 4096
 
 
-def pack_bound(carried: int, manifest_length: int = 0) -> int:
+def pack_bound(carried: int, manifest_length: int = 0, ref: ReleaseRef | None = None) -> int:
     """The most bytes a pack carrying ``carried`` raw chunk bytes may take on the wire.
 
     The bound depends on what the pack carries (fixed by the two releases), never on what
-    this centre still lacks: a hub serves the whole pack whatever the centre holds.
+    this centre still lacks: a hub serves the whole pack whatever the centre holds. A format
+    2 release's pieces come with it: at most its whole tree, bounded from the signed file
+    count and size (``tree.wire_bound``).
     """
-    return carried + carried // 16 + manifest_length + PACK_OVERHEAD
+    pieces = tree.wire_bound(ref.files, ref.size) if ref is not None else 0
+    return carried + carried // 16 + manifest_length + pieces + PACK_OVERHEAD
 
 
 @dataclass
@@ -414,7 +418,7 @@ class SyncEngine:
             if update or soft:  # the manifest route says exactly how much space it needs
                 return None
             raise DiskSpaceError(needed, free, str(where))
-        self._fetch_pack(channel, base or 0, target, pack_bound(ref.size, ref.manifest_length))
+        self._fetch_pack(channel, base or 0, target, pack_bound(ref.size, ref.manifest_length, ref))
         try:
             return self.repo.manifest(channel, target)
         except NotFoundError:
@@ -456,7 +460,7 @@ class SyncEngine:
         if carried and sum(need.values()) < carried // 2:
             return None
         ref = self.repo.channel_meta(manifest.channel).releases[manifest.version]
-        return pack_bound(carried, ref.manifest_length)
+        return pack_bound(carried, ref.manifest_length, ref)
 
     def _check_space(self, manifest: Manifest, need: dict[str, int], active: int | None) -> None:
         unchanged = 0

@@ -31,8 +31,11 @@ def missing_chunks(old: Manifest | None, new: Manifest) -> dict[str, int]:
 
 
 def new_bytes(old: Manifest | None, new: Manifest) -> int:
-    """Raw bytes of the chunks ``new`` has and ``old`` lacks (what a pack A->B carries)."""
-    return sum(missing_chunks(old, new).values())
+    """Raw bytes of the objects ``new`` has and ``old`` lacks (what a pack A->B carries):
+    its new chunks and, in format 2, the pieces of its file list that changed."""
+    have = old.tree_objects if old is not None else {}
+    pieces = sum(n for sha, n in new.tree_objects.items() if sha not in have)
+    return sum(missing_chunks(old, new).values()) + pieces
 
 
 @dataclass

@@ -202,6 +202,15 @@ def build_tree(files: list[FileEntry]) -> tuple[PieceRef | None, list[tuple[Piec
     return out[0][0], out
 
 
+def wire_bound(files: int, size: int) -> int:
+    """The most bytes a release's whole tree may take, from its signed counts.
+
+    Generous (a kilobyte a file, and a chunk reference for every 16 KiB) because it only
+    stops an endless or bloated stream; every piece is verified as it arrives anyway.
+    """
+    return files * 1024 + (size // (16 * 1024) + files) * 80 + 64 * 1024
+
+
 def _check_sorted(files: list[FileEntry]) -> None:
     for a, b in zip(files, files[1:], strict=False):
         if not a.path < b.path:
@@ -442,4 +451,5 @@ __all__ = [
     "piece_refs",
     "spec_version_of",
     "walk",
+    "wire_bound",
 ]

@@ -126,7 +126,7 @@ class RepoSim:
         from caravane.protocol import tree
 
         doc = self.hub_file(f"manifests/{self.channel}/{version}.json").read_bytes()
-        for ref, data, parsed in tree.walk(tree.parse_doc(doc), self.hub.pieces(), "test"):
+        for ref, _, parsed in tree.walk(tree.parse_doc(doc), self.hub.pieces(), "test"):
             if ref.level == 0 and any(f["path"] == path for f in parsed["files"]):
                 return ref.sha256
         raise KeyError(path)

@@ -11,7 +11,6 @@ import aiohttp
 import pytest
 
 from caravane.packs.layout import channel_relpath, manifest_relpath, object_relpath, pack_relpath
-from caravane.protocol.metadata import Manifest
 
 from .conftest import RunningHub, start_hub
 from .util import http, noise, publish_cli, write_tree
@@ -41,7 +40,7 @@ def small_limits(tmp_path: Path) -> Iterator[RunningHub]:
 
 
 def _object_path(rh: RunningHub) -> str:
-    man = Manifest.from_bytes(rh.hub.repo.manifest_bytes("maths", 1))
+    man = rh.hub.repo.manifest("maths", 1)
     big = next(f for f in man.files if f.path == "big.bin")
     return object_relpath(big.chunks[0][0])
 

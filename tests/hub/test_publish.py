@@ -6,11 +6,19 @@ import json
 from pathlib import Path
 
 from caravane.hub.client import HubClient
-from caravane.packs.layout import channel_relpath, manifest_relpath, object_relpath
+from caravane.packs.layout import channel_relpath, object_relpath
 from caravane.packs.repository import Repository
-from caravane.protocol.metadata import Manifest
 
-from .util import fetch_release, http, node_store, noise, publish_cli, read_tree, write_tree
+from .util import (
+    fetch_release,
+    http,
+    node_store,
+    noise,
+    publish_cli,
+    read_tree,
+    served_manifest,
+    write_tree,
+)
 
 FILES_V1 = {
     "lecons/intro.txt": "Bonjour la classe\n" * 50,
@@ -31,9 +39,7 @@ def test_cli_publish_then_read_back_and_checkout_bit_identical(running_hub, tmp_
     meta = http("GET", f"{repo}/{channel_relpath('maths')}")
     assert meta.status == 200
     assert json.loads(meta.body)["signed"]["version"] == 1
-    man = http("GET", f"{repo}/{manifest_relpath('maths', 1)}")
-    assert man.status == 200
-    manifest = Manifest.from_bytes(man.body)
+    manifest = served_manifest(repo, "maths", 1)
     assert {f.path for f in manifest.files} == set(FILES_V1)
     sha = manifest.files[0].chunks[0][0]
     assert http("GET", f"{repo}/{object_relpath(sha)}").status == 200

@@ -112,7 +112,14 @@ def fetch_release(base, store: Repository, channel: str) -> int:
         read = base
     meta = store.accept_channel(channel, read(channel_relpath(channel)), "test fetch")
     version = meta.version
-    manifest = store.accept_manifest(channel, version, read(manifest_relpath(channel, version)))
+
+    def fetch(need: dict[str, int]) -> None:  # pieces of a format 2 file list, as objects
+        for sha, size in need.items():
+            store.store.put_compressed(sha, read(object_relpath(sha)), size)
+
+    manifest = store.accept_manifest(
+        channel, version, read(manifest_relpath(channel, version)), fetch
+    )
     for f in manifest.files:
         for sha, size in f.chunks:
             if not store.store.has(sha):
@@ -143,3 +150,25 @@ def signed_report(node_id: str, key, seq: int, **fields) -> bytes:
 
     sent = now_utc().strftime("%Y-%m-%dT%H:%M:%SZ")
     return Report(node_id=node_id, seq=seq, sent_at=sent, **fields).sign(key)
+
+
+def served_manifest(url: str, channel: str, version: int):
+    """A release's manifest as the hub serves it: the document, then its pieces as objects.
+
+    Checked by hash only (each piece against its parent): a test reading what was published.
+    """
+    from caravane.packs.store import decode_frame
+    from caravane.protocol import tree
+
+    doc = http("GET", f"{url}/{manifest_relpath(channel, version)}")
+    assert doc.status == 200, doc.status
+
+    def read(refs):
+        out = []
+        for r in refs:
+            ans = http("GET", f"{url}/{object_relpath(r.sha256)}")
+            assert ans.status == 200, (r.sha256, ans.status)
+            out.append(decode_frame(ans.body, r.length, "piece"))
+        return out
+
+    return tree.decode_manifest(doc.body, read)

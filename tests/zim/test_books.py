@@ -138,6 +138,7 @@ def test_tampered_entries_are_refused_and_the_book_stays_served(
 ) -> None:
     from caravane.node.config import UpstreamConfig
     from caravane.packs.layout import object_relpath
+    from caravane.packs.repository import Repository
 
     publish(world, folder(tmp_path, "src-1", v1))
     mirror = world.mirror_copy("mirror")
@@ -149,14 +150,13 @@ def test_tampered_entries_are_refused_and_the_book_stays_served(
     publish(world, folder(tmp_path, "src-2", pages(60, CHANGED)))
     shutil.rmtree(mirror)
     world.mirror_copy("mirror")
-    doc = json.loads((mirror / "manifests" / world.channel / "2.json").read_bytes())
-    old = json.loads((mirror / "manifests" / world.channel / "1.json").read_bytes())
 
-    def stream_chunks(d: dict) -> set[str]:
-        files = d.get("signed", d).get("files", [])
-        return {sha for f in files if f["path"] == BOOK + ".crv" for sha, _ in f["chunks"]}
+    def stream_chunks(version: int) -> set[str]:
+        """The book's chunks in release ``version`` (the hub's verified manifest)."""
+        files = Repository.open(world.hub_repo).manifest(world.channel, version).files
+        return {sha for f in files if f.path == BOOK + ".crv" for sha, _ in f.chunks}
 
-    new_chunks = stream_chunks(doc) - stream_chunks(old)
+    new_chunks = stream_chunks(2) - stream_chunks(1)
     assert new_chunks
     for sha in new_chunks:  # the changed entries, rewritten on the carrier
         (mirror / object_relpath(sha)).write_bytes(b"\x28\xb5\x2f\xfd" + b"rewritten" * 50)

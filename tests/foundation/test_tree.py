@@ -253,3 +253,42 @@ def test_a_one_file_update_pack_carries_about_a_kilobyte_of_metadata(sim: RepoSi
     out = sim.tmp / "out"
     store.checkout("maths", out)
     assert read_tree(out)["pages/02500.html"] == "<p>page 2500, corrigée</p>".encode()
+
+
+def _as_format_1(sim: RepoSim, version: int) -> None:
+    """Rewrite release ``version`` as a repository made before format 2 held it."""
+    m = sim.hub.manifest("maths", version)
+    flat = Manifest(m.channel, m.version, m.created, m.files, m.notes).to_bytes()
+    sim.hub_file(f"manifests/maths/{version}.json").write_bytes(flat)
+    sim.resign(
+        sim.hub_file("metadata/channels/maths.json"),
+        sim.release_key,
+        lambda s: s["releases"][str(version)].update(
+            manifest={"sha256": hashlib.sha256(flat).hexdigest(), "length": len(flat)}
+        ),
+    )
+
+
+def test_a_format_1_repository_and_centre_move_to_format_2_with_a_small_pack(
+    sim: RepoSim,
+) -> None:
+    files = {f"pages/{i:04d}.html": f"<p>page {i}</p>" for i in range(3_000)}
+    v1 = sim.publish(files)
+    _as_format_1(sim, v1)
+    sim.hub = type(sim.hub)(sim.hub.path)
+    assert sim.hub.manifest("maths", v1).spec_version == 1  # still read as it is
+    store = sim.store()
+    store.apply_pack(sim.pack(0, v1))
+    files["pages/1500.html"] = "<p>page 1500, corrigée</p>"
+    v2 = sim.publish(files)  # the next publish is format 2, no conversion step
+    assert sim.hub.manifest("maths", v2).spec_version == 2
+    pack = sim.pack(v1, v2)
+    tree_bytes = sum(e.length for e in read_entries(pack) if e.kind in ("manifest", "tree"))
+    flat = len(sim.hub_file(f"manifests/maths/{v1}.json").read_bytes())
+    print("format 1 -> 2 pack, file list bytes:", tree_bytes, "flat manifest:", flat)
+    assert tree_bytes < flat // 50, (tree_bytes, flat)  # a delta against the old file list
+    store.apply_pack(pack)
+    out = sim.tmp / "out"
+    store.checkout("maths", out)
+    assert read_tree(out) == {k: v.encode() for k, v in files.items()}
+    assert store.verify().ok and sim.hub.verify().ok

@@ -363,9 +363,12 @@ def node_run(
 ) -> None:
     """The long-running agent: syncs in its windows, watches drives, serves the portal."""
     from .books import kiwix_running
+    from .config import NodeConfig
     from .serve import serve
     from .service import run_agent
+    from .state import upgrade_apart
 
+    upgrade_apart(NodeConfig.load(data_dir).db_url)  # alembic stays out of this process
     n = _open(data_dir)
     logs.setup(log_level or n.config.log_level, log_format or n.config.log_format)
     if no_serve:

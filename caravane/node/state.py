@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import random
 import sqlite3
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -63,6 +65,34 @@ def downgrade(url: str, revision: str = "base") -> None:
     migrations.downgrade(url, "node", revision)
 
 
+def upgrade_apart(url: str) -> bool:
+    """Bring an old schema to the head in a short-lived child process; True if it migrated.
+
+    For the long-running agent (`caravane node run`): migrating in its own process would
+    leave alembic and SQLAlchemy loaded, about 37 MB, until the next restart. Every
+    short-lived command migrates in-process (:class:`NodeState` does it when it opens).
+    """
+    st = NodeState(url, migrate=False)
+    try:
+        if st.revision() == SCHEMA_HEAD:
+            return False
+    finally:
+        st.close()
+    done = subprocess.run(
+        [sys.executable, "-m", "caravane.node.state", url],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        lines = (done.stderr or done.stdout).strip().splitlines()
+        raise StateError(
+            f"migrating the node's state database to {SCHEMA_HEAD} failed: "
+            f"{lines[-1] if lines else f'exit status {done.returncode}'}; "
+            "run `caravane node status` to see the whole error"
+        )
+    return True
+
+
 def database_path(url: str) -> str:
     """The file of a ``sqlite:///path`` URL (the form alembic takes too); ``sqlite://`` is
     a database in memory."""
@@ -82,36 +112,40 @@ class StateError(NodeError):
 
 
 class NodeState:
-    """One connection, shared by the agent's threads under a lock (each method holds it for
-    one short transaction); SQLite allows one writer at a time anyway, and one connection
-    keeps one page cache in memory rather than one per thread."""
+    """Two connections shared by the agent's threads, each under its own lock and held for
+    one short transaction: one for writes (SQLite allows one writer at a time anyway), one
+    for reads, so the portal reading the state never waits behind a write that is itself
+    waiting for another process's lock (WAL readers do not block on writers). Two page
+    caches rather than one per thread: the database is small and the node's memory is not.
+    """
 
     def __init__(self, url: str, migrate: bool = True) -> None:
         self.url = url
         self.path = database_path(url)
-        self._lock = threading.RLock()
-        self._conn: sqlite3.Connection | None = None
+        self._locks = {False: threading.Lock(), True: threading.Lock()}  # by "writes"
+        self._conns: dict[bool, sqlite3.Connection] = {}
         if migrate and self.revision() != SCHEMA_HEAD:
             upgrade(url)  # alembic is only loaded when there is something to migrate
 
-    def _connection(self) -> sqlite3.Connection:
-        if self._conn is None:
+    def _connection(self, write: bool) -> sqlite3.Connection:
+        conn = self._conns.get(write)
+        if conn is None:
             conn = sqlite3.connect(
                 self.path,
                 timeout=BUSY_TIMEOUT_SECONDS,
                 isolation_level=None,  # transactions are ours: BEGIN ... COMMIT below
-                check_same_thread=False,  # shared by threads, serialised by self._lock
+                check_same_thread=False,  # shared by threads, serialised by its lock
             )
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn = conn
-        return self._conn
+            self._conns[write] = conn
+        return conn
 
     @contextmanager
     def _tx(self, write: bool = False) -> Iterator[sqlite3.Connection]:
         """One transaction: committed when the block ends, rolled back if it raises."""
-        with self._lock:
-            conn = self._connection()
+        with self._locks[write]:
+            conn = self._connection(write)
             conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             try:
                 yield conn
@@ -144,11 +178,12 @@ class NodeState:
         self._one("SELECT 1")
 
     def close(self) -> None:
-        """Close the connection; a later call opens a new one."""
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+        """Close the connections; a later call opens new ones."""
+        for write, lock in self._locks.items():
+            with lock:
+                conn = self._conns.pop(write, None)
+                if conn is not None:
+                    conn.close()
 
     # ------------------------------------------------------------------ upstreams
 
@@ -430,3 +465,7 @@ def _put_setting(c: sqlite3.Connection, key: str, value: str) -> None:
 
 def _iso(when: datetime | None) -> str | None:
     return when.isoformat(timespec="seconds") if when else None
+
+
+if __name__ == "__main__":  # the child of upgrade_apart
+    upgrade(sys.argv[1])

@@ -337,8 +337,11 @@ def node_serve(
 ) -> None:
     """Serve the centre's portal and the read-only store for peer centres."""
     from .books import kiwix_running
+    from .config import NodeConfig
     from .serve import serve
+    from .state import upgrade_apart
 
+    upgrade_apart(NodeConfig.load(data_dir).db_url)  # long-running: alembic stays out
     n = _open(data_dir)
     logs.setup(log_level or n.config.log_level, log_format or n.config.log_format)
     with kiwix_running(n.config.data_dir, host or n.config.host, n.config.kiwix_port):

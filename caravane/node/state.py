@@ -144,8 +144,9 @@ class NodeState:
     @contextmanager
     def _tx(self, write: bool = False) -> Iterator[sqlite3.Connection]:
         """One transaction: committed when the block ends, rolled back if it raises."""
-        with self._locks[write]:
-            conn = self._connection(write)
+        side = write or self.path == ":memory:"  # a database in memory is one connection
+        with self._locks[side]:
+            conn = self._connection(side)
             conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             try:
                 yield conn

@@ -337,8 +337,11 @@ def node_serve(
 ) -> None:
     """Serve the centre's portal and the read-only store for peer centres."""
     from .books import kiwix_running
+    from .config import NodeConfig
     from .serve import serve
+    from .state import upgrade_apart
 
+    upgrade_apart(NodeConfig.load(data_dir).db_url)  # long-running: alembic stays out
     n = _open(data_dir)
     logs.setup(log_level or n.config.log_level, log_format or n.config.log_format)
     with kiwix_running(n.config.data_dir, host or n.config.host, n.config.kiwix_port):
@@ -363,9 +366,12 @@ def node_run(
 ) -> None:
     """The long-running agent: syncs in its windows, watches drives, serves the portal."""
     from .books import kiwix_running
+    from .config import NodeConfig
     from .serve import serve
     from .service import run_agent
+    from .state import upgrade_apart
 
+    upgrade_apart(NodeConfig.load(data_dir).db_url)  # alembic stays out of this process
     n = _open(data_dir)
     logs.setup(log_level or n.config.log_level, log_format or n.config.log_format)
     if no_serve:

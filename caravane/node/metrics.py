@@ -24,7 +24,6 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
-from sqlalchemy import text
 
 from .state import SCHEMA_HEAD, NodeState
 from .sync import SyncResult
@@ -137,8 +136,7 @@ def readiness(node: NodeAgent) -> dict[str, str]:
     """Each check's word: "ok", or what is wrong."""
     checks: dict[str, str] = {}
     try:
-        with node.state.engine.connect() as c:
-            c.execute(text("SELECT 1"))
+        node.state.ping()
         checks["database"] = "ok"
         revision = node.state.revision()
         checks["schema"] = (

@@ -1,43 +1,60 @@
-"""The node's state database (SQLite through SQLAlchemy, schema owned by alembic)."""
+"""The node's state database: the standard library's ``sqlite3``, schema owned by alembic.
+
+Why not SQLAlchemy: the node runs for months on a Raspberry Pi with 2 GB shared with the
+centre's desktop, and importing SQLAlchemy's core and ORM costs about 17 MB resident for
+a dozen small tables (issue 14: the node at rest must stay under 80 MB). The schema is
+still alembic's (``caravane/migrations/node``); alembic, and the SQLAlchemy it needs, are
+imported only when the version table says the database is older than :data:`SCHEMA_HEAD`
+(a new centre, or the first start after an upgrade that brings a migration).
+
+Crash safety is the same as before: WAL journal with ``synchronous=NORMAL`` (a power cut
+loses at most the last transactions, never the database), and every method is one
+transaction, so a counter, a report's sequence number or a backoff is never half written.
+Write transactions start with ``BEGIN IMMEDIATE``: a ``caravane node sync`` from cron and
+the agent may write at once, and taking the write lock up front lets SQLite's busy
+timeout (30 s) order them instead of failing one with "database is locked".
+
+Date-times are stored as SQLAlchemy stored them (``YYYY-MM-DD HH:MM:SS.ffffff``, UTC, no
+offset), so databases written by earlier releases read back unchanged.
+"""
 
 from __future__ import annotations
 
 import random
+import sqlite3
+import subprocess
+import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import create_engine, event, func, select
-from sqlalchemy.engine import Engine
-from sqlalchemy.orm import Session, sessionmaker
-
 from caravane import migrations
 
-from .models import (
-    Activation,
-    Event,
-    Hold,
-    QueuedReport,
-    RelayedReport,
-    Setting,
-    Transfer,
-    UpstreamHealth,
-    Usage,
-)
+from .errors import NodeError
 
 BACKOFF_BASE = 60.0
 BACKOFF_MAX = 6 * 3600.0
+SCHEMA_HEAD = "n0002"  # the newest revision in migrations/node/versions (a test checks it)
+BUSY_TIMEOUT_SECONDS = 30.0
 
 
 def now() -> datetime:
     return datetime.now(UTC)
 
 
-def _aware(when: datetime | None) -> datetime | None:
-    if when is not None and when.tzinfo is None:
-        return when.replace(tzinfo=UTC)  # SQLite hands back naive datetimes
-    return when
+def _stored(when: datetime) -> str:
+    """A date-time as the database holds it (UTC, SQLAlchemy's SQLite format)."""
+    return when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def _read(value: str | None) -> datetime | None:
+    """A stored date-time back, aware (SQLite hands back text without an offset)."""
+    if value is None:
+        return None
+    when = datetime.fromisoformat(value)
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when
 
 
 def upgrade(url: str, revision: str = "head") -> None:
@@ -48,44 +65,126 @@ def downgrade(url: str, revision: str = "base") -> None:
     migrations.downgrade(url, "node", revision)
 
 
-def _engine(url: str) -> Engine:
-    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+def upgrade_apart(url: str) -> bool:
+    """Bring an old schema to the head in a short-lived child process; True if it migrated.
 
-    @event.listens_for(engine, "connect")
-    def _pragmas(dbapi_conn: Any, _record: Any) -> None:
-        cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA synchronous=NORMAL")
-        cur.close()
+    For the long-running agent (`caravane node run`): migrating in its own process would
+    leave alembic and SQLAlchemy loaded, about 37 MB, until the next restart. Every
+    short-lived command migrates in-process (:class:`NodeState` does it when it opens).
+    """
+    st = NodeState(url, migrate=False)
+    try:
+        if st.revision() == SCHEMA_HEAD:
+            return False
+    finally:
+        st.close()
+    done = subprocess.run(
+        [sys.executable, "-m", "caravane.node.state", url],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        lines = (done.stderr or done.stdout).strip().splitlines()
+        raise StateError(
+            f"migrating the node's state database to {SCHEMA_HEAD} failed: "
+            f"{lines[-1] if lines else f'exit status {done.returncode}'}; "
+            "run `caravane node status` to see the whole error"
+        )
+    return True
 
-    return engine
+
+def database_path(url: str) -> str:
+    """The file of a ``sqlite:///path`` URL (the form alembic takes too); ``sqlite://`` is
+    a database in memory."""
+    if url == "sqlite://":
+        return ":memory:"
+    prefix = "sqlite:///"
+    if not url.startswith(prefix) or len(url) == len(prefix):
+        raise StateError(
+            f"the node's state database must be SQLite (sqlite:///path/to/node.db), not "
+            f"{url!r}: fix the node's configuration"
+        )
+    return url[len(prefix) :]
 
 
-SCHEMA_HEAD = "n0002"  # the newest revision in migrations/node/versions (a test checks it)
+class StateError(NodeError):
+    """The node's state database is unusable (wrong URL, or a schema this node cannot use)."""
 
 
 class NodeState:
+    """Two connections shared by the agent's threads, each under its own lock and held for
+    one short transaction: one for writes (SQLite allows one writer at a time anyway), one
+    for reads, so the portal reading the state never waits behind a write that is itself
+    waiting for another process's lock (WAL readers do not block on writers). Two page
+    caches rather than one per thread: the database is small and the node's memory is not.
+    """
+
     def __init__(self, url: str, migrate: bool = True) -> None:
         self.url = url
-        self.engine = _engine(url)
+        self.path = database_path(url)
+        self._locks = {False: threading.Lock(), True: threading.Lock()}  # by "writes"
+        self._conns: dict[bool, sqlite3.Connection] = {}
         if migrate and self.revision() != SCHEMA_HEAD:
             upgrade(url)  # alembic is only loaded when there is something to migrate
-        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
-    def revision(self) -> str | None:
-        try:
-            with self.engine.connect() as c:
-                return c.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
-        except Exception:  # no table yet: a new node
-            return None
+    def _connection(self, write: bool) -> sqlite3.Connection:
+        conn = self._conns.get(write)
+        if conn is None:
+            conn = sqlite3.connect(
+                self.path,
+                timeout=BUSY_TIMEOUT_SECONDS,
+                isolation_level=None,  # transactions are ours: BEGIN ... COMMIT below
+                check_same_thread=False,  # shared by threads, serialised by its lock
+            )
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            self._conns[write] = conn
+        return conn
 
     @contextmanager
-    def session(self) -> Iterator[Session]:
-        with self._sessions() as s, s.begin():
-            yield s
+    def _tx(self, write: bool = False) -> Iterator[sqlite3.Connection]:
+        """One transaction: committed when the block ends, rolled back if it raises."""
+        side = write or self.path == ":memory:"  # a database in memory is one connection
+        with self._locks[side]:
+            conn = self._connection(side)
+            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:  # SQLite may have rolled back already (disk full)
+                    conn.execute("ROLLBACK")
+                raise
+
+    def _one(self, sql: str, *args: Any) -> Any:
+        with self._tx() as c:
+            return c.execute(sql, args).fetchone()
+
+    def _all(self, sql: str, *args: Any) -> list[Any]:
+        with self._tx() as c:
+            return c.execute(sql, args).fetchall()
+
+    def revision(self) -> str | None:
+        """The alembic revision the database is at; None for a new (empty) database."""
+        try:
+            row = self._one("SELECT version_num FROM alembic_version")
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):  # a new node
+                return None
+            raise
+        return str(row[0]) if row else None
+
+    def ping(self) -> None:
+        """Raise if the database does not answer (the portal's /readyz)."""
+        self._one("SELECT 1")
 
     def close(self) -> None:
-        self.engine.dispose()
+        """Close the connections; a later call opens new ones."""
+        for write, lock in self._locks.items():
+            with lock:
+                conn = self._conns.pop(write, None)
+                if conn is not None:
+                    conn.close()
 
     # ------------------------------------------------------------------ upstreams
 
@@ -93,135 +192,142 @@ class NodeState:
         self, name: str, error: str, base: float = BACKOFF_BASE, cap: float = BACKOFF_MAX
     ) -> datetime:
         """Demote an upstream for a while: exponential backoff with jitter."""
-        with self.session() as s:
-            row = s.get(UpstreamHealth, name) or UpstreamHealth(name=name, failures=0)
-            row.failures = (row.failures or 0) + 1
-            delay = min(cap, base * 2 ** (row.failures - 1)) * random.uniform(0.5, 1.5)
-            row.demoted_until = now() + timedelta(seconds=delay)
-            row.last_error = error[:2000]
-            s.add(row)
-            return row.demoted_until
+        with self._tx(write=True) as c:
+            row = c.execute(
+                "SELECT failures FROM upstream_health WHERE name = ?", (name,)
+            ).fetchone()
+            failures = (row[0] or 0) + 1 if row else 1
+            delay = min(cap, base * 2 ** (failures - 1)) * random.uniform(0.5, 1.5)
+            until = now() + timedelta(seconds=delay)
+            c.execute(
+                "INSERT INTO upstream_health (name, failures, demoted_until, last_error) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+                "failures = excluded.failures, demoted_until = excluded.demoted_until, "
+                "last_error = excluded.last_error",
+                (name, failures, _stored(until), error[:2000]),
+            )
+            return until
 
     def record_ok(self, name: str) -> None:
-        with self.session() as s:
-            row = s.get(UpstreamHealth, name) or UpstreamHealth(name=name)
-            row.failures = 0
-            row.demoted_until = None
-            row.last_ok = now()
-            s.add(row)
+        with self._tx(write=True) as c:
+            c.execute(
+                "INSERT INTO upstream_health (name, failures, demoted_until, last_ok) "
+                "VALUES (?, 0, NULL, ?) ON CONFLICT (name) DO UPDATE SET "
+                "failures = 0, demoted_until = NULL, last_ok = excluded.last_ok",
+                (name, _stored(now())),
+            )
 
     def demoted_until(self, name: str) -> datetime | None:
-        with self.session() as s:
-            row = s.get(UpstreamHealth, name)
-            until = _aware(row.demoted_until) if row else None
-            return until if until and until > now() else None
+        row = self._one("SELECT demoted_until FROM upstream_health WHERE name = ?", name)
+        until = _read(row[0]) if row else None
+        return until if until and until > now() else None
 
     def upstream_health(self) -> list[dict[str, Any]]:
-        with self.session() as s:
-            return [
-                {
-                    "name": r.name,
-                    "failures": r.failures,
-                    "demoted_until": _iso(_aware(r.demoted_until)),
-                    "last_error": r.last_error,
-                    "last_ok": _iso(_aware(r.last_ok)),
-                }
-                for r in s.scalars(select(UpstreamHealth).order_by(UpstreamHealth.name))
-            ]
+        rows = self._all(
+            "SELECT name, failures, demoted_until, last_error, last_ok FROM upstream_health "
+            "ORDER BY name"
+        )
+        return [
+            {
+                "name": name,
+                "failures": failures,
+                "demoted_until": _iso(_read(until)),
+                "last_error": error,
+                "last_ok": _iso(_read(ok)),
+            }
+            for name, failures, until, error, ok in rows
+        ]
 
     # ------------------------------------------------------------------ data budgets
 
     def add_transfer(self, upstream: str, metered: bool, n: int) -> None:
         day = now().strftime("%Y-%m-%d")
-        with self.session() as s:
-            row = s.get(Transfer, (day, upstream)) or Transfer(
-                day=day, upstream=upstream, metered=int(metered), bytes=0
+        with self._tx(write=True) as c:
+            c.execute(
+                "INSERT INTO transfers (day, upstream, metered, bytes) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (day, upstream) DO UPDATE SET bytes = bytes + excluded.bytes",
+                (day, upstream, int(metered), n),
             )
-            row.bytes = (row.bytes or 0) + n
-            s.add(row)
 
     def metered_bytes(self, period: str) -> int:
         """Metered bytes received today (``day``) or this calendar month (``month``)."""
         prefix = now().strftime("%Y-%m-%d" if period == "day" else "%Y-%m")
-        with self.session() as s:
-            total = s.scalar(
-                select(func.coalesce(func.sum(Transfer.bytes), 0)).where(
-                    Transfer.metered == 1, Transfer.day.like(prefix + "%")
-                )
-            )
-            return int(total or 0)
+        row = self._one(
+            "SELECT COALESCE(SUM(bytes), 0) FROM transfers "
+            "WHERE metered = 1 AND substr(day, 1, ?) = ?",
+            len(prefix),
+            prefix,
+        )
+        return int(row[0] or 0)
 
     # ------------------------------------------------------------------ releases
 
     def record_activation(
         self, channel: str, version: int, previous: int | None, route: str
     ) -> None:
-        with self.session() as s:
-            s.add(
-                Activation(
-                    channel=channel, version=version, previous=previous, route=route, at=now()
-                )
+        with self._tx(write=True) as c:
+            c.execute(
+                "INSERT INTO activations (channel, version, previous, route, at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (channel, version, previous, route, _stored(now())),
             )
 
     def last_activation(self, channel: str) -> dict[str, Any] | None:
-        with self.session() as s:
-            row = s.scalars(
-                select(Activation)
-                .where(Activation.channel == channel)
-                .order_by(Activation.id.desc())
-                .limit(1)
-            ).first()
-            if row is None:
-                return None
-            return {"version": row.version, "route": row.route, "at": _iso(_aware(row.at))}
+        row = self._one(
+            "SELECT version, route, at FROM activations WHERE channel = ? "
+            "ORDER BY id DESC LIMIT 1",
+            channel,
+        )
+        if row is None:
+            return None
+        return {"version": row[0], "route": row[1], "at": _iso(_read(row[2]))}
 
     def hold(self, channel: str, version: int | None) -> None:
-        with self.session() as s:
-            row = s.get(Hold, channel)
+        with self._tx(write=True) as c:
             if version is None:
-                if row is not None:
-                    s.delete(row)
+                c.execute("DELETE FROM holds WHERE channel = ?", (channel,))
                 return
-            row = row or Hold(channel=channel, version=version)
-            row.version = version
-            s.add(row)
+            c.execute(
+                "INSERT INTO holds (channel, version) VALUES (?, ?) "
+                "ON CONFLICT (channel) DO UPDATE SET version = excluded.version",
+                (channel, version),
+            )
 
     def held(self, channel: str) -> int | None:
-        with self.session() as s:
-            row = s.get(Hold, channel)
-            return row.version if row else None
+        row = self._one("SELECT version FROM holds WHERE channel = ?", channel)
+        return int(row[0]) if row else None
 
     # ------------------------------------------------------------------ reports
 
     def next_seq(self) -> int:
-        with self.session() as s:
-            row = s.get(Setting, "report_seq") or Setting(key="report_seq", value="0")
-            seq = int(row.value) + 1
-            row.value = str(seq)
-            s.add(row)
+        with self._tx(write=True) as c:
+            row = c.execute("SELECT value FROM settings WHERE key = 'report_seq'").fetchone()
+            seq = int(row[0] if row else 0) + 1
+            _put_setting(c, "report_seq", str(seq))
             return seq
 
     def queue_report(self, seq: int, body: bytes) -> None:
-        with self.session() as s:
-            s.add(QueuedReport(seq=seq, body=body, created_at=now()))
+        with self._tx(write=True) as c:
+            c.execute(
+                "INSERT INTO report_queue (seq, body, created_at) VALUES (?, ?, ?)",
+                (seq, body, _stored(now())),
+            )
 
     def unsent_reports(self) -> list[tuple[int, bytes]]:
-        with self.session() as s:
-            rows = s.scalars(
-                select(QueuedReport)
-                .where(QueuedReport.sent_at.is_(None))
-                .order_by(QueuedReport.seq)
-            )
-            return [(r.seq, r.body) for r in rows]
+        rows = self._all(
+            "SELECT seq, body FROM report_queue WHERE sent_at IS NULL ORDER BY seq"
+        )
+        return [(int(seq), bytes(body)) for seq, body in rows]
 
     def mark_sent(self, seq: int, route: str) -> None:
         """The hub holds report ``seq`` (it said so). Only that one: an older report still
         unsent carries its own errors and usage, and the hub stores it whenever it arrives."""
-        with self.session() as s:
-            row = s.get(QueuedReport, seq)
-            if row is not None and row.sent_at is None:
-                row.sent_at = now()
-                row.sent_by = route[:32]
+        with self._tx(write=True) as c:
+            c.execute(
+                "UPDATE report_queue SET sent_at = ?, sent_by = ? "
+                "WHERE seq = ? AND sent_at IS NULL",
+                (_stored(now()), route[:32], seq),
+            )
 
     # ------------------------------------------------------------------ relayed reports
 
@@ -229,92 +335,101 @@ class NodeState:
 
     def queue_relayed(self, centre_id: str, seq: int, body: bytes) -> bool:
         """Keep a peer centre's report until the hub holds it; False if already queued."""
-        with self.session() as s:
-            if s.get(RelayedReport, (centre_id, seq)) is not None:
+        with self._tx(write=True) as c:
+            known = c.execute(
+                "SELECT 1 FROM relayed_reports WHERE centre_id = ? AND seq = ?",
+                (centre_id, seq),
+            ).fetchone()
+            if known is not None:
                 return False
-            waiting = s.scalar(
-                select(func.count())
-                .select_from(RelayedReport)
-                .where(RelayedReport.sent_at.is_(None))
-            )
+            (waiting,) = c.execute(
+                "SELECT COUNT(*) FROM relayed_reports WHERE sent_at IS NULL"
+            ).fetchone()
             if (waiting or 0) >= self.MAX_RELAYED:
                 raise OverflowError(
                     f"{waiting} relayed reports already wait for the hub here; the peer keeps "
                     "its report and tries again later"
                 )
-            s.add(RelayedReport(centre_id=centre_id, seq=seq, body=body, received_at=now()))
+            c.execute(
+                "INSERT INTO relayed_reports (centre_id, seq, body, received_at) "
+                "VALUES (?, ?, ?, ?)",
+                (centre_id, seq, body, _stored(now())),
+            )
             return True
 
     def unsent_relayed(self) -> list[tuple[str, int, bytes]]:
-        with self.session() as s:
-            rows = s.scalars(
-                select(RelayedReport)
-                .where(RelayedReport.sent_at.is_(None))
-                .order_by(RelayedReport.centre_id, RelayedReport.seq)
-            )
-            return [(r.centre_id, r.seq, r.body) for r in rows]
+        rows = self._all(
+            "SELECT centre_id, seq, body FROM relayed_reports WHERE sent_at IS NULL "
+            "ORDER BY centre_id, seq"
+        )
+        return [(str(cid), int(seq), bytes(body)) for cid, seq, body in rows]
 
     def mark_relayed_sent(self, centre_id: str, seq: int, route: str) -> None:
-        with self.session() as s:
-            row = s.get(RelayedReport, (centre_id, seq))
-            if row is not None and row.sent_at is None:
-                row.sent_at = now()
-                row.sent_by = route[:100]
+        with self._tx(write=True) as c:
+            c.execute(
+                "UPDATE relayed_reports SET sent_at = ?, sent_by = ? "
+                "WHERE centre_id = ? AND seq = ? AND sent_at IS NULL",
+                (_stored(now()), route[:100], centre_id, seq),
+            )
 
     def max_event_id(self) -> int:
-        with self.session() as s:
-            return int(s.scalar(select(func.coalesce(func.max(Event.id), 0))) or 0)
+        row = self._one("SELECT COALESCE(MAX(id), 0) FROM events")
+        return int(row[0] or 0)
 
     def errors_since(self, after_id: int, limit: int = 20) -> list[str]:
         """Error events newer than event ``after_id``, oldest first (what a report carries)."""
-        with self.session() as s:
-            rows = s.scalars(
-                select(Event)
-                .where(Event.level == "error", Event.id > after_id)
-                .order_by(Event.id.desc())
-                .limit(limit)
-            )
-            return [e.message for e in reversed(list(rows))]
+        rows = self._all(
+            "SELECT message FROM events WHERE level = 'error' AND id > ? "
+            "ORDER BY id DESC LIMIT ?",
+            after_id,
+            limit,
+        )
+        return [str(m) for (m,) in reversed(rows)]
 
     # ------------------------------------------------------------------ usage, events
 
     def add_usage(self, counts: dict[tuple[str, str], int]) -> None:
         if not counts:
             return
-        with self.session() as s:
-            for (channel, path), n in counts.items():
-                row = s.get(Usage, (channel, path)) or Usage(channel=channel, path=path, count=0)
-                row.count = (row.count or 0) + n
-                s.add(row)
+        with self._tx(write=True) as c:
+            c.executemany(
+                "INSERT INTO usage (channel, path, count) VALUES (?, ?, ?) "
+                "ON CONFLICT (channel, path) DO UPDATE SET count = count + excluded.count",
+                [(channel, path, n) for (channel, path), n in counts.items()],
+            )
 
     def usage(self) -> dict[str, int]:
-        with self.session() as s:
-            return {f"{u.channel}/{u.path}": u.count for u in s.scalars(select(Usage))}
+        rows = self._all("SELECT channel, path, count FROM usage")
+        return {f"{channel}/{path}": int(n) for channel, path, n in rows}
 
     def event(self, level: str, message: str) -> None:
-        with self.session() as s:
-            s.add(Event(at=now(), level=level, message=message[:4000]))
+        with self._tx(write=True) as c:
+            c.execute(
+                "INSERT INTO events (at, level, message) VALUES (?, ?, ?)",
+                (_stored(now()), level, message[:4000]),
+            )
 
     def recent_events(self, limit: int = 20, level: str | None = None) -> list[dict[str, Any]]:
-        with self.session() as s:
-            q = select(Event).order_by(Event.id.desc()).limit(limit)
-            if level:
-                q = q.where(Event.level == level)
-            return [
-                {"at": _iso(_aware(e.at)), "level": e.level, "message": e.message}
-                for e in s.scalars(q)
-            ]
+        if level:
+            rows = self._all(
+                "SELECT at, level, message FROM events WHERE level = ? "
+                "ORDER BY id DESC LIMIT ?",
+                level,
+                limit,
+            )
+        else:
+            rows = self._all(
+                "SELECT at, level, message FROM events ORDER BY id DESC LIMIT ?", limit
+            )
+        return [{"at": _iso(_read(at)), "level": lv, "message": msg} for at, lv, msg in rows]
 
     def get(self, key: str, default: str | None = None) -> str | None:
-        with self.session() as s:
-            row = s.get(Setting, key)
-            return row.value if row else default
+        row = self._one("SELECT value FROM settings WHERE key = ?", key)
+        return str(row[0]) if row else default
 
     def set(self, key: str, value: str) -> None:
-        with self.session() as s:
-            row = s.get(Setting, key) or Setting(key=key, value=value)
-            row.value = value
-            s.add(row)
+        with self._tx(write=True) as c:
+            _put_setting(c, key, value)
 
     # ------------------------------------------------------------------ counters
 
@@ -324,25 +439,34 @@ class NodeState:
         Kept in the state database, not in the process, so /metrics counts the passes of
         `caravane node sync` run from cron as well as the agent's, across restarts.
         """
-        with self.session() as s:
+        with self._tx(write=True) as c:
             for name, n in counts.items():
                 key = f"counter.{name}"
-                row = s.get(Setting, key) or Setting(key=key, value="0")
-                row.value = repr(float(row.value) + n)
-                s.add(row)
+                row = c.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+                _put_setting(c, key, repr(float(row[0] if row else "0") + n))
             for name, when in (at or {}).items():
-                key = f"counter.{name}"
-                row = s.get(Setting, key) or Setting(key=key, value="0")
-                row.value = repr(float(when))
-                s.add(row)
+                _put_setting(c, f"counter.{name}", repr(float(when)))
 
     def counts(self, prefix: str) -> dict[str, float]:
         """The counters whose name starts with ``prefix`` (name without the prefix)."""
         key = f"counter.{prefix}"
-        with self.session() as s:
-            rows = s.scalars(select(Setting).where(Setting.key.startswith(key, autoescape=True)))
-            return {r.key[len(key) :]: float(r.value) for r in rows}
+        rows = self._all(
+            "SELECT key, value FROM settings WHERE substr(key, 1, ?) = ?", len(key), key
+        )
+        return {str(k)[len(key) :]: float(v) for k, v in rows}
+
+
+def _put_setting(c: sqlite3.Connection, key: str, value: str) -> None:
+    c.execute(
+        "INSERT INTO settings (key, value) VALUES (?, ?) "
+        "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (key, value),
+    )
 
 
 def _iso(when: datetime | None) -> str | None:
     return when.isoformat(timespec="seconds") if when else None
+
+
+if __name__ == "__main__":  # the child of upgrade_apart
+    upgrade(sys.argv[1])

@@ -15,15 +15,16 @@ import json
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 from caravane.hub.usb import ingest, prepare_for_route
 from caravane.node.agent import NodeAgent
 from caravane.node.config import UpstreamConfig
-from caravane.node.models import QueuedReport
 from tests.foundation.conftest import read_tree
 from tests.node.conftest import World, content
 from tests.support.faultproxy import Faults
@@ -50,11 +51,11 @@ def _run(cmd: list[str]) -> subprocess.CompletedProcess[str]:
 
 def _queue(d: Path) -> dict[int, dict]:
     """The reports a centre made: seq -> signed body (from its own queue)."""
-    n = NodeAgent.open(d)
+    n = NodeAgent.open(d)  # opening migrates, as any node command does
     try:
-        with n.state.session() as s:
-            rows = list(s.query(QueuedReport))
-            return {r.seq: json.loads(r.body)["signed"] for r in rows}
+        with closing(sqlite3.connect(n.state.path)) as db:
+            rows = db.execute("SELECT seq, body FROM report_queue").fetchall()
+        return {seq: json.loads(body)["signed"] for seq, body in rows}
     finally:
         n.close()
 

@@ -154,7 +154,6 @@ def measure(files: int, work: Path) -> dict[str, Any]:
     subprocess.run(["tar", "-C", str(tree), "-cf", str(tar_b), "."], check=True)
 
     meta = repo / "metadata" / "channels" / f"{CHANNEL}.json"
-    manifest = repo / "manifests" / CHANNEL / "2.json"
     pack = work / "1-2.pack"
     r["pack_build_s"], r["pack_build_rss"] = child(
         [*cv, "pack", "build", str(repo), CHANNEL, str(pack), "--from", "1", "--to", "2"],
@@ -166,7 +165,7 @@ def measure(files: int, work: Path) -> dict[str, Any]:
     # tests/node/test_engine.py checks that no manifests/ path is fetched); before this the
     # whole manifest came first, which is what the "whole manifest" column still shows
     r["online_bytes"] = meta.stat().st_size + r["pack_bytes"]
-    r["online_metadata_bytes"] = meta.stat().st_size + manifest.stat().st_size
+    r.update(_metadata_costs(repo, pack, meta))
 
     patch = work / "patch.zst"
     shell(f"zstd -q -19 --long=31 --patch-from={tar_a} {tar_b} -o {patch} -f --memory=2048MB")
@@ -186,6 +185,36 @@ def measure(files: int, work: Path) -> dict[str, Any]:
     untar.mkdir()
     r["untar_s"] = shell(f"zstd -d -q -c {work}/b.tar.zst | tar -C {untar} -xf -")
     return r
+
+
+def _metadata_costs(repo: Path, pack: Path, meta: Path) -> dict[str, int]:
+    """What of the update is signed metadata, on each carrier, and what format 1 cost.
+
+    Format 2 (docs/FORMAT.md): the pack carries the manifest document and the changed pieces
+    of the file list as deltas; a centre without a pack (a static mirror) fetches the document
+    and the changed pieces as objects. Format 1 sent the whole flat manifest there.
+    """
+    from caravane.packs.packfile import read_entries
+    from caravane.packs.repository import Repository
+    from caravane.protocol.metadata import Manifest
+
+    r = Repository.open(repo)
+    m1, m2 = r.manifest(CHANNEL, 1), r.manifest(CHANNEL, 2)
+    changed = [sha for sha in m2.tree_objects if sha not in m1.tree_objects]
+    doc = (repo / "manifests" / CHANNEL / "2.json").stat().st_size
+    flat = Manifest(m2.channel, m2.version, m2.created, m2.files, m2.notes).to_bytes()
+    in_pack = sum(
+        e.length for e in read_entries(pack) if e.kind in ("metadata", "manifest", "tree")
+    )
+    return {
+        "channel_meta_bytes": meta.stat().st_size,
+        "pack_metadata_bytes": in_pack,
+        "online_metadata_bytes": meta.stat().st_size
+        + doc
+        + sum(r.store.frame_size(sha) for sha in changed),
+        "flat_manifest_bytes": meta.stat().st_size + len(flat),
+        "changed_pieces": len(changed),
+    }
 
 
 def rows_of(results: list[dict[str, Any]]) -> list[str]:
@@ -225,7 +254,9 @@ def rows_of(results: list[dict[str, Any]]) -> list[str]:
             [
                 "files",
                 "online (metadata + pack)",
-                "before: metadata + whole manifest",
+                "of which signed metadata",
+                "online, no pack: metadata + changed pieces",
+                "format 1: metadata + whole manifest",
                 "pack (drive)",
                 "zstd --patch-from",
                 "xdelta3",
@@ -237,7 +268,9 @@ def rows_of(results: list[dict[str, Any]]) -> list[str]:
                 [
                     r["files"],
                     r["online_bytes"],
+                    r["pack_metadata_bytes"],
                     r["online_metadata_bytes"],
+                    r["flat_manifest_bytes"],
                     r["pack_bytes"],
                     r["zstd_patch_bytes"],
                     r["xdelta3_bytes"] if r["xdelta3_bytes"] is not None else "n/a",

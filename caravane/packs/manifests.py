@@ -56,7 +56,10 @@ def write_manifest(
     """
     encoded = tree.encode_manifest(manifest)
     for ref, data in encoded.pieces:
-        store.put_raw(data, ref.sha256)
+        # pieces already here belong to a retained release, and the caller holds the lock
+        # that collection takes: only the changed ones are written (a few per update)
+        if not store.has(ref.sha256):
+            store.put_raw(data, ref.sha256)
     write_atomic(path, encoded.doc, durable)
     written = Manifest(
         manifest.channel,

@@ -16,6 +16,7 @@ at most GROUP_TARGET bytes of new content and GROUP_BASE bytes of base.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import logging
 import math
 import re
@@ -182,8 +183,9 @@ class SimilarityIndex:
     the index's answers are kept to the files of A and counted per file of A, exactly as the
     in-memory table counts them, so the pack's bytes do not depend on the index's history.
 
-    ``targets``: the files of B that will ask for candidates; only their chunks are indexed
-    (by_chunk), so memory follows the change, not A. None: all of A's chunks.
+    ``targets``: the files of B that will ask for candidates; only their chunks, paths and
+    names are indexed (by_chunk, by_path, by_name), so memory follows the change, not A.
+    None: all of A's.
     """
 
     def __init__(
@@ -201,9 +203,14 @@ class SimilarityIndex:
         self.read_chunk = read_chunk
         self.sample = sketch_sample(sum(f.size for f in self.files if _sketchable(f)))
         interest = {h for f in targets for h, _ in f.chunks} if targets is not None else None
+        paths = {f.path for f in targets} if targets is not None else None
+        names = {name_key(f.path) for f in targets} if targets is not None else None
         for i, f in enumerate(self.files):
-            self.by_path[f.path] = i
-            self.by_name[name_key(f.path)].append(i)
+            if paths is None or f.path in paths:
+                self.by_path[f.path] = i
+            key = name_key(f.path)
+            if names is None or key in names:
+                self.by_name[key].append(i)
             if _sketchable(f):
                 self.by_sha[f.sha256].append(i)
             for h, _ in f.chunks:
@@ -216,7 +223,7 @@ class SimilarityIndex:
         self.sketches = sketches
         if sketches is not None and self.files:
             try:
-                sketches.ensure(self.files, read_chunk)
+                sketches.ensure(self.files, read_chunk, remember=True)
                 if targets:
                     sketches.ensure(targets, read_chunk)
             except sqlite3.Error as exc:
@@ -287,8 +294,9 @@ class SimilarityIndex:
             score[same] += 1 + 0.05 * self.files[same].size
         for i in self.by_name.get(name_key(new.path), ()):
             score[i] += 1 + 0.01 * self.files[i].size
-        ranked = sorted(score, key=lambda i: (-score[i], self.files[i].path))
-        return ranked[:CANDIDATES]
+        # the best CANDIDATES by score, ties by path (what sorting them all and cutting gave:
+        # a name like page-#.html can match every file of A)
+        return heapq.nsmallest(CANDIDATES, score, key=lambda i: (-score[i], self.files[i].path))
 
 
 def _base_window(

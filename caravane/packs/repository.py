@@ -620,9 +620,12 @@ class RepositoryBase:
         if sketches is None:
             return 0
         try:
-            return sketches.ensure(files, self.store.read)
+            return sketches.ensure(files, self.store.read, remember=True)
         except (sqlite3.Error, CaravaneError) as exc:
             log.warning("%s: similarity index not updated (%s)", self.path, exc)
+            if isinstance(exc, sqlite3.Error) and similarity.is_damage(exc):
+                sketches.close()
+                sketches.remove_files()  # the next build rebuilds it
             return 0
         finally:
             sketches.close()

@@ -180,3 +180,17 @@ def test_the_sample_rate_keeps_the_persisted_pieces() -> None:
         assert rate % delta.SKETCH_SAMPLE == 0
         assert {h for h in stored if h % rate == 0} == delta.sketch(data, rate)
     assert delta.sketch_sample(512 << 20) == delta.SKETCH_SAMPLE  # as before up to 512 MiB
+
+
+def test_an_index_that_fails_is_bypassed_with_the_same_bases() -> None:
+    rnd = random.Random(9)
+    files_a = {f"page-{i}.html": _text(rnd, 200) for i in range(30)}
+    files_b = {p: _edit(rnd, d) for p, d in files_a.items()}
+    store = Store()
+    a, b = _manifest(store, files_a, 1), _manifest(store, files_b, 2)
+    without = _plan(a, b, store, None)
+    with tempfile.TemporaryDirectory() as tmp:
+        index = SketchIndex(Path(tmp) / "x.sqlite")
+        index.ensure(a.files, store.read)
+        index.close()  # every query now fails with an sqlite3 error
+        assert _plan(a, b, store, index) == without

@@ -16,12 +16,15 @@ at most GROUP_TARGET bytes of new content and GROUP_BASE bytes of base.
 from __future__ import annotations
 
 import hashlib
+import heapq
+import logging
 import math
 import re
+import sqlite3
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zstandard as zstd
 
@@ -31,6 +34,11 @@ from caravane.protocol.metadata import FileEntry, Manifest
 from .cdc import spans
 from .changes import missing_chunks
 from .zstd_prefix import compress_with_prefix
+
+if TYPE_CHECKING:
+    from .similarity import SketchIndex
+
+log = logging.getLogger(__name__)
 
 GROUP_TARGET = 8 * 1024 * 1024
 GROUP_BASE = 32 * 1024 * 1024
@@ -149,30 +157,124 @@ def _file_bytes(entry: FileEntry, read_chunk: ReadChunk) -> bytes:
     return b"".join(read_chunk(h, n) for h, n in entry.chunks)
 
 
-class SimilarityIndex:
-    """Finds, for a file of B, the files of A it most likely evolved from."""
+def sketch_sample(sketched: int) -> int:
+    """The sample rate for an old release of ``sketched`` bytes of sketchable files.
 
-    def __init__(self, old: Manifest | None, read_chunk: ReadChunk) -> None:
+    At least one piece in :data:`SKETCH_SAMPLE`, fewer when A is large (the budget keeps
+    about 1M pieces). Always a multiple of :data:`SKETCH_SAMPLE`, so the sketches persisted
+    at that rate (:mod:`.similarity`) hold every piece any rate keeps: ``h % rate == 0``
+    implies ``h % SKETCH_SAMPLE == 0``. (Up to 512 MiB this is the rate used before the
+    index; above it, a rate of 6, 10, ... became 8, 12, ...: slightly fewer pieces.)
+    """
+    return max(SKETCH_SAMPLE, -(-sketched // (2 * SKETCH_BUDGET)) * SKETCH_SAMPLE)
+
+
+def _sketchable(f: FileEntry) -> bool:
+    return 0 < f.size <= SKETCH_MAX_FILE
+
+
+class SimilarityIndex:
+    """Finds, for a file of B, the files of A it most likely evolved from.
+
+    With ``sketches`` (the repository's persisted index, :mod:`.similarity`), A's sketches
+    are looked up there, and only the files of A that it lacks are read (once, ever); the
+    new files' sketches too. Without it, or if it fails with an SQLite error, every file of
+    A is read and sketched here, as before the index. Both ways give the same candidates:
+    the index's answers are kept to the files of A and counted per file of A, exactly as the
+    in-memory table counts them, so the pack's bytes do not depend on the index's history.
+
+    ``targets``: the files of B that will ask for candidates; only their chunks, paths and
+    names are indexed (by_chunk, by_path, by_name), so memory follows the change, not A.
+    None: all of A's.
+    """
+
+    def __init__(
+        self,
+        old: Manifest | None,
+        read_chunk: ReadChunk,
+        sketches: SketchIndex | None = None,
+        targets: list[FileEntry] | None = None,
+    ) -> None:
         self.files: list[FileEntry] = list(old.files) if old else []
         self.by_chunk: dict[str, list[int]] = defaultdict(list)
         self.by_path: dict[str, int] = {}
         self.by_name: dict[str, list[int]] = defaultdict(list)
-        self.by_piece: dict[int, list[int]] = defaultdict(list)
+        self.by_sha: dict[str, list[int]] = defaultdict(list)
         self.read_chunk = read_chunk
-        sketched = sum(f.size for f in self.files if f.size <= SKETCH_MAX_FILE)
-        self.sample = max(SKETCH_SAMPLE, -(-sketched // SKETCH_BUDGET) * 2)
+        self.sample = sketch_sample(sum(f.size for f in self.files if _sketchable(f)))
+        interest = {h for f in targets for h, _ in f.chunks} if targets is not None else None
+        paths = {f.path for f in targets} if targets is not None else None
+        names = {name_key(f.path) for f in targets} if targets is not None else None
         for i, f in enumerate(self.files):
-            self.by_path[f.path] = i
-            self.by_name[name_key(f.path)].append(i)
+            if paths is None or f.path in paths:
+                self.by_path[f.path] = i
+            key = name_key(f.path)
+            if names is None or key in names:
+                self.by_name[key].append(i)
+            if _sketchable(f):
+                self.by_sha[f.sha256].append(i)
             for h, _ in f.chunks:
+                if interest is not None and h not in interest:
+                    continue
                 lst = self.by_chunk[h]
                 if not lst or lst[-1] != i:
                     lst.append(i)
-            if 0 < f.size <= SKETCH_MAX_FILE:
-                for piece in sketch(_file_bytes(f, read_chunk), self.sample):
-                    lst = self.by_piece[piece]
-                    if len(lst) <= SKETCH_COMMON:
-                        lst.append(i)
+        self._by_piece: dict[int, list[int]] | None = None
+        self.sketches = sketches
+        if sketches is not None and self.files:
+            try:
+                sketches.ensure(self.files, read_chunk, remember=True)
+                if targets:
+                    sketches.ensure(targets, read_chunk)
+            except sqlite3.Error as exc:
+                self._bypass(exc)
+
+    def _bypass(self, exc: sqlite3.Error) -> None:
+        from .similarity import is_damage
+
+        log.warning("similarity index failed (%s); sketching the old release instead", exc)
+        if self.sketches is not None and is_damage(exc):
+            self.sketches.remove_files()  # rebuilt by the next build or publish
+        self.sketches = None
+
+    def _in_memory(self) -> dict[int, list[int]]:
+        """Every file of A read and sketched: the way without (or past) the index."""
+        if self._by_piece is None:
+            self._by_piece = defaultdict(list)
+            for i, f in enumerate(self.files):
+                if _sketchable(f):
+                    for piece in sketch(_file_bytes(f, self.read_chunk), self.sample):
+                        lst = self._by_piece[piece]
+                        if len(lst) <= SKETCH_COMMON:
+                            lst.append(i)
+        return self._by_piece
+
+    def _sketch_of(self, new: FileEntry) -> set[int]:
+        if self.sketches is not None:
+            try:
+                values = self.sketches.get(new.sha256)
+                if values is None:
+                    values = sketch(_file_bytes(new, self.read_chunk), SKETCH_SAMPLE)
+                    self.sketches.put(new.sha256, values)
+                return {h for h in values if h % self.sample == 0}
+            except sqlite3.Error as exc:
+                self._bypass(exc)
+        return sketch(_file_bytes(new, self.read_chunk), self.sample)
+
+    def _owners(self, piece: int) -> list[int]:
+        """Files of A whose sketch holds ``piece``, in A's order; more than SKETCH_COMMON of
+        them (boilerplate) are cut at SKETCH_COMMON + 1 and then ignored by the caller."""
+        if self.sketches is not None:
+            try:
+                out: list[int] = []
+                for sha in self.sketches.owners(piece):
+                    out.extend(self.by_sha.get(sha, ()))
+                    if len(out) > SKETCH_COMMON:
+                        break
+                return sorted(out)
+            except sqlite3.Error as exc:
+                self._bypass(exc)
+        return self._in_memory().get(piece, [])
 
     def candidates(self, new: FileEntry) -> list[int]:
         if not self.files:
@@ -181,9 +283,9 @@ class SimilarityIndex:
         for h, n in new.chunks:
             for i in self.by_chunk.get(h, ()):
                 score[i] += n
-        if 0 < new.size <= SKETCH_MAX_FILE:
-            for piece in sketch(_file_bytes(new, self.read_chunk), self.sample):
-                owners = self.by_piece.get(piece)
+        if _sketchable(new):
+            for piece in self._sketch_of(new):
+                owners = self._owners(piece)
                 if owners and len(owners) <= SKETCH_COMMON:
                     for i in owners:
                         score[i] += SKETCH_AVG * self.sample
@@ -192,8 +294,9 @@ class SimilarityIndex:
             score[same] += 1 + 0.05 * self.files[same].size
         for i in self.by_name.get(name_key(new.path), ()):
             score[i] += 1 + 0.01 * self.files[i].size
-        ranked = sorted(score, key=lambda i: (-score[i], self.files[i].path))
-        return ranked[:CANDIDATES]
+        # the best CANDIDATES by score, ties by path (what sorting them all and cutting gave:
+        # a name like page-#.html can match every file of A)
+        return heapq.nsmallest(CANDIDATES, score, key=lambda i: (-score[i], self.files[i].path))
 
 
 def _base_window(
@@ -213,14 +316,21 @@ def _base_window(
         pos += n
 
 
-def plan_groups(old: Manifest | None, new: Manifest, read_chunk: ReadChunk) -> Iterator[Group]:
+def plan_groups(
+    old: Manifest | None,
+    new: Manifest,
+    read_chunk: ReadChunk,
+    sketches: SketchIndex | None = None,
+) -> Iterator[Group]:
     """Group the chunks of ``new`` that ``old`` lacks, each with a base of old chunks.
 
     The chunks sent are exactly :func:`packs.changes.missing_chunks` of the two manifests,
-    each once, in the order ``new`` first uses them.
+    each once, in the order ``new`` first uses them. ``sketches``: the repository's
+    similarity index, which spares reading A to choose bases (same choices either way).
     """
     wanted_chunks = missing_chunks(old, new)
-    index = SimilarityIndex(old, read_chunk)
+    targets = [f for f in new.files if any(h in wanted_chunks for h, _ in f.chunks)]
+    index = SimilarityIndex(old, read_chunk, sketches, targets)
     group = Group()
     for fi, f in enumerate(new.files):
         if not any(h in wanted_chunks for h, _ in f.chunks):

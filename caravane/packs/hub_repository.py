@@ -211,6 +211,8 @@ class HubRepository(RepositoryBase):
                 expires_days,
                 release_key,
             )
+        # outside the lock: the release is signed; this only spares later pack builds work
+        self.index_sketches(entries)
         old_files = {f.path: f.sha256 for f in previous.files} if previous else {}
         new_paths = {f.path for f in entries}
         return PublishResult(

@@ -27,8 +27,10 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import logging
 import os
 import shutil
+import sqlite3
 import tempfile
 from collections import deque
 from collections.abc import Callable, Collection, Iterator
@@ -41,15 +43,16 @@ from typing import TYPE_CHECKING, Any, ClassVar, cast
 from caravane.protocol import tree
 from caravane.protocol.canonical import canonical_bytes
 from caravane.protocol.errors import (
+    CaravaneError,
     FormatError,
     NotFoundError,
     SignatureError,
     VerificationError,
 )
-from caravane.protocol.metadata import ChannelMeta, Manifest, ReleaseRef
+from caravane.protocol.metadata import ChannelMeta, FileEntry, Manifest, ReleaseRef
 from caravane.protocol.trust import TrustedState
 
-from . import changes, delta
+from . import changes, delta, similarity
 from .errors import StoreError
 from .ingest import PREFETCH, Progress, ingest_files, scan_source
 from .layout import (
@@ -66,6 +69,8 @@ from .store import ObjectStore, compress, decode_frame, write_atomic
 if TYPE_CHECKING:
     from .centre_store import CentreStore
     from .hub_repository import HubRepository
+
+log = logging.getLogger(__name__)
 
 MAX_MANIFEST_BYTES = 256 * 1024 * 1024
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
@@ -610,6 +615,27 @@ class RepositoryBase:
 
     # ------------------------------------------------------------------ packs
 
+    def index_sketches(self, files: Collection[FileEntry]) -> int:
+        """Sketch the files of a release that the similarity index lacks (packs/similarity.py).
+
+        Called when a release is committed, so a later pack build from it reads nothing of
+        it to choose delta bases; costs one read of the content new to the repository. The
+        index is a cache: a failure here is logged, and the next build fills the gap.
+        """
+        sketches = similarity.open_index(self.path)
+        if sketches is None:
+            return 0
+        try:
+            return sketches.ensure(files, self.store.read, remember=True)
+        except (sqlite3.Error, CaravaneError) as exc:
+            log.warning("%s: similarity index not updated (%s)", self.path, exc)
+            if isinstance(exc, sqlite3.Error) and similarity.is_damage(exc):
+                sketches.close()
+                sketches.remove_files()  # the next build rebuilds it
+            return 0
+        finally:
+            sketches.close()
+
     def pack_path(self, channel: str, from_version: int, to_version: int) -> Path:
         return self.path / pack_relpath(channel, from_version, to_version)
 
@@ -639,6 +665,7 @@ class RepositoryBase:
         channel_data = snap.channel_bytes(channel)
         assert channel_data is not None  # the manifests above verified against it
         chunk_bytes = self.store.read
+        sketches = similarity.open_index(self.path) if old is not None else None
         writer = PackWriter(Path(out), volume_size)
         try:
             for v in self.root_versions():
@@ -665,7 +692,7 @@ class RepositoryBase:
             if new.spec_version == tree.TREE_SPEC_VERSION:
                 self._add_tree(writer, from_version, old, old_mbytes, new_mbytes, level)
             n_chunks = n_bytes = 0
-            for group in delta.plan_groups(old, new, chunk_bytes):
+            for group in delta.plan_groups(old, new, chunk_bytes, sketches):
                 base = b"".join(chunk_bytes(h, n) for h, n in group.base)
                 target = b"".join(chunk_bytes(h, n) for h, n in group.targets)
                 payload = delta.compress_group(base, target, level)
@@ -694,6 +721,9 @@ class RepositoryBase:
         except BaseException:
             writer.abort()
             raise
+        finally:
+            if sketches is not None:
+                sketches.close()
         return PackInfo(
             channel,
             from_version,

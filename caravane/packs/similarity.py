@@ -1,0 +1,215 @@
+"""The persisted sketches that let a pack build find delta bases without reading release A.
+
+Choosing a delta base (:mod:`.delta`) compares a new file's sketch (a sample of hashes of
+small content-defined pieces) with the sketches of every file of the old release. Computed
+on the spot, that meant reading, decompressing and hashing all of A for every pack: a
+one-file change in a channel of 100,000 files cost as much as the whole channel. A file's
+sketch is a function of its content alone, so it is computed once, when the release that
+brings the content is committed (or when a build first needs it), and kept here:
+
+- ``files``: file sha256 -> its sketch at the base sample (:data:`delta.SKETCH_SAMPLE`);
+- ``pieces``: sketch value -> the files holding it, so a build looks up the candidates of
+  a new file's pieces instead of holding A's sketches in memory;
+- ``complete``: digests of whole sets of contents (releases) known to be all here.
+
+The index spans the repository's whole history; :class:`delta.SimilarityIndex` keeps only
+the files of A in what it finds, and counts them as it always did, so the bases chosen (and
+the pack's bytes) are the same whether the index is warm, cold, rebuilt or bypassed. It is
+a cache: a damaged file is removed and rebuilt, and any SQLite error during a build makes
+that build sketch A itself, as before.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import sqlite3
+import struct
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+from caravane.protocol.metadata import FileEntry
+
+from .delta import SKETCH_MAX_FILE, SKETCH_SAMPLE, sketch
+
+log = logging.getLogger(__name__)
+
+INDEX_RELPATH = "index/similarity.sqlite"
+#: what the stored values depend on; a different value (new parameters) empties the index
+PARAMS = "blake2b8/fastcdc-128-512-4096/sample-4"
+BATCH = 500  # shas per IN (...) query, files per transaction
+_SIGN = 1 << 63
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS files (
+    id INTEGER PRIMARY KEY,
+    sha BLOB NOT NULL UNIQUE,
+    pieces BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS pieces (
+    piece INTEGER NOT NULL,
+    file INTEGER NOT NULL,
+    PRIMARY KEY (piece, file)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS complete (digest BLOB PRIMARY KEY) WITHOUT ROWID;
+"""
+
+ReadChunk = Callable[[str, int], bytes]
+
+
+def _signed(h: int) -> int:
+    """A 64-bit unsigned sketch value as SQLite's signed INTEGER (order kept)."""
+    return h - _SIGN
+
+
+def _pack(values: set[int]) -> bytes:
+    return struct.pack(f"<{len(values)}Q", *sorted(values))
+
+
+def _unpack(blob: bytes) -> set[int]:
+    return set(struct.unpack(f"<{len(blob) // 8}Q", blob))
+
+
+def sketchable(f: FileEntry) -> bool:
+    """Files the similarity search sketches (empty and huge ones are left out)."""
+    return 0 < f.size <= SKETCH_MAX_FILE
+
+
+def is_damage(exc: sqlite3.Error) -> bool:
+    """A file SQLite cannot read as a database (not a lock, not a full disk)."""
+    return type(exc) is sqlite3.DatabaseError
+
+
+class SketchIndex:
+    """One connection to ``<repo>/index/similarity.sqlite`` (open, use, close)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = self._connect()
+        except sqlite3.Error as exc:
+            if not is_damage(exc):
+                raise
+            log.warning("%s: damaged (%s); rebuilding it", self.path, exc)
+            self.remove_files()
+            self._db = self._connect()
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
+        try:
+            db.execute("PRAGMA journal_mode=wal")
+            db.execute("PRAGMA synchronous=normal")
+            db.executescript(_SCHEMA)
+            row = db.execute("SELECT value FROM meta WHERE key = 'params'").fetchone()
+            if row is None or row[0] != PARAMS:
+                with db:
+                    db.execute("DELETE FROM complete")
+                    db.execute("DELETE FROM pieces")
+                    db.execute("DELETE FROM files")
+                    db.execute("INSERT OR REPLACE INTO meta VALUES ('params', ?)", (PARAMS,))
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def remove_files(self) -> None:
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> SketchIndex:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def known(self, shas: Iterable[str]) -> set[str]:
+        """Which of ``shas`` have a sketch here."""
+        out: set[str] = set()
+        todo = list(shas)
+        for i in range(0, len(todo), BATCH):
+            batch = [bytes.fromhex(s) for s in todo[i : i + BATCH]]
+            marks = ",".join("?" * len(batch))
+            for (sha,) in self._db.execute(f"SELECT sha FROM files WHERE sha IN ({marks})", batch):
+                out.add(sha.hex())
+        return out
+
+    def ensure(
+        self, files: Iterable[FileEntry], read_chunk: ReadChunk, remember: bool = False
+    ) -> int:
+        """Sketch the files whose content has no sketch here yet; returns how many were.
+
+        ``remember``: note that this whole set of contents is here (a release's files), so
+        the next call with the same set (the build of a pack from that release) skips even
+        looking them up: 100,000 lookups were most of what a warm build still cost.
+        Sketches are never removed, so the note stays true.
+        """
+        wanted: dict[str, FileEntry] = {}
+        for f in files:
+            if sketchable(f):
+                wanted.setdefault(f.sha256, f)
+        digest = hashlib.sha256("".join(sorted(wanted)).encode()).digest()
+        if remember:
+            row = self._db.execute("SELECT 1 FROM complete WHERE digest = ?", (digest,))
+            if row.fetchone() is not None:
+                return 0
+        have = self.known(wanted)
+        missing = [s for s in wanted if s not in have]
+        for i in range(0, len(missing), BATCH):
+            rows = []
+            for sha in missing[i : i + BATCH]:
+                f = wanted[sha]
+                data = b"".join(read_chunk(h, n) for h, n in f.chunks)
+                rows.append((sha, sketch(data, SKETCH_SAMPLE)))
+            with self._db:
+                for sha, values in rows:
+                    self._insert(sha, values)
+        if remember:
+            with self._db:
+                self._db.execute("INSERT OR IGNORE INTO complete VALUES (?)", (digest,))
+        return len(missing)
+
+    def put(self, sha: str, values: set[int]) -> None:
+        with self._db:
+            self._insert(sha, values)
+
+    def _insert(self, sha: str, values: set[int]) -> None:
+        cur = self._db.execute(
+            "INSERT OR IGNORE INTO files (sha, pieces) VALUES (?, ?)",
+            (bytes.fromhex(sha), _pack(values)),
+        )
+        if cur.rowcount == 1:  # another writer may have got there first: then its rows stand
+            file_id = cur.lastrowid
+            self._db.executemany(
+                "INSERT OR IGNORE INTO pieces VALUES (?, ?)",
+                ((_signed(h), file_id) for h in values),
+            )
+
+    def get(self, sha: str) -> set[int] | None:
+        row = self._db.execute(
+            "SELECT pieces FROM files WHERE sha = ?", (bytes.fromhex(sha),)
+        ).fetchone()
+        return None if row is None else _unpack(row[0])
+
+    def owners(self, piece: int) -> Iterator[str]:
+        """The sha256 of every file, in any release, whose sketch holds ``piece``."""
+        for (sha,) in self._db.execute(
+            "SELECT f.sha FROM pieces p JOIN files f ON f.id = p.file WHERE p.piece = ?",
+            (_signed(piece),),
+        ):
+            yield sha.hex()
+
+
+def open_index(repo: Path) -> SketchIndex | None:
+    """The repository's sketch index, or None (with a warning) where it cannot be opened."""
+    try:
+        return SketchIndex(Path(repo) / INDEX_RELPATH)
+    except (sqlite3.Error, OSError) as exc:
+        log.warning("%s: similarity index unavailable (%s); sketching A instead", repo, exc)
+        return None
+
+
+__all__ = ["INDEX_RELPATH", "SketchIndex", "is_damage", "open_index", "sketchable"]

@@ -155,11 +155,11 @@ class Releases:
         written: list[Path] = []
         for f in manifest.files:
             kept = had.get(f.path)
-            dest = staging / f.path
             if kept is not None:
                 if kept[1] != f.mode:
-                    os.chmod(dest, f.mode)
+                    os.chmod(staging / f.path, f.mode)
                 continue
+            dest = staging / f.path
             _clear_way(staging, dest)
             same = in_active.get(f.path)
             if same is not None and same.sha256 == f.sha256 and same.mode == f.mode:

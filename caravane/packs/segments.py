@@ -41,6 +41,8 @@ SEGMENT_LIMIT = 64 * 1024 * 1024
 #: a segment whose live objects fill less than this share of it is rewritten by compaction
 SPARSE = 0.5
 PAGE = 2000
+#: ids per ``IN (...)`` lookup (SQLite allows 32,766 parameters since 3.32)
+LOOKUP = 500
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS objects (
     sha BLOB PRIMARY KEY,
@@ -177,21 +179,31 @@ class SegmentIndex:
         if db is None or not shas:
             return set()
         at = now_ms() if at_ms is None else at_ms
-        # read first: a new object (the common case while publishing) costs no write
-        found = {
-            sha
-            for sha in shas
-            if db.execute("SELECT 1 FROM objects WHERE sha = ?", (bytes.fromhex(sha),)).fetchone()
-        }
+        # read first: a new object (the common case while publishing) costs no write; one
+        # query per LOOKUP ids, not one per object (a hub asks for thousands per request)
+        found: set[str] = set()
+        for i in range(0, len(shas), LOOKUP):
+            keys = [bytes.fromhex(sha) for sha in shas[i : i + LOOKUP]]
+            marks = ",".join("?" * len(keys))
+            found.update(
+                bytes(key).hex()
+                for (key,) in db.execute(f"SELECT sha FROM objects WHERE sha IN ({marks})", keys)
+            )
         if not found:
             return found
+        ids = list(found)
+        found = set()  # what the updates reach: an object collected in between is not found
         with _write(db):
-            for sha in found.copy():
-                cur = db.execute(
-                    "UPDATE objects SET mtime = ? WHERE sha = ?", (at, bytes.fromhex(sha))
+            for i in range(0, len(ids), LOOKUP):
+                keys = [bytes.fromhex(sha) for sha in ids[i : i + LOOKUP]]
+                marks = ",".join("?" * len(keys))
+                found.update(
+                    bytes(key).hex()
+                    for (key,) in db.execute(
+                        f"UPDATE objects SET mtime = ? WHERE sha IN ({marks}) RETURNING sha",
+                        [at, *keys],
+                    ).fetchall()
                 )
-                if not cur.rowcount:
-                    found.discard(sha)  # collected between the two statements
         return found
 
     def mtime_ms(self, sha: str) -> int | None:

@@ -252,7 +252,10 @@ async def declare_chunks(request: web.Request, p: Principal) -> web.Response:
 async def set_files(request: web.Request, p: Principal) -> web.Response:
     doc = await body_json(request)
     hub = request.app[HUB_KEY]
-    return web.json_response(await in_thread(hub.set_files, p, request.match_info["uid"], doc))
+    out = await in_thread(hub.set_files, p, request.match_info["uid"], doc)
+    if "committed" in out:
+        queue_packs(request.app, out["committed"]["channel"])
+    return web.json_response(out)
 
 
 @api("curator")

@@ -179,16 +179,8 @@ class SegmentIndex:
         if db is None or not shas:
             return set()
         at = now_ms() if at_ms is None else at_ms
-        # read first: a new object (the common case while publishing) costs no write; one
-        # query per LOOKUP ids, not one per object (a hub asks for thousands per request)
-        found: set[str] = set()
-        for i in range(0, len(shas), LOOKUP):
-            keys = [bytes.fromhex(sha) for sha in shas[i : i + LOOKUP]]
-            marks = ",".join("?" * len(keys))
-            found.update(
-                bytes(key).hex()
-                for (key,) in db.execute(f"SELECT sha FROM objects WHERE sha IN ({marks})", keys)
-            )
+        # read first: a new object (the common case while publishing) costs no write
+        found = _present(db, shas)
         if not found:
             return found
         ids = list(found)
@@ -205,6 +197,11 @@ class SegmentIndex:
                     ).fetchall()
                 )
         return found
+
+    def present(self, shas: Iterable[str]) -> set[str]:
+        """Which of these objects the index holds (read only: nothing is freshened)."""
+        db = self._db(create=False)
+        return set() if db is None else _present(db, list(shas))
 
     def mtime_ms(self, sha: str) -> int | None:
         db = self._db(create=False)
@@ -500,6 +497,20 @@ class SegmentIndex:
         if conn is not None:
             conn.close()
             self._tls.conn = None
+
+
+def _present(db: sqlite3.Connection, shas: list[str]) -> set[str]:
+    """The indexed ones among ``shas``: one query per LOOKUP ids, not one per object (a
+    hub asks about thousands per request)."""
+    found: set[str] = set()
+    for i in range(0, len(shas), LOOKUP):
+        keys = [bytes.fromhex(sha) for sha in shas[i : i + LOOKUP]]
+        marks = ",".join("?" * len(keys))
+        found.update(
+            bytes(key).hex()
+            for (key,) in db.execute(f"SELECT sha FROM objects WHERE sha IN ({marks})", keys)
+        )
+    return found
 
 
 class _write:

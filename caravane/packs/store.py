@@ -142,6 +142,14 @@ class ObjectStore:
     def has(self, sha: str) -> bool:
         return self.index.locate(sha) is not None or self._loose(sha).is_file()
 
+    def present(self, shas: Iterable[str]) -> set[str]:
+        """Which of these objects are here (many at once; none is freshened)."""
+        shas = list(shas)
+        found = self.index.present(shas)
+        if self._may_hold_loose():
+            found.update(sha for sha in shas if sha not in found and self._loose(sha).is_file())
+        return found
+
     def put_raw(self, data: bytes | memoryview, sha: str | None = None) -> tuple[str, int]:
         """Store a raw chunk unless present; returns (sha, bytes written, 0 if it existed)."""
         sha = sha or hashlib.sha256(data).hexdigest()

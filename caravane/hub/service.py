@@ -452,7 +452,9 @@ class Hub:
         except CaravaneError as exc:
             raise Unprocessable(str(exc)) from None
 
-    def put_objects(self, p: Principal, uid: str, records: list[tuple[str, bytes]]) -> int:
+    def put_objects(
+        self, p: Principal, uid: str, records: list[tuple[str, bytes | memoryview]]
+    ) -> int:
         """Store many objects of an open upload (one batch), each verified; how many were new.
 
         Two indexed queries for the whole batch. Every object must belong to the upload

@@ -29,7 +29,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -344,7 +344,9 @@ class SegmentIndex:
         if a is not None and a.pid == _forks():
             a.fh.close()  # type: ignore[attr-defined]
 
-    def append(self, items: list[tuple[str, bytes]], mtime_ms: int | None = None) -> int:
+    def append(
+        self, items: Sequence[tuple[str, bytes | memoryview]], mtime_ms: int | None = None
+    ) -> int:
         """Append frames and index them in one transaction; returns bytes appended.
 
         An object already indexed (a concurrent writer won) keeps its row; its new copy is
@@ -361,7 +363,7 @@ class SegmentIndex:
             while start < len(items):
                 # fill the current segment, then roll over to the next one
                 a = self._appender_for(len(items[start][1]), db)
-                batch: list[tuple[str, bytes]] = []
+                batch: list[tuple[str, bytes | memoryview]] = []
                 room = SEGMENT_LIMIT - a.end
                 for sha, frame in items[start:]:
                     if batch and len(frame) > room:
@@ -535,7 +537,7 @@ class _write:
             self.db.execute("ROLLBACK")
 
 
-def _views(frames: list[bytes], skip: int) -> list[memoryview]:
+def _views(frames: list[bytes | memoryview], skip: int) -> list[memoryview]:
     """The frames as buffers for ``pwritev``, without the first ``skip`` bytes."""
     out: list[memoryview] = []
     for f in frames:

@@ -200,8 +200,12 @@ class Outbox:
     same cores that the hub's verification needs. The outbox keeps each new chunk's zstd
     frame only until the hub says it lacks it (then it is sent and dropped) or holds it
     (dropped). The hub still decodes and hashes every frame it receives, so nothing here is
-    trusted. Reading waits while more than ``limit`` bytes are held: memory stays bounded
-    however slow the link.
+    trusted.
+
+    Reading waits while the frames of chunks already handed over for declaration pass
+    ``limit`` bytes (:meth:`announce`, :meth:`wait_room`): memory stays bounded however
+    slow the link, at ``limit`` plus the few chunks the ingest pipeline compresses ahead.
+    Only handed-over frames count, because only those can leave while reading waits.
 
     As :class:`~caravane.packs.ingest.ChunkSink` it is what ``ingest_files`` writes into.
     ``wanted`` keeps only those chunks (a second pass for objects the hub lacks after all).
@@ -217,7 +221,8 @@ class Outbox:
         self.limit = limit
         self.wanted = wanted
         self.frames: dict[str, bytes] = {}
-        self.held = 0
+        self.announced: set[str] = set()  # handed over for declaration, frame still here
+        self.queued = 0  # bytes of those frames
         self.gone: set[str] = set()  # sent or dropped: a later copy of the chunk is not kept
         self.closed = False
         self._cond = threading.Condition()
@@ -246,17 +251,25 @@ class Outbox:
             if self._known(sha):  # another thread compressed the same chunk meanwhile
                 return sha, 0
             self.frames[sha] = frame
-            self.held += len(frame)
         return sha, len(frame)
 
     def freshen_many(self, shas: Iterable[str], at: float | None = None) -> set[str]:
         """Nothing is kept here: the hub is asked instead (``ingest_files``' ``held``)."""
         return set()
 
+    def announce(self, sha: str) -> bool:
+        """The chunk is handed over for declaration; True if the outbox is now full."""
+        with self._cond:
+            frame = self.frames.get(sha)
+            if frame is not None and sha not in self.announced:
+                self.announced.add(sha)
+                self.queued += len(frame)
+            return self.queued > self.limit
+
     def wait_room(self) -> None:
         """Block the folder's reading while the outbox is full (in the ingest thread)."""
         with self._cond:
-            while self.held > self.limit and not self.closed:
+            while self.queued > self.limit and not self.closed:
                 self._cond.wait()
             if self.closed:
                 raise UploadCancelled("the upload stopped")
@@ -266,17 +279,27 @@ class Outbox:
             frame = self.frames.get(sha)
             return len(frame) if frame is not None else 0
 
+    def _forget(self, sha: str) -> bytes | None:
+        self.gone.add(sha)
+        frame = self.frames.pop(sha, None)
+        if frame is not None and sha in self.announced:
+            self.announced.discard(sha)
+            self.queued -= len(frame)
+        return frame
+
     def take(self, shas: list[str]) -> list[tuple[str, bytes]]:
         """The frames of ``shas``, no longer held (they are about to be sent).
 
         A chunk of an unchanged file, which the hub said it held when asked, has no frame
         here: if the hub lacks it after all, the file list's answer names it again and a
-        second pass reads it (:meth:`HubClient._publish_streaming`).
+        second pass reads it (:meth:`HubClient._send_again`).
         """
+        out: list[tuple[str, bytes]] = []
         with self._cond:
-            out = [(sha, self.frames.pop(sha)) for sha in shas if sha in self.frames]
-            self.gone.update(shas)
-            self.held -= sum(len(f) for _, f in out)
+            for sha in shas:
+                frame = self._forget(sha)
+                if frame is not None:
+                    out.append((sha, frame))
             self._cond.notify_all()
         return out
 
@@ -284,18 +307,20 @@ class Outbox:
         """Forget frames the hub already holds."""
         with self._cond:
             for sha in shas:
-                self.gone.add(sha)
-                frame = self.frames.pop(sha, None)
-                if frame is not None:
-                    self.held -= len(frame)
+                self._forget(sha)
             self._cond.notify_all()
 
     def close(self) -> None:
         with self._cond:
             self.closed = True
             self.frames.clear()
-            self.held = 0
+            self.announced.clear()
+            self.queued = 0
             self._cond.notify_all()
+
+
+#: put in the declaration queue when reading waits for room: declare what is pending now
+FLUSH: Final = ("", -1)
 
 
 class HubClient:
@@ -310,6 +335,7 @@ class HubClient:
         connect_timeout: float = 15,
         retries: int = RETRIES,
         backoff: float = 0.5,
+        outbox_bytes: int = OUTBOX_BYTES,
     ) -> None:
         self.url = url.rstrip("/")
         self.headers = {"Authorization": f"Bearer {token}"}
@@ -317,6 +343,7 @@ class HubClient:
         self.retries = max(1, retries)
         self.backoff = backoff
         self.proxy = proxy_for(self.url)
+        self.outbox_bytes = outbox_bytes  # compressed bytes held before reading waits
         # Until the hub has answered once, a refused connection or an unknown host is a
         # wrong URL or a hub that is not running: say so at once instead of retrying.
         self.reached = False
@@ -577,11 +604,13 @@ class HubClient:
                 present.update(h for h, _ in part if h not in missing)
             return present
 
-        outbox = Outbox()
+        outbox = Outbox(limit=self.outbox_bytes)
 
         def on_chunk(sha: str, size: int) -> None:  # in the ingest thread
             loop.call_soon_threadsafe(chunks.put_nowait, (sha, size))
-            outbox.wait_room()
+            if outbox.announce(sha):  # full: what waits for a declaration goes now
+                loop.call_soon_threadsafe(chunks.put_nowait, FLUSH)
+                outbox.wait_room()
 
         def run_ingest() -> list[FileEntry]:
             files = scan_source(folder)
@@ -600,13 +629,16 @@ class HubClient:
             more = True
             while more:
                 item = await chunks.get()
+                flush = item is FLUSH
                 if item is None:
                     more = False
-                elif item[0] not in seen:
+                elif not flush and item[0] not in seen:
                     seen.add(item[0])
                     pending[item[0]] = item[1]
-                if pending and (not more or len(pending) >= DECLARE_BATCH or chunks.empty()):
-                    if more and len(pending) < DECLARE_MIN and chunks.empty():
+                if pending and (
+                    not more or flush or len(pending) >= DECLARE_BATCH or chunks.empty()
+                ):
+                    if more and not flush and len(pending) < DECLARE_MIN and chunks.empty():
                         continue  # wait for a few more before a round trip
                     missing = await declare_now(list(pending.items()))
                     lacking = set(missing)

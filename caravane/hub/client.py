@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import hashlib
 import os
 import random
 import socket
 import ssl
 import struct
+import threading
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Final
 
@@ -32,7 +34,7 @@ import httpx
 from caravane.packs.chunker import DEFAULT_AVG
 from caravane.packs.files_cache import FilesCache
 from caravane.packs.repository import ingest_files, scan_source
-from caravane.packs.store import ObjectStore
+from caravane.packs.store import DEFAULT_LEVEL, ObjectStore, compress
 from caravane.protocol.metadata import FileEntry, check_channel
 
 from .errors import HubError
@@ -160,10 +162,14 @@ def explain(
 BATCH_RECORD: Final = struct.Struct(">32sI")  # as hub.app.parse_batch reads it
 BATCH_BYTES: Final = 4 * 1024 * 1024
 BATCH_OBJECTS: Final = 1024
+#: compressed bytes a streaming publish holds in memory before the folder's reading waits
+OUTBOX_BYTES: Final = 64 * 1024 * 1024
+#: chunks of unchanged files asked about in one request (the hub takes up to 100,000)
+ASK_BATCH: Final = 10_000
 
 
-def batches(shas: list[str], store: ObjectStore) -> list[list[str]]:
-    """Objects grouped into request bodies of about BATCH_BYTES (sizes from the cache).
+def batches(sized: list[tuple[str, int]]) -> list[list[str]]:
+    """Objects (sha, frame size) grouped into request bodies of about BATCH_BYTES.
 
     Batches keep the round trips per publish small, and a cut upload loses at most the
     batches in flight: the objects of every answered batch are on the hub already.
@@ -171,8 +177,7 @@ def batches(shas: list[str], store: ObjectStore) -> list[list[str]]:
     out: list[list[str]] = []
     cur: list[str] = []
     size = 0
-    for sha in shas:
-        n = store.frame_size(sha)
+    for sha, n in sized:
         if cur and (size + n > BATCH_BYTES or len(cur) >= BATCH_OBJECTS):
             out.append(cur)
             cur, size = [], 0
@@ -181,6 +186,141 @@ def batches(shas: list[str], store: ObjectStore) -> list[list[str]]:
     if cur:
         out.append(cur)
     return out
+
+
+class UploadCancelled(HubClientError):
+    """The publish stopped (the hub refused, the link is gone): the folder's reading ends."""
+
+
+class Outbox:
+    """Chunks compressed once, held in memory until the hub has answered for them.
+
+    A streaming publish used to write every object into the client's cache and read it back
+    to send it: a second write, a second read and an index transaction per object, on the
+    same cores that the hub's verification needs. The outbox keeps each new chunk's zstd
+    frame only until the hub says it lacks it (then it is sent and dropped) or holds it
+    (dropped). The hub still decodes and hashes every frame it receives, so nothing here is
+    trusted.
+
+    Reading waits while the frames of chunks already handed over for declaration pass
+    ``limit`` bytes (:meth:`announce`, :meth:`wait_room`): memory stays bounded however
+    slow the link, at ``limit`` plus the few chunks the ingest pipeline compresses ahead.
+    Only handed-over frames count, because only those can leave while reading waits.
+
+    As :class:`~caravane.packs.ingest.ChunkSink` it is what ``ingest_files`` writes into.
+    ``wanted`` keeps only those chunks (a second pass for objects the hub lacks after all).
+    """
+
+    def __init__(
+        self,
+        level: int = DEFAULT_LEVEL,
+        limit: int = OUTBOX_BYTES,
+        wanted: set[str] | None = None,
+    ) -> None:
+        self.level = level
+        self.limit = limit
+        self.wanted = wanted
+        self.frames: dict[str, bytes] = {}
+        self.announced: set[str] = set()  # handed over for declaration, frame still here
+        self.queued = 0  # bytes of those frames
+        self.gone: set[str] = set()  # sent or dropped: a later copy of the chunk is not kept
+        self.closed = False
+        self._cond = threading.Condition()
+
+    def _known(self, sha: str) -> bool:
+        return (
+            sha in self.frames
+            or sha in self.gone
+            or (self.wanted is not None and sha not in self.wanted)
+        )
+
+    def put_raw(self, data: bytes | memoryview, sha: str | None = None) -> tuple[str, int]:
+        """Compress a chunk and hold its frame (unless held, sent or dropped already).
+
+        Called in ``ingest_files``' worker threads; a chunk's frame is held before the
+        chunk is declared, because the declaration follows its ``put_raw``.
+        """
+        sha = sha or hashlib.sha256(data).hexdigest()
+        with self._cond:
+            if self._known(sha):
+                return sha, 0
+        frame = compress(data, self.level)
+        with self._cond:
+            if self.closed:
+                raise UploadCancelled("the upload stopped")
+            if self._known(sha):  # another thread compressed the same chunk meanwhile
+                return sha, 0
+            self.frames[sha] = frame
+        return sha, len(frame)
+
+    def freshen_many(self, shas: Iterable[str], at: float | None = None) -> set[str]:
+        """Nothing is kept here: the hub is asked instead (``ingest_files``' ``held``)."""
+        return set()
+
+    def announce(self, sha: str) -> bool:
+        """The chunk is handed over for declaration; True if the outbox is now full."""
+        with self._cond:
+            frame = self.frames.get(sha)
+            if frame is not None and sha not in self.announced:
+                self.announced.add(sha)
+                self.queued += len(frame)
+            return self.queued > self.limit
+
+    def wait_room(self) -> None:
+        """Block the folder's reading while the outbox is full (in the ingest thread)."""
+        with self._cond:
+            while self.queued > self.limit and not self.closed:
+                self._cond.wait()
+            if self.closed:
+                raise UploadCancelled("the upload stopped")
+
+    def size(self, sha: str) -> int:
+        with self._cond:
+            frame = self.frames.get(sha)
+            return len(frame) if frame is not None else 0
+
+    def _forget(self, sha: str) -> bytes | None:
+        self.gone.add(sha)
+        frame = self.frames.pop(sha, None)
+        if frame is not None and sha in self.announced:
+            self.announced.discard(sha)
+            self.queued -= len(frame)
+        return frame
+
+    def take(self, shas: list[str]) -> list[tuple[str, bytes]]:
+        """The frames of ``shas``, no longer held (they are about to be sent).
+
+        A chunk of an unchanged file, which the hub said it held when asked, has no frame
+        here: if the hub lacks it after all, the file list's answer names it again and a
+        second pass reads it (:meth:`HubClient._send_again`).
+        """
+        out: list[tuple[str, bytes]] = []
+        with self._cond:
+            for sha in shas:
+                frame = self._forget(sha)
+                if frame is not None:
+                    out.append((sha, frame))
+            self._cond.notify_all()
+        return out
+
+    def drop(self, shas: Iterable[str]) -> None:
+        """Forget frames the hub already holds."""
+        with self._cond:
+            for sha in shas:
+                self._forget(sha)
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        with self._cond:
+            self.closed = True
+            self.frames.clear()
+            self.announced.clear()
+            self.queued = 0
+            self._cond.notify_all()
+
+
+#: put in the declaration queue when reading waits for room: declare what is pending now
+FLUSH: Final = ("", -1)
 
 
 class HubClient:
@@ -195,6 +335,7 @@ class HubClient:
         connect_timeout: float = 15,
         retries: int = RETRIES,
         backoff: float = 0.5,
+        outbox_bytes: int = OUTBOX_BYTES,
     ) -> None:
         self.url = url.rstrip("/")
         self.headers = {"Authorization": f"Bearer {token}"}
@@ -202,6 +343,7 @@ class HubClient:
         self.retries = max(1, retries)
         self.backoff = backoff
         self.proxy = proxy_for(self.url)
+        self.outbox_bytes = outbox_bytes  # compressed bytes held before reading waits
         # Until the hub has answered once, a refused connection or an unknown host is a
         # wrong URL or a hub that is not running: say so at once instead of retrying.
         self.reached = False
@@ -297,7 +439,7 @@ class HubClient:
                 await self._ensure_channel(s, channel, title)
                 if max_objects is None:
                     done = await self._publish_streaming(
-                        s, channel, folder, notes, store, files_cache, progress
+                        s, channel, folder, notes, files_cache, progress
                     )
                     if done is not None:
                         return done
@@ -321,24 +463,24 @@ class HubClient:
         self,
         s: httpx.AsyncClient,
         uid: str,
-        store: ObjectStore,
-        batch: list[str],
+        items: list[tuple[str, bytes]],
         progress: Callable[[int], object] | None,
     ) -> int:
-        """One batch of objects in one request; returns the bytes sent."""
-        body = bytearray()
-        for sha in batch:
-            frame = store.read_frame(sha)
-            body += BATCH_RECORD.pack(bytes.fromhex(sha), len(frame)) + frame
+        """One batch of objects (sha, zstd frame) in one request; returns the bytes sent."""
+        if not items:
+            return 0
+        body = b"".join(
+            BATCH_RECORD.pack(bytes.fromhex(sha), len(frame)) + frame for sha, frame in items
+        )
         self._check(
             *await self._call(
                 s,
                 "POST",
                 f"/api/v1/uploads/{uid}/objects",
-                content=bytes(body),
+                content=body,
                 headers={"Content-Type": "application/octet-stream"},
             ),
-            f"uploading {len(batch)} objects from {batch[0][:16]}",
+            f"uploading {len(items)} objects from {items[0][0][:16]}",
         )
         if progress:
             progress(len(body))
@@ -348,19 +490,21 @@ class HubClient:
         self,
         s: httpx.AsyncClient,
         uid: str,
-        store: ObjectStore,
-        missing: list[str],
+        read: Callable[[list[str]], list[tuple[str, bytes]]],
+        sized: list[tuple[str, int]],
         progress: Callable[[int], object] | None,
     ) -> int:
+        """Objects (sha, frame size) in batches over PARALLEL connections; ``read`` gives
+        a batch's frames (from the local cache, or the outbox)."""
         queue: asyncio.Queue[list[str]] = asyncio.Queue()
-        for batch in batches(missing, store):
+        for batch in batches(sized):
             queue.put_nowait(batch)
         sent = 0
 
         async def worker() -> None:
             nonlocal sent
             while not queue.empty():
-                sent += await self._send(s, uid, store, queue.get_nowait(), progress)
+                sent += await self._send(s, uid, read(queue.get_nowait()), progress)
 
         await asyncio.gather(*(worker() for _ in range(PARALLEL)))
         return sent
@@ -376,7 +520,11 @@ class HubClient:
         progress: Callable[[int], object] | None,
         max_objects: int | None,
     ) -> dict[str, Any]:
-        """The file list first, then the objects the hub lacks (every hub accepts this)."""
+        """The file list first, then the objects the hub lacks (every hub accepts this).
+
+        The objects go through the local cache, so a cut upload (``max_objects``) sends the
+        rest from there without compressing them again.
+        """
         loop = asyncio.get_running_loop()
         entries, *_ = await loop.run_in_executor(
             None, ingest_files, store, scan_source(folder), DEFAULT_AVG, None, files_cache
@@ -388,7 +536,12 @@ class HubClient:
         uid, missing = str(up["upload"]), [str(h) for h in up["missing"]]
         if max_objects is not None:
             missing = missing[:max_objects]
-        sent = await self._upload_all(s, uid, store, missing, progress)
+
+        def read(shas: list[str]) -> list[tuple[str, bytes]]:
+            return [(sha, store.read_frame(sha)) for sha in shas]
+
+        sized = [(sha, store.frame_size(sha)) for sha in missing]
+        sent = await self._upload_all(s, uid, read, sized, progress)
         if max_objects is not None and len(up["missing"]) > max_objects:
             return {"upload": uid, "sent_objects": len(missing), "complete": False}
         result = self._check(
@@ -402,12 +555,17 @@ class HubClient:
         channel: str,
         folder: Path,
         notes: str,
-        store: ObjectStore,
         files_cache: FilesCache,
         progress: Callable[[int], object] | None,
     ) -> dict[str, Any] | None:
         """Chunks declared and objects sent while the folder is read; None if the hub is
-        from before streaming uploads (it then gets the file list first)."""
+        from before streaming uploads (it then gets the file list first).
+
+        Each new chunk is compressed once into an :class:`Outbox` and sent from memory:
+        nothing goes through the local object cache. Resuming a cut publish costs reading
+        the folder again, and the upload sends only what the hub still lacks; files the
+        files cache knows unchanged are not read at all when the hub holds their chunks.
+        """
         status, body = await self._call(
             s, "POST", "/api/v1/uploads", json={"channel": channel, "notes": notes, "stream": True}
         )
@@ -419,20 +577,50 @@ class HubClient:
         to_send: asyncio.Queue[list[str] | None] = asyncio.Queue()
         sent = sent_objects = 0
 
+        async def declare_now(pairs: list[tuple[str, int]]) -> list[str]:
+            doc = {"chunks": [[h, n] for h, n in pairs]}
+            answer = self._check(
+                *await self._call(s, "POST", f"/api/v1/uploads/{uid}/chunks", json=doc),
+                "declaring objects",
+            )
+            return [str(h) for h in answer["missing"]]
+
+        def held(wanted: dict[str, int]) -> set[str]:
+            """Which chunks of unchanged files the hub holds (asked from the ingest thread;
+            declared, so the hub keeps them for this upload)."""
+            pairs = list(wanted.items())
+            present: set[str] = set()
+            for i in range(0, len(pairs), ASK_BATCH):
+                part = pairs[i : i + ASK_BATCH]
+                future = asyncio.run_coroutine_threadsafe(declare_now(part), loop)
+                while True:
+                    try:
+                        missing = set(future.result(timeout=1))
+                        break
+                    except TimeoutError:
+                        if outbox.closed:
+                            future.cancel()
+                            raise UploadCancelled("the upload stopped") from None
+                present.update(h for h, _ in part if h not in missing)
+            return present
+
+        outbox = Outbox(limit=self.outbox_bytes)
+
         def on_chunk(sha: str, size: int) -> None:  # in the ingest thread
             loop.call_soon_threadsafe(chunks.put_nowait, (sha, size))
+            if outbox.announce(sha):  # full: what waits for a declaration goes now
+                loop.call_soon_threadsafe(chunks.put_nowait, FLUSH)
+                outbox.wait_room()
+
+        def run_ingest() -> list[FileEntry]:
+            files = scan_source(folder)
+            return ingest_files(outbox, files, DEFAULT_AVG, None, files_cache, on_chunk, held)[0]
 
         async def ingest() -> list[FileEntry]:
             try:
-                entries, *_ = await loop.run_in_executor(
-                    None,
-                    lambda: ingest_files(
-                        store, scan_source(folder), DEFAULT_AVG, None, files_cache, on_chunk
-                    ),
-                )
+                return await loop.run_in_executor(None, run_ingest)
             finally:
                 chunks.put_nowait(None)  # after every on_chunk: the loop runs them in order
-            return entries
 
         async def declare() -> None:
             nonlocal sent_objects
@@ -441,23 +629,23 @@ class HubClient:
             more = True
             while more:
                 item = await chunks.get()
+                flush = item is FLUSH
                 if item is None:
                     more = False
-                elif item[0] not in seen:
+                elif not flush and item[0] not in seen:
                     seen.add(item[0])
                     pending[item[0]] = item[1]
-                if pending and (not more or len(pending) >= DECLARE_BATCH or chunks.empty()):
-                    if more and len(pending) < DECLARE_MIN and chunks.empty():
+                if pending and (
+                    not more or flush or len(pending) >= DECLARE_BATCH or chunks.empty()
+                ):
+                    if more and not flush and len(pending) < DECLARE_MIN and chunks.empty():
                         continue  # wait for a few more before a round trip
-                    doc = {"chunks": [[h, n] for h, n in pending.items()]}
-                    answer = self._check(
-                        *await self._call(s, "POST", f"/api/v1/uploads/{uid}/chunks", json=doc),
-                        "declaring objects",
-                    )
+                    missing = await declare_now(list(pending.items()))
+                    lacking = set(missing)
+                    outbox.drop(h for h in pending if h not in lacking)
                     pending = {}
-                    missing = [str(h) for h in answer["missing"]]
                     sent_objects += len(missing)
-                    for batch in batches(missing, store):
+                    for batch in batches([(h, outbox.size(h)) for h in missing]):
                         to_send.put_nowait(batch)
             for _ in range(PARALLEL):
                 to_send.put_nowait(None)
@@ -465,24 +653,37 @@ class HubClient:
         async def worker() -> None:
             nonlocal sent
             while (batch := await to_send.get()) is not None:
-                sent += await self._send(s, uid, store, batch, progress)
+                sent += await self._send(s, uid, outbox.take(batch), progress)
 
-        async with asyncio.TaskGroup() as tg:
-            listed = tg.create_task(ingest())
-            tg.create_task(declare())
-            for _ in range(PARALLEL):
-                tg.create_task(worker())
+        try:
+            async with asyncio.TaskGroup() as tg:
+                listed = tg.create_task(ingest())
+                tg.create_task(declare())
+                for _ in range(PARALLEL):
+                    tg.create_task(worker())
+        except BaseExceptionGroup as group:
+            # the first failure says what happened (a refusal, the link); the others follow
+            raise _first_error(group) from None
+        finally:
+            outbox.close()  # the folder's reading, if still going, stops waiting for room
         entries = listed.result()
-        doc = {"files": [e.to_dict() for e in entries]}
+        # the hub commits at once when it lacks nothing (a hub that does not know
+        # "commit" here answers the missing objects only, and the commit follows)
+        doc = {"files": [e.to_dict() for e in entries], "commit": True}
         answer = self._check(
             *await self._call(s, "PUT", f"/api/v1/uploads/{uid}/files", json=doc),
             "sending the file list",
         )
         late = [str(h) for h in answer["missing"]]  # collected at the hub meanwhile: again
-        sent += await self._upload_all(s, uid, store, late, progress)
-        result = self._check(
-            *await self._call(s, "POST", f"/api/v1/uploads/{uid}/commit"), "committing"
-        )
+        if late:
+            sent += await self._send_again(s, uid, folder, set(late), progress)
+        committed = answer.get("committed")
+        if isinstance(committed, dict) and not late:
+            result = committed
+        else:
+            result = self._check(
+                *await self._call(s, "POST", f"/api/v1/uploads/{uid}/commit"), "committing"
+            )
         return dict(
             result,
             upload=uid,
@@ -490,3 +691,44 @@ class HubClient:
             sent_bytes=sent,
             complete=True,
         )
+
+    async def _send_again(
+        self,
+        s: httpx.AsyncClient,
+        uid: str,
+        folder: Path,
+        late: set[str],
+        progress: Callable[[int], object] | None,
+    ) -> int:
+        """Objects the hub lacks after all (collected since it said it held them, or a
+        duplicate of a chunk it was asked about): read the folder again for just those."""
+        loop = asyncio.get_running_loop()
+        outbox = Outbox(limit=2**62, wanted=late)
+        await loop.run_in_executor(
+            None, lambda: ingest_files(outbox, scan_source(folder), DEFAULT_AVG)
+        )
+        lost = late - set(outbox.frames)
+        if lost:
+            raise HubClientError(
+                f"{len(lost)} objects the hub asks for are no longer in {folder} (a file "
+                "changed during the publish?); run the same command again",
+                409,
+            )
+        sized = [(h, len(f)) for h, f in outbox.frames.items()]
+        return await self._upload_all(s, uid, outbox.take, sized, progress)
+
+
+def _first_error(group: BaseExceptionGroup) -> BaseException:
+    """The exception to show from a task group's failures: a HubClientError first."""
+    flat: list[BaseException] = []
+    stack: list[BaseException] = [group]
+    while stack:
+        exc = stack.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            stack.extend(reversed(exc.exceptions))
+        else:
+            flat.append(exc)
+    for exc in flat:
+        if isinstance(exc, HubClientError) and not isinstance(exc, UploadCancelled):
+            return exc
+    return flat[0]

@@ -337,7 +337,12 @@ class Hub:
 
     def set_files(self, p: Principal, uid: str, doc: dict[str, Any]) -> dict[str, Any]:
         """The file list of a receiving upload, every chunk of it declared before; the upload
-        is then open as any other (objects still missing are named, commit follows)."""
+        is then open as any other (objects still missing are named, commit follows).
+
+        With ``"commit": true`` and no object missing, the release is signed at once and
+        the answer is :meth:`commit_upload`'s under ``"committed"``: the end of a publish
+        is then one request, and the file list is parsed and checked once, not twice.
+        """
         p.require("curator")
         raw = doc.get("files")
         entries = _file_entries(raw)
@@ -361,12 +366,25 @@ class Hub:
                 )
             up.files = [e.to_dict() for e in entries]
             up.state = "open"
-        return {"upload": uid, "missing": self._missing(chunks)}
+            channel, notes = up.channel_id, up.notes
+        # every chunk was declared (freshened then, kept since as an open upload's object):
+        # presence is enough here, without rewriting thousands of index rows
+        missing = self._missing(chunks, freshen=False)
+        out: dict[str, Any] = {"upload": uid, "missing": missing}
+        if doc.get("commit") is True and not missing:
+            out["committed"] = self._commit(p, uid, channel, notes, entries)
+        return out
 
-    def _missing(self, chunks: Iterable[str]) -> list[str]:
-        # freshened: an object the hub says it holds is spared by collection for a while
+    def _missing(self, chunks: Iterable[str], freshen: bool = True) -> list[str]:
+        """Which of these objects the hub lacks.
+
+        Freshened by default: an object the hub says it holds is spared by collection for a
+        while (``freshen=False`` for objects an open upload already declared, which
+        collection keeps anyway).
+        """
         chunks = list(chunks)
-        present = self.repo.store.freshen_many(chunks)
+        store = self.repo.store
+        present = store.freshen_many(chunks) if freshen else store.present(chunks)
         return [h for h in chunks if h not in present]
 
     def _upload_objects(self, uid: str) -> list[str]:
@@ -434,7 +452,9 @@ class Hub:
         except CaravaneError as exc:
             raise Unprocessable(str(exc)) from None
 
-    def put_objects(self, p: Principal, uid: str, records: list[tuple[str, bytes]]) -> int:
+    def put_objects(
+        self, p: Principal, uid: str, records: list[tuple[str, bytes | memoryview]]
+    ) -> int:
         """Store many objects of an open upload (one batch), each verified; how many were new.
 
         Two indexed queries for the whole batch. Every object must belong to the upload
@@ -492,19 +512,25 @@ class Hub:
             return {"channel": up.channel_id, "version": up.version, "already": True}
         if up.state == RECEIVING:
             raise Conflict(f"upload {uid} has no file list yet; send it (PUT .../files) first")
-        missing = self._missing(self._upload_objects(uid))
+        missing = self._missing(self._upload_objects(uid), freshen=False)
         if missing:
             raise Conflict(
                 f"{len(missing)} objects are still missing; upload them and commit again"
             )
         entries = [FileEntry.from_dict(f) for f in up.files]
+        return self._commit(p, uid, up.channel_id, up.notes, entries)
+
+    def _commit(
+        self, p: Principal, uid: str, channel: str, notes: str, entries: list[FileEntry]
+    ) -> dict[str, Any]:
+        """Sign an open upload's release (every object checked present under the lock)."""
         with self.db.session() as s:
-            title = self._channel_row(s, up.channel_id).title
+            title = self._channel_row(s, channel).title
         try:
             res = self.repo.commit_release(
-                up.channel_id,
+                channel,
                 entries,
-                notes=up.notes,
+                notes=notes,
                 title=title,
                 expires_days=self.config.expires_days or None,
             )
@@ -513,9 +539,9 @@ class Hub:
         with self.db.session() as s:
             s.add(
                 Release(
-                    channel_id=up.channel_id,
+                    channel_id=channel,
                     version=res.version,
-                    notes=up.notes,
+                    notes=notes,
                     published_by=p.name,
                     published_at=now(),
                     size=res.total_bytes,
@@ -526,10 +552,10 @@ class Hub:
             if row is None:  # deleted while signing: the release stands, say so in the log
                 raise NotFound(f"upload {uid} vanished while it was being committed")
             row.state, row.version = "committed", res.version
-            self.audit(s, p.name, "release.publish", channel=up.channel_id, version=res.version)
-        self.apply_retention(up.channel_id)
+            self.audit(s, p.name, "release.publish", channel=channel, version=res.version)
+        self.apply_retention(channel)
         if self.on_publish is not None:
-            self.on_publish(up.channel_id)
+            self.on_publish(channel)
         return dict(res.to_dict(), already=False)
 
     def held_versions(self, cid: str) -> set[int]:

@@ -186,7 +186,8 @@ class HubRepository(RepositoryBase):
         with self.lock():
             # checked under the lock that collection takes: what is here now stays until
             # the release that references it is signed
-            missing = {h for f in entries for h, _ in f.chunks if not self.store.has(h)}
+            wanted = {h for f in entries for h, _ in f.chunks}
+            missing = wanted - self.store.present(wanted)
             if missing:
                 raise StoreError(
                     f"cannot publish {channel!r}: {len(missing)} objects are not in the store "

@@ -11,9 +11,10 @@ import hashlib
 import os
 import unicodedata
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Protocol
 
 from caravane.protocol.errors import NotFoundError, PathError
 from caravane.protocol.metadata import FileEntry
@@ -23,11 +24,19 @@ from . import zim
 from .chunker import iter_chunks
 from .errors import StoreError
 from .files_cache import FilesCache
-from .store import ObjectStore
 
 Progress = Callable[[int], None] | None
 PREFETCH = 32
 LOOKAHEAD = 2000  # files whose cache entries are looked up (and freshened) together
+
+
+class ChunkSink(Protocol):
+    """Where :func:`ingest_files` puts chunks: an :class:`ObjectStore`, or a curator's
+    client that compresses each chunk once and sends it to the hub without keeping it."""
+
+    def put_raw(self, data: bytes | memoryview, sha: str | None = None) -> tuple[str, int]: ...
+
+    def freshen_many(self, shas: Iterable[str], at: float | None = None) -> set[str]: ...
 
 
 def _mode_of(st: os.stat_result) -> int:
@@ -56,12 +65,13 @@ def scan_source(source: Path) -> list[tuple[str, Path]]:
 
 
 def ingest_files(
-    store: ObjectStore,
+    store: ChunkSink,
     files: list[tuple[str, Path]],
     avg_chunk: int,
     progress: Progress = None,
     cache: FilesCache | None = None,
     on_chunk: Callable[[str, int], object] | None = None,
+    held: Callable[[dict[str, int]], set[str]] | None = None,
 ) -> tuple[list[FileEntry], int, int, int]:
     """Chunk, hash and store every file, compressing in worker threads.
 
@@ -70,6 +80,9 @@ def ingest_files(
     the hub lacks. With a ``cache``, a file unchanged since it was last read (and whose
     chunks are all still in ``store``) is not read again. ``on_chunk(sha, size)`` hears of
     each chunk once it is in ``store`` (a client uploads while the folder is still read).
+    ``held(chunks)`` answers which chunks ({sha: size}) of files unchanged since the cache
+    saw them are still to be had (default: those in ``store``; a client that keeps no
+    objects asks the hub), so such a file is read again only when one is gone.
     """
     new_objects = new_bytes = stored = 0
     # one pipeline across files: small files do not each wait for their last chunk
@@ -113,7 +126,8 @@ def ingest_files(
                     found = cache.lookup(files[j][1], stats[j], key) if cache else None
                     if found is not None:
                         hits[j] = found
-                present = store.freshen_many({h for f in hits.values() for h, _ in f.chunks})
+                wanted = {h: n for f in hits.values() for h, n in f.chunks}
+                present = held(wanted) if held else store.freshen_many(wanted)
             st = stats[i]
             if zim.is_book(rel):
                 rel = zim.stream_path(rel)
@@ -155,4 +169,4 @@ def ingest_files(
     return entries, new_objects, new_bytes, stored
 
 
-__all__ = ["ingest_files", "scan_source"]
+__all__ = ["ChunkSink", "ingest_files", "scan_source"]

@@ -29,7 +29,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +41,8 @@ SEGMENT_LIMIT = 64 * 1024 * 1024
 #: a segment whose live objects fill less than this share of it is rewritten by compaction
 SPARSE = 0.5
 PAGE = 2000
+#: ids per ``IN (...)`` lookup (SQLite allows 32,766 parameters since 3.32)
+LOOKUP = 500
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS objects (
     sha BLOB PRIMARY KEY,
@@ -178,21 +180,28 @@ class SegmentIndex:
             return set()
         at = now_ms() if at_ms is None else at_ms
         # read first: a new object (the common case while publishing) costs no write
-        found = {
-            sha
-            for sha in shas
-            if db.execute("SELECT 1 FROM objects WHERE sha = ?", (bytes.fromhex(sha),)).fetchone()
-        }
+        found = _present(db, shas)
         if not found:
             return found
+        ids = list(found)
+        found = set()  # what the updates reach: an object collected in between is not found
         with _write(db):
-            for sha in found.copy():
-                cur = db.execute(
-                    "UPDATE objects SET mtime = ? WHERE sha = ?", (at, bytes.fromhex(sha))
+            for i in range(0, len(ids), LOOKUP):
+                keys = [bytes.fromhex(sha) for sha in ids[i : i + LOOKUP]]
+                marks = ",".join("?" * len(keys))
+                found.update(
+                    bytes(key).hex()
+                    for (key,) in db.execute(
+                        f"UPDATE objects SET mtime = ? WHERE sha IN ({marks}) RETURNING sha",
+                        [at, *keys],
+                    ).fetchall()
                 )
-                if not cur.rowcount:
-                    found.discard(sha)  # collected between the two statements
         return found
+
+    def present(self, shas: Iterable[str]) -> set[str]:
+        """Which of these objects the index holds (read only: nothing is freshened)."""
+        db = self._db(create=False)
+        return set() if db is None else _present(db, list(shas))
 
     def mtime_ms(self, sha: str) -> int | None:
         db = self._db(create=False)
@@ -335,7 +344,9 @@ class SegmentIndex:
         if a is not None and a.pid == _forks():
             a.fh.close()  # type: ignore[attr-defined]
 
-    def append(self, items: list[tuple[str, bytes]], mtime_ms: int | None = None) -> int:
+    def append(
+        self, items: Sequence[tuple[str, bytes | memoryview]], mtime_ms: int | None = None
+    ) -> int:
         """Append frames and index them in one transaction; returns bytes appended.
 
         An object already indexed (a concurrent writer won) keeps its row; its new copy is
@@ -352,7 +363,7 @@ class SegmentIndex:
             while start < len(items):
                 # fill the current segment, then roll over to the next one
                 a = self._appender_for(len(items[start][1]), db)
-                batch: list[tuple[str, bytes]] = []
+                batch: list[tuple[str, bytes | memoryview]] = []
                 room = SEGMENT_LIMIT - a.end
                 for sha, frame in items[start:]:
                     if batch and len(frame) > room:
@@ -490,6 +501,20 @@ class SegmentIndex:
             self._tls.conn = None
 
 
+def _present(db: sqlite3.Connection, shas: list[str]) -> set[str]:
+    """The indexed ones among ``shas``: one query per LOOKUP ids, not one per object (a
+    hub asks about thousands per request)."""
+    found: set[str] = set()
+    for i in range(0, len(shas), LOOKUP):
+        keys = [bytes.fromhex(sha) for sha in shas[i : i + LOOKUP]]
+        marks = ",".join("?" * len(keys))
+        found.update(
+            bytes(key).hex()
+            for (key,) in db.execute(f"SELECT sha FROM objects WHERE sha IN ({marks})", keys)
+        )
+    return found
+
+
 class _write:
     """``BEGIN IMMEDIATE`` ... ``COMMIT`` (rolled back on error) on an autocommit connection."""
 
@@ -512,7 +537,7 @@ class _write:
             self.db.execute("ROLLBACK")
 
 
-def _views(frames: list[bytes], skip: int) -> list[memoryview]:
+def _views(frames: list[bytes | memoryview], skip: int) -> list[memoryview]:
     """The frames as buffers for ``pwritev``, without the first ``skip`` bytes."""
     out: list[memoryview] = []
     for f in frames:

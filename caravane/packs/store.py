@@ -52,7 +52,7 @@ def compress(data: bytes | memoryview, level: int = DEFAULT_LEVEL) -> bytes:
     return _compressor(level).compress(data)
 
 
-def decode_frame(frame: bytes, size: int, what: str) -> bytes:
+def decode_frame(frame: bytes | memoryview, size: int, what: str) -> bytes:
     """Decompress one object frame, refusing anything but exactly ``size`` bytes.
 
     The declared size is read from the frame header before any output is allocated, so a
@@ -142,6 +142,14 @@ class ObjectStore:
     def has(self, sha: str) -> bool:
         return self.index.locate(sha) is not None or self._loose(sha).is_file()
 
+    def present(self, shas: Iterable[str]) -> set[str]:
+        """Which of these objects are here (many at once; none is freshened)."""
+        shas = list(shas)
+        found = self.index.present(shas)
+        if self._may_hold_loose():
+            found.update(sha for sha in shas if sha not in found and self._loose(sha).is_file())
+        return found
+
     def put_raw(self, data: bytes | memoryview, sha: str | None = None) -> tuple[str, int]:
         """Store a raw chunk unless present; returns (sha, bytes written, 0 if it existed)."""
         sha = sha or hashlib.sha256(data).hexdigest()
@@ -155,13 +163,13 @@ class ObjectStore:
         """Store a frame received from elsewhere, after checking it is chunk ``sha``."""
         return self.put_compressed_many([(sha, frame, size)]) == 1
 
-    def put_compressed_many(self, items: Iterable[tuple[str, bytes, int]]) -> int:
+    def put_compressed_many(self, items: Iterable[tuple[str, bytes | memoryview, int]]) -> int:
         """Store frames received from elsewhere, each checked; returns how many were new.
 
         One append and one index commit (one fsync when durable) for the whole batch. A frame
         that fails its check raises after the good ones before it are stored.
         """
-        good: list[tuple[str, bytes]] = []
+        good: list[tuple[str, bytes | memoryview]] = []
         failure: Exception | None = None
         for sha, frame, size in items:
             what = f"object {sha[:16]}"
@@ -176,7 +184,7 @@ class ObjectStore:
                 break
             good.append((sha, frame))
         present = self.freshen_many([sha for sha, _ in good])
-        new: dict[str, bytes] = {}
+        new: dict[str, bytes | memoryview] = {}
         for sha, frame in good:
             if sha not in present:
                 new.setdefault(sha, frame)

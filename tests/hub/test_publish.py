@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 
 from caravane.hub.client import HubClient
@@ -148,3 +150,148 @@ def test_object_with_wrong_hash_rejected_nothing_published(running_hub, tmp_path
     assert commit.status == 409
     assert http("GET", f"{base}/repo/{channel_relpath('maths')}").status == 404
     assert http("GET", f"{base}/api/v1/channels/maths", token=tok).json()["releases"] == []
+
+
+def _aged_tree(folder: Path, files: dict[str, str | bytes]) -> Path:
+    """Files written an hour ago: the files cache records them (a file modified within the
+    last seconds is always read again, as git does with racy files)."""
+    write_tree(folder, files)
+    old = time.time() - 3600
+    for p in folder.rglob("*"):
+        if p.is_file():
+            os.utime(p, (old, old))
+    return folder
+
+
+async def test_streaming_publish_keeps_no_object_copy_in_the_local_cache(
+    running_hub, tmp_path: Path
+):
+    """Objects go from memory to the hub: the curator's cache stays small, whatever the size
+    of the folder, and a second publish with the same cache sends nothing."""
+    files = {f"media/v{i}.bin": noise(400_000, f"big{i}") for i in range(4)}
+    src = _aged_tree(tmp_path / "src", files)
+    client = HubClient(running_hub.url, running_hub.admin)
+    first = await client.publish("maths", src, cache=tmp_path / "cache")
+    assert first["complete"] and first["sent_bytes"] >= 1_600_000
+    cached = sum(p.stat().st_size for p in (tmp_path / "cache").rglob("*") if p.is_file())
+    assert cached < 400_000, cached  # the files cache only, not 1.6 MB of objects
+    again = await client.publish("maths", src, cache=tmp_path / "cache")
+    assert again["complete"] and again["sent_objects"] == 0 and again["version"] == 2
+
+
+async def test_unchanged_file_whose_object_the_hub_lost_is_read_and_sent_again(
+    running_hub, tmp_path: Path
+):
+    """The files cache says a file is unchanged, but the hub no longer holds one of its
+    objects (an operator removed it): the client reads that file again and sends it."""
+    files = {"a.bin": noise(200_000, "a"), "b.bin": noise(200_000, "b")}
+    src = _aged_tree(tmp_path / "src", files)
+    client = HubClient(running_hub.url, running_hub.admin)
+    await client.publish("maths", src, cache=tmp_path / "cache")
+    manifest = running_hub.hub.repo.snapshot().manifest("maths", 1)
+    lost = next(f for f in manifest.files if f.path == "b.bin").chunks[0][0]
+    assert running_hub.hub.repo.store.remove(lost)
+    done = await client.publish("maths", src, cache=tmp_path / "cache")
+    assert done["complete"] and done["sent_objects"] == 1 and done["version"] == 2
+    assert running_hub.hub.repo.store.has(lost)
+    store = node_store(
+        tmp_path / "store", (running_hub.hub.repo.path / "metadata/root.json").read_bytes()
+    )
+    fetch_release(f"{running_hub.url}/repo", store, "maths")
+    store.checkout("maths", tmp_path / "out")
+    assert read_tree(tmp_path / "out") == files
+
+
+async def test_object_collected_during_the_upload_is_sent_again(sqlite_hub, tmp_path: Path):
+    """The hub said it held an object (an earlier release's), then lost it before the file
+    list came: the client reads the folder again for that object and the release is whole."""
+    base = {"keep.bin": noise(150_000, "keep")}
+    await HubClient(sqlite_hub.url, sqlite_hub.admin).publish(
+        "maths", write_tree(tmp_path / "v1", base), cache=tmp_path / "c1"
+    )
+    kept = sqlite_hub.hub.repo.snapshot().manifest("maths", 1).files[0].chunks[0][0]
+    files = {**base, **{f"new{i}.bin": noise(300_000, f"new{i}") for i in range(6)}}
+    src = write_tree(tmp_path / "v2", files)
+    removed: list[int] = []
+
+    def lose_it(_sent: int) -> None:  # after the first batch: the hub has answered for keep
+        if not removed:
+            removed.append(sqlite_hub.hub.repo.store.remove(kept))
+
+    client = HubClient(sqlite_hub.url, sqlite_hub.admin)
+    done = await client.publish("maths", src, cache=tmp_path / "c2", progress=lose_it)
+    assert removed and removed[0] > 0
+    assert done["complete"] and done["version"] == 2
+    assert sqlite_hub.hub.repo.store.has(kept)
+    store = node_store(
+        tmp_path / "store", (sqlite_hub.hub.repo.path / "metadata/root.json").read_bytes()
+    )
+    fetch_release(f"{sqlite_hub.url}/repo", store, "maths")
+    store.checkout("maths", tmp_path / "out")
+    assert read_tree(tmp_path / "out") == files
+
+
+async def test_publish_with_a_tiny_outbox_waits_for_the_hub_and_completes(
+    sqlite_hub, tmp_path: Path
+):
+    """Reading the folder waits while the compressed bytes not yet sent pass the outbox's
+    bound (memory stays flat on a slow link); the publish still completes, whole."""
+    files = {f"f{i}.bin": noise(120_000, f"tiny{i}") for i in range(12)}
+    src = write_tree(tmp_path / "src", files)
+    client = HubClient(sqlite_hub.url, sqlite_hub.admin, outbox_bytes=1)
+    done = await client.publish("maths", src, cache=tmp_path / "cache")
+    assert done["complete"] and done["version"] == 1
+    store = node_store(
+        tmp_path / "store", (sqlite_hub.hub.repo.path / "metadata/root.json").read_bytes()
+    )
+    fetch_release(f"{sqlite_hub.url}/repo", store, "maths")
+    store.checkout("maths", tmp_path / "out")
+    assert read_tree(tmp_path / "out") == files
+
+
+def test_file_list_with_commit_signs_the_release_in_the_same_request(
+    running_hub, tmp_path: Path
+):
+    """``PUT .../files`` with ``"commit": true`` and nothing missing answers the release."""
+    local = Repository.init(tmp_path / "local")
+    src = write_tree(tmp_path / "src", {"a.txt": noise(4000, "a")})
+    local.publish("tmp", src)
+    entries = local.manifest("tmp", 1).files
+    base, tok = running_hub.url, running_hub.admin
+    assert http("POST", f"{base}/api/v1/channels", {"id": "maths"}, tok).status == 201
+    uid = http("POST", f"{base}/api/v1/uploads", {"channel": "maths", "stream": True}, tok).json()[
+        "upload"
+    ]
+    chunks = [[h, n] for e in entries for h, n in e.chunks]
+    missing = http("POST", f"{base}/api/v1/uploads/{uid}/chunks", {"chunks": chunks}, tok)
+    files = {"files": [e.to_dict() for e in entries], "commit": True}
+    # an object still missing: the list is taken, nothing is signed
+    listed = http("PUT", f"{base}/api/v1/uploads/{uid}/files", files, tok).json()
+    assert listed["missing"] == missing.json()["missing"] and "committed" not in listed
+    assert http("GET", f"{base}/repo/{channel_relpath('maths')}").status == 404
+    # the usual commit follows once the object is there
+    (sha,) = listed["missing"]
+    frame = local.store.read_frame(sha)
+    put = http(
+        "PUT",
+        f"{base}/api/v1/uploads/{uid}/objects/{sha}",
+        frame,
+        tok,
+        headers={"Content-Type": "application/octet-stream"},
+    )
+    assert put.status == 201
+    assert http("POST", f"{base}/api/v1/uploads/{uid}/commit", None, tok).json()["version"] == 1
+
+    # a second upload of the same content: the file list commits it at once
+    uid2 = http(
+        "POST", f"{base}/api/v1/uploads", {"channel": "maths", "stream": True}, tok
+    ).json()["upload"]
+    assert http("POST", f"{base}/api/v1/uploads/{uid2}/chunks", {"chunks": chunks}, tok).json()[
+        "missing"
+    ] == []
+    done = http("PUT", f"{base}/api/v1/uploads/{uid2}/files", files, tok).json()
+    assert done["missing"] == [] and done["committed"]["version"] == 2
+    meta = json.loads(http("GET", f"{base}/repo/{channel_relpath('maths')}").body)
+    assert meta["signed"]["version"] == 2
+    status = http("GET", f"{base}/api/v1/uploads/{uid2}", token=tok).json()
+    assert status["state"] == "committed" and status["version"] == 2

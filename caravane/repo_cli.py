@@ -192,7 +192,7 @@ def repo_checkout(
     r = Repository(directory)
     m = r.manifest(channel, version)
     with progress_bar(m.total_size, f"checking out {channel}", as_json) as bar:
-        r.checkout(channel, dest, m.version, replace=replace, progress=bar)
+        r.checkout(channel, dest, m.version, replace=replace, progress=bar, manifest=m)
     emit(
         as_json,
         {

@@ -56,7 +56,8 @@ def scan_source(source: Path) -> list[SourceFile]:
     if not source.is_dir():
         raise NotFoundError(f"{source}: no such folder to publish")
     out: list[SourceFile] = []
-    folders: list[tuple[str, str]] = [(os.fspath(source), "")]
+    # absolute: the files cache knows a file by this path, whatever folder the CLI ran in
+    folders: list[tuple[str, str]] = [(os.path.abspath(source), "")]
     while folders:
         folder, prefix = folders.pop()
         with os.scandir(folder) as it:
@@ -173,7 +174,9 @@ def ingest_files(
             # one index transaction freshens every chunk the cache offers, before any is
             # reused: each index page is written once, where a transaction per 2,000 files
             # rewrote most pages of the index each time (seconds at 100,000 files)
-            present = store.freshen_many({h for f in hits.values() for h, _ in f.chunks})
+            present = store.freshen_many(
+                {h for f in hits.values() for h, _ in f.chunks}, expected=True
+            )
         for i, item in enumerate(files):
             rel, real, st = _with_stat(item)
             if zim.is_book(rel):

@@ -223,10 +223,16 @@ class ObjectStore:
         """
         return bool(self.freshen_many([sha], at))
 
-    def freshen_many(self, shas: Iterable[str], at: float | None = None) -> set[str]:
-        """:meth:`freshen` for many objects in one index transaction; returns those present."""
+    def freshen_many(
+        self, shas: Iterable[str], at: float | None = None, expected: bool = False
+    ) -> set[str]:
+        """:meth:`freshen` for many objects in one index transaction; returns those present.
+
+        ``expected``: the objects are nearly all here (a files cache names them), so they
+        are updated straight away instead of looked for first.
+        """
         shas = list(shas)
-        found = self.index.touch(shas, None if at is None else int(at * 1000))
+        found = self.index.touch(shas, None if at is None else int(at * 1000), expected)
         if not self._may_hold_loose():
             return found
         for sha in shas:

@@ -6,6 +6,7 @@ import os
 import time
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -119,3 +120,16 @@ def test_publish_with_the_cache_then_checkout_is_byte_exact(
         out = tmp / f"out{version}"
         repo.checkout("lib", out, version)
         assert read_tree(out) == read_tree(src)
+
+
+def test_a_republish_named_from_another_folder_still_reads_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The curator runs the first publish with an absolute path and the next one from
+    inside the parent folder with a relative one: unchanged files are not read again."""
+    repo = HubRepository.init(tmp_path / "repo")
+    src = _folder(tmp_path)
+    _publish(repo, src)
+    monkeypatch.chdir(tmp_path)
+    version, read = _publish(repo, Path("src"))
+    assert (version, read) == (2, 0)

@@ -47,6 +47,13 @@ def _key(st: os.stat_result) -> tuple[int, int, int, int]:
     return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
 
 
+def _chunks_text(chunks: list[tuple[str, int]]) -> str:
+    """The chunk list as JSON; a one-chunk list (every small file) without ``json``."""
+    if len(chunks) == 1:
+        return f'[["{chunks[0][0]}",{int(chunks[0][1])}]]'
+    return json.dumps(chunks, separators=(",", ":"))
+
+
 def _chunks_of(text: str) -> list[tuple[str, int]]:
     """The chunk list as recorded; a one-chunk list (every small file) without ``json``."""
     if text.startswith('[["') and text.count('"') == 2 and text.endswith("]]"):
@@ -113,7 +120,7 @@ class FilesCache:
                 *_key(st),
                 avg_chunk,
                 entry.sha256,
-                json.dumps(entry.chunks, separators=(",", ":")),
+                _chunks_text(entry.chunks),
             )
         )
 

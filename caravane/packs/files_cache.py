@@ -22,6 +22,7 @@ import sqlite3
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from caravane.protocol.metadata import FileEntry
 
@@ -41,6 +42,9 @@ create table if not exists files (
     chunks text not null
 )
 """
+
+
+_COLUMNS = "size, mtime_ns, ctime_ns, ino, avg_chunk, sha256, chunks"
 
 
 def _key(st: os.stat_result) -> tuple[int, int, int, int]:
@@ -83,21 +87,22 @@ class FilesCache:
     def lookup_many(
         self, items: Sequence[tuple[str | Path, os.stat_result, int]]
     ) -> list[FileEntry | None]:
-        """:meth:`lookup` for many files, one query per ``QUERY_KEYS`` of them.
-
-        One query per file was a third of a one-file republish at 100,000 files.
+        """:meth:`lookup` for many files: one range scan over their paths (the files of a
+        folder, in order), or one query per ``QUERY_KEYS`` of them if that range holds far
+        more rows than asked for. One query per file was a third of a one-file republish
+        at 100,000 files.
         """
-        rows: dict[str, tuple[int, int, int, int, int, str, str]] = {}
         keys = [str(real) for real, _, _ in items]
-        for start in range(0, len(keys), QUERY_KEYS):
-            part = keys[start : start + QUERY_KEYS]
-            marks = ",".join("?" * len(part))
-            for path, *row in self._db.execute(
-                "select path, size, mtime_ns, ctime_ns, ino, avg_chunk, sha256, chunks "
-                f"from files where path in ({marks})",
-                part,
-            ):
-                rows[path] = tuple(row)
+        rows = self._rows_between(keys) if len(keys) > 1 else None
+        if rows is None:
+            rows = {}
+            for start in range(0, len(keys), QUERY_KEYS):
+                part = keys[start : start + QUERY_KEYS]
+                marks = ",".join("?" * len(part))
+                for path, *row in self._db.execute(
+                    f"select path, {_COLUMNS} from files where path in ({marks})", part
+                ):
+                    rows[path] = tuple(row)
         out: list[FileEntry | None] = []
         for key, (_, st, avg_chunk) in zip(keys, items, strict=True):
             found = rows.get(key)
@@ -107,6 +112,20 @@ class FilesCache:
             chunks = _chunks_of(found[6])
             out.append(FileEntry("", int(found[0]), 0o644, str(found[5]), chunks))
         return out
+
+    def _rows_between(self, keys: list[str]) -> dict[str, tuple[Any, ...]] | None:
+        """Every row from the smallest to the largest of ``keys`` in one range scan, or
+        None if that range holds many more rows than keys (they are then looked up in
+        batches). The files of one folder, in order, are one short range: reading it is
+        several times faster than as many lookups."""
+        limit = 2 * len(keys) + 100
+        got = self._db.execute(
+            f"select path, {_COLUMNS} from files where path between ? and ? limit ?",
+            (min(keys), max(keys), limit),
+        ).fetchall()
+        if len(got) >= limit:
+            return None
+        return {path: tuple(row) for path, *row in got}
 
     def record(
         self, real: str | Path, st: os.stat_result, avg_chunk: int, entry: FileEntry

@@ -103,11 +103,13 @@ def repo_publish(
 ) -> None:
     """Publish SOURCE as the next signed release of CHANNEL."""
     r = HubRepository(directory)
-    total = sum(p.stat().st_size for _, p in scan_source(source))
+    files = scan_source(source)  # once: the publish takes this list and its stats
+    total = sum(f.stat.st_size for f in files)
     with progress_bar(total, f"publishing {channel}", as_json) as bar:
         res = r.publish(
             channel,
             source,
+            scanned=files,
             notes=notes,
             title=title,
             expires_days=expires_days,
@@ -190,7 +192,7 @@ def repo_checkout(
     r = Repository(directory)
     m = r.manifest(channel, version)
     with progress_bar(m.total_size, f"checking out {channel}", as_json) as bar:
-        r.checkout(channel, dest, m.version, replace=replace, progress=bar)
+        r.checkout(channel, dest, m.version, replace=replace, progress=bar, manifest=m)
     emit(
         as_json,
         {

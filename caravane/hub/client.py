@@ -253,7 +253,13 @@ class Outbox:
             self.frames[sha] = frame
         return sha, len(frame)
 
-    def freshen_many(self, shas: Iterable[str], at: float | None = None) -> set[str]:
+    def put_raw_many(self, items: list[tuple[str | None, bytes]]) -> list[tuple[str, int]]:
+        """:meth:`put_raw` for a batch of chunks (what ``ingest_files`` hands its workers)."""
+        return [self.put_raw(data, sha) for sha, data in items]
+
+    def freshen_many(
+        self, shas: Iterable[str], at: float | None = None, expected: bool = False
+    ) -> set[str]:
         """Nothing is kept here: the hub is asked instead (``ingest_files``' ``held``)."""
         return set()
 

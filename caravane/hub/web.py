@@ -581,7 +581,7 @@ def _prepare_blocking(
     files = scan_source(root)
     if not files:
         raise HubError("the archive holds no files", 422)
-    job.total = sum(real.stat().st_size for _, real in files)
+    job.total = sum(f.stat.st_size for f in files)
     job.state = "storing"
     jobs.save(job)
     entries, *_ = ingest_files(hub.repo.store, files, DEFAULT_AVG, jobs.progress(job))

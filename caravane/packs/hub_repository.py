@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -36,7 +36,7 @@ from caravane.protocol.paths import check_paths
 from .chunker import DEFAULT_AVG
 from .errors import StoreError
 from .files_cache import FilesCache
-from .ingest import Progress, ingest_files, scan_source
+from .ingest import Progress, SourceFile, ingest_files, scan_source
 from .layout import channel_relpath, manifest_relpath
 from .manifests import release_ref, write_manifest
 from .repository import (
@@ -138,11 +138,16 @@ class HubRepository(RepositoryBase):
         expires_days: int | None = None,
         avg_chunk: int = DEFAULT_AVG,
         progress: Progress = None,
+        scanned: Sequence[SourceFile] | None = None,
     ) -> PublishResult:
-        """Chunk and store ``source``, then commit it as the channel's next release."""
+        """Chunk and store ``source``, then commit it as the channel's next release.
+
+        ``scanned``: ``scan_source(source)`` if the caller already ran it (the CLI does, to
+        size its progress bar), so a large folder is not listed twice.
+        """
         check_channel(channel)
         self._key("release")  # fail before the long work, not after
-        files = scan_source(Path(source))
+        files = scan_source(Path(source)) if scanned is None else scanned
         cache = FilesCache(self.files_cache_path)
         try:
             entries, new_objects, new_bytes, stored = ingest_files(
@@ -186,8 +191,7 @@ class HubRepository(RepositoryBase):
         with self.lock():
             # checked under the lock that collection takes: what is here now stays until
             # the release that references it is signed
-            wanted = {h for f in entries for h, _ in f.chunks}
-            missing = wanted - self.store.present(wanted)
+            missing = self.store.missing(h for f in entries for h, _ in f.chunks)
             if missing:
                 raise StoreError(
                     f"cannot publish {channel!r}: {len(missing)} objects are not in the store "

@@ -6,6 +6,7 @@ import os
 import time
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -119,3 +120,47 @@ def test_publish_with_the_cache_then_checkout_is_byte_exact(
         out = tmp / f"out{version}"
         repo.checkout("lib", out, version)
         assert read_tree(out) == read_tree(src)
+
+
+def test_a_republish_named_from_another_folder_still_reads_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The curator runs the first publish with an absolute path and the next one from
+    inside the parent folder with a relative one: unchanged files are not read again."""
+    repo = HubRepository.init(tmp_path / "repo")
+    src = _folder(tmp_path)
+    _publish(repo, src)
+    monkeypatch.chdir(tmp_path)
+    version, read = _publish(repo, Path("src"))
+    assert (version, read) == (2, 0)
+
+
+def test_lookups_in_bulk_answer_as_one_by_one(tmp_path: Path) -> None:
+    """A batch of files is read from the cache as one range of paths; files of other
+    folders in that range, or a range far wider than the batch, change no answer."""
+    from caravane.packs.files_cache import FilesCache
+    from caravane.protocol.metadata import FileEntry
+
+    files = []
+    for i in range(300):
+        p = tmp_path / "src" / f"f{i:03d}"
+        p.parent.mkdir(exist_ok=True)
+        p.write_text(str(i))
+        files.append(p)
+    _age(tmp_path / "src")
+    cache = FilesCache(tmp_path / "cache.sqlite")
+    for i, p in enumerate(files):
+        if i % 3:  # a third never recorded: they answer None
+            sha = f"{i:064x}"
+            cache.record(p, p.stat(), 4096, FileEntry("", p.stat().st_size, 0o644, sha, [(sha, 1)]))
+    cache.commit()
+    one_by_one = [cache.lookup(p, p.stat(), 4096) for p in files]
+    assert sum(e is not None for e in one_by_one) == 200
+    assert cache.lookup_many([(p, p.stat(), 4096) for p in files]) == one_by_one
+    ends = [files[0], files[1], files[-1]]  # a range of 300 rows for 3 paths
+    assert cache.lookup_many([(p, p.stat(), 4096) for p in ends]) == [
+        one_by_one[0],
+        one_by_one[1],
+        one_by_one[-1],
+    ]
+    assert cache.lookup_many([(p, p.stat(), 8192) for p in files]) == [None] * 300

@@ -152,6 +152,35 @@ def test_paths_escaping_or_with_control_characters_are_refused(pre, bad, post) -
     raise AssertionError(f"{path!r} was accepted")
 
 
+ASCII_PART = st.one_of(
+    st.text(alphabet=st.characters(max_codepoint=0x7F), max_size=8),
+    st.sampled_from(["CON", "con.txt", "Lpt1 .md", "COM10", "a.", "b ", ".", "..", "x" * 256]),
+)
+
+
+@settings(max_examples=500)
+@given(st.lists(ASCII_PART, min_size=1, max_size=4))
+def test_the_fast_path_check_decides_as_the_full_rules_do(parts: list[str]) -> None:
+    """ASCII paths (device names, trailing dots, ':', control characters, long names): the
+    fast path of ``check_path`` refuses exactly what the character-by-character rules do."""
+    import caravane.protocol.paths as paths
+
+    path = "/".join(parts)
+    outcomes = []
+    for fast in (True, False):
+        saved = paths._plainly_safe
+        if not fast:
+            paths._plainly_safe = lambda p: False
+        try:
+            paths.check_path(path)
+            outcomes.append(True)
+        except PathError:
+            outcomes.append(False)
+        finally:
+            paths._plainly_safe = saved
+    assert outcomes[0] == outcomes[1], path
+
+
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),

@@ -1,0 +1,68 @@
+"""Checkout writes exactly the signed files, modes included, or nothing at all.
+
+Small files are verified and written in batches by worker threads, big ones chunk by chunk
+(``RepositoryBase.materialise``); both paths must give the same guarantees.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from caravane.packs.hub_repository import HubRepository
+from caravane.packs.repository import SMALL_FILE
+from caravane.protocol.errors import VerificationError
+
+from .conftest import read_tree
+
+
+def _tree(src: Path) -> Path:
+    (src / "bin").mkdir(parents=True)
+    (src / "pages").mkdir()
+    for i in range(300):  # more than one batch of small files
+        (src / "pages" / f"p{i:03d}.html").write_text(f"<p>page {i}</p>" * (i + 1))
+    (src / "pages" / "empty.txt").write_bytes(b"")
+    (src / "bin" / "run.sh").write_text("#!/bin/sh\necho ok\n")
+    os.chmod(src / "bin" / "run.sh", 0o755)
+    big = os.urandom(SMALL_FILE + 300_000)  # past the small-file size: streamed in chunks
+    (src / "bin" / "tool").write_bytes(big)
+    os.chmod(src / "bin" / "tool", 0o755)
+    return src
+
+
+def test_checkout_gives_the_same_bytes_and_modes_under_a_strict_umask(tmp_path: Path) -> None:
+    repo = HubRepository.init(tmp_path / "repo")
+    src = _tree(tmp_path / "src")
+    repo.publish("c", src)
+    old = os.umask(0o077)
+    try:
+        repo.checkout("c", tmp_path / "out")
+    finally:
+        os.umask(old)
+    out = tmp_path / "out"
+    assert read_tree(out) == read_tree(src)
+    assert (out / "bin" / "run.sh").stat().st_mode & 0o777 == 0o755
+    assert (out / "bin" / "tool").stat().st_mode & 0o777 == 0o755
+    assert (out / "pages" / "p007.html").stat().st_mode & 0o777 == 0o644
+
+
+def test_a_corrupt_small_file_object_fails_the_checkout_and_leaves_nothing(
+    tmp_path: Path,
+) -> None:
+    repo = HubRepository.init(tmp_path / "repo")
+    src = _tree(tmp_path / "src")
+    repo.publish("c", src)
+    entry = next(f for f in repo.manifest("c").files if f.path == "pages/p150.html")
+    loc = repo.store.index.locate(entry.chunks[0][0])
+    assert loc is not None
+    with open(repo.store.index.segment_path(loc.segment), "r+b") as fh:
+        fh.seek(loc.offset + loc.length - 2)
+        byte = fh.read(1)
+        fh.seek(loc.offset + loc.length - 2)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(VerificationError, match="p150"):
+        repo.checkout("c", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    assert not [p for p in tmp_path.iterdir() if "staging" in p.name]

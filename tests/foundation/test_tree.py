@@ -120,8 +120,9 @@ def test_a_document_that_names_more_files_than_its_tree_holds_is_refused() -> No
         tree.decode_manifest(forged, _reader(pieces))
 
 
-def test_a_tree_deeper_than_allowed_is_refused() -> None:
-    doc = canonical_bytes(
+def _doc(files: int, size: int, root: dict[str, object]) -> bytes:
+    """A format 2 document naming ``root`` as its tree, as a forger would write it."""
+    return canonical_bytes(
         {
             "_type": "manifest",
             "spec_version": 2,
@@ -129,11 +130,15 @@ def test_a_tree_deeper_than_allowed_is_refused() -> None:
             "version": 1,
             "created": "2026-12-01T00:00:00Z",
             "notes": "",
-            "files": 1,
-            "size": 1,
-            "tree": {"sha256": "0" * 64, "length": 10, "level": 99},
+            "files": files,
+            "size": size,
+            "tree": root,
         }
     )
+
+
+def test_a_tree_deeper_than_allowed_is_refused() -> None:
+    doc = _doc(1, 1, {"sha256": "0" * 64, "length": 10, "level": 99})
     with pytest.raises(FormatError, match="level 99"):
         tree.parse_doc(doc)
 
@@ -151,19 +156,7 @@ def test_leaves_out_of_order_are_refused() -> None:
     pieces = {r.sha256: d for r, d in zip(refs, leaves, strict=True)}
     root = tree._ref("", node, 20, sum(r.size for r in refs), 1)
     pieces[root.sha256] = node
-    doc = canonical_bytes(
-        {
-            "_type": "manifest",
-            "spec_version": 2,
-            "channel": "lecons",
-            "version": 1,
-            "created": "2026-12-01T00:00:00Z",
-            "notes": "",
-            "files": 20,
-            "size": root.size,
-            "tree": {"sha256": root.sha256, "length": root.length, "level": 1},
-        }
-    )
+    doc = _doc(20, root.size, {"sha256": root.sha256, "length": root.length, "level": 1})
     with pytest.raises(FormatError, match="out of order"):
         tree.decode_manifest(doc, _reader(pieces))
 

@@ -57,12 +57,17 @@ def _sync(centre: Centre, sim: RepositorySimulator) -> None:
     assert r.complete, r.to_dict()
 
 
+def _served(centre: Centre, sim: RepositorySimulator, *releases: dict[str, bytes]) -> None:
+    """Publish each release and let the centre switch to it, in turn."""
+    for files in releases:
+        sim.publish(files)
+        _sync(centre, sim)
+
+
 def test_the_third_release_is_made_of_the_first_ones_folder(
     sim: RepositorySimulator, centre: Centre, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for files in (V1, V2):
-        sim.publish(files)
-        _sync(centre, sim)
+    _served(centre, sim, V1, V2)
     v1_folder = centre.releases.folder("lecons", 1)
     kept_inode = (v1_folder / "pages/100.html").stat().st_ino
     v2_before = read_tree(centre.releases.folder("lecons", 2))
@@ -81,9 +86,7 @@ def test_the_third_release_is_made_of_the_first_ones_folder(
 def test_a_file_back_from_a_folder(
     sim: RepositorySimulator, centre: Centre, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for files in (V1, V3, V2):  # notes.txt: a file, a folder, a file
-        sim.publish(files)
-        _sync(centre, sim)
+    _served(centre, sim, V1, V3, V2)  # notes.txt: a file, a folder, a file
     sim.publish(V1)  # built out of release 2's folder, where notes.txt is a folder
     _no_ordinary_build(monkeypatch)
     _sync(centre, sim)
@@ -95,9 +98,7 @@ def test_a_file_back_from_a_folder(
 def test_a_build_cut_short_keeps_the_active_release_and_is_done_again(
     sim: RepositorySimulator, centre: Centre, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for files in (V1, V2):
-        sim.publish(files)
-        _sync(centre, sim)
+    _served(centre, sim, V1, V2)
     sim.publish(V3)
     real = RepositoryBase.materialise
 

@@ -40,7 +40,7 @@ from caravane.packs.layout import (
     pack_relpath,
     root_relpath,
 )
-from caravane.packs.manifests import piece_ids
+from caravane.packs.manifests import pieces_of
 from caravane.packs.packfile import MAGIC, read_entries
 from caravane.protocol import tree
 from caravane.protocol.errors import CaravaneError, NotFoundError
@@ -660,7 +660,7 @@ class SyncEngine:
                 # come along too, which only means keeping nothing extra
                 keep.update(m.decode() for m in HEX64_QUOTED.findall(data))
                 try:  # a format 2 manifest names its pieces, which name the objects
-                    for sha, piece in piece_ids(data, self.repo.store):
+                    for sha, piece in pieces_of(data, self.repo.store):
                         keep.add(sha)
                         keep.update(m.decode() for m in HEX64_QUOTED.findall(piece))
                 except (CaravaneError, OSError):

@@ -227,7 +227,7 @@ class CentreStore(RepositoryBase):
                     elif entry.kind == "tree":
                         if intake is None:
                             raise PackError(f"{what}: manifest pieces without a tree manifest")
-                        added += self._apply_tree(entry, what, intake, old, snap)
+                        added += self._apply_tree(entry, what, intake)
                     elif entry.kind == "delta":
                         added += self._apply_delta(entry, what, progress, old, finish_tree())
             except TruncatedPackError as exc:
@@ -348,9 +348,7 @@ class CentreStore(RepositoryBase):
             return None, data, old, _TreeIntake(channel, ref, doc, base)
         return self.trusted.verify_manifest(data, ref, channel), data, old, None
 
-    def _apply_tree(
-        self, entry: Any, what: str, intake: _TreeIntake, old: Manifest | None, snap: Snapshot
-    ) -> int:
+    def _apply_tree(self, entry: Any, what: str, intake: _TreeIntake) -> int:
         """Manifest pieces, each kept only if the part of the new tree verified so far names it.
 
         Pieces come top-down (a node before the pieces it names), so a hostile pack can add

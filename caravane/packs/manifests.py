@@ -8,7 +8,7 @@ SHA-256 of its bytes), so collection, mirrors, peers and packs treat it like any
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from caravane.protocol import tree
@@ -85,14 +85,14 @@ def release_ref(doc: bytes, manifest: Manifest, version: int | None = None) -> R
     )
 
 
-def piece_ids(doc: bytes, store: ObjectStore) -> list[tuple[str, bytes]]:
-    """Each piece of a format 2 document with its bytes, from ``store`` (collection's mark)."""
+def pieces_of(doc: bytes, store: ObjectStore) -> Iterator[tuple[str, bytes]]:
+    """Each piece of a format 2 document, id and bytes, from ``store`` (collection's mark:
+    the pieces themselves, and the object ids written in them), a batch at a time."""
     if tree.spec_version_of(doc) != tree.TREE_SPEC_VERSION:
-        return []
+        return
     reader = store_reader(store)
-    return [
-        (ref.sha256, data) for ref, data, _ in tree.walk(tree.parse_doc(doc), reader, "manifest")
-    ]
+    for ref, data, _ in tree.walk(tree.parse_doc(doc), reader, "manifest"):
+        yield ref.sha256, data
 
 
-__all__ = ["piece_ids", "release_ref", "store_reader", "write_manifest"]
+__all__ = ["pieces_of", "release_ref", "store_reader", "write_manifest"]

@@ -33,8 +33,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
-import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,8 +52,14 @@ MAX_PIECE_BYTES = 64 * 1024 * 1024
 #: levels above the leaves; 36 children a node on average gives 10^12 files at 6
 MAX_LEVELS = 8
 MAX_FILES = 100_000_000
+#: the signed document itself: a root reference, counts and the release notes (the same
+#: bound as any signed metadata)
+MAX_DOC_BYTES = 1024 * 1024
 MAX_CHILDREN = 1024
 MAX_LEAF_ENTRIES = 2048
+
+#: pieces read at once while walking a level
+READ_BATCH = 256
 
 LEAF_MIN, LEAF_MODULUS, LEAF_MAX_BYTES = 8, 64, 256 * 1024
 NODE_MIN, NODE_MODULUS, NODE_MAX_CHILDREN = 4, 32, 512
@@ -116,9 +121,6 @@ class EncodedManifest:
 #: reads pieces by reference, a level at a time (so a fetcher can ask for them together);
 #: returns their bytes in the same order. Verification is this module's job, not the reader's.
 PieceReader = Callable[[list[PieceRef]], list[bytes]]
-
-
-_QUOTED_ID = re.compile(rb'"([0-9a-f]{64})"')
 
 
 def _split_hash(level: int, key: str) -> int:
@@ -236,6 +238,11 @@ def encode_manifest(manifest: Manifest) -> EncodedManifest:
             "tree": tree,
         }
     )
+    if len(doc) > MAX_DOC_BYTES:
+        raise FormatError(
+            f"the release notes make the manifest {len(doc)} bytes, more than the "
+            f"{MAX_DOC_BYTES} a centre reads; shorten them"
+        )
     return EncodedManifest(doc, root, pieces)
 
 
@@ -253,7 +260,12 @@ class TreeDoc:
 
 
 def spec_version_of(data: bytes, what: str = "manifest") -> int:
-    """1 for a flat manifest, 2 for a tree (cheap: the document is parsed, not checked)."""
+    """1 for a flat manifest, 2 for a tree (the document is parsed, not checked).
+
+    A tree's document is at most ``MAX_DOC_BYTES``: anything longer is a flat manifest,
+    known without parsing it twice (format 1 lists reach hundreds of MB)."""
+    if len(data) > MAX_DOC_BYTES:
+        return 1
     doc = load_json(data, what)
     if not isinstance(doc, dict):
         raise FormatError(f"{what}: not a release manifest")
@@ -262,7 +274,7 @@ def spec_version_of(data: bytes, what: str = "manifest") -> int:
 
 
 def parse_doc(data: bytes, what: str = "manifest") -> TreeDoc:
-    doc = load_json(data, what, 64 * 1024)
+    doc = load_json(data, what, MAX_DOC_BYTES)
     if not isinstance(doc, dict) or doc.get("_type") != "manifest":
         raise FormatError(f"{what}: not a release manifest")
     if doc.get("spec_version") != TREE_SPEC_VERSION:
@@ -354,15 +366,19 @@ def walk(doc: TreeDoc, read: PieceReader, what: str) -> Iterator[tuple[PieceRef,
         return
     level_refs = [doc.root]
     while level_refs:
-        datas = read(level_refs)
-        if len(datas) != len(level_refs):
-            raise VerificationError(f"{what}: pieces missing")
         below: list[PieceRef] = []
-        for ref, data in zip(level_refs, datas, strict=True):
-            parsed = _check_piece(ref, data, f"{what} piece {ref.sha256[:12]}")
-            if ref.level > 0:
-                below.extend(_node_children(ref, parsed, f"{what} piece {ref.sha256[:12]}"))
-            yield ref, data, parsed
+        # a batch at a time: a reader that fetches asks for many at once, and no more than
+        # a batch of pieces' bytes is held here whatever the size of the level
+        for start in range(0, len(level_refs), READ_BATCH):
+            batch = level_refs[start : start + READ_BATCH]
+            datas = read(batch)
+            if len(datas) != len(batch):
+                raise VerificationError(f"{what}: pieces missing")
+            for ref, data in zip(batch, datas, strict=True):
+                parsed = _check_piece(ref, data, f"{what} piece {ref.sha256[:12]}")
+                if ref.level > 0:
+                    below.extend(_node_children(ref, parsed, f"{what} piece {ref.sha256[:12]}"))
+                yield ref, data, parsed
         level_refs = below
 
 
@@ -393,13 +409,6 @@ def decode_manifest(data: bytes, read: PieceReader, what: str = "manifest") -> M
 def piece_refs(data: bytes, read: PieceReader, what: str = "manifest") -> list[PieceRef]:
     """Every piece a format 2 manifest names, top-down, verified (cheaper than decoding)."""
     return [ref for ref, _, _ in walk(parse_doc(data, what), read, what)]
-
-
-def object_ids(pieces: Iterable[bytes]) -> Iterator[str]:
-    """Object ids named in pieces' bytes, without building entries (collection's mark)."""
-    for data in pieces:
-        for m in _QUOTED_ID.findall(data):
-            yield m.decode()
 
 
 def bases_for(
@@ -446,7 +455,6 @@ __all__ = [
     "children_of",
     "decode_manifest",
     "encode_manifest",
-    "object_ids",
     "parse_doc",
     "piece_refs",
     "spec_version_of",

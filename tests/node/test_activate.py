@@ -81,6 +81,11 @@ def test_the_third_release_is_made_of_the_first_ones_folder(
     assert read_tree(centre.releases.folder("lecons", 2)) == v2_before  # rollback intact
     assert not (third / "old").exists()
     assert centre.releases.installed("lecons") == [2, 3]
+    # collection after the switch kept every piece of the kept releases' file lists, and
+    # nothing else
+    report = centre.repo.verify()
+    assert report.ok and report.unreferenced_objects == 0, report.to_dict()
+    assert {f.path for f in centre.repo.manifest("lecons", 2).files} == set(V2)
 
 
 def test_a_file_back_from_a_folder(

@@ -142,6 +142,17 @@ def _ref(first: str, data: bytes, files: int, size: int, level: int) -> PieceRef
     return PieceRef(first, hashlib.sha256(data).hexdigest(), len(data), files, size, level)
 
 
+def _leaf(first: str, run: list[dict[str, Any]], size: int) -> tuple[PieceRef, bytes]:
+    data = _leaf_bytes(run)
+    if len(data) > MAX_PIECE_BYTES:  # one file of about 56 GB of 64 KiB chunks
+        raise FormatError(
+            f"{run[-1]['path']!r} has {len(run[-1]['chunks'])} chunks, more than one manifest "
+            f"piece of {MAX_PIECE_BYTES} bytes holds; split the file or publish it with larger "
+            "chunks"
+        )
+    return _ref(first, data, len(run), size, 0), data
+
+
 def _leaves(files: list[FileEntry]) -> Iterator[tuple[PieceRef, bytes]]:
     run: list[dict[str, Any]] = []
     run_bytes = run_size = 0
@@ -155,12 +166,10 @@ def _leaves(files: list[FileEntry]) -> Iterator[tuple[PieceRef, bytes]]:
         run_bytes += 80 + len(entry.path) + 70 * len(entry.chunks)
         natural = len(run) >= LEAF_MIN and _split_hash(0, entry.path) % LEAF_MODULUS == 0
         if natural or run_bytes >= LEAF_MAX_BYTES or len(run) >= MAX_LEAF_ENTRIES:
-            data = _leaf_bytes(run)
-            yield _ref(first, data, len(run), run_size, 0), data
+            yield _leaf(first, run, run_size)
             run, run_bytes, run_size = [], 0, 0
     if run:
-        data = _leaf_bytes(run)
-        yield _ref(first, data, len(run), run_size, 0), data
+        yield _leaf(first, run, run_size)
 
 
 def _nodes(level: int, children: list[PieceRef]) -> Iterator[tuple[PieceRef, bytes]]:

@@ -81,6 +81,16 @@ def test_inserting_a_file_changes_only_its_neighbourhood() -> None:
     assert len(set(after) - set(before)) <= 2 * (1 + 2)  # a leaf or two, and their parents
 
 
+def test_a_file_too_big_for_one_piece_is_refused_at_publish(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(tree, "MAX_PIECE_BYTES", 4096)  # instead of a 56 GB file
+    sha = "ab" * 32
+    huge = FileEntry("film.mkv", 100 * 1000, 0o644, sha, [(sha, 1000)] * 100)
+    with pytest.raises(FormatError, match="split the file"):
+        tree.encode_manifest(Manifest("lecons", 1, "2026-12-01T00:00:00Z", [huge]))
+
+
 def test_no_ceiling_on_files_from_the_document() -> None:
     doc, pieces = _encode(_manifest([f"f{i:07d}" for i in range(50_000)]))
     assert max(len(p) for p in pieces.values()) < tree.LEAF_MAX_BYTES + 4096

@@ -386,8 +386,8 @@ class CentreStore(RepositoryBase):
         for n in sizes:
             piece = data[pos : pos + n]
             pos += n
-            intake.accept(piece, what)
-            _, written = self.store.put_raw(piece)
+            sha = intake.accept(piece, what)
+            _, written = self.store.put_raw(piece, sha)
             added += 1 if written else 0
         return added
 
@@ -440,7 +440,8 @@ class _TreeIntake:
         if doc.root is not None:
             self.named[doc.root.sha256] = doc.root
 
-    def accept(self, piece: bytes, what: str) -> None:
+    def accept(self, piece: bytes, what: str) -> str:
+        """Take ``piece`` if the tree verified so far names it; returns its id."""
         sha = hashlib.sha256(piece).hexdigest()
         ref = self.named.pop(sha, None)
         if ref is None or ref.length != len(piece):
@@ -450,6 +451,7 @@ class _TreeIntake:
             )
         for child in tree.children_of(ref, piece, what):
             self.named[child.sha256] = child
+        return sha
 
 
 def _zstd_bound(size: int) -> int:

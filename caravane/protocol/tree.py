@@ -33,14 +33,15 @@ from __future__ import annotations
 
 import bisect
 import hashlib
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from .canonical import canonical_bytes, load_json
 from .errors import FormatError, VerificationError
 from .metadata import FileEntry, Manifest, check_channel
-from .paths import check_paths
+from .paths import SortedPathChecker, check_paths
 
 TREE_SPEC_VERSION = 2
 LEAF_TYPE = "manifest-leaf"
@@ -153,64 +154,116 @@ def _leaf(first: str, run: list[dict[str, Any]], size: int) -> tuple[PieceRef, b
     return _ref(first, data, len(run), size, 0), data
 
 
-def _leaves(files: list[FileEntry]) -> Iterator[tuple[PieceRef, bytes]]:
-    run: list[dict[str, Any]] = []
-    run_bytes = run_size = 0
-    first = ""
-    for entry in files:
-        d = entry.to_dict()
-        if not run:
-            first = entry.path
-        run.append(d)
-        run_size += entry.size
-        run_bytes += 80 + len(entry.path) + 70 * len(entry.chunks)
+class TreeWriter:
+    """Builds a sorted file list's pieces as its entries arrive, one run per level held.
+
+    A publisher of a million files never holds the list: each piece goes to ``put`` (a
+    store) the moment it closes, and only the open run of each level (a few hundred entries
+    or references) stays here. The pieces are exactly those of the whole list built at once,
+    since every boundary depends only on the run it closes: the same files give the same
+    pieces at the hub, in a pack builder, in a test.
+
+    ``check``: each path is checked as it arrives (:class:`SortedPathChecker`); a caller that
+    checked them already may skip it. Entries out of order are refused either way.
+    """
+
+    def __init__(self, put: Callable[[PieceRef, bytes], None], check: bool = True) -> None:
+        self._put = put
+        self._checker = SortedPathChecker() if check else None
+        self._last: str | None = None
+        self._run: list[dict[str, Any]] = []
+        self._run_bytes = self._run_size = 0
+        self._first = ""
+        #: per level above the leaves: the children of the node being filled
+        self._pending: list[list[PieceRef]] = [[]]
+        #: per level: pieces closed, and the last one (the root, when a level has one)
+        self._closed: list[int] = [0]
+        self._last_ref: list[PieceRef | None] = [None]
+        self.files = 0
+        self.size = 0
+        #: every piece written, {sha256: length} (what collection keeps for the release)
+        self.objects: dict[str, int] = {}
+
+    def add(self, entry: FileEntry) -> None:
+        if self._checker is not None:
+            self._checker.add(entry.path)
+        elif self._last is not None and not self._last < entry.path:
+            raise FormatError(f"manifest: files out of order or repeated at {entry.path!r}")
+        self._last = entry.path
+        self.files += 1
+        self.size += entry.size
+        if not self._run:
+            self._first = entry.path
+        self._run.append(entry.to_dict())
+        self._run_size += entry.size
+        self._run_bytes += 80 + len(entry.path) + 70 * len(entry.chunks)
+        run = self._run
         natural = len(run) >= LEAF_MIN and _split_hash(0, entry.path) % LEAF_MODULUS == 0
-        if natural or run_bytes >= LEAF_MAX_BYTES or len(run) >= MAX_LEAF_ENTRIES:
-            yield _leaf(first, run, run_size)
-            run, run_bytes, run_size = [], 0, 0
-    if run:
-        yield _leaf(first, run, run_size)
+        if natural or self._run_bytes >= LEAF_MAX_BYTES or len(run) >= MAX_LEAF_ENTRIES:
+            self._close_leaf()
 
+    def add_all(self, entries: Iterable[FileEntry]) -> None:
+        for entry in entries:
+            self.add(entry)
 
-def _nodes(level: int, children: list[PieceRef]) -> Iterator[tuple[PieceRef, bytes]]:
-    run: list[PieceRef] = []
-    for child in children:
-        run.append(child)
-        natural = len(run) >= NODE_MIN and _split_hash(level, child.first) % NODE_MODULUS == 0
-        if natural or len(run) >= NODE_MAX_CHILDREN:
-            data = _node_bytes(level, run)
-            yield (
-                _ref(
-                    run[0].first, data, sum(c.files for c in run), sum(c.size for c in run), level
-                ),
-                data,
-            )
-            run = []
-    if run:
+    def _close_leaf(self) -> None:
+        ref, data = _leaf(self._first, self._run, self._run_size)
+        self._run, self._run_bytes, self._run_size = [], 0, 0
+        self._emit(ref, data)
+
+    def _emit(self, ref: PieceRef, data: bytes) -> None:
+        self._put(ref, data)
+        self.objects[ref.sha256] = ref.length
+        level = ref.level
+        self._closed[level] += 1
+        self._last_ref[level] = ref
+        if len(self._pending) <= level + 1:
+            self._pending.append([])
+            self._closed.append(0)
+            self._last_ref.append(None)
+        run = self._pending[level + 1]
+        run.append(ref)
+        up = level + 1
+        if (len(run) >= NODE_MIN and _split_hash(up, ref.first) % NODE_MODULUS == 0) or len(
+            run
+        ) >= NODE_MAX_CHILDREN:
+            self._close_node(up)
+
+    def _close_node(self, level: int) -> None:
+        run = self._pending[level]
+        self._pending[level] = []
         data = _node_bytes(level, run)
-        yield (
-            _ref(run[0].first, data, sum(c.files for c in run), sum(c.size for c in run), level),
-            data,
-        )
+        ref = _ref(run[0].first, data, sum(c.files for c in run), sum(c.size for c in run), level)
+        self._emit(ref, data)
+
+    def finish(self) -> PieceRef | None:
+        """Close the open runs; the root (None for an empty release)."""
+        if self._checker is not None:
+            self._checker.finish()
+        if self._run:
+            self._close_leaf()
+        level = 0
+        while self._closed[level] > 1:
+            if self._pending[level + 1]:
+                self._close_node(level + 1)
+            level += 1
+        return self._last_ref[level]
 
 
 def build_tree(files: list[FileEntry]) -> tuple[PieceRef | None, list[tuple[PieceRef, bytes]]]:
     """The pieces of ``files`` (sorted by path), root first then level by level down.
 
     Deterministic: the same file list gives the same pieces at the hub and everywhere else.
-    An empty release has no root.
+    An empty release has no root. Holds every piece: :class:`TreeWriter` is the streaming form.
     """
-    _check_sorted(files)
-    levels: list[list[tuple[PieceRef, bytes]]] = [list(_leaves(files))]
-    while len(levels[-1]) > 1:
-        level = len(levels)
-        levels.append(list(_nodes(level, [ref for ref, _ in levels[-1]])))
-    if not levels[-1]:
+    pieces: list[tuple[PieceRef, bytes]] = []
+    writer = TreeWriter(lambda ref, data: pieces.append((ref, data)), check=False)
+    writer.add_all(files)
+    root = writer.finish()
+    if root is None:
         return None, []
-    out: list[tuple[PieceRef, bytes]] = []
-    for pieces in reversed(levels):
-        out.extend(pieces)
-    return out[0][0], out
+    pieces.sort(key=lambda p: -p[0].level)  # stable: each level stays in key order
+    return root, pieces
 
 
 def wire_bound(files: int, size: int) -> int:
@@ -415,6 +468,201 @@ def decode_manifest(data: bytes, read: PieceReader, what: str = "manifest") -> M
     )
 
 
+#: leaves read at once while iterating files (each at most ``LEAF_MAX_BYTES`` of entries,
+#: bar one huge file's chunk list)
+LEAF_BATCH = 32
+
+
+def iter_leaves(
+    doc: TreeDoc, read: PieceReader, what: str = "manifest"
+) -> Iterator[tuple[PieceRef, list[FileEntry]]]:
+    """Each leaf with its entries, in path order, every piece verified on the way down.
+
+    Depth first, so what is held is one path of nodes and a batch of leaves, never a level:
+    a reader of a million-file release holds a few hundred entries at a time.
+    """
+    if doc.root is None:
+        return
+    stack: list[list[PieceRef]] = [[doc.root]]
+    while stack:
+        refs = stack[-1]
+        if not refs:
+            stack.pop()
+            continue
+        if refs[0].level > 0:
+            ref = refs.pop(0)
+            (data,) = _read(read, [ref], what)
+            name = f"{what} piece {ref.sha256[:12]}"
+            stack.append(_node_children(ref, _check_piece(ref, data, name), name))
+            continue
+        n = 1
+        while n < len(refs) and n < LEAF_BATCH and refs[n].level == 0:
+            n += 1
+        batch, stack[-1] = refs[:n], refs[n:]
+        for ref, data in zip(batch, _read(read, batch, what), strict=True):
+            name = f"{what} piece {ref.sha256[:12]}"
+            yield ref, _leaf_entries(ref, _check_piece(ref, data, name), name)
+
+
+def _read(read: PieceReader, refs: list[PieceRef], what: str) -> list[bytes]:
+    datas = read(refs)
+    if len(datas) != len(refs):
+        raise VerificationError(f"{what}: pieces missing")
+    return datas
+
+
+def iter_files(doc: TreeDoc, read: PieceReader, what: str = "manifest") -> Iterator[FileEntry]:
+    """The release's files in path order, checked as :func:`decode_manifest` checks them
+    (paths, order, counts) without holding them: the streaming form of ``Manifest.files``.
+
+    A check that fails raises part way through; a caller that acts on entries as they come
+    (a checkout) must treat what it did so far as unfinished.
+    """
+    checker = SortedPathChecker()
+    size = 0
+    for _, entries in iter_leaves(doc, read, what):
+        for entry in entries:
+            checker.add(entry.path)
+            size += entry.size
+            yield entry
+    checker.finish()
+    if checker.count != doc.files or size != doc.size:
+        raise VerificationError(
+            f"{what}: holds {checker.count} files of {size} bytes, says {doc.files} of {doc.size}"
+        )
+
+
+#: a change between two releases: (old entry or None, new entry or None), same path
+Change = tuple[FileEntry | None, FileEntry | None]
+
+
+class _Side:
+    """One tree's remaining key space, in order: unexpanded pieces and loose entries."""
+
+    def __init__(self, doc: TreeDoc | None, read: PieceReader, what: str) -> None:
+        self.items: deque[PieceRef | FileEntry] = deque(
+            [doc.root] if doc is not None and doc.root is not None else []
+        )
+        self.read = read
+        self.what = what
+        self.pieces_read = 0
+
+    def expand(self) -> None:
+        """Replace the first piece by what it holds (its children, or its entries)."""
+        ref = self.items.popleft()
+        assert isinstance(ref, PieceRef)
+        (data,) = _read(self.read, [ref], self.what)
+        self.pieces_read += 1
+        name = f"{self.what} piece {ref.sha256[:12]}"
+        parsed = _check_piece(ref, data, name)
+        inner: list[PieceRef | FileEntry] = []
+        if ref.level > 0:
+            inner.extend(_node_children(ref, parsed, name))
+        else:
+            inner.extend(_leaf_entries(ref, parsed, name))
+        self.items.extendleft(reversed(inner))
+
+
+def _key(item: PieceRef | FileEntry) -> str:
+    return item.first if isinstance(item, PieceRef) else item.path
+
+
+class TreeDiff:
+    """What changed from one release's tree to another's, in path order.
+
+    Pieces with the same hash hold the same entries, so they are skipped without being read:
+    a one-file change reads the pieces on that file's path in both trees (a leaf and one node
+    per level, a few KB) whatever the channel's size, where comparing the two file lists cost
+    time and memory in proportion to the channel. ``old`` None: everything is new.
+
+    Both trees must have been verified whole when they were accepted (``iter_files`` or
+    :func:`decode_manifest`); each piece read here is verified again against its parent.
+    """
+
+    def __init__(
+        self,
+        old: TreeDoc | None,
+        new: TreeDoc,
+        read: PieceReader,
+        what: str = "manifest",
+    ) -> None:
+        self._a = _Side(old, read, f"{what} (old)")
+        self._b = _Side(new, read, f"{what} (new)")
+
+    @property
+    def pieces_read(self) -> int:
+        return self._a.pieces_read + self._b.pieces_read
+
+    def __iter__(self) -> Iterator[Change]:
+        a, b = self._a, self._b
+        while a.items or b.items:
+            if not b.items:
+                head = a.items[0]
+                if isinstance(head, PieceRef):
+                    a.expand()
+                else:
+                    a.items.popleft()
+                    yield head, None
+                continue
+            if not a.items:
+                head = b.items[0]
+                if isinstance(head, PieceRef):
+                    b.expand()
+                else:
+                    b.items.popleft()
+                    yield None, head
+                continue
+            x, y = a.items[0], b.items[0]
+            if isinstance(x, PieceRef) and isinstance(y, PieceRef):
+                if x.sha256 == y.sha256:
+                    a.items.popleft()
+                    b.items.popleft()
+                else:
+                    # open the taller piece (both when level with each other): pieces of
+                    # different heights cover key ranges that do not line up
+                    if x.level >= y.level:
+                        a.expand()
+                    if y.level >= x.level:
+                        b.expand()
+                continue
+            if isinstance(x, FileEntry) and isinstance(y, FileEntry):
+                if x.path == y.path:
+                    a.items.popleft()
+                    b.items.popleft()
+                    if x != y:
+                        yield x, y
+                elif x.path < y.path:
+                    a.items.popleft()
+                    yield x, None
+                else:
+                    b.items.popleft()
+                    yield None, y
+                continue
+            # an entry on one side, a piece on the other: the entry comes first when its
+            # path is below every key the piece holds; otherwise the piece must be opened
+            if isinstance(x, FileEntry):
+                assert isinstance(y, PieceRef)
+                if x.path < y.first:
+                    a.items.popleft()
+                    yield x, None
+                else:
+                    b.expand()
+            else:
+                assert isinstance(y, FileEntry)
+                if y.path < x.first:
+                    b.items.popleft()
+                    yield None, y
+                else:
+                    a.expand()
+
+
+def diff(
+    old: TreeDoc | None, new: TreeDoc, read: PieceReader, what: str = "manifest"
+) -> Iterator[Change]:
+    """:class:`TreeDiff` as a plain iterator."""
+    return iter(TreeDiff(old, new, read, what))
+
+
 def piece_refs(data: bytes, read: PieceReader, what: str = "manifest") -> list[PieceRef]:
     """Every piece a format 2 manifest names, top-down, verified (cheaper than decoding)."""
     return [ref for ref, _, _ in walk(parse_doc(data, what), read, what)]
@@ -453,6 +701,7 @@ def bases_for(
 
 
 __all__ = [
+    "Change",
     "EncodedManifest",
     "MAX_PIECE_BYTES",
     "PieceReader",
@@ -460,10 +709,15 @@ __all__ = [
     "TREE_SPEC_VERSION",
     "TreeDoc",
     "bases_for",
+    "TreeDiff",
+    "TreeWriter",
     "build_tree",
     "children_of",
     "decode_manifest",
+    "diff",
     "encode_manifest",
+    "iter_files",
+    "iter_leaves",
     "parse_doc",
     "piece_refs",
     "spec_version_of",

@@ -630,8 +630,7 @@ def hub_jobs(
     "--cache",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="Local cache of what the folder's files were made of "
-    "(default ~/.cache/caravane/publish).",
+    help="Local cache of what the folder's files were made of (default ~/.cache/caravane/publish).",
 )
 @json_option
 @handle_errors

@@ -124,10 +124,8 @@ HUB_HELP: dict[str, str] = {
     "max_batch_bytes": "Largest batch of objects in one upload request.",
     "expires_days": "Lifetime of signed channel metadata; centres refuse expired metadata "
     "(freeze attacks). 0: never expires.",
-    "refresh_before_days": "The scheduler signs metadata again this many days before it "
-    "expires.",
-    "keep_last": "Releases kept per channel (a channel may set its own); older ones are "
-    "collected.",
+    "refresh_before_days": "The scheduler signs metadata again this many days before it expires.",
+    "keep_last": "Releases kept per channel (a channel may set its own); older ones are collected.",
     "stale_after_days": "A centre with no news for this long is flagged in the fleet view.",
     "scheduler": "Run the scheduled jobs (packs, expiry refresh, collection) in `hub serve`; "
     "turn off on all but one process.",
@@ -141,16 +139,13 @@ HUB_HELP: dict[str, str] = {
     "refer to them).",
     "header_timeout_seconds": "A client that has not sent a whole request head in this "
     "time is dropped (slowloris).",
-    "body_timeout_seconds": "A request body that brings less than 1 KiB in this time is "
-    "dropped.",
-    "trusted_proxies": "Addresses of HTTPS reverse proxies whose X-Forwarded-Proto is "
-    "believed.",
+    "body_timeout_seconds": "A request body that brings less than 1 KiB in this time is dropped.",
+    "trusted_proxies": "Addresses of HTTPS reverse proxies whose X-Forwarded-Proto is believed.",
     "hold_days": "A release a centre reported installed within this many days is kept, with "
     "a direct pack from it to the latest, however far behind keep_last it is.",
-    "metrics_allow": "Addresses or networks (10.0.0.0/8) that may read /metrics; empty: "
-    "anyone.",
+    "metrics_allow": "Addresses or networks (10.0.0.0/8) that may read /metrics; empty: anyone.",
     "log_level": "`hub serve` log level: debug, info, warning or error.",
     "log_format": "`hub serve` log lines: text, or json (one object a line).",
     "usb_mounts": "Folders where a drive shows up on the hub machine: the route page offers "
-    "\"prepare the drive\" for each one that is mounted.",
+    '"prepare the drive" for each one that is mounted.',
 }

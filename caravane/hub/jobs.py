@@ -34,6 +34,8 @@ PackOutcome = Literal["built", "exists", "busy"]
 def pack_lease(channel: str, a: int, b: int) -> str:
     """The lease that says which hub process builds the pack ``a`` -> ``b`` of a channel."""
     return f"pack:{channel}:{a}-{b}"
+
+
 #: each job's name (as `caravane hub jobs NAME` says it, in metrics and as its logger's tail)
 JOB_NAMES = {
     "build_recent_packs": "packs",

@@ -381,9 +381,7 @@ async def usage_centres_page(request: web.Request) -> web.Response:
     svc = request.app[USAGE_KEY]
     ctx = await asyncio.to_thread(_centres_page, svc, request.query)
     titles = await asyncio.to_thread(request.app[UI_KEY].hub.channel_titles)
-    return render(
-        request, "usage_centres.html", query=_export_query(request), titles=titles, **ctx
-    )
+    return render(request, "usage_centres.html", query=_export_query(request), titles=titles, **ctx)
 
 
 @page("curator")

@@ -244,17 +244,14 @@ NODE_HELP: dict[str, str] = {
     "midnight). Empty: any time. Drives are imported at any time.",
     "bandwidth_kbit": "Download rate limit in kbit/s. 0: no limit.",
     "daily_budget_mb": "Most megabytes fetched per day from metered upstreams. 0: no limit.",
-    "monthly_budget_mb": "Most megabytes fetched per month from metered upstreams. "
-    "0: no limit.",
+    "monthly_budget_mb": "Most megabytes fetched per month from metered upstreams. 0: no limit.",
     "timeout_seconds": "Network timeout of one request to an upstream.",
-    "pass_minutes": "Longest sync pass; the next pass continues where it stopped. "
-    "0: no limit.",
+    "pass_minutes": "Longest sync pass; the next pass continues where it stopped. 0: no limit.",
     "fetch_minutes": "Longest single fetch before its upstream is set aside for this pass. "
     "0: no limit.",
     "min_rate_kbit": "An upstream slower than this (after a few seconds) is set aside for "
     "this pass. 0: never.",
-    "margin_mb": "Free disk space kept in reserve; a sync that would eat into it stops "
-    "first.",
+    "margin_mb": "Free disk space kept in reserve; a sync that would eat into it stops first.",
     "freeze_warning_days": "Warn when a channel had no freshly signed metadata for this long "
     "(freeze attack or cut-off centre).",
     "header_timeout_seconds": "The portal drops a client that has not sent a whole request "

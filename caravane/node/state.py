@@ -279,8 +279,7 @@ class NodeState:
 
     def last_activation(self, channel: str) -> dict[str, Any] | None:
         row = self._one(
-            "SELECT version, route, at FROM activations WHERE channel = ? "
-            "ORDER BY id DESC LIMIT 1",
+            "SELECT version, route, at FROM activations WHERE channel = ? ORDER BY id DESC LIMIT 1",
             channel,
         )
         if row is None:
@@ -319,9 +318,7 @@ class NodeState:
             )
 
     def unsent_reports(self) -> list[tuple[int, bytes]]:
-        rows = self._all(
-            "SELECT seq, body FROM report_queue WHERE sent_at IS NULL ORDER BY seq"
-        )
+        rows = self._all("SELECT seq, body FROM report_queue WHERE sent_at IS NULL ORDER BY seq")
         return [(int(seq), bytes(body)) for seq, body in rows]
 
     def mark_sent(self, seq: int, route: str) -> None:
@@ -384,8 +381,7 @@ class NodeState:
     def errors_since(self, after_id: int, limit: int = 20) -> list[str]:
         """Error events newer than event ``after_id``, oldest first (what a report carries)."""
         rows = self._all(
-            "SELECT message FROM events WHERE level = 'error' AND id > ? "
-            "ORDER BY id DESC LIMIT ?",
+            "SELECT message FROM events WHERE level = 'error' AND id > ? ORDER BY id DESC LIMIT ?",
             after_id,
             limit,
         )
@@ -417,8 +413,7 @@ class NodeState:
     def recent_events(self, limit: int = 20, level: str | None = None) -> list[dict[str, Any]]:
         if level:
             rows = self._all(
-                "SELECT at, level, message FROM events WHERE level = ? "
-                "ORDER BY id DESC LIMIT ?",
+                "SELECT at, level, message FROM events WHERE level = ? ORDER BY id DESC LIMIT ?",
                 level,
                 limit,
             )

@@ -146,9 +146,7 @@ class CentreStore(RepositoryBase):
         ref = self.snapshot().channel(channel).releases.get(version)
         if ref is None:
             raise NotFoundError(f"channel {channel!r} has no signed version {version}")
-        manifest = self.trusted.verify_manifest(
-            data, ref, channel, store_reader(self.store, fetch)
-        )
+        manifest = self.trusted.verify_manifest(data, ref, channel, store_reader(self.store, fetch))
         write_atomic(self.path / manifest_relpath(channel, version), data, self.durable)
         return manifest
 

@@ -145,9 +145,7 @@ def sketch(data: bytes, sample: int = SKETCH_SAMPLE) -> set[int]:
         # a stable hash, not hash(): that one changes with each process's PYTHONHASHSEED, so
         # the sample, the bases chosen and the pack's bytes would too (a rebuilt pack would
         # not match the one a centre is resuming by byte range, nor a mirror's copy)
-        h = int.from_bytes(
-            hashlib.blake2b(view[offset : offset + length], digest_size=8).digest()
-        )
+        h = int.from_bytes(hashlib.blake2b(view[offset : offset + length], digest_size=8).digest())
         if h % sample == 0:
             out.add(h)
     return out

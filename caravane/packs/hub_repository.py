@@ -358,9 +358,7 @@ class HubRepository(RepositoryBase):
 
     # ------------------------------------------------------------------ retention
 
-    def retain(
-        self, channel: str, keep_last: int, also_keep: Collection[int] = ()
-    ) -> list[int]:
+    def retain(self, channel: str, keep_last: int, also_keep: Collection[int] = ()) -> list[int]:
         """Drop all but the newest ``keep_last`` releases of a channel and ``also_keep``
         (releases centres still hold, so packs can start from them); returns those dropped."""
         if keep_last < 1:

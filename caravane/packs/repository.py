@@ -50,6 +50,7 @@ from caravane.protocol.errors import (
     VerificationError,
 )
 from caravane.protocol.metadata import ChannelMeta, FileEntry, Manifest, ReleaseRef
+from caravane.protocol.release import Release
 from caravane.protocol.trust import TrustedState
 
 from . import changes, delta, similarity
@@ -281,6 +282,14 @@ class Snapshot:
             if keep:
                 self._manifests[key] = manifest
         return manifest
+
+    def release(self, channel: str, version: int) -> Release:
+        """A verified release whose files are read from the store on demand (format 2
+        holds nothing per file: what every walk of a million-file release should use)."""
+        self._current()
+        ref = self.ref(channel, version)
+        data = self.repo.manifest_bytes(channel, version)
+        return Release.open(data, ref, channel, self.repo.pieces())
 
     def manifest_with_bytes(self, channel: str, version: int) -> tuple[Manifest, bytes]:
         """A verified manifest and the very bytes that verified (delta bases, packs)."""
@@ -809,7 +818,6 @@ class RepositoryBase:
             n_chunks,
             n_bytes,
         )
-
 
     def _add_tree(
         self,

@@ -9,6 +9,7 @@ pieces on the changed paths.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -18,6 +19,9 @@ from caravane.protocol import tree
 from caravane.protocol.errors import PathError, VerificationError
 from caravane.protocol.metadata import FileEntry, Manifest
 from caravane.protocol.paths import SortedPathChecker, check_paths
+from caravane.protocol.release import Release
+
+from .conftest import RepoSim
 
 
 def _entry(path: str, seed: int = 0, chunks: int = 1) -> FileEntry:
@@ -174,3 +178,36 @@ def test_a_one_file_diff_reads_only_the_pieces_on_its_path_at_a_hundred_thousand
     # the root, one node per level and the leaf, in each tree (a neighbour leaf at worst)
     assert d.pieces_read <= 2 * (doc_b.root.level + 2), d.pieces_read
     assert sum(len(pieces_a.get(s) or pieces_b[s]) for s in log) < 256 * 1024
+
+
+def test_a_release_is_walked_and_compared_from_the_store_in_either_format(sim: RepoSim) -> None:
+    files: dict[str, bytes | str] = {f"pages/{i:04d}.html": f"<p>page {i}</p>" for i in range(900)}
+    v1 = sim.publish(files)
+    files["pages/0450.html"] = "<p>corrigée</p>"
+    files["pages/new.html"] = "<p>nouvelle</p>"
+    del files["pages/0003.html"]
+    v2 = sim.publish(files)
+    snap = sim.hub.snapshot()
+    r1, r2 = snap.release("maths", v1), snap.release("maths", v2)
+    m1, m2 = sim.hub.manifest("maths", v1), sim.hub.manifest("maths", v2)
+    assert (r2.files, r2.size) == (len(m2.files), m2.total_size)
+    assert list(r2.iter_files()) == m2.files
+    expected = _naive(m1.files, m2.files)
+    assert [(a and a.path, b and b.path) for a, b in expected] == [
+        ("pages/0003.html", None),
+        ("pages/0450.html", "pages/0450.html"),
+        (None, "pages/new.html"),
+    ]
+    assert list(r2.changes_from(r1)) == expected
+    # a format 1 release on one side: the two lists are merged instead
+    assert list(r2.changes_from(Release.of_manifest(replace(m1, spec_version=1)))) == expected
+    assert set(m2.tree_objects) == {ref.sha256 for ref in r2.piece_refs()}
+
+
+def test_a_release_whose_document_lies_about_its_counts_is_refused(sim: RepoSim) -> None:
+    v1 = sim.publish({"a.txt": "a", "b.txt": "b"})
+    snap = sim.hub.snapshot()
+    ref = snap.ref("maths", v1)
+    data = sim.hub.manifest_bytes("maths", v1)
+    with pytest.raises(VerificationError):
+        Release.open(data, replace(ref, files=3), "maths", sim.hub.pieces())

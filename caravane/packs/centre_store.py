@@ -35,6 +35,7 @@ from caravane.protocol.metadata import (
     ReleaseRef,
     check_channel,
 )
+from caravane.protocol.release import Release
 from caravane.protocol.trust import (
     MAX_ROOT_ROTATIONS,
     TrustedState,
@@ -86,12 +87,17 @@ class CentreStore(RepositoryBase):
         cls._lay_out(path, data, state.root.version)
         return cls(path)
 
+    def release(self, channel: str, version: int) -> Release:
+        """A verified release of this store, its files read from the pieces on demand."""
+        return self.snapshot().release(channel, version)
+
     def _holds_whole(self, snap: Snapshot, channel: str, version: int) -> bool:
         try:
-            manifest = snap.manifest(channel, version)
+            release = snap.release(channel, version)
+            # reading the files reads every piece of the list: those are here too
+            return all(self.store.has(sha) for f in release.iter_files() for sha, _ in f.chunks)
         except CaravaneError:
             return False
-        return all(self.store.has(sha) for sha in manifest.chunk_sizes())
 
     # ------------------------------------------------------------------ accepting fetched data
 
@@ -137,18 +143,22 @@ class CentreStore(RepositoryBase):
         version: int,
         data: bytes,
         fetch: Callable[[dict[str, int]], None] | None = None,
-    ) -> Manifest:
+    ) -> Release:
         """Verify a fetched manifest against the signed channel metadata, and keep it.
 
         A format 2 manifest's pieces come from this store, and ``fetch`` (an upstream's
         objects) brings in the ones it lacks: for an update, the few pieces that changed.
+        The tree is verified as a stream (``TrustedState.verify_release``): every piece and
+        path is checked before the manifest is kept, and no file list is held.
         """
         ref = self.snapshot().channel(channel).releases.get(version)
         if ref is None:
             raise NotFoundError(f"channel {channel!r} has no signed version {version}")
-        manifest = self.trusted.verify_manifest(data, ref, channel, store_reader(self.store, fetch))
+        reader = store_reader(self.store, fetch)
+        release = self.trusted.verify_release(data, ref, channel, reader)
         write_atomic(self.path / manifest_relpath(channel, version), data, self.durable)
-        return manifest
+        # read from the store from now on: every piece is here
+        return Release.open(data, ref, channel, self.pieces()) if release.doc else release
 
     # ------------------------------------------------------------------ packs
 

@@ -47,7 +47,11 @@ def _sync(centre: Path) -> tuple[float, int]:
 
 
 def _publish(repo: Path, tree: Path) -> None:
-    subprocess.run([*caravane(), "repo", "publish", str(repo), CHANNEL, str(tree)], check=True)
+    subprocess.run(
+        [*caravane(), "repo", "publish", str(repo), CHANNEL, str(tree)],
+        check=True,
+        capture_output=True,
+    )
 
 
 def _pack(repo: Path, base: int, target: int) -> None:

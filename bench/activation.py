@@ -61,12 +61,12 @@ def measure(n: int, work: Path) -> dict[str, Any]:
             if not pack.exists():
                 hub.build_pack("lib", v - 1, v, pack)
             store.apply_pack(pack)
-            rel.build(store, store.manifest("lib", v))
+            rel.build(store, store.release("lib", v))
             rel.switch("lib", v)
         if not (work / "p3.pack").exists():
             hub.build_pack("lib", 2, 3, work / "p3.pack")
         store.apply_pack(work / "p3.pack")
-        m = store.manifest("lib", 3)
+        m = store.release("lib", 3)
         if way == "afresh":
             rel._recycle = lambda *a, **k: False  # type: ignore[method-assign]
         out[way] = _timed(lambda rel=rel, store=store, m=m: rel.build(store, m))

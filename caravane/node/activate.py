@@ -23,11 +23,17 @@ from pathlib import Path
 from caravane.packs import zim
 from caravane.packs.centre_store import CentreStore
 from caravane.protocol.metadata import FileEntry, Manifest
+from caravane.protocol.release import Release
+from caravane.protocol.tree import Change
 
 from . import books
 from .errors import NodeError
 
 log = logging.getLogger("caravane.node.activate")
+
+#: files rebuilt from the store at once when a release is built afresh (one batch of
+#: entries is what a build holds, whatever the release's size)
+BUILD_BATCH = 4096
 
 
 class Releases:
@@ -69,9 +75,13 @@ class Releases:
 
     # ------------------------------------------------------------------ build, switch
 
-    def build(self, repo: CentreStore, manifest: Manifest) -> Path:
-        """Materialise a release (hard links for unchanged files); return its final folder."""
-        channel, version = manifest.channel, manifest.version
+    def build(self, repo: CentreStore, release: Release) -> Path:
+        """Materialise a release (hard links for unchanged files); return its final folder.
+
+        What is held is proportional to what changed since the active release (the tree
+        diff), never to the release: the files come from the pieces as they are read.
+        """
+        channel, version = release.channel, release.version
         final = self.folder(channel, version)
         if final.is_dir():
             return final
@@ -81,7 +91,7 @@ class Releases:
             shutil.rmtree(stale, ignore_errors=True)  # left by a crash
         staging = base / f".staging-{version}"
         try:
-            if self._recycle(repo, manifest, staging):
+            if self._recycle(repo, release, staging):
                 os.replace(staging, final)
                 if self.durable:
                     _fsync_dir(base)
@@ -91,18 +101,7 @@ class Releases:
             raise
         staging.mkdir()
         try:
-            linked = self._link_unchanged(repo, manifest, channel, staging)
-            rest = Manifest(
-                manifest.channel,
-                manifest.version,
-                manifest.created,
-                [f for f in manifest.files if f.path not in linked],
-                manifest.notes,
-            )
-            repo.materialise(rest, staging)
-            for f in manifest.files:  # folders for empty trees too
-                (staging / f.path).parent.mkdir(parents=True, exist_ok=True)
-            books.rebuild(staging, manifest)  # ZIM books from their entries (node/books.py)
+            self._link_unchanged(repo, release, channel, staging)
             if self.durable:
                 _sync_tree(staging)
             os.replace(staging, final)
@@ -113,66 +112,80 @@ class Releases:
             raise
         return final
 
-    def _recycle(self, repo: CentreStore, manifest: Manifest, staging: Path) -> bool:
+    def _release(self, repo: CentreStore, channel: str, version: int | None) -> Release | None:
+        if version is None:
+            return None
+        try:
+            return repo.release(channel, version)
+        except Exception:
+            return None
+
+    def _recycle(self, repo: CentreStore, release: Release, staging: Path) -> bool:
         """Build the new release out of the previous one's folder; False when it cannot.
 
         The folder of the release before the active one is removed after this activation
         anyway (a centre keeps the active release and one to roll back to), so it is renamed
         to the staging name and only what differs is touched: changed files are replaced
         (hard-linked from the active release when it has them, else rebuilt from the store),
-        removed ones deleted. The cost is the files that changed between the two releases,
-        where building afresh costs a hard link, a stat and a directory check per file (a
-        million at a national library's size). A crash leaves a staging folder, which the
-        next build removes before building from the active release the ordinary way; the
-        active release is served throughout.
+        removed ones deleted. The differences come from the tree diff of the two releases
+        (``Release.changes_from``), which reads only the pieces that differ: the cost is the
+        files that changed, where building afresh costs a hard link, a stat and a directory
+        check per file (a million at a national library's size). A crash leaves a staging
+        folder, which the next build removes before building from the active release the
+        ordinary way; the active release is served throughout.
         """
-        channel = manifest.channel
+        channel = release.channel
         active, prev = self.active(channel), self.previous(channel)
         if active is None or prev is None or not self.folder(channel, prev).is_dir():
             return False
-        try:
-            old = repo.manifest(channel, prev)
-            current = repo.manifest(channel, active)
-        except Exception:
-            return False
-        if any(zim.is_stream(f.path) for m in (old, manifest) for f in m.files):
+        if (self.folder(channel, prev) / books.INDEX).exists():
             return False  # books are rebuilt from their entries: the ordinary path knows how
+        old = self._release(repo, channel, prev)
+        current = self._release(repo, channel, active)
+        if old is None or current is None:
+            return False
+        try:
+            changes = list(release.changes_from(old))
+            # the paths where the active release differs from the new one: anywhere else
+            # the active release holds the very file (same content and mode) to link
+            differs = {_path_of(c) for c in release.changes_from(current)}
+        except Exception:
+            return False  # a piece missing or damaged: the ordinary path says which
+        if any(zim.is_stream(_path_of(c)) for c in changes):
+            return False
         os.rename(self.folder(channel, prev), staging)
-        new_paths = {f.path: f for f in manifest.files}
         gone_dirs: set[Path] = set()
-        had: dict[str, tuple[str, int]] = {}
-        for f in old.files:
-            entry = new_paths.get(f.path)
-            if entry is not None and entry.sha256 == f.sha256:
-                had[f.path] = (f.sha256, f.mode)
+        for a, b in changes:
+            if a is None:
                 continue
-            (staging / f.path).unlink(missing_ok=True)  # never written through: may be a link
-            gone_dirs.add((staging / f.path).parent)
+            if b is not None and a.sha256 == b.sha256:
+                continue  # the same content: at most its mode changes, below
+            (staging / a.path).unlink(missing_ok=True)  # never written through: may be a link
+            gone_dirs.add((staging / a.path).parent)
         self._remove_empty(staging, gone_dirs)
-        in_active = {f.path: f for f in current.files}
         folder = self.folder(channel, active)
         todo: list[FileEntry] = []
         written: list[Path] = []
-        for f in manifest.files:
-            kept = had.get(f.path)
-            if kept is not None:
-                if kept[1] != f.mode:
-                    os.chmod(staging / f.path, f.mode)
+        for a, b in changes:
+            if b is None:
                 continue
-            dest = staging / f.path
+            if a is not None and a.sha256 == b.sha256:
+                if a.mode != b.mode:
+                    os.chmod(staging / b.path, b.mode)
+                continue
+            dest = staging / b.path
             _clear_way(staging, dest)
-            same = in_active.get(f.path)
-            if same is not None and same.sha256 == f.sha256 and same.mode == f.mode:
+            if b.path not in differs:
                 try:
-                    if (folder / f.path).stat().st_size == f.size:
-                        os.link(folder / f.path, dest)
+                    if (folder / b.path).stat().st_size == b.size:
+                        os.link(folder / b.path, dest)
                         continue
                 except OSError:
                     pass  # rebuilt from the store below
-            todo.append(f)
+            todo.append(b)
             written.append(dest)
         repo.materialise(
-            Manifest(manifest.channel, manifest.version, manifest.created, todo, manifest.notes),
+            Manifest(release.channel, release.version, release.created, todo, release.notes),
             staging,
         )
         if self.durable:
@@ -192,41 +205,67 @@ class Releases:
                 folder = folder.parent
 
     def _link_unchanged(
-        self, repo: CentreStore, manifest: Manifest, channel: str, staging: Path
-    ) -> set[str]:
+        self, repo: CentreStore, release: Release, channel: str, staging: Path
+    ) -> int:
+        """Build ``release`` in ``staging``: files the active release holds unchanged are
+        hard-linked from its folder, the rest rebuilt from the store, a batch at a time.
+
+        The files are walked once from the pieces; what is held is the set of paths that
+        differ from the active release (the tree diff) and one batch of files to write.
+        Returns the number of files linked.
+        """
         active = self.active(channel)
-        if active is None:
-            return set()
-        try:
-            old = repo.manifest(channel, active)
-        except Exception:
-            return set()
-        old_folder = self.folder(channel, active)
-        same = {f.path: f for f in old.files}
-        linked: set[str] = set()
-        for f in manifest.files:
-            prev = same.get(f.path)
-            if prev is None or prev.sha256 != f.sha256 or prev.mode != f.mode:
-                continue
-            if zim.is_stream(f.path):  # an unchanged book: its rebuilt ZIM file
-                if books.link_unchanged(old_folder, staging, f):
-                    linked.add(f.path)
-                continue
-            src = old_folder / f.path
+        current = self._release(repo, channel, active)
+        old_folder = self.folder(channel, active) if active is not None else staging
+        differs: set[str] | None = None
+        if current is not None:
             try:
-                st = src.stat()
-            except OSError:
+                differs = {_path_of(c) for c in release.changes_from(current)}
+            except Exception:
+                differs = None  # the active release cannot be read: build from the store
+        batch: list[FileEntry] = []
+        streams: list[FileEntry] = []
+        made = ""
+        linked = 0
+
+        def flush() -> None:
+            if batch:
+                repo.materialise(
+                    Manifest(channel, release.version, release.created, batch, release.notes),
+                    staging,
+                )
+                batch.clear()
+
+        for f in release.iter_files():
+            parent = os.path.dirname(f.path)
+            if parent != made:  # folders for empty trees too, once per folder
+                (staging / parent).mkdir(parents=True, exist_ok=True)
+                made = parent
+            if zim.is_stream(f.path):
+                streams.append(f)
+            if differs is not None and f.path not in differs and self._link(old_folder, staging, f):
+                linked += 1
                 continue
-            if st.st_size != f.size:
-                continue  # someone changed the served copy; rebuild it from the store
-            dest = staging / f.path
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.link(src, dest)
-            except OSError:
-                continue  # another file system, or links not allowed: copy from the store
-            linked.add(f.path)
+            batch.append(f)
+            if len(batch) >= BUILD_BATCH:
+                flush()
+        flush()
+        books.rebuild(staging, channel, streams)  # ZIM books from their entries (node/books.py)
         return linked
+
+    @staticmethod
+    def _link(old_folder: Path, staging: Path, f: FileEntry) -> bool:
+        """Hard-link an unchanged file from the active release; False to rebuild it."""
+        if zim.is_stream(f.path):  # an unchanged book: its rebuilt ZIM file
+            return books.link_unchanged(old_folder, staging, f)
+        src = old_folder / f.path
+        try:
+            if src.stat().st_size != f.size:
+                return False  # someone changed the served copy; rebuild it from the store
+            os.link(src, staging / f.path)
+        except OSError:
+            return False  # another file system, or links not allowed: copy from the store
+        return True
 
     def switch(self, channel: str, version: int) -> None:
         """Point ``live/<channel>`` at a complete release with one atomic rename."""
@@ -256,11 +295,11 @@ class Releases:
             removed.append(v)
         return removed
 
-    def verify_tree(self, manifest: Manifest) -> list[str]:
-        """Files of a release folder that differ from the signed manifest (for status)."""
-        folder = self.folder(manifest.channel, manifest.version)
+    def verify_tree(self, release: Release) -> list[str]:
+        """Files of a release folder that differ from the signed release (for status)."""
+        folder = self.folder(release.channel, release.version)
         bad = []
-        for f in manifest.files:
+        for f in release.iter_files():
             path = folder / f.path
             if zim.is_stream(f.path):
                 if not books.verify_book(folder, f):
@@ -277,6 +316,13 @@ class Releases:
             if h.hexdigest() != f.sha256:
                 bad.append(f.path)
         return bad
+
+
+def _path_of(change: Change) -> str:
+    old, new = change
+    entry = new if new is not None else old
+    assert entry is not None  # a change has at least one side
+    return entry.path
 
 
 def _clear_way(root: Path, dest: Path) -> None:

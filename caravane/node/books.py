@@ -23,13 +23,13 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from caravane.packs import zim
-from caravane.protocol.metadata import FileEntry, Manifest
+from caravane.protocol.metadata import FileEntry
 
 from .errors import NodeError
 
@@ -71,10 +71,14 @@ def link_unchanged(old_folder: Path, staging: Path, entry: FileEntry) -> bool:
     return True
 
 
-def rebuild(staging: Path, manifest: Manifest) -> list[str]:
-    """Turn every stream materialised in ``staging`` into its ZIM book; index the books."""
+def rebuild(staging: Path, channel: str, streams: Iterable[FileEntry]) -> list[str]:
+    """Turn every stream materialised in ``staging`` into its ZIM book; index the books.
+
+    ``streams`` are the release's book streams (its files for which ``zim.is_stream``), which
+    the build collects as it walks the release once.
+    """
     books = []
-    for f in manifest.files:
+    for f in streams:
         if not zim.is_stream(f.path):
             continue
         out = staging / zim.book_path(f.path)
@@ -83,7 +87,7 @@ def rebuild(staging: Path, manifest: Manifest) -> list[str]:
             _build(stream, out)
             stream.unlink()
         if not out.is_file():
-            raise BookError(f"{manifest.channel}: book {zim.book_path(f.path)} is missing")
+            raise BookError(f"{channel}: book {zim.book_path(f.path)} is missing")
         books.append(zim.book_path(f.path))
     if books:
         (staging / INDEX).write_text(json.dumps({"books": books}), encoding="utf-8")

@@ -22,13 +22,16 @@ import logging
 import re
 import threading
 import urllib.parse
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from caravane.i18n import Translator, size_text
-from caravane.protocol.metadata import Manifest
+from caravane.protocol.errors import CaravaneError
+from caravane.protocol.metadata import FileEntry
+from caravane.protocol.release import Release
 
 from . import search
 from .extract import kind_of
@@ -71,9 +74,9 @@ class Library:
         releases = self.node.releases
         return {ch: v for ch in releases.channels() if (v := releases.active(ch)) is not None}
 
-    def _manifest(self, channel: str, version: int) -> Manifest | None:
+    def _release(self, channel: str, version: int) -> Release | None:
         try:
-            return self.node.repo.manifest(channel, version)
+            return self.node.repo.release(channel, version)
         except Exception:
             return None
 
@@ -86,7 +89,7 @@ class Library:
                 self.index,
                 self.served(),
                 self.node.releases.folder,
-                self._manifest,
+                self._release,
                 full_check=full_check,
             )
         except Exception:
@@ -162,17 +165,26 @@ class Library:
         if not words or limit <= 0:
             return out
         for ch, v in channels.items():
-            manifest = self._manifest(ch, v)
-            if manifest is None:
+            release = self._release(ch, v)
+            if release is None:
                 continue
-            for f in manifest.files:
-                name = search.fold(f.path)
-                if all(w in name for w in words):
+            try:
+                for f in self._names(release, words):
                     title = f.path.rsplit("/", 1)[-1]
                     out.append(self._result(ch, f.path, kind_of(f.path), f.size, title, "", lang))
                     if len(out) >= limit:
                         return out
+            except CaravaneError:
+                continue  # a piece missing or damaged: the release is rebuilt at the next sync
         return out
+
+    @staticmethod
+    def _names(release: Release, words: list[str]) -> Iterator[FileEntry]:
+        """The files whose folded path holds every word, walked from the pieces."""
+        for f in release.iter_files():
+            name = search.fold(f.path)
+            if all(w in name for w in words):
+                yield f
 
     # ------------------------------------------------------------------ handlers
 

@@ -8,9 +8,10 @@ where Xapian would be one more native package to carry.
 Costs follow the change, as everywhere in Caravane. Each row is one file of one channel with
 the range of release versions it belongs to (``since``..``until``; ``until`` empty while it
 is in the newest indexed release). Activating version N after H rewrites only the files
-whose hash changed between the two manifests (and removes those that went); unchanged files
-keep their rows. A search looks at the rows whose range holds the version ``live/<channel>``
-serves at that moment, so the index is written completely, in one transaction, before the
+whose hash changed between the two releases (and removes those that went), found by the
+tree diff, which reads only the pieces that differ; unchanged files keep their rows. A
+search looks at the rows whose range holds the version ``live/<channel>`` serves at that
+moment, so the index is written completely, in one transaction, before the
 switch, and a visitor never sees a half-built index: before the switch the new rows are out
 of range, after it they are in. A rollback needs no work at all.
 
@@ -33,7 +34,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from caravane.protocol.metadata import Manifest
+from caravane.protocol.metadata import FileEntry
+from caravane.protocol.release import Release
 
 from .extract import extract, kind_of
 
@@ -223,76 +225,87 @@ class SearchIndex:
 
     def update(
         self,
-        manifest: Manifest,
+        release: Release,
         folder: Path,
-        load_manifest: Callable[[int], Manifest | None],
+        load_release: Callable[[int], Release | None],
     ) -> UpdateStats:
-        """Index release ``manifest`` (its files in ``folder``) after the indexed head.
+        """Index ``release`` (its files in ``folder``) after the indexed head.
 
-        Only the files whose hash differs from the head's manifest are read and written;
-        without the head's manifest (collected, or no head yet) the channel is indexed from
-        scratch. One transaction: the release becomes searchable all at once.
+        Only the files whose hash differs from the head's release are read and written,
+        found by the tree diff of the two releases (which reads only the pieces that
+        differ); without the head's release (collected, or no head yet) the channel is
+        indexed from scratch, its files walked from the pieces. One transaction: the
+        release becomes searchable all at once.
         """
         for _ in range(3):
             try:
-                return self._update(manifest, folder, load_manifest)
+                return self._update(release, folder, load_release)
             except _Moved:
                 continue
         raise SearchIndexError(f"{self.path}: the index keeps changing under this update")
 
     def _update(
         self,
-        manifest: Manifest,
+        release: Release,
         folder: Path,
-        load_manifest: Callable[[int], Manifest | None],
+        load_release: Callable[[int], Release | None],
     ) -> UpdateStats:
-        channel, version = manifest.channel, manifest.version
+        channel, version = release.channel, release.version
         with self._lock:
             if self.covers(channel, version):
-                return UpdateStats(channel, version, kept=len(manifest.files))
+                return UpdateStats(channel, version, kept=release.files)
             head = self.head(channel)
-            base = load_manifest(head) if head is not None and head < version else None
+            base = load_release(head) if head is not None and head < version else None
             if base is None:
-                return self._rebuild_channel(manifest, folder)
+                return self._rebuild_channel(release, folder)
             stats = UpdateStats(channel, version)
-            old = {f.path: f.sha256 for f in base.files}
-            new_paths = {f.path for f in manifest.files}
-            changed = [f for f in manifest.files if old.get(f.path) != f.sha256]
-            gone = [p for p in old if p not in new_paths]
-            stats.kept = len(manifest.files) - len(changed)
+            changed: list[FileEntry] = []
+            # paths whose row stops at the head (changed, gone, or new: a row an interrupted
+            # index left), and whether the head's release had them
+            retired: list[tuple[str, bool]] = []
+            for a, b in release.changes_from(base):
+                if a is not None and b is not None and a.sha256 == b.sha256:
+                    continue  # only its mode changed: the same text
+                if b is not None:
+                    changed.append(b)
+                    retired.append((b.path, a is not None))
+                elif a is not None:
+                    retired.append((a.path, True))
+            stats.kept = release.files - len(changed)
             prepared = [(f.path, f.size, extract(folder / f.path, f.path)) for f in changed]
             with self._write() as conn:
                 if _state(conn, channel, version) != (False, head):
                     raise _Moved  # another process indexed meanwhile: look again
-                for path in [f.path for f in changed] + gone:
+                for path, was in retired:
                     cur = conn.execute(
                         "UPDATE docs SET until = ? WHERE channel = ? AND path = ? "
                         "AND until IS NULL",
                         (head, channel, path),
                     )
-                    stats.removed += cur.rowcount if path in old else 0
+                    stats.removed += cur.rowcount if was else 0
                 for path, size, got in prepared:
                     self._insert(conn, channel, version, path, size, got.title, got.text)
                     stats.written += 1
-                self._set_head(conn, manifest, folder, version)
+                self._set_head(conn, release, folder, version)
             return stats
 
-    def _rebuild_channel(self, manifest: Manifest, folder: Path) -> UpdateStats:
-        channel, version = manifest.channel, manifest.version
+    def _rebuild_channel(self, release: Release, folder: Path) -> UpdateStats:
+        channel, version = release.channel, release.version
         stats = UpdateStats(channel, version, rebuilt=True)
         with self._write() as conn:
             if _state(conn, channel, version)[0]:
-                return UpdateStats(channel, version, kept=len(manifest.files))
+                return UpdateStats(channel, version, kept=release.files)
             ids = [r[0] for r in conn.execute("SELECT id FROM docs WHERE channel = ?", (channel,))]
             stats.removed = len(ids)
             conn.executemany("DELETE FROM fts WHERE rowid = ?", [(i,) for i in ids])
+            del ids
             conn.execute("DELETE FROM docs WHERE channel = ?", (channel,))
             conn.execute("DELETE FROM covered WHERE channel = ?", (channel,))
-            for f in manifest.files:
+            for f in release.iter_files():
                 got = extract(folder / f.path, f.path)
                 self._insert(conn, channel, version, f.path, f.size, got.title, got.text)
                 stats.written += 1
-            self._set_head(conn, manifest, folder, version)
+            self._set_head(conn, release, folder, version)
         return stats
 
     @staticmethod
@@ -315,8 +328,8 @@ class SearchIndex:
         )
 
     @staticmethod
-    def _set_head(conn: sqlite3.Connection, manifest: Manifest, folder: Path, version: int) -> None:
-        description = manifest.notes.strip()[:300]
+    def _set_head(conn: sqlite3.Connection, release: Release, folder: Path, version: int) -> None:
+        description = release.notes.strip()[:300]
         if (folder / "index.html").is_file():
             got = extract(folder / "index.html", "index.html")
             description = got.description or description
@@ -324,11 +337,11 @@ class SearchIndex:
             "INSERT INTO heads (channel, version, description) VALUES (?, ?, ?) "
             "ON CONFLICT(channel) DO UPDATE SET version = excluded.version, "
             "description = excluded.description",
-            (manifest.channel, version, description),
+            (release.channel, version, description),
         )
         conn.execute(
             "INSERT OR IGNORE INTO covered (channel, version) VALUES (?, ?)",
-            (manifest.channel, version),
+            (release.channel, version),
         )
 
     def forget(self, channel: str, keep: set[int]) -> int:
@@ -417,9 +430,9 @@ def for_releases(releases_dir: Path) -> SearchIndex:
 
 def index_release(
     index: SearchIndex,
-    manifest: Manifest,
+    release: Release,
     folder: Path,
-    load_manifest: Callable[[int], Manifest | None],
+    load_release: Callable[[int], Release | None],
 ) -> UpdateStats | None:
     """Index a release being activated; a failure never stops the activation.
 
@@ -430,11 +443,11 @@ def index_release(
     try:
         if index.path.exists() and not _usable(index):
             index.discard()
-        stats = index.update(manifest, folder, load_manifest)
+        stats = index.update(release, folder, load_release)
         log.info(
             "%s v%d: search index %s (%d written, %d removed, %d kept)",
-            manifest.channel,
-            manifest.version,
+            release.channel,
+            release.version,
             "rebuilt" if stats.rebuilt else "updated",
             stats.written,
             stats.removed,
@@ -443,7 +456,7 @@ def index_release(
         return stats
     except (SearchIndexError, sqlite3.Error, OSError) as exc:
         log.warning(
-            "%s: the search index was not updated (%s); rebuilt later", manifest.channel, exc
+            "%s: the search index was not updated (%s); rebuilt later", release.channel, exc
         )
         return None
 
@@ -461,7 +474,7 @@ def ensure(
     index: SearchIndex,
     served: dict[str, int],
     folder_of: Callable[[str, int], Path],
-    load_manifest: Callable[[str, int], Manifest | None],
+    load_release: Callable[[str, int], Release | None],
     full_check: bool = False,
 ) -> list[UpdateStats]:
     """Make the index cover every release served: rebuilt from scratch when missing or
@@ -475,12 +488,12 @@ def ensure(
     for channel, version in sorted(served.items()):
         if index.covers(channel, version):
             continue
-        manifest = load_manifest(channel, version)
-        if manifest is None:
+        release = load_release(channel, version)
+        if release is None:
             continue
 
-        def base(v: int, c: str = channel) -> Manifest | None:
-            return load_manifest(c, v)
+        def base(v: int, c: str = channel) -> Release | None:
+            return load_release(c, v)
 
-        done.append(index.update(manifest, folder_of(channel, version), base))
+        done.append(index.update(release, folder_of(channel, version), base))
     return done

@@ -19,18 +19,19 @@ a reboot costs at most the block in flight (packs) or one object.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import os
 import re
 import shutil
 import threading
-from collections.abc import Callable
+from array import array
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from caravane.packs import changes
 from caravane.packs.centre_store import CentreStore
 from caravane.packs.errors import DiskFullError, PackError, StoreError, TruncatedPackError
 from caravane.packs.layout import (
@@ -44,7 +45,8 @@ from caravane.packs.manifests import pieces_of
 from caravane.packs.packfile import MAGIC, read_entries
 from caravane.protocol import tree
 from caravane.protocol.errors import CaravaneError, NotFoundError
-from caravane.protocol.metadata import MAX_METADATA_BYTES, ChannelMeta, Manifest, ReleaseRef
+from caravane.protocol.metadata import MAX_METADATA_BYTES, ChannelMeta, FileEntry, ReleaseRef
+from caravane.protocol.release import Release
 from caravane.protocol.trust import MAX_ROOT_ROTATIONS, too_many_roots
 
 from . import search
@@ -289,26 +291,26 @@ class SyncEngine:
             return
         if res.active == known:
             return
-        manifest = self._stored_manifest(channel, known)
+        release = self._stored_release(channel, known)
         tried_pack = False
-        if manifest is None:
+        if release is None:
             # the pack carries the manifest: for an update as a delta against the one this
             # centre holds (its metadata costs what changed, where the whole file list grows
             # with the channel), for a first sync with every piece of its tree in one stream
             # (instead of one object request per piece)
             tried_pack = True
-            manifest = self._manifest_from_pack(
+            release = self._release_from_pack(
                 channel, res.active, known, update=res.active is not None, soft=True
             )
-        if manifest is None:
-            manifest = self._load_manifest(channel, known)
-        if manifest is None and not tried_pack:
-            manifest = self._manifest_from_pack(channel, res.active, known)
-        if manifest is None:
+        if release is None:
+            release = self._load_release(channel, known)
+        if release is None and not tried_pack:
+            release = self._release_from_pack(channel, res.active, known)
+        if release is None:
             res.status = "waiting"
             res.message = f"the manifest of version {known} is not on any upstream yet"
             return
-        missing = self._fetch_content(manifest, res.active)
+        missing = self._fetch_content(release, res.active)
         if missing:
             res.status = "waiting"
             res.missing_bytes = sum(missing.values())
@@ -317,7 +319,7 @@ class SyncEngine:
                 "are still missing; they will come with the next sync or drive"
             )
             return
-        res.route = self._activate(manifest)
+        res.route = self._activate(release)
         res.status, res.active = "activated", known
         if held is not None:
             self.state.hold(channel, None)
@@ -363,30 +365,30 @@ class SyncEngine:
 
     # ------------------------------------------------------------------ 3. manifest
 
-    def _stored_manifest(self, channel: str, version: int) -> Manifest | None:
-        """The manifest if this store already holds it (verified), else None."""
+    def _stored_release(self, channel: str, version: int) -> Release | None:
+        """The release if this store already holds its manifest (verified), else None."""
         try:
-            return self.repo.manifest(channel, version)
+            return self.repo.release(channel, version)
         except NotFoundError:
             return None
 
-    def _readable_manifest(self, channel: str, version: int) -> Manifest | None:
-        """The stored manifest, or None if it is absent or unreadable (the search index then
+    def _readable_release(self, channel: str, version: int) -> Release | None:
+        """The stored release, or None if it is absent or unreadable (the search index then
         rebuilds from the release folder instead of comparing with it)."""
         try:
-            return self.repo.manifest(channel, version)
+            return self.repo.release(channel, version)
         except (CaravaneError, OSError):
             return None
 
-    def _load_manifest(self, channel: str, version: int) -> Manifest | None:
+    def _load_release(self, channel: str, version: int) -> Release | None:
         """The manifest from the store, else from the first upstream whose copy verifies."""
-        stored = self._stored_manifest(channel, version)
+        stored = self._stored_release(channel, version)
         if stored is not None:
             return stored
         ref = self.repo.channel_meta(channel).releases[version]
         path = manifest_relpath(channel, version)
 
-        def from_up(up: Upstream) -> Manifest:
+        def from_up(up: Upstream) -> Release:
             data = self.transfer.retrying(
                 lambda: self.transfer.read(up, path, ref.manifest_length), lambda: 0
             )
@@ -394,14 +396,14 @@ class SyncEngine:
 
         return self.transfer.first(f"the manifest of {channel} version {version}", from_up)
 
-    def _manifest_from_pack(
+    def _release_from_pack(
         self,
         channel: str,
         base: int | None,
         target: int,
         update: bool = False,
         soft: bool = False,
-    ) -> Manifest | None:
+    ) -> Release | None:
         """The release through the pack from ``base``: its manifest and its content at once.
 
         A drive or a static mirror may carry the manifest only inside the pack; for an
@@ -420,7 +422,7 @@ class SyncEngine:
             raise DiskSpaceError(needed, free, str(where))
         self._fetch_pack(channel, base or 0, target, pack_bound(ref.size, ref.manifest_length, ref))
         try:
-            return self.repo.manifest(channel, target)
+            return self.repo.release(channel, target)
         except NotFoundError:
             return None
 
@@ -429,48 +431,64 @@ class SyncEngine:
     def _missing(self, sizes: dict[str, int]) -> dict[str, int]:
         return {s: n for s, n in sizes.items() if not self.repo.store.has(s)}
 
-    def _fetch_content(self, manifest: Manifest, active: int | None) -> dict[str, int]:
-        """Fetch what the store lacks for ``manifest``; returns what is still missing."""
-        need = self._missing(manifest.chunk_sizes())
+    def _fetch_content(self, release: Release, active: int | None) -> dict[str, int]:
+        """Fetch what the store lacks for ``release``; returns what is still missing."""
+        plan = self._plan(release, active)
+        need = plan.need
         if not need:
             return need
-        self._check_space(manifest, need, active)
-        bound = self._pack_plan(manifest, active or 0, need)
+        self._check_space(need, plan.written)
+        bound = self._pack_plan(release, plan)
         if bound is not None:
-            self._fetch_pack(manifest.channel, active or 0, manifest.version, bound)
+            self._fetch_pack(release.channel, plan.base, release.version, bound)
             need = self._missing(need)
         if need:
             self._fetch_objects(need)
             need = self._missing(need)
         return need
 
-    def _pack_plan(self, manifest: Manifest, base: int, need: dict[str, int]) -> int | None:
-        """The wire bound of the pack ``base``->target, or None when objects cost less.
+    def _plan(self, release: Release, active: int | None) -> _Plan:
+        """What ``release`` needs that this store lacks, from what changed since ``active``.
+
+        With the active release readable, only the files the tree diff names are looked at
+        (the active release's objects are all here: it was activated, and collection keeps
+        them); otherwise every file, walked from the pieces. Holds the missing objects only.
+        """
+        old = self._readable_release(release.channel, active) if active is not None else None
+        # -1: the active release cannot be read, so no pack from it can be applied
+        plan = _Plan(0 if active is None else active if old is not None else -1)
+        if old is not None:
+            try:
+                for a, b in release.changes_from(old):
+                    if b is not None:
+                        plan.add(b, a, self.repo.store.has)
+                return plan
+            except CaravaneError:
+                plan = _Plan(-1)  # the active release cannot be read: look at every file
+        for f in release.iter_files():
+            plan.add(f, None, self.repo.store.has)
+        return plan
+
+    def _pack_plan(self, release: Release, plan: _Plan) -> int | None:
+        """The wire bound of the pack base->target, or None when objects cost less.
 
         A pack carries every chunk the base release lacks, whatever this centre already
         holds. When most of that is here (an earlier object transfer, a pack cut short
         whose entries were applied), fetching the pack would send it all again, so the
         missing objects come one by one instead.
         """
-        try:
-            old = self.repo.manifest(manifest.channel, base) if base else None
-        except CaravaneError:
+        if plan.base < 0 or (
+            plan.base and plan.base not in self.repo.channel_meta(release.channel).releases
+        ):
             return None  # the base left the signed metadata: objects it is
-        carried = changes.new_bytes(old, manifest)
-        if carried and sum(need.values()) < carried // 2:
+        carried = plan.carried
+        if carried and sum(plan.need.values()) < carried // 2:
             return None
-        ref = self.repo.channel_meta(manifest.channel).releases[manifest.version]
+        ref = self.repo.channel_meta(release.channel).releases[release.version]
         return pack_bound(carried, ref.manifest_length, ref)
 
-    def _check_space(self, manifest: Manifest, need: dict[str, int], active: int | None) -> None:
-        unchanged = 0
-        if active is not None:
-            try:
-                old = {f.path: f.sha256 for f in self.repo.manifest(manifest.channel, active).files}
-                unchanged = sum(f.size for f in manifest.files if old.get(f.path) == f.sha256)
-            except CaravaneError:
-                unchanged = 0
-        needed = sum(need.values()) + (manifest.total_size - unchanged) + self.margin
+    def _check_space(self, need: dict[str, int], written: int) -> None:
+        needed = sum(need.values()) + written + self.margin
         where = self.partial_dir.parent
         free = shutil.disk_usage(where).free
         if free < needed:
@@ -604,32 +622,31 @@ class SyncEngine:
 
     # ------------------------------------------------------------------ 5. activation
 
-    def _activate(self, manifest: Manifest) -> str:
-        """Switch to ``manifest``'s release, then collect what no kept release needs."""
+    def _activate(self, release: Release) -> str:
+        """Switch to ``release``, then collect what no kept release needs."""
         route = self.route or self.transfer.route()
-        channel = manifest.channel
-        keep = self.activate(manifest, route)
-        del manifest  # the parsed manifest is the biggest object of a pass
+        channel = release.channel
+        keep = self.activate(release, route)
         self.collect(channel, keep)
         self.state.set("disk_missing", "0")
         return route
 
-    def activate(self, manifest: Manifest, route: str) -> set[int]:
-        """Build and switch to ``manifest``'s release; returns the versions to keep."""
-        channel = manifest.channel
+    def activate(self, release: Release, route: str) -> set[int]:
+        """Build and switch to ``release``; returns the versions to keep."""
+        channel, version = release.channel, release.version
         previous = self.releases.active(channel)
-        folder = self.releases.build(self.repo, manifest)
+        folder = self.releases.build(self.repo, release)
         # indexed before the switch: the new rows are searched from the instant it is served
         index = search.for_releases(self.releases.releases_dir)
-        search.index_release(index, manifest, folder, lambda v: self._readable_manifest(channel, v))
-        self.releases.switch(channel, manifest.version)
-        self.state.record_activation(channel, manifest.version, previous, route)
+        search.index_release(index, release, folder, lambda v: self._readable_release(channel, v))
+        self.releases.switch(channel, version)
+        self.state.record_activation(channel, version, previous, route)
         self.transfer.event(
             "info",
-            f"{channel}: version {manifest.version} is now served (was "
+            f"{channel}: version {version} is now served (was "
             f"{previous if previous is not None else 'none'}; came by {route})",
         )
-        keep = {manifest.version} | ({previous} if previous is not None else set())
+        keep = {version} | ({previous} if previous is not None else set())
         self.releases.prune(channel, keep)
         with contextlib.suppress(search.SearchIndexError, OSError):
             index.forget(channel, keep)
@@ -650,7 +667,7 @@ class SyncEngine:
                 if old and int(p.stem) not in keep_versions:
                     p.unlink(missing_ok=True)
         with self.repo.lock():
-            keep: set[str] = set()
+            keep = _IdSet()
             for path in (self.repo.path / "manifests").glob("*/*.json"):
                 try:
                     data = path.read_bytes()
@@ -658,18 +675,67 @@ class SyncEngine:
                     return  # unsure what is needed: collect nothing this time
                 # every object id in a manifest, without building its objects: file hashes
                 # come along too, which only means keeping nothing extra
-                keep.update(m.decode() for m in HEX64_QUOTED.findall(data))
+                keep.update(HEX64_QUOTED.findall(data))
                 try:  # a format 2 manifest names its pieces, which name the objects
                     for sha, piece in pieces_of(data, self.repo.store):
                         keep.add(sha)
-                        keep.update(m.decode() for m in HEX64_QUOTED.findall(piece))
+                        keep.update(HEX64_QUOTED.findall(piece))
                 except (CaravaneError, OSError):
                     return  # a piece is missing or damaged: collect nothing this time
                 del data
+            keep.freeze()
             for sha in self.repo.store.iter_ids():
                 if sha not in keep:
                     self.repo.store.remove(sha)
             self.repo.store.compact()  # give the dead objects' space back
+
+
+class _IdSet:
+    """Object ids to keep, as sorted 64-bit prefixes: 8 bytes an id where a set of strings
+    costs about 100 (a million-file channel names a million objects and more). Two ids
+    sharing a prefix only keep an object that could have gone."""
+
+    def __init__(self) -> None:
+        self._buckets = [array("Q") for _ in range(256)]
+
+    def add(self, sha: str | bytes) -> None:
+        v = int(sha[:16], 16)
+        self._buckets[v >> 56].append(v)
+
+    def update(self, ids: Iterable[str | bytes]) -> None:
+        for sha in ids:
+            self.add(sha)
+
+    def freeze(self) -> None:
+        """Sort each bucket (a 256th of the ids at a time): needed before lookups."""
+        self._buckets = [array("Q", sorted(set(b))) for b in self._buckets]
+
+    def __contains__(self, sha: str) -> bool:
+        v = int(sha[:16], 16)
+        bucket = self._buckets[v >> 56]
+        i = bisect.bisect_left(bucket, v)
+        return i < len(bucket) and bucket[i] == v
+
+
+class _Plan:
+    """What a release needs fetched, from the files looked at (changed ones, or all)."""
+
+    def __init__(self, base: int) -> None:
+        self.base = base  # the release a pack would start from (0: none, -1: no pack)
+        self.need: dict[str, int] = {}  # objects missing here
+        self.written = 0  # bytes of files the new release folder writes (not linked)
+        self.carried = 0  # at most what a pack base->target carries of chunks
+
+    def add(self, f: FileEntry, old: FileEntry | None, has: Callable[[str], bool]) -> None:
+        if old is not None and old.sha256 == f.sha256 and old.chunks == f.chunks:
+            return  # only its mode changed
+        kept = {h for h, _ in old.chunks} if old is not None else set()
+        self.written += f.size
+        for h, n in f.chunks:
+            if h not in kept:
+                self.carried += n
+            if h not in self.need and not has(h):
+                self.need[h] = n
 
 
 def _valid_prefix(first: Path) -> int:

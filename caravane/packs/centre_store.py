@@ -13,10 +13,13 @@ trust its own commits.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
+import itertools
 from collections.abc import Callable, Collection
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import zstandard as zstd
 
@@ -31,10 +34,13 @@ from caravane.protocol.errors import (
 from caravane.protocol.metadata import (
     MAX_METADATA_BYTES,
     ChannelMeta,
+    FileEntry,
     Manifest,
     ReleaseRef,
     check_channel,
 )
+from caravane.protocol.paths import SortedPathChecker
+from caravane.protocol.release import Release
 from caravane.protocol.trust import (
     MAX_ROOT_ROTATIONS,
     TrustedState,
@@ -86,12 +92,17 @@ class CentreStore(RepositoryBase):
         cls._lay_out(path, data, state.root.version)
         return cls(path)
 
+    def release(self, channel: str, version: int) -> Release:
+        """A verified release of this store, its files read from the pieces on demand."""
+        return self.snapshot().release(channel, version)
+
     def _holds_whole(self, snap: Snapshot, channel: str, version: int) -> bool:
         try:
-            manifest = snap.manifest(channel, version)
+            release = snap.release(channel, version)
+            # reading the files reads every piece of the list: those are here too
+            return all(self.store.has(sha) for f in release.iter_files() for sha, _ in f.chunks)
         except CaravaneError:
             return False
-        return all(self.store.has(sha) for sha in manifest.chunk_sizes())
 
     # ------------------------------------------------------------------ accepting fetched data
 
@@ -137,18 +148,22 @@ class CentreStore(RepositoryBase):
         version: int,
         data: bytes,
         fetch: Callable[[dict[str, int]], None] | None = None,
-    ) -> Manifest:
+    ) -> Release:
         """Verify a fetched manifest against the signed channel metadata, and keep it.
 
         A format 2 manifest's pieces come from this store, and ``fetch`` (an upstream's
         objects) brings in the ones it lacks: for an update, the few pieces that changed.
+        The tree is verified as a stream (``TrustedState.verify_release``): every piece and
+        path is checked before the manifest is kept, and no file list is held.
         """
         ref = self.snapshot().channel(channel).releases.get(version)
         if ref is None:
             raise NotFoundError(f"channel {channel!r} has no signed version {version}")
-        manifest = self.trusted.verify_manifest(data, ref, channel, store_reader(self.store, fetch))
+        reader = store_reader(self.store, fetch)
+        release = self.trusted.verify_release(data, ref, channel, reader)
         write_atomic(self.path / manifest_relpath(channel, version), data, self.durable)
-        return manifest
+        # read from the store from now on: every piece is here
+        return Release.open(data, ref, channel, self.pieces()) if release.doc else release
 
     # ------------------------------------------------------------------ packs
 
@@ -190,26 +205,31 @@ class CentreStore(RepositoryBase):
         self, pack: Path, progress: Progress, opener: Opener | None
     ) -> ApplyResult:
         pending_channel: Pending | None = None
-        manifest: Manifest | None = None
+        release: Release | None = None
         intake: _TreeIntake | None = None
-        old: Manifest | None = None
+        old: Release | None = None
+        # the files of the new release and of its base by position (what a delta's runs
+        # name), read from the pieces on demand
+        files: Manifest | None = None
+        old_files: Manifest | None = None
+        changed: list[FileEntry] | None = None  # the new files the tree diff names
         mbytes = b""
         added = 0
 
         def payload_limit(header: dict[str, Any]) -> int:
             if header.get("kind") == "delta":
-                finish_tree()  # a delta names files of the new release: decode it first
-            return _entry_bound(header, pending_channel, manifest, intake)
+                finish_tree()  # a delta names files of the new release: check it first
+            return _entry_bound(header, pending_channel, files, intake)
 
         def finish_tree() -> Manifest | None:
-            """The release's manifest once every piece its tree names is here."""
-            nonlocal manifest, intake
-            if manifest is None and intake is not None:
-                manifest = self.trusted.verify_manifest(
-                    mbytes, intake.ref, intake.channel, self.pieces()
-                )
+            """The release's files once every piece its tree names is here and verified."""
+            nonlocal release, intake, files, changed
+            if release is None and intake is not None:
+                release, changed = self._verify_tree(mbytes, intake, old)
                 intake = None
-            return manifest
+            if release is not None and files is None:
+                files = _positional(release)
+            return files
 
         with self.lock():
             snap = self.snapshot()
@@ -219,25 +239,27 @@ class CentreStore(RepositoryBase):
                     if entry.kind == "metadata":
                         pending_channel = self._apply_metadata(entry, snap, what) or pending_channel
                     elif entry.kind == "manifest":
-                        manifest, mbytes, old, intake = self._apply_manifest(
+                        release, mbytes, old, intake = self._apply_manifest(
                             entry, pending_channel, snap, what
                         )
+                        files, changed = None, None
+                        old_files = _positional(old) if old is not None else None
                     elif entry.kind == "tree":
                         if intake is None:
                             raise PackError(f"{what}: manifest pieces without a tree manifest")
                         added += self._apply_tree(entry, what, intake)
                     elif entry.kind == "delta":
-                        added += self._apply_delta(entry, what, progress, old, finish_tree())
+                        added += self._apply_delta(entry, what, progress, old_files, finish_tree())
             except TruncatedPackError as exc:
                 try:
                     finish_tree()
                 except CaravaneError:
-                    manifest = None  # pieces still missing: the next carrier brings them
-                if manifest is not None:
+                    release = None  # pieces still missing: the next carrier brings them
+                if release is not None:
                     # verified against the signed metadata: keep it, so whatever carries the
                     # rest (the network, the next drive) knows what the release needs
                     write_atomic(
-                        self.path / manifest_relpath(manifest.channel, manifest.version),
+                        self.path / manifest_relpath(release.channel, release.version),
                         mbytes,
                         self.durable,
                     )
@@ -250,24 +272,27 @@ class CentreStore(RepositoryBase):
                 raise PackError(
                     f"{pack}: {exc}; this pack was built for a store holding another release"
                 ) from None
-            if manifest is None or pending_channel is None:
+            if release is None or pending_channel is None:
                 raise PackError(f"{pack}: carries no release manifest")
-            missing = [sha for sha in manifest.chunk_sizes() if not self.store.has(sha)]
+            # an update's pack brings the files the tree diff names; the others are the base
+            # release's, which this store holds (a first release: every file is looked at)
+            looked = changed if changed is not None else release.iter_files()
+            missing = {sha for f in looked for sha, _ in f.chunks if not self.store.has(sha)}
             if missing:
                 raise PackError(
-                    f"{pack}: {len(missing)} objects of {manifest.channel!r} version "
-                    f"{manifest.version} are neither in the pack nor in {self.path}; this pack "
+                    f"{pack}: {len(missing)} objects of {release.channel!r} version "
+                    f"{release.version} are neither in the pack nor in {self.path}; this pack "
                     "was built for a store holding another release"
                 )
             channel, cbytes, meta = pending_channel
             write_atomic(
-                self.path / manifest_relpath(channel, manifest.version), mbytes, self.durable
+                self.path / manifest_relpath(channel, release.version), mbytes, self.durable
             )
             current_version = snap.known_version(channel)
             if current_version is None or meta.version >= current_version:
                 write_atomic(self.path / channel_relpath(channel), cbytes, True)
                 snap.remember_channel(channel, cbytes, meta)
-        return ApplyResult(manifest.channel, manifest.version, added, True)
+        return ApplyResult(release.channel, release.version, added, True)
 
     def _apply_metadata(self, entry: Any, snap: Snapshot, what: str) -> Pending | None:
         state = self.trusted
@@ -308,11 +333,12 @@ class CentreStore(RepositoryBase):
 
     def _apply_manifest(
         self, entry: Any, pending: Pending | None, snap: Snapshot, what: str
-    ) -> tuple[Manifest | None, bytes, Manifest | None, _TreeIntake | None]:
+    ) -> tuple[Release | None, bytes, Release | None, _TreeIntake | None]:
         """The pack's manifest, verified, with the base release it was built against.
 
         A format 2 manifest is only its document here: its pieces follow in ``tree``
-        entries (or are in this store already), and the manifest is decoded once they are.
+        entries (or are in this store already), and the release is verified once they are
+        (:meth:`_verify_tree`).
         """
         if pending is None:
             raise PackError(f"{what}: manifest before its channel metadata")
@@ -328,7 +354,7 @@ class CentreStore(RepositoryBase):
             )
         if size != ref.manifest_length or size > MAX_MANIFEST_BYTES:
             raise VerificationError(f"{what}: manifest length differs from the signed one")
-        old: Manifest | None = None
+        old: Release | None = None
         base = b""
         if base_version:
             if not snap.has_manifest(channel, base_version):
@@ -336,7 +362,8 @@ class CentreStore(RepositoryBase):
                     f"manifest of {channel!r} version {base_version} is not in {self.path}: "
                     "this pack updates from that release; apply the packs in order"
                 )
-            old, base = snap.manifest_with_bytes(channel, base_version)
+            base = self.manifest_bytes(channel, base_version)
+            old = Release.open(base, snap.ref(channel, base_version), channel, self.pieces())
         data = delta.decompress_group(base, entry.payload, size, what)
         if tree.spec_version_of(data, what) == tree.TREE_SPEC_VERSION:
             self.trusted.check_manifest_bytes(data, ref, channel)
@@ -344,7 +371,33 @@ class CentreStore(RepositoryBase):
             if doc.channel != channel or doc.version != ref.version:
                 raise VerificationError(f"{what}: it claims {doc.channel!r} v{doc.version}")
             return None, data, old, _TreeIntake(channel, ref, doc, base)
-        return self.trusted.verify_manifest(data, ref, channel), data, old, None
+        flat = self.trusted.verify_manifest(data, ref, channel)
+        return Release.of_manifest(flat), data, old, None
+
+    def _verify_tree(
+        self, data: bytes, intake: _TreeIntake, old: Release | None
+    ) -> tuple[Release, list[FileEntry] | None]:
+        """The pack's release once its pieces are here, verified without its file list.
+
+        Against a format 2 base this store holds (an update), the tree diff reads exactly
+        the pieces the two trees do not share, each checked against the hash its parent
+        names; the shared ones are the base's, verified when it was taken. The new files it
+        names are returned, their paths checked. A first release is walked whole from its
+        pieces (every piece, path and count checked, a batch of leaves at a time).
+        """
+        release = Release.open(data, intake.ref, intake.channel, self.pieces())
+        if old is None or old.doc is None:
+            for _ in release.iter_files():
+                pass  # tree.iter_files verifies as it goes
+            return release, None
+        checker = SortedPathChecker()
+        changed = []
+        for _, new in release.changes_from(old):
+            if new is not None:
+                checker.add(new.path)
+                changed.append(new)
+        checker.finish()
+        return release, changed
 
     def _apply_tree(self, entry: Any, what: str, intake: _TreeIntake) -> int:
         """Manifest pieces, each kept only if the part of the new tree verified so far names it.
@@ -397,6 +450,8 @@ class CentreStore(RepositoryBase):
         old: Manifest | None,
         new: Manifest | None,
     ) -> int:
+        """A group of chunks; ``old`` and ``new`` give the files of the base and new releases
+        by position (a delta's runs name them so), read from the pieces on demand."""
         if new is None:
             raise PackError(f"{what}: delta before the release manifest")
         base_refs = delta.resolve_runs(entry.header.get("base", []), old, f"{what} base")
@@ -450,6 +505,68 @@ class _TreeIntake:
         for child in tree.children_of(ref, piece, what):
             self.named[child.sha256] = child
         return sha
+
+
+class _Positional:
+    """A format 2 release's files by position, read from its pieces as they are asked for.
+
+    What a delta's chunk runs need (``delta.resolve_runs`` reads ``len(files)`` and
+    ``files[i]``) without the whole list: each lookup goes down from the root by the file
+    counts the nodes give, holding the nodes on the way (a few hundred) and the last leaf,
+    which the runs of a pack, in file order, mostly stay in.
+    """
+
+    def __init__(self, doc: tree.TreeDoc, read: tree.PieceReader, what: str) -> None:
+        self._root, self._count, self._read, self._what = doc.root, doc.files, read, what
+        self._nodes: dict[str, tuple[list[int], list[tree.PieceRef]]] = {}
+        self._leaf: tuple[int, list[FileEntry]] = (0, [])
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __getitem__(self, i: int) -> FileEntry:
+        if not 0 <= i < self._count or self._root is None:
+            raise IndexError(i)
+        start, entries = self._leaf
+        if start <= i < start + len(entries):
+            return entries[i - start]
+        ref, start = self._root, 0
+        while ref.level > 0:
+            starts, children = self._children(ref)
+            k = bisect.bisect_right(starts, i - start) - 1
+            ref, start = children[k], start + starts[k]
+        name = f"{self._what} piece {ref.sha256[:12]}"
+        # the checks tree.iter_leaves makes of a leaf: hash, length, entries and counts
+        entries = tree._leaf_entries(ref, tree._check_piece(ref, self._piece(ref), name), name)
+        self._leaf = (start, entries)
+        return entries[i - start]
+
+    def _piece(self, ref: tree.PieceRef) -> bytes:
+        datas = self._read([ref])
+        if len(datas) != 1:
+            raise VerificationError(f"{self._what}: pieces missing")
+        return datas[0]
+
+    def _children(self, ref: tree.PieceRef) -> tuple[list[int], list[tree.PieceRef]]:
+        got = self._nodes.get(ref.sha256)
+        if got is None:
+            children = tree.children_of(ref, self._piece(ref), self._what)
+            starts = list(itertools.accumulate((c.files for c in children), initial=0))[:-1]
+            if len(self._nodes) >= 1024:
+                self._nodes.clear()
+            got = self._nodes[ref.sha256] = (starts, children)
+        return got
+
+
+def _positional(release: Release) -> Manifest:
+    """``release``'s files by position, for ``delta.resolve_runs`` (a format 1 release's
+    own list; a format 2 one's read from its pieces, :class:`_Positional`)."""
+    if release.flat is not None:
+        return release.flat
+    assert release.doc is not None and release.read is not None
+    view = _Positional(release.doc, release.read, release.what)
+    # resolve_runs reads only ``.files`` (its length and items by index): a view will do
+    return cast(Manifest, SimpleNamespace(files=view))
 
 
 def _zstd_bound(size: int) -> int:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from . import tree
 from .canonical import load_json
@@ -41,6 +42,9 @@ from .metadata import (
     now_utc,
     parse_time,
 )
+
+if TYPE_CHECKING:
+    from .release import Release
 
 MAX_ROOT_ROTATIONS = 1024
 
@@ -209,6 +213,26 @@ class TrustedState:
         ):
             raise VerificationError(f"{what}: its files differ from the signed metadata")
         return manifest
+
+    @staticmethod
+    def verify_release(
+        data: bytes, ref: ReleaseRef, channel: str, read: tree.PieceReader
+    ) -> Release:
+        """:meth:`verify_manifest` without holding the file list: the release these bytes
+        are, each piece of a format 2 tree verified as it is read (against the hash its
+        parent names), the paths, their order and the counts checked as a stream.
+
+        What is held is one path of nodes and a batch of leaves, whatever the release's
+        size; a piece missing or damaged raises :class:`VerificationError` part way.
+        Format 1 manifests are decoded whole, as :meth:`verify_manifest` does.
+        """
+        from .release import Release  # release.py builds on this module
+
+        release = Release.open(data, ref, channel, read)
+        if release.doc is not None:
+            for _ in release.iter_files():
+                pass  # tree.iter_files checks each piece, the paths and the counts
+        return release
 
 
 def root_version_of(data: bytes) -> int:

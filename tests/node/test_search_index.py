@@ -117,7 +117,7 @@ def test_a_damaged_or_missing_index_is_rebuilt(sim: RepositorySimulator, centre:
             index,
             served(centre),
             centre.releases.folder,
-            lambda ch, v: centre.repo.manifest(ch, v),
+            lambda ch, v: centre.repo.release(ch, v),
             full_check=True,
         )
 
@@ -151,11 +151,11 @@ def test_two_writers_index_a_release_once(sim: RepositorySimulator, centre: Cent
     centre.sync([sim.upstream("mirror")])
     index_path = search.index_path(centre.path)
     index_path.unlink()  # as if lost: both writers set out to rebuild it
-    manifest = centre.repo.manifest("lecons", 1)
+    release = centre.repo.release("lecons", 1)
     folder = centre.releases.folder("lecons", 1)
 
     def write(_: int) -> search.UpdateStats:
-        return search.SearchIndex(index_path).update(manifest, folder, lambda v: None)
+        return search.SearchIndex(index_path).update(release, folder, lambda v: None)
 
     with ThreadPoolExecutor(4) as pool:
         written = sum(s.written for s in pool.map(write, range(4)))

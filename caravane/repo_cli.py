@@ -104,9 +104,10 @@ def repo_publish(
 ) -> None:
     """Publish SOURCE as the next signed release of CHANNEL."""
     r = HubRepository(directory)
-    # a first pass counts the bytes for the progress bar and checks every name before any
-    # file is read; neither pass holds the list of files
-    _, total = scan_totals(source)
+    # a first publish reads every byte: a first pass sizes the progress bar (and checks
+    # every name before any file is read). A republish reads only what changed, so the bar
+    # counts bytes read without a total, and the folder is listed once.
+    total = None if r.files_cache_path.exists() else scan_totals(source)[1]
     with progress_bar(total, f"publishing {channel}", as_json) as bar:
         res = r.publish(
             channel,

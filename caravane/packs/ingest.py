@@ -29,7 +29,7 @@ from .files_cache import FilesCache
 
 Progress = Callable[[int], None] | None
 PREFETCH = 32
-LOOKAHEAD = 2000  # files whose cache entries are looked up at a time
+LOOKAHEAD = 10_000  # files ingested as one window (their cache entries looked up at once)
 BATCH_OBJECTS = 256  # chunks handed to a worker at once (one index transaction)
 BATCH_BYTES = 2 * 1024 * 1024
 
@@ -185,14 +185,14 @@ class Ingest:
         self.new_objects = self.new_bytes = self.stored = 0
         self.books = 0  # ZIM files, carried as their canonical entries (packs/zim.py)
 
-    def _hits(self, window: list[SourceFile]) -> list[FileEntry | None]:
+    def _hits(self, window: list[SourceFile], books: list[bool]) -> list[FileEntry | None]:
         """The cache's entries for a window of files, kept only if every chunk is here."""
         if self.cache is None:
             return [None] * len(window)
         avg = self.avg_chunk
         found = self.cache.lookup_many(
             # a book's entry is its stream's: never one recorded for the raw file
-            [(f.real, f.stat, -avg if zim.is_book(f.rel) else avg) for f in window]
+            [(f.real, f.stat, -avg if b else avg) for f, b in zip(window, books, strict=True)]
         )
         wanted = {h: n for e in found if e is not None for h, n in e.chunks}
         if not wanted:
@@ -261,8 +261,9 @@ class Ingest:
                 if not window:
                     break
                 reads: list[_Read] = []
-                for f, hit in zip(window, self._hits(window), strict=True):
-                    book = zim.is_book(f.rel)
+                books = [zim.is_book(f.rel) for f in window]
+                hits = self._hits(window, books)
+                for f, hit, book in zip(window, hits, books, strict=True):
                     rel = zim.stream_path(f.rel) if book else f.rel
                     self.books += book
                     if hit is not None:

@@ -4,9 +4,8 @@ Why this exists: principle 7 asks for a one-file change to cost seconds at the h
 the channel's size. ``bench.scale`` times the whole command; this one times its parts in
 one process (a generated tree of small files, first publish, one file edited, republish),
 so the report can say how much is per-file work that the files cache leaves (a stat and a
-cache lookup per file, a freshen per chunk) and how much is the manifest: reading and
-verifying the previous one, and turning the new one into bytes (``Manifest.to_bytes``),
-which the hash-tree manifests of issue 10 change and which this benchmark only measures.
+cache lookup per file, a presence check per reused chunk) and how much is the file list:
+each entry into the tree's pieces, and the commit's walk of the diff under the lock.
 
     python -m bench.republish_parts [--files 100000] [--keep DIR]
 """
@@ -23,12 +22,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from caravane.packs import hub_repository, ingest, repository
+from caravane.packs import hub_repository, manifests, repository
 from caravane.packs.files_cache import FilesCache
 from caravane.packs.hub_repository import HubRepository
 from caravane.packs.store import ObjectStore
-from caravane.protocol import trust
-from caravane.protocol.metadata import Manifest
+from caravane.protocol import tree
+from caravane.protocol.paths import SortedPathChecker
 
 from .common import table
 from .scale import change_one_file, make_tree
@@ -36,15 +35,16 @@ from .scale import change_one_file, make_tree
 #: (where the function lives, its name, the step it is counted under); indented steps run
 #: inside the one above them
 STEPS: list[tuple[Any, str, str]] = [
-    (ingest, "scan_source", "scan (one lstat per file, path checks)"),
-    (ingest, "ingest_files", "ingest"),
+    # the publish streams (scan, ingest and the tree's pieces run interleaved, a window of
+    # files at a time): the first step is all of it, the indented ones parts of it
+    (manifests, "write_tree", "scan, ingest, pieces (streamed)"),
+    (SortedPathChecker, "add", "  path checks"),
     (FilesCache, "lookup_many", "  files-cache lookups"),
-    (ObjectStore, "freshen_many", "  freshen of reused objects"),
+    (ObjectStore, "present", "  reused objects present?"),
     (FilesCache, "commit", "  files-cache write"),
-    (HubRepository, "commit_release", "commit (under the lock)"),
-    (ObjectStore, "missing", "  every object present?"),
-    (trust.TrustedState, "verify_manifest", "  previous manifest read and verified"),
-    (Manifest, "to_bytes", "  new manifest serialised (Manifest.to_bytes)"),
+    (tree.TreeWriter, "add", "  entries into the tree's pieces"),
+    (HubRepository, "_commit_tree", "commit (under the lock)"),
+    (ObjectStore, "missing", "  objects of the diff present?"),
 ]
 
 

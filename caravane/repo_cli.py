@@ -15,8 +15,9 @@ import click
 
 from caravane.packs.centre_store import CentreStore
 from caravane.packs.hub_repository import HubRepository
+from caravane.packs.ingest import scan_totals
 from caravane.packs.packfile import DEFAULT_VOLUME_SIZE, read_entries
-from caravane.packs.repository import Repository, keys_dir, scan_source
+from caravane.packs.repository import Repository, keys_dir
 from caravane.protocol.errors import CaravaneError
 from caravane.protocol.keys import PrivateKey
 
@@ -103,13 +104,14 @@ def repo_publish(
 ) -> None:
     """Publish SOURCE as the next signed release of CHANNEL."""
     r = HubRepository(directory)
-    files = scan_source(source)  # once: the publish takes this list and its stats
-    total = sum(f.stat.st_size for f in files)
+    # a first publish reads every byte: a first pass sizes the progress bar (and checks
+    # every name before any file is read). A republish reads only what changed, so the bar
+    # counts bytes read without a total, and the folder is listed once.
+    total = None if r.files_cache_path.exists() else scan_totals(source)[1]
     with progress_bar(total, f"publishing {channel}", as_json) as bar:
         res = r.publish(
             channel,
             source,
-            scanned=files,
             notes=notes,
             title=title,
             expires_days=expires_days,
@@ -121,13 +123,16 @@ def repo_publish(
         f"{size_text(res.total_bytes)}",
         f"new: {res.new_objects} objects, {size_text(res.new_bytes)} "
         f"({size_text(res.stored_bytes)} stored compressed)",
-        f"files added {len(res.new_files)}, changed {len(res.changed_files)}, "
-        f"removed {len(res.removed_files)}",
+        f"files added {res.files_added}, changed {res.files_changed}, removed {res.files_removed}",
     ]
-    for label, paths in (("+", res.new_files), ("~", res.changed_files), ("-", res.removed_files)):
+    for label, paths, count in (
+        ("+", res.new_files, res.files_added),
+        ("~", res.changed_files, res.files_changed),
+        ("-", res.removed_files, res.files_removed),
+    ):
         lines += [f"  {label} {p}" for p in paths[:20]]
-        if len(paths) > 20:
-            lines.append(f"  {label} ... and {len(paths) - 20} more")
+        if count > 20:
+            lines.append(f"  {label} ... and {count - 20} more")
     emit(as_json, dict(res.to_dict(), ok=True), "\n".join(lines))
 
 

@@ -29,6 +29,8 @@ from caravane.protocol.metadata import FileEntry
 RACY_SECONDS = 2.0
 #: paths per lookup query (SQLite allows 32,766 parameters since 3.32; old ones 999)
 QUERY_KEYS = 500
+#: files recorded per transaction: a publish of a million files holds no more than these
+COMMIT_ROWS = 20_000
 
 _SCHEMA = """
 create table if not exists files (
@@ -142,8 +144,13 @@ class FilesCache:
                 _chunks_text(entry.chunks),
             )
         )
+        if len(self._pending) >= COMMIT_ROWS:
+            self.commit()
 
     def commit(self) -> None:
+        """Write what :meth:`record` noted (it also does every ``COMMIT_ROWS`` files)."""
+        if not self._pending:
+            return
         with self._db:
             self._db.executemany(
                 "insert or replace into files values (?, ?, ?, ?, ?, ?, ?, ?)", self._pending

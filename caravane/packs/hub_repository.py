@@ -8,16 +8,18 @@ sign would be one stolen drive away from signing for every centre.
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from caravane.protocol.errors import NotFoundError
+from caravane.protocol.errors import CaravaneError, NotFoundError
 from caravane.protocol.keys import PrivateKey, PublicKey
 from caravane.protocol.metadata import (
     ChannelMeta,
@@ -31,14 +33,15 @@ from caravane.protocol.metadata import (
     parse_time,
     sign_envelope,
 )
-from caravane.protocol.paths import check_paths
+from caravane.protocol.release import Release
+from caravane.protocol.tree import encode_doc
 
 from .chunker import DEFAULT_AVG
 from .errors import StoreError
 from .files_cache import FilesCache
-from .ingest import Progress, SourceFile, ingest_files, scan_source
+from .ingest import Ingest, Progress, SourceFile, ingest_files, iter_source, scan_source
 from .layout import channel_relpath, manifest_relpath
-from .manifests import release_ref, write_manifest
+from .manifests import WrittenTree, release_ref, write_manifest, write_tree
 from .repository import (
     LEGACY_KEYS,
     RELEASE_KEY,
@@ -49,6 +52,13 @@ from .repository import (
     keys_dir,
 )
 from .store import write_atomic
+
+log = logging.getLogger(__name__)
+#: chunks whose presence is checked per query while a commit walks its diff
+CHECK_BATCH = 20_000
+#: new or changed files kept for the similarity index after a commit; past it, the diff
+#: is walked again once the lock is released (a first publish of a million files)
+SKETCH_HOLD = 5_000
 
 
 @dataclass
@@ -138,27 +148,33 @@ class HubRepository(RepositoryBase):
         expires_days: int | None = None,
         avg_chunk: int = DEFAULT_AVG,
         progress: Progress = None,
-        scanned: Sequence[SourceFile] | None = None,
+        scanned: Iterable[SourceFile] | None = None,
     ) -> PublishResult:
         """Chunk and store ``source``, then commit it as the channel's next release.
 
-        ``scanned``: ``scan_source(source)`` if the caller already ran it (the CLI does, to
-        size its progress bar), so a large folder is not listed twice.
+        Streams: files are read in path order (:func:`iter_source`), each entry goes into
+        the tree's pieces as it is made, and nothing grows with the number of files. The
+        pieces are written before the lock is taken (a first publish of a million files
+        must not stop collection and commits for an hour); under the lock, every object the
+        release names and the previous release does not is checked to be still here.
+        ``scanned``: the files, in manifest path order, if the caller listed them already.
         """
         check_channel(channel)
         self._key("release")  # fail before the long work, not after
-        files = scan_source(Path(source)) if scanned is None else scanned
+        files = iter_source(Path(source)) if scanned is None else scanned
         cache = FilesCache(self.files_cache_path)
         try:
-            entries, new_objects, new_bytes, stored = ingest_files(
-                self.store, files, avg_chunk, progress, cache
-            )
+            run = Ingest(self.store, files, avg_chunk, progress, cache)
+            written = write_tree(self.store, run, check=False)  # iter_source checked paths
         finally:
             cache.close()
-        result = self.commit_release(
-            channel, entries, notes=notes, title=title, expires_days=expires_days
-        )
-        result.new_objects, result.new_bytes, result.stored_bytes = new_objects, new_bytes, stored
+        with self.lock():
+            result, after = self._commit_tree(
+                channel, written, notes=notes, title=title, expires_days=expires_days, early=True
+            )
+        after()
+        result.new_objects, result.new_bytes = run.new_objects, run.new_bytes
+        result.stored_bytes = run.stored
         return result
 
     def ingest(
@@ -173,68 +189,133 @@ class HubRepository(RepositoryBase):
     def commit_release(
         self,
         channel: str,
-        entries: list[FileEntry],
+        entries: Iterable[FileEntry],
         *,
         notes: str = "",
         title: str | None = None,
         expires_days: int | None = None,
+        ordered: bool = False,
     ) -> PublishResult:
         """Sign a release whose objects are all in the store (the hub's upload path too).
 
-        The manifest is written first and the channel metadata last, by renames, so readers
-        see the release all at once or not at all.
+        ``entries`` in any order (sorted here), or, with ``ordered``, already in ascending
+        path order, e.g. a generator, so that they are never held. Everything happens under
+        the lock that collection takes. The manifest is written first and the channel
+        metadata last, by renames, so readers see the release all at once or not at all.
         """
         check_channel(channel)
-        release_key = self._key("release")
-        entries = sorted(entries, key=lambda f: f.path.encode())
-        check_paths(f.path for f in entries)
+        self._key("release")
+        if not ordered:
+            entries = sorted(entries, key=lambda f: f.path.encode())
         with self.lock():
-            # checked under the lock that collection takes: what is here now stays until
-            # the release that references it is signed
-            missing = self.store.missing(h for f in entries for h, _ in f.chunks)
-            if missing:
-                raise StoreError(
-                    f"cannot publish {channel!r}: {len(missing)} objects are not in the store "
-                    "yet; upload them and commit again"
-                )
-            snap = self.snapshot()
-            old_meta = snap.channel_or_none(channel)
-            version = old_meta.version + 1 if old_meta else 1
-            previous = snap.manifest(channel, old_meta.version) if old_meta else None
-            manifest = Manifest(channel, version, format_time(now_utc()), entries, notes)
-            mbytes, manifest = write_manifest(
-                self.store, self.path / manifest_relpath(channel, version), manifest, self.durable
+            written = write_tree(self.store, entries)
+            result, after = self._commit_tree(
+                channel, written, notes=notes, title=title, expires_days=expires_days
             )
-            ref = release_ref(mbytes, manifest)
-            releases = dict(old_meta.releases) if old_meta else {}
-            releases[version] = ref
-            self._sign_channel(
-                channel,
-                version,
-                releases,
-                title if title is not None else (old_meta.title if old_meta else ""),
-                expires_days,
-                release_key,
-            )
-        # outside the lock: the release is signed; this only spares later pack builds work
-        self.index_sketches(entries)
-        old_files = {f.path: f.sha256 for f in previous.files} if previous else {}
-        new_paths = {f.path for f in entries}
-        return PublishResult(
+        after()
+        return result
+
+    def _commit_tree(
+        self,
+        channel: str,
+        tree: WrittenTree,
+        *,
+        notes: str,
+        title: str | None,
+        expires_days: int | None,
+        early: bool = False,
+    ) -> tuple[PublishResult, Callable[[], None]]:
+        """Sign ``tree`` (its pieces in the store) as the channel's next release; the caller
+        holds the lock, and calls the function returned once it has let go of it (the
+        similarity index is fed then).
+
+        ``early``: the pieces were written before the lock was taken, so they are checked
+        again under it. The objects of the channel's latest release are here (nothing
+        collects what a retained release names, and the hub signs only whole releases), so
+        only the chunks of the entries that differ from it are checked, walking the diff in
+        batches; the same walk gives the publish summary. A one-file change reads a few
+        pieces, a first publish every entry once.
+        """
+        release_key = self._key("release")
+        if early:
+            self._refuse_missing(channel, self.store.missing(tree.objects))
+        snap = self.snapshot()
+        old_meta = snap.channel_or_none(channel)
+        version = old_meta.version + 1 if old_meta else 1
+        previous = snap.release(channel, old_meta.version) if old_meta else None
+        created = format_time(now_utc())
+        doc = encode_doc(channel, version, created, notes, tree.files, tree.size, tree.root)
+        ref = ReleaseRef(
+            version, hashlib.sha256(doc).hexdigest(), len(doc), created, tree.size, tree.files
+        )
+        new = Release.open(doc, ref, channel, self.pieces())
+        result = PublishResult(
             channel=channel,
             version=version,
-            files=len(entries),
-            total_bytes=manifest.total_size,
+            files=tree.files,
+            total_bytes=tree.size,
             new_objects=0,
             new_bytes=0,
             stored_bytes=0,
             manifest_sha256=ref.manifest_sha256,
-            new_files=[f.path for f in entries if f.path not in old_files],
-            changed_files=[
-                f.path for f in entries if f.path in old_files and old_files[f.path] != f.sha256
-            ],
-            removed_files=sorted(p for p in old_files if p not in new_paths),
         )
+        sketch: list[FileEntry] | None = []
+        chunks: dict[str, int] = {}
+        for old, entry in new.changes_from(previous):
+            result.count_change(old, entry)
+            if entry is None:
+                continue
+            chunks.update(entry.chunks)
+            if len(chunks) >= CHECK_BATCH:
+                self._refuse_missing(channel, self.store.missing(chunks))
+                chunks.clear()
+            if sketch is not None and (old is None or old.sha256 != entry.sha256):
+                sketch.append(entry)
+                if len(sketch) > SKETCH_HOLD:
+                    sketch = None  # too many to hold: the diff is walked again after
+        self._refuse_missing(channel, self.store.missing(chunks))
+        write_atomic(self.path / manifest_relpath(channel, version), doc, self.durable)
+        releases = dict(old_meta.releases) if old_meta else {}
+        releases[version] = ref
+        self._sign_channel(
+            channel,
+            version,
+            releases,
+            title if title is not None else (old_meta.title if old_meta else ""),
+            expires_days,
+            release_key,
+        )
+        # outside the lock: the release is signed; this only spares later pack builds work
+        return result, lambda: self._sketch_changes(new, previous, sketch)
+
+    def _refuse_missing(self, channel: str, missing: Collection[str]) -> None:
+        if missing:
+            raise StoreError(
+                f"cannot publish {channel!r}: {len(missing)} objects are not in the store "
+                "(not uploaded yet, or collected while the folder was read); upload them or "
+                "publish again"
+            )
+
+    def _sketch_changes(
+        self, new: Release, previous: Release | None, held: list[FileEntry] | None
+    ) -> None:
+        """Sketch the new and changed files of a release for the similarity index, from
+        the list the commit kept or, past ``SKETCH_HOLD`` files, walking the diff again."""
+        if held is not None:
+            if held:
+                self.index_sketches(held)
+            return
+        try:
+            batch: list[FileEntry] = []
+            for old, entry in new.changes_from(previous):
+                if entry is not None and (old is None or old.sha256 != entry.sha256):
+                    batch.append(entry)
+                    if len(batch) >= SKETCH_HOLD:
+                        self.index_sketches(batch)
+                        batch = []
+            self.index_sketches(batch)
+        except CaravaneError as exc:  # a cache: the next pack build fills the gap
+            log.warning("%s: similarity index not updated (%s)", self.path, exc)
 
     # ------------------------------------------------------------------ signing
 

@@ -12,14 +12,15 @@ import os
 import stat
 import unicodedata
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from itertools import islice
 from pathlib import Path
 from typing import NamedTuple, Protocol
 
 from caravane.protocol.errors import NotFoundError, PathError
 from caravane.protocol.metadata import FileEntry
-from caravane.protocol.paths import check_paths
+from caravane.protocol.paths import SortedPathChecker, check_paths
 
 from . import zim
 from .chunker import chunk_limits, iter_chunks
@@ -28,7 +29,7 @@ from .files_cache import FilesCache
 
 Progress = Callable[[int], None] | None
 PREFETCH = 32
-LOOKAHEAD = 2000  # files whose cache entries are looked up at a time
+LOOKAHEAD = 10_000  # files ingested as one window (their cache entries looked up at once)
 BATCH_OBJECTS = 256  # chunks handed to a worker at once (one index transaction)
 BATCH_BYTES = 2 * 1024 * 1024
 
@@ -56,37 +57,75 @@ class SourceFile(NamedTuple):
     stat: os.stat_result
 
 
-def scan_source(source: Path) -> list[SourceFile]:
-    """Files under ``source`` as (manifest path, real path, stat), sorted, symlinks refused.
+def iter_source(source: Path) -> Iterator[SourceFile]:
+    """Files under ``source`` as (manifest path, real path, stat), in manifest path order.
 
-    One ``scandir`` per folder and one ``lstat`` per file (which ingest then uses): the
-    ``os.walk`` and ``pathlib`` version took four system calls and about 50 us per file.
+    A generator: a million-file folder is never held as a list. One ``scandir`` per folder,
+    its entries sorted by their NFC name (a folder's as ``name + "/"``, a ZIM book's as the
+    name of its stream): that is the ascending order of the whole paths, so no global sort
+    is needed, and only the listings of the folders on the current path are held. Paths are
+    checked as they go by (:class:`SortedPathChecker`); symlinks and anything but regular
+    files are refused. One ``lstat`` per file, which ingest then uses.
     """
     source = Path(source)
     if not source.is_dir():
         raise NotFoundError(f"{source}: no such folder to publish")
-    out: list[SourceFile] = []
+    checker = SortedPathChecker()
     # absolute: the files cache knows a file by this path, whatever folder the CLI ran in
-    folders: list[tuple[str, str]] = [(os.path.abspath(source), "")]
-    while folders:
-        folder, prefix = folders.pop()
-        with os.scandir(folder) as it:
-            for entry in it:
-                rel = prefix + entry.name
-                if entry.is_symlink():
-                    raise PathError(
-                        f"{entry.path}: symbolic links cannot be published; copy the file in"
-                    )
-                if entry.is_dir(follow_symlinks=False):
-                    folders.append((entry.path, rel + "/"))
-                    continue
-                st = entry.stat(follow_symlinks=False)
-                if not stat.S_ISREG(st.st_mode):
-                    raise PathError(f"{entry.path}: not a regular file")
-                out.append(SourceFile(unicodedata.normalize("NFC", rel), entry.path, st))
-    out.sort(key=lambda item: item.rel.encode())
-    check_paths(p.rel for p in out)
+    stack: list[tuple[str, Iterator[tuple[str, str, os.DirEntry[str]]]]] = [
+        ("", iter(_listing(os.path.abspath(source))))
+    ]
+    while stack:
+        prefix, it = stack[-1]
+        item = next(it, None)
+        if item is None:
+            stack.pop()
+            continue
+        key, name, entry = item
+        if key.endswith("/"):
+            stack.append((prefix + key, iter(_listing(entry.path))))
+            continue
+        st = entry.stat(follow_symlinks=False)
+        if not stat.S_ISREG(st.st_mode):
+            raise PathError(f"{entry.path}: not a regular file")
+        checker.add(prefix + key)
+        yield SourceFile(prefix + name, entry.path, st)
+    checker.finish()
+
+
+def _listing(folder: str) -> list[tuple[str, str, os.DirEntry[str]]]:
+    """A folder's entries as (sort key, NFC name, entry), sorted by key (see iter_source).
+
+    Code point order of ``str`` is the byte order of their UTF-8, the manifest's order."""
+    out: list[tuple[str, str, os.DirEntry[str]]] = []
+    with os.scandir(folder) as it:
+        for entry in it:
+            if entry.is_symlink():
+                raise PathError(
+                    f"{entry.path}: symbolic links cannot be published; copy the file in"
+                )
+            name = unicodedata.normalize("NFC", entry.name)
+            if entry.is_dir(follow_symlinks=False):
+                out.append((name + "/", name, entry))
+            else:
+                out.append((zim.stream_path(name) if zim.is_book(name) else name, name, entry))
+    out.sort(key=lambda item: item[0])
     return out
+
+
+def scan_source(source: Path) -> list[SourceFile]:
+    """:func:`iter_source` as a list (callers that need the list, or its length, first)."""
+    return list(iter_source(source))
+
+
+def scan_totals(source: Path) -> tuple[int, int]:
+    """(files, bytes) under ``source``, every path checked, nothing held: what the CLI
+    needs to size its progress bar, and a bad name found before any file is read."""
+    files = size = 0
+    for f in iter_source(source):
+        files += 1
+        size += f.stat.st_size
+    return files, size
 
 
 def _read_small(real: str, size: int) -> bytes:
@@ -99,6 +138,183 @@ def _read_small(real: str, size: int) -> bytes:
     return data
 
 
+class _Read(NamedTuple):
+    """A file of the window being ingested: its entry's parts, chunks filled by workers."""
+
+    file: SourceFile
+    rel: str  # its manifest path (a book's stream path)
+    book: bool
+    digest: str
+    chunks: list[tuple[str, int]]
+    cached: bool
+
+
+class Ingest:
+    """Chunk, hash and store files, compressing in worker threads; iterate for the entries.
+
+    Iterating yields each file's entry in the order the files came (a publish feeds them to
+    a :class:`~caravane.protocol.tree.TreeWriter`), a window of ``LOOKAHEAD`` files at a time:
+    nothing here grows with the number of files. Counters (``new_objects``, ``new_bytes``,
+    ``stored``) are complete once the iteration ends. With a ``cache``, a file unchanged since
+    it was last read (and whose chunks are all still in ``store``) is not read again.
+    ``on_chunk(sha, size)`` hears of each chunk once it is in ``store`` (a client uploads
+    while the folder is still read). ``held(chunks)`` answers which chunks ({sha: size}) of
+    files unchanged since the cache saw them are still to be had (default: those in
+    ``store``; a client that keeps no objects asks the hub), so such a file is read again
+    only when one is gone. Whoever signs a release from these entries checks again, under
+    the lock collection takes, that the objects it names are there.
+
+    Chunks travel to the workers in batches (``BATCH_OBJECTS`` or ``BATCH_BYTES``): each
+    batch is one presence query and one index transaction, where one per chunk cost most
+    of a small file's time. A file no bigger than the chunker's minimum is one chunk
+    whatever its bytes, so it is read in one call and hashed once (its hash is its chunk's).
+    """
+
+    def __init__(
+        self,
+        store: ChunkSink,
+        files: Iterable[SourceFile | tuple[str, Path]],
+        avg_chunk: int,
+        progress: Progress = None,
+        cache: FilesCache | None = None,
+        on_chunk: Callable[[str, int], object] | None = None,
+        held: Callable[[dict[str, int]], set[str]] | None = None,
+    ) -> None:
+        self.store, self.files, self.avg_chunk = store, files, avg_chunk
+        self.progress, self.cache, self.on_chunk, self.held = progress, cache, on_chunk, held
+        self.new_objects = self.new_bytes = self.stored = 0
+        self.books = 0  # ZIM files, carried as their canonical entries (packs/zim.py)
+
+    def _hits(self, window: list[SourceFile], books: list[bool]) -> list[FileEntry | None]:
+        """The cache's entries for a window of files, kept only if every chunk is here."""
+        if self.cache is None:
+            return [None] * len(window)
+        avg = self.avg_chunk
+        found = self.cache.lookup_many(
+            # a book's entry is its stream's: never one recorded for the raw file
+            [(f.real, f.stat, -avg if b else avg) for f, b in zip(window, books, strict=True)]
+        )
+        wanted = {h: n for e in found if e is not None for h, n in e.chunks}
+        if not wanted:
+            return found
+        # read only: freshening each window's chunks rewrote most pages of the store's
+        # index each time; the commit checks under the lock what the release names
+        have = self.held(wanted) if self.held else _present(self.store, wanted)
+        return [e if e is not None and all(h in have for h, _ in e.chunks) else None for e in found]
+
+    def __iter__(self) -> Iterator[FileEntry]:
+        min_size = chunk_limits(self.avg_chunk)[0]
+        workers = max(2, os.cpu_count() or 2)
+        store, on_chunk, progress = self.store, self.on_chunk, self.progress
+        source = iter(self.files)
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            # each batch: the chunk lists to extend (with each chunk's size) and its future
+            pending: deque[
+                tuple[list[tuple[list[tuple[str, int]], int]], Future[list[tuple[str, int]]]]
+            ] = deque()
+            items: list[tuple[str | None, bytes]] = []
+            targets: list[tuple[list[tuple[str, int]], int]] = []
+            batch_bytes = submitted = 0
+
+            def drain(keep: int) -> None:
+                while len(pending) > keep:
+                    where, future = pending.popleft()
+                    for (chunks, n), (sha, w) in zip(where, future.result(), strict=True):
+                        chunks.append((sha, n))
+                        if on_chunk:
+                            on_chunk(sha, n)
+                        if w:
+                            self.new_objects += 1
+                            self.new_bytes += n
+                            self.stored += w
+
+            def flush() -> None:
+                nonlocal items, targets, batch_bytes, submitted
+                if not items:
+                    return
+                pending.append((targets, pool.submit(store.put_raw_many, items)))
+                submitted += 1
+                if progress:
+                    progress(batch_bytes)
+                items, targets, batch_bytes = [], [], 0
+                drain(2 * workers)
+
+            def add(sha: str | None, data: bytes, chunks: list[tuple[str, int]]) -> None:
+                nonlocal batch_bytes
+                items.append((sha, data))
+                targets.append((chunks, len(data)))
+                batch_bytes += len(data)
+                if len(items) >= BATCH_OBJECTS or batch_bytes >= BATCH_BYTES:
+                    flush()
+
+            def done(window: list[_Read], mark: int) -> Iterator[FileEntry]:
+                """The entries of a window, once the batches holding its chunks are in."""
+                if mark > submitted:
+                    flush()
+                drain(submitted - mark)
+                yield from self._entries(window)
+
+            # windows read, each with the number of batches that completes its chunks
+            ready: deque[tuple[list[_Read], int]] = deque()
+            while True:
+                window = [_with_stat(f) for f in islice(source, LOOKAHEAD)]
+                if not window:
+                    break
+                reads: list[_Read] = []
+                books = [zim.is_book(f.rel) for f in window]
+                hits = self._hits(window, books)
+                for f, hit, book in zip(window, hits, books, strict=True):
+                    rel = zim.stream_path(f.rel) if book else f.rel
+                    self.books += book
+                    if hit is not None:
+                        if on_chunk:
+                            for h, n in hit.chunks:
+                                on_chunk(h, n)
+                        reads.append(_Read(f, rel, book, hit.sha256, hit.chunks, True))
+                        continue
+                    chunks: list[tuple[str, int]] = []
+                    size = f.stat.st_size
+                    if 0 < size <= min_size and not book:
+                        data = _read_small(f.real, size)
+                        digest = hashlib.sha256(data).hexdigest()
+                        add(digest, data, chunks)
+                        reads.append(_Read(f, rel, book, digest, chunks, False))
+                        continue
+                    fhash = hashlib.sha256()
+                    with zim.open_stream(Path(f.real)) if book else open(f.real, "rb") as fh:
+                        for piece in iter_chunks(fh, self.avg_chunk):
+                            fhash.update(piece)
+                            add(None, bytes(piece), chunks)
+                    reads.append(_Read(f, rel, book, fhash.hexdigest(), chunks, False))
+                ready.append((reads, submitted + (1 if items else 0)))
+                # the window before this one: its chunks were compressed while this was read
+                while len(ready) > 1:
+                    yield from done(*ready.popleft())
+            while ready:
+                yield from done(*ready.popleft())
+        if self.cache is not None:
+            self.cache.commit()
+
+    def _entries(self, window: list[_Read]) -> Iterator[FileEntry]:
+        avg, cache = self.avg_chunk, self.cache
+        for r in window:
+            st, real = r.file.stat, r.file.real
+            size = sum(n for _, n in r.chunks)
+            if size != st.st_size if not r.book else os.stat(real).st_mtime_ns != st.st_mtime_ns:
+                raise StoreError(f"{real}: changed while it was being published; try again")
+            entry = FileEntry(r.rel, size, _mode_of(st), r.digest, r.chunks)
+            if cache is not None and not r.cached:
+                cache.record(real, st, -avg if r.book else avg, entry)
+            yield entry
+
+
+def _present(store: ChunkSink, wanted: dict[str, int]) -> set[str]:
+    present = getattr(store, "present", None)
+    if present is not None:
+        return set(present(wanted))
+    return store.freshen_many(wanted, expected=True)
+
+
 def ingest_files(
     store: ChunkSink,
     files: Sequence[SourceFile | tuple[str, Path]],
@@ -108,132 +324,15 @@ def ingest_files(
     on_chunk: Callable[[str, int], object] | None = None,
     held: Callable[[dict[str, int]], set[str]] | None = None,
 ) -> tuple[list[FileEntry], int, int, int]:
-    """Chunk, hash and store every file, compressing in worker threads.
-
-    Returns (file entries, new objects, their raw bytes, their stored bytes). Used by the
-    hub's own publish and by a curator's client, which builds locally and uploads only what
-    the hub lacks. With a ``cache``, a file unchanged since it was last read (and whose
-    chunks are all still in ``store``) is not read again. ``on_chunk(sha, size)`` hears of
-    each chunk once it is in ``store`` (a client uploads while the folder is still read).
-    ``held(chunks)`` answers which chunks ({sha: size}) of files unchanged since the cache
-    saw them are still to be had (default: those in ``store``; a client that keeps no
-    objects asks the hub), so such a file is read again only when one is gone.
-
-    Chunks travel to the workers in batches (``BATCH_OBJECTS`` or ``BATCH_BYTES``): each
-    batch is one presence query and one index transaction, where one per chunk cost most
-    of a small file's time. A file no bigger than the chunker's minimum is one chunk
-    whatever its bytes, so it is read in one call and hashed once (its hash is its chunk's).
-    """
-    new_objects = new_bytes = stored = 0
-    min_size = chunk_limits(avg_chunk)[0]
-    # one pipeline across files: small files do not each wait for their last chunk
-    per_file: list[tuple[str, os.stat_result, str, list[tuple[str, int]]]] = []
-    from_cache: set[int] = set()  # indexes in ``files`` taken from the cache, not read
-    books: set[int] = set()  # ZIM files, carried as their canonical entries (packs/zim.py)
-    workers = max(2, os.cpu_count() or 2)
-
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        # each batch: the chunk lists to extend (with each chunk's size) and its future
-        pending: deque[
-            tuple[list[tuple[list[tuple[str, int]], int]], Future[list[tuple[str, int]]]]
-        ] = deque()
-        items: list[tuple[str | None, bytes]] = []
-        targets: list[tuple[list[tuple[str, int]], int]] = []
-        batch_bytes = 0
-
-        def drain(keep: int) -> None:
-            nonlocal new_objects, new_bytes, stored
-            while len(pending) > keep:
-                where, future = pending.popleft()
-                for (chunks, n), (sha, w) in zip(where, future.result(), strict=True):
-                    chunks.append((sha, n))
-                    if on_chunk:
-                        on_chunk(sha, n)
-                    if w:
-                        new_objects += 1
-                        new_bytes += n
-                        stored += w
-
-        def flush() -> None:
-            nonlocal items, targets, batch_bytes
-            if not items:
-                return
-            pending.append((targets, pool.submit(store.put_raw_many, items)))
-            if progress:
-                progress(batch_bytes)
-            items, targets, batch_bytes = [], [], 0
-            drain(2 * workers)
-
-        def add(sha: str | None, data: bytes, chunks: list[tuple[str, int]]) -> None:
-            nonlocal batch_bytes
-            items.append((sha, data))
-            targets.append((chunks, len(data)))
-            batch_bytes += len(data)
-            if len(items) >= BATCH_OBJECTS or batch_bytes >= BATCH_BYTES:
-                flush()
-
-        hits: dict[int, FileEntry] = {}
-        present: set[str] = set()
-        if cache is not None:
-            for start in range(0, len(files), LOOKAHEAD):
-                ahead = [_with_stat(f) for f in files[start : start + LOOKAHEAD]]
-                found = cache.lookup_many(
-                    # a book's entry is its stream's: never one recorded for the raw file
-                    [
-                        (f.real, f.stat, -avg_chunk if zim.is_book(f.rel) else avg_chunk)
-                        for f in ahead
-                    ]
-                )
-                hits.update((start + j, e) for j, e in enumerate(found) if e is not None)
-            # one index transaction freshens every chunk the cache offers, before any is
-            # reused: each index page is written once, where a transaction per 2,000 files
-            # rewrote most pages of the index each time (seconds at 100,000 files)
-            wanted = {h: n for f in hits.values() for h, n in f.chunks}
-            present = held(wanted) if held else store.freshen_many(wanted, expected=True)
-        for i, item in enumerate(files):
-            rel, real, st = _with_stat(item)
-            if zim.is_book(rel):
-                rel = zim.stream_path(rel)
-                books.add(i)
-            hit = hits.get(i)
-            if hit is not None and all(h in present for h, _ in hit.chunks):
-                if on_chunk:
-                    for h, n in hit.chunks:
-                        on_chunk(h, n)
-                from_cache.add(i)
-                per_file.append((rel, st, hit.sha256, hit.chunks))
-                continue
-            chunks: list[tuple[str, int]] = []
-            if 0 < st.st_size <= min_size and i not in books:
-                data = _read_small(real, st.st_size)
-                digest = hashlib.sha256(data).hexdigest()
-                add(digest, data, chunks)
-                per_file.append((rel, st, digest, chunks))
-                continue
-            fhash = hashlib.sha256()
-            with zim.open_stream(Path(real)) if i in books else open(real, "rb") as fh:
-                for piece in iter_chunks(fh, avg_chunk):
-                    fhash.update(piece)
-                    add(None, bytes(piece), chunks)
-            per_file.append((rel, st, fhash.hexdigest(), chunks))
-        flush()
-        drain(0)
-    entries: list[FileEntry] = []
-    for i, ((rel, st, digest, chunks), item) in enumerate(zip(per_file, files, strict=True)):
-        real = os.fspath(item[1])
-        size = sum(n for _, n in chunks)
-        if size != st.st_size if i not in books else os.stat(real).st_mtime_ns != st.st_mtime_ns:
-            raise StoreError(f"{real}: changed while it was being published; try again")
-        entry = FileEntry(rel, size, _mode_of(st), digest, chunks)
-        entries.append(entry)
-        if cache is not None and i not in from_cache:
-            cache.record(real, st, -avg_chunk if i in books else avg_chunk, entry)
-    if cache is not None:
-        cache.commit()
-    if books:
+    """:class:`Ingest` as a list: (file entries sorted by path, new objects, their raw
+    bytes, their stored bytes). For callers that hold the list anyway (a curator's client,
+    the hub's web upload); a publish streams :class:`Ingest` instead."""
+    run = Ingest(store, files, avg_chunk, progress, cache, on_chunk, held)
+    entries = list(run)
+    if run.books:
         entries.sort(key=lambda e: e.path.encode())
         check_paths(e.path for e in entries)
-    return entries, new_objects, new_bytes, stored
+    return entries, run.new_objects, run.new_bytes, run.stored
 
 
 def _with_stat(item: SourceFile | tuple[str, Path]) -> SourceFile:
@@ -244,4 +343,12 @@ def _with_stat(item: SourceFile | tuple[str, Path]) -> SourceFile:
     return SourceFile(rel, os.fspath(real), os.stat(real))
 
 
-__all__ = ["ChunkSink", "SourceFile", "ingest_files", "scan_source"]
+__all__ = [
+    "ChunkSink",
+    "Ingest",
+    "SourceFile",
+    "ingest_files",
+    "iter_source",
+    "scan_source",
+    "scan_totals",
+]

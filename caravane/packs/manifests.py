@@ -8,12 +8,13 @@ SHA-256 of its bytes), so collection, mirrors, peers and packs treat it like any
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from caravane.protocol import tree
 from caravane.protocol.errors import VerificationError
-from caravane.protocol.metadata import Manifest, ReleaseRef
+from caravane.protocol.metadata import FileEntry, Manifest, ReleaseRef
 
 from .errors import StoreError
 from .store import ObjectStore, write_atomic
@@ -46,6 +47,53 @@ def store_reader(
     return read
 
 
+class PieceWriter:
+    """Where a :class:`~caravane.protocol.tree.TreeWriter` puts pieces: this store, a batch
+    at a time (one presence query and one index transaction per ``BATCH`` pieces; a piece
+    already here, shared with an earlier release, is freshened instead of written)."""
+
+    BATCH = 64
+
+    def __init__(self, store: ObjectStore) -> None:
+        self.store = store
+        self._items: list[tuple[str | None, bytes]] = []
+
+    def put(self, ref: tree.PieceRef, data: bytes) -> None:
+        self._items.append((ref.sha256, data))
+        if len(self._items) >= self.BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._items:
+            self.store.put_raw_many(self._items)
+            self._items = []
+
+
+@dataclass
+class WrittenTree:
+    """A file list whose pieces are in the store: what its document and collection need."""
+
+    root: tree.PieceRef | None
+    files: int
+    size: int
+    #: every piece, {sha256: length} (a few per thousand files)
+    objects: dict[str, int]
+
+
+def write_tree(store: ObjectStore, entries: Iterable[FileEntry], check: bool = True) -> WrittenTree:
+    """Write the pieces of ``entries`` (ascending paths) into ``store`` as they close.
+
+    Nothing here holds more than the open run of each level of the tree.
+    """
+    sink = PieceWriter(store)
+    writer = tree.TreeWriter(sink.put, check=check)
+    for entry in entries:
+        writer.add(entry)
+    root = writer.finish()
+    sink.flush()
+    return WrittenTree(root, writer.files, writer.size, writer.objects)
+
+
 def write_manifest(
     store: ObjectStore, path: Path, manifest: Manifest, durable: bool = False
 ) -> tuple[bytes, Manifest]:
@@ -54,13 +102,19 @@ def write_manifest(
     Returns the document (what the channel metadata signs by hash) and the manifest as a
     reader will decode it (its pieces recorded, for collection and verification).
     """
-    encoded = tree.encode_manifest(manifest)
-    for ref, data in encoded.pieces:
-        # pieces already here belong to a retained release, and the caller holds the lock
-        # that collection takes: only the changed ones are written (a few per update)
-        if not store.has(ref.sha256):
-            store.put_raw(data, ref.sha256)
-    write_atomic(path, encoded.doc, durable)
+    # pieces already here belong to a retained release, and the caller holds the lock that
+    # collection takes: only the changed ones are written (a few per update)
+    writer = write_tree(store, manifest.files, check=False)
+    doc = tree.encode_doc(
+        manifest.channel,
+        manifest.version,
+        manifest.created,
+        manifest.notes,
+        writer.files,
+        writer.size,
+        writer.root,
+    )
+    write_atomic(path, doc, durable)
     written = Manifest(
         manifest.channel,
         manifest.version,
@@ -68,9 +122,9 @@ def write_manifest(
         manifest.files,
         manifest.notes,
         spec_version=tree.TREE_SPEC_VERSION,
-        tree_objects=encoded.objects(),
+        tree_objects=dict(writer.objects),
     )
-    return encoded.doc, written
+    return doc, written
 
 
 def release_ref(doc: bytes, manifest: Manifest, version: int | None = None) -> ReleaseRef:
@@ -95,4 +149,12 @@ def pieces_of(doc: bytes, store: ObjectStore) -> Iterator[tuple[str, bytes]]:
         yield ref.sha256, data
 
 
-__all__ = ["pieces_of", "release_ref", "store_reader", "write_manifest"]
+__all__ = [
+    "PieceWriter",
+    "WrittenTree",
+    "pieces_of",
+    "release_ref",
+    "store_reader",
+    "write_manifest",
+    "write_tree",
+]

@@ -113,9 +113,32 @@ class PublishResult:
     new_bytes: int
     stored_bytes: int
     manifest_sha256: str
+    #: the first ``EXAMPLES`` paths of each kind of change, in path order (a first publish of
+    #: a million files does not list them all); the counts are below
     new_files: list[str] = field(default_factory=list)
     changed_files: list[str] = field(default_factory=list)
     removed_files: list[str] = field(default_factory=list)
+    files_added: int = 0
+    files_changed: int = 0
+    files_removed: int = 0
+
+    EXAMPLES: ClassVar[int] = 100
+
+    def count_change(self, old: FileEntry | None, new: FileEntry | None) -> None:
+        """Note one path of the diff from the previous release (a content change only:
+        an entry whose mode or chunking alone changed is not a changed file)."""
+        if old is None and new is not None:
+            self.files_added += 1
+            if len(self.new_files) < self.EXAMPLES:
+                self.new_files.append(new.path)
+        elif new is None and old is not None:
+            self.files_removed += 1
+            if len(self.removed_files) < self.EXAMPLES:
+                self.removed_files.append(old.path)
+        elif old is not None and new is not None and old.sha256 != new.sha256:
+            self.files_changed += 1
+            if len(self.changed_files) < self.EXAMPLES:
+                self.changed_files.append(new.path)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -284,6 +284,28 @@ def _check_sorted(files: list[FileEntry]) -> None:
 def encode_manifest(manifest: Manifest) -> EncodedManifest:
     """``manifest`` in format 2 (its files sorted by path, as every publisher sorts them)."""
     root, pieces = build_tree(manifest.files)
+    doc = encode_doc(
+        manifest.channel,
+        manifest.version,
+        manifest.created,
+        manifest.notes,
+        len(manifest.files),
+        manifest.total_size,
+        root,
+    )
+    return EncodedManifest(doc, root, pieces)
+
+
+def encode_doc(
+    channel: str,
+    version: int,
+    created: str,
+    notes: str,
+    files: int,
+    size: int,
+    root: PieceRef | None,
+) -> bytes:
+    """The signed document of a tree whose pieces are written (a :class:`TreeWriter`'s)."""
     tree: dict[str, Any] | None = None
     if root is not None:
         tree = {"sha256": root.sha256, "length": root.length, "level": root.level}
@@ -291,12 +313,12 @@ def encode_manifest(manifest: Manifest) -> EncodedManifest:
         {
             "_type": "manifest",
             "spec_version": TREE_SPEC_VERSION,
-            "channel": manifest.channel,
-            "version": manifest.version,
-            "created": manifest.created,
-            "notes": manifest.notes,
-            "files": len(manifest.files),
-            "size": manifest.total_size,
+            "channel": channel,
+            "version": version,
+            "created": created,
+            "notes": notes,
+            "files": files,
+            "size": size,
             "tree": tree,
         }
     )
@@ -305,7 +327,7 @@ def encode_manifest(manifest: Manifest) -> EncodedManifest:
             f"the release notes make the manifest {len(doc)} bytes, more than the "
             f"{MAX_DOC_BYTES} a centre reads; shorten them"
         )
-    return EncodedManifest(doc, root, pieces)
+    return doc
 
 
 @dataclass(frozen=True)
@@ -734,6 +756,7 @@ __all__ = [
     "children_of",
     "decode_manifest",
     "diff",
+    "encode_doc",
     "encode_manifest",
     "iter_files",
     "iter_leaves",

@@ -33,7 +33,7 @@ import shutil
 import sqlite3
 import tempfile
 from collections import deque
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass, field
@@ -55,6 +55,7 @@ from caravane.protocol.trust import TrustedState
 
 from . import changes, delta, similarity
 from .errors import StoreError
+from .idset import IdSet
 from .ingest import PREFETCH, Progress, ingest_files, scan_source
 from .layout import (
     REPO_MARKER,
@@ -494,15 +495,28 @@ class RepositoryBase:
         *,
         replace: bool = False,
         progress: Progress = None,
-        manifest: Manifest | None = None,
-    ) -> Manifest:
+        manifest: Manifest | Release | None = None,
+    ) -> Release:
         """Write a verified release into ``dest``, through a staging folder and a rename.
 
-        ``manifest``: that release's, if the caller verified it already (the CLI does, to
-        size its progress bar): at 100,000 files reading and verifying it takes seconds.
+        The files are read from the release's pieces as they are written (nothing per file
+        is held: a million-file release checks out in the memory of a thousand), each piece
+        verified as it is read; a damaged piece or chunk part way fails the checkout, and
+        the staging folder goes with it, leaving ``dest`` as it was.
+
+        ``manifest``: that release, if the caller opened it already (the CLI does, to size
+        its progress bar).
         """
-        if manifest is None or manifest.channel != channel or manifest.version != version:
-            manifest = self.manifest(channel, version)
+        release: Release | None = None
+        if isinstance(manifest, Release):
+            release = manifest
+        elif manifest is not None:
+            release = Release.of_manifest(manifest)
+        if release is None or release.channel != channel or release.version != version:
+            snap = self.snapshot()
+            if version is None:
+                version = self.latest_local_version(channel, snap)
+            release = snap.release(channel, version)
         dest = Path(dest)
         if dest.exists() and any(dest.iterdir()) and not replace:
             raise FormatError(f"{dest}: folder exists and is not empty (use --replace)")
@@ -512,7 +526,7 @@ class RepositoryBase:
             shutil.rmtree(staging)
         staging.mkdir()
         try:
-            self.materialise(manifest, staging, progress)
+            self.materialise(release, staging, progress)
             if dest.exists():
                 old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
                 os.replace(dest, old)
@@ -523,14 +537,22 @@ class RepositoryBase:
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        return manifest
+        return release
 
-    def materialise(self, manifest: Manifest, folder: Path, progress: Progress = None) -> None:
-        """Rebuild every file of ``manifest`` under ``folder`` from verified chunks.
+    def materialise(
+        self,
+        files: Manifest | Release | Iterable[FileEntry],
+        folder: Path,
+        progress: Progress = None,
+    ) -> None:
+        """Rebuild every file of ``files`` under ``folder`` from verified chunks.
 
         Each chunk is decompressed (bounded by its signed size) and checked against its
         SHA-256 before a byte of it is written; since the chunk list comes from the signed
-        manifest, a file made of verified chunks is the file that was signed.
+        manifest, a file made of verified chunks is the file that was signed. A
+        :class:`Release` is walked from its pieces as the files are written (path order),
+        so what is held is the files in flight, not the release; a walk that fails part way
+        (a damaged piece) raises, leaving ``folder`` unfinished for the caller to drop.
 
         Small files go to the worker threads in batches (``WRITE_BATCH`` files or
         ``WRITE_BATCH_BYTES``), each batch read from the store in one query and one open per
@@ -539,13 +561,19 @@ class RepositoryBase:
         Bigger files stream chunk by chunk through the same pool, in order.
         """
         folder = Path(folder)
-        for sub in sorted({os.path.dirname(f.path) for f in manifest.files} - {""}):
-            (folder / sub).mkdir(parents=True, exist_ok=True)
+        if isinstance(files, Manifest):
+            entries: Iterable[FileEntry] = files.files
+        elif isinstance(files, Release):
+            entries = files.iter_files()
+        else:
+            entries = files
         umask = _umask()
         workers = max(2, os.cpu_count() or 2)
         pending: deque[Future[int]] = deque()
         batch: list[FileEntry] = []
         batch_bytes = 0
+        made = ""  # the folder last made: paths come in order, so a folder's files are
+        # together, and making it again when a path returns to it is one cheap mkdir
         with ThreadPoolExecutor(max_workers=workers) as pool:
 
             def wait(keep: int) -> None:
@@ -561,15 +589,24 @@ class RepositoryBase:
                     batch, batch_bytes = [], 0
                     wait(2 * workers)
 
-            for entry in manifest.files:
-                if entry.size <= SMALL_FILE:
-                    batch.append(entry)
-                    batch_bytes += entry.size
-                    if len(batch) >= WRITE_BATCH or batch_bytes >= WRITE_BATCH_BYTES:
-                        flush()
-                    continue
-                self._write_big(entry, folder, pool, progress)
-            flush()
+            try:
+                for entry in entries:
+                    sub = os.path.dirname(entry.path)
+                    if sub and sub != made:
+                        (folder / sub).mkdir(parents=True, exist_ok=True)
+                        made = sub
+                    if entry.size <= SMALL_FILE:
+                        batch.append(entry)
+                        batch_bytes += entry.size
+                        if len(batch) >= WRITE_BATCH or batch_bytes >= WRITE_BATCH_BYTES:
+                            flush()
+                        continue
+                    self._write_big(entry, folder, pool, progress)
+                flush()
+            finally:
+                # the writes in flight finish (or fail) before the caller drops the folder
+                for job in pending:
+                    job.exception()
             wait(0)
 
     def _load(self, path: str, sha: str, size: int, frame: bytes | None = None) -> bytes:
@@ -640,14 +677,37 @@ class RepositoryBase:
     # ------------------------------------------------------------------ verify
 
     def verify(self, progress: Progress = None) -> VerifyReport:
-        """Every signature, manifest and object here; problems are listed, not raised."""
+        """Every signature, manifest and object here; problems are listed, not raised.
+
+        Each release is walked from its pieces (nothing per file is held), each object read
+        and verified the first time a release names it. What was checked is remembered in
+        an :class:`~.idset.IdSet` (8 B an object, where a set of ids took about 120): an
+        object whose first 64 bits match one checked already is taken as checked (about
+        one chance in 2^64 per object that a damaged one is not read again).
+        """
         problems: list[str] = []
         channels: dict[str, list[int]] = {}
-        sizes: dict[str, int] = {}
+        seen = IdSet()
+        checked = nbytes = 0
         try:
             snap = self.snapshot()
         except (VerificationError, FormatError, NotFoundError) as exc:
             return VerifyReport({}, 0, 0, 0, [f"root metadata: {exc}"])
+
+        def check(sha: str, n: int) -> None:
+            nonlocal checked, nbytes
+            if sha in seen:
+                return
+            seen.add(sha)
+            try:
+                self.store.read(sha, n)
+                checked += 1
+                nbytes += n
+            except (VerificationError, StoreError) as exc:
+                problems.append(str(exc))
+            if progress:
+                progress(n)
+
         for channel in self.channels():
             try:
                 meta = snap.channel(channel)
@@ -659,23 +719,20 @@ class RepositoryBase:
                 if not snap.has_manifest(channel, v):
                     continue
                 try:
-                    m = snap.manifest(channel, v, keep=False)
-                except (VerificationError, FormatError, NotFoundError) as exc:
+                    release = snap.release(channel, v)
+                    objects: list[tuple[str, int]] = []
+                    for ref in release.piece_refs():
+                        objects.append((ref.sha256, ref.length))
+                    for f in release.iter_files():
+                        for sha, n in f.chunks:
+                            check(sha, n)
+                except (VerificationError, FormatError, NotFoundError, StoreError) as exc:
                     problems.append(str(exc))
                     continue
+                for sha, n in objects:
+                    check(sha, n)
                 channels[channel].append(v)
-                sizes.update(m.object_sizes())
-        checked = nbytes = 0
-        for sha, n in sizes.items():
-            try:
-                self.store.read(sha, n)
-                checked += 1
-                nbytes += n
-            except (VerificationError, StoreError) as exc:
-                problems.append(str(exc))
-            if progress:
-                progress(n)
-        unreferenced = sum(1 for sha in self.store.iter_ids() if sha not in sizes)
+        unreferenced = sum(1 for sha in self.store.iter_ids() if sha not in seen)
         return VerifyReport(channels, checked, nbytes, unreferenced, problems)
 
     def verify_pack(self, pack: Path, channels: Collection[str] | None = None) -> ApplyResult:

@@ -47,7 +47,7 @@ def _env() -> dict[str, str]:
 
 def _cv() -> list[str]:
     if os.environ.get("CARAVANE_BENCH_PYTHONPATH"):
-        return [sys.executable, "-m", "caravane.cli"]
+        return [sys.executable, "-m", "caravane"]
     return caravane()
 
 

@@ -327,12 +327,28 @@ def plan_groups(
     similarity index, which spares reading A to choose bases (same choices either way).
     """
     wanted_chunks = missing_chunks(old, new)
-    targets = [f for f in new.files if any(h in wanted_chunks for h, _ in f.chunks)]
-    index = SimilarityIndex(old, read_chunk, sketches, targets)
+    targets = [
+        (fi, f) for fi, f in enumerate(new.files) if any(h in wanted_chunks for h, _ in f.chunks)
+    ]
+    return plan_target_groups(old, targets, wanted_chunks, read_chunk, sketches)
+
+
+def plan_target_groups(
+    old: Manifest | None,
+    targets: list[tuple[int, FileEntry]],
+    wanted_chunks: dict[str, int],
+    read_chunk: ReadChunk,
+    sketches: SketchIndex | None = None,
+) -> Iterator[Group]:
+    """:func:`plan_groups` given what it derives from B: the files of B that hold a chunk
+    A lacks, with their index in B, in B's order, and those chunks (``wanted_chunks``, as
+    :func:`packs.changes.missing_chunks` gives them; emptied as they are grouped). What
+    a caller holding only the change between A and B passes (``build_pack``)."""
+    index = SimilarityIndex(old, read_chunk, sketches, [f for _, f in targets])
     group = Group()
-    for fi, f in enumerate(new.files):
+    for fi, f in targets:
         if not any(h in wanted_chunks for h, _ in f.chunks):
-            continue
+            continue  # an earlier file of B carries them all
         cands = [(i, index.files[i]) for i in index.candidates(f)]
         pos = 0
         for ci, (h, n) in enumerate(f.chunks):

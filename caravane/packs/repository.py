@@ -25,6 +25,7 @@ class the folder holds. It stays for this release so callers can move off it one
 
 from __future__ import annotations
 
+import bisect
 import fcntl
 import hashlib
 import logging
@@ -482,8 +483,8 @@ class RepositoryBase:
         deciding whether to build a pack while a centre waits.
         """
         snap = self.snapshot()
-        old = snap.manifest(channel, from_version) if from_version else None
-        return changes.new_bytes(old, snap.manifest(channel, to_version))
+        old = snap.release(channel, from_version) if from_version else None
+        return changes.release_new_bytes(old, snap.release(channel, to_version))
 
     # ------------------------------------------------------------------ checkout
 
@@ -799,13 +800,38 @@ class RepositoryBase:
         if from_version >= to_version:
             raise FormatError(f"--from {from_version} must be older than --to {to_version}")
         snap = self.snapshot()
-        new, new_mbytes = snap.manifest_with_bytes(channel, to_version)
-        old, old_mbytes = (
-            snap.manifest_with_bytes(channel, from_version) if from_version else (None, b"")
-        )
+        new_mbytes = self.manifest_bytes(channel, to_version)
+        new = Release.open(new_mbytes, snap.ref(channel, to_version), channel, self.pieces())
+        old_rel: Release | None = None
+        old_mbytes = b""
+        if from_version:
+            old_mbytes = self.manifest_bytes(channel, from_version)
+            ref = snap.ref(channel, from_version)
+            old_rel = Release.open(old_mbytes, ref, channel, self.pieces())
         channel_data = snap.channel_bytes(channel)
         assert channel_data is not None  # the manifests above verified against it
         chunk_bytes = self.store.read
+        # what B holds that A lacks, from the change between them (a one-file change
+        # reads a few pieces of each tree, and A's files once if a chunk may be elsewhere
+        # in A); then where each file carrying one sits in B, for the pack's chunk runs
+        changed = new.changes_from(old_rel)
+        if old_rel is None:
+            wanted: dict[str, int] = {}
+            targets: list[tuple[int, FileEntry]] = []
+            for fi, (_, f) in enumerate(changed):
+                assert f is not None
+                fresh = [(h, n) for h, n in f.chunks if h not in wanted]
+                if fresh:
+                    wanted.update(fresh)
+                    targets.append((fi, f))
+        else:
+            kept = list(changed)
+            wanted = changes.missing_in_changes(kept, old_rel)
+            files = [f for _, f in kept if f is not None and any(h in wanted for h, _ in f.chunks)]
+            del kept
+            targets = list(zip(_positions(new, [f.path for f in files]), files, strict=True))
+        # the similarity index still takes A whole (its candidates are files of A)
+        old = snap.manifest(channel, from_version, keep=False) if targets and old_rel else None
         sketches = similarity.open_index(self.path) if old is not None else None
         writer = PackWriter(Path(out), volume_size)
         try:
@@ -831,9 +857,10 @@ class RepositoryBase:
                 delta.manifest_delta(old_mbytes, new_mbytes, level),
             )
             if new.spec_version == tree.TREE_SPEC_VERSION:
-                self._add_tree(writer, from_version, old, old_mbytes, new_mbytes, level)
+                self._add_tree(writer, from_version, old_rel, old_mbytes, new, level)
             n_chunks = n_bytes = 0
-            for group in delta.plan_groups(old, new, chunk_bytes, sketches):
+            groups = delta.plan_target_groups(old, targets, wanted, chunk_bytes, sketches)
+            for group in groups:
                 base = b"".join(chunk_bytes(h, n) for h, n in group.base)
                 target = b"".join(chunk_bytes(h, n) for h, n in group.targets)
                 payload = delta.compress_group(base, target, level)
@@ -880,9 +907,9 @@ class RepositoryBase:
         self,
         writer: PackWriter,
         from_version: int,
-        old: Manifest | None,
+        old: Release | None,
         old_doc: bytes,
-        new_doc: bytes,
+        new: Release,
         level: int,
     ) -> None:
         """The pieces of the new tree the base release lacks, top-down, as deltas.
@@ -890,13 +917,21 @@ class RepositoryBase:
         Each group is compressed against the old pieces covering the same paths (a changed
         leaf against its old version), or, from a format 1 release, against its whole old
         manifest, which holds the same entries: the move to format 2 costs a small delta too.
+
+        The pieces' refs come from the nodes alone (leaves are read only to be sent or used
+        as a base), level by level from the root as before: the tree is balanced, so a
+        stable sort of the depth-first refs by level is that order.
         """
         read = self.pieces()
-        new_refs = tree.piece_refs(new_doc, read)
+
+        def top_down(release: Release) -> list[tree.PieceRef]:
+            return sorted(release.piece_refs(), key=lambda r: -r.level)
+
+        new_refs = top_down(new)
         old_refs: list[tree.PieceRef] = []
         whole_old = False
         if old is not None and old.spec_version == tree.TREE_SPEC_VERSION:
-            old_refs = tree.piece_refs(old_doc, read)
+            old_refs = top_down(old)
         elif old is not None:
             whole_old = len(old_doc) <= delta.GROUP_BASE
         have = {r.sha256 for r in old_refs}
@@ -927,6 +962,59 @@ class RepositoryBase:
             size += ref.length
         if group:
             flush(group)
+
+
+def _positions(release: Release, paths: list[str]) -> list[int]:
+    """Where each of ``paths`` (ascending, all in ``release``) sits in its file order.
+
+    Format 2: each path is found by going down the tree, counting the files of the
+    pieces before it (their parents say how many), so a few changed files cost a few
+    pieces per level, not a walk; only the pieces on the current path are held. Format 1:
+    the flat list, counted.
+    """
+    if not paths:
+        return []
+    if release.doc is None:
+        where = {p: i for i, p in enumerate(paths)}
+        out = [0] * len(paths)
+        for i, f in enumerate(release.iter_files()):
+            j = where.get(f.path)
+            if j is not None:
+                out[j] = i
+        return out
+    assert release.read is not None and release.doc.root is not None
+    read, what = release.read, release.what
+    path_cache: dict[int, tuple[str, Any]] = {}  # level -> (sha, children or entries)
+
+    def parts(ref: tree.PieceRef) -> Any:
+        cached = path_cache.get(ref.level)
+        if cached is None or cached[0] != ref.sha256:
+            datas = read([ref])
+            if len(datas) != 1:
+                raise VerificationError(f"{what}: pieces missing")
+            name = f"{what} piece {ref.sha256[:12]}"
+            parsed = tree._check_piece(ref, datas[0], name)
+            if ref.level > 0:
+                value: Any = tree._node_children(ref, parsed, name)
+            else:
+                value = tree._leaf_entries(ref, parsed, name)
+            cached = path_cache[ref.level] = (ref.sha256, value)
+        return cached[1]
+
+    out = []
+    for path in paths:
+        ref, base = release.doc.root, 0
+        while ref.level > 0:
+            kids: list[tree.PieceRef] = parts(ref)
+            i = max(bisect.bisect_right([k.first for k in kids], path) - 1, 0)
+            base += sum(k.files for k in kids[:i])
+            ref = kids[i]
+        entries: list[FileEntry] = parts(ref)
+        j = next((j for j, e in enumerate(entries) if e.path == path), None)
+        if j is None:
+            raise VerificationError(f"{what}: {path!r} is not where its tree says")
+        out.append(base + j)
+    return out
 
 
 def _umask() -> int:

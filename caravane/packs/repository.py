@@ -830,9 +830,14 @@ class RepositoryBase:
             files = [f for _, f in kept if f is not None and any(h in wanted for h, _ in f.chunks)]
             del kept
             targets = list(zip(_positions(new, [f.path for f in files]), files, strict=True))
-        # the similarity index still takes A whole (its candidates are files of A)
-        old = snap.manifest(channel, from_version, keep=False) if targets and old_rel else None
-        sketches = similarity.open_index(self.path) if old is not None else None
+        sketches = similarity.open_index(self.path) if old_rel is not None and targets else None
+        if old_rel is not None and targets:
+            key = hashlib.sha256(b"release " + old_mbytes).digest()
+            index: delta.SimilarityIndex = delta.StreamedSimilarity(
+                old_rel.iter_files, key, chunk_bytes, sketches, [f for _, f in targets]
+            )
+        else:
+            index = delta.SimilarityIndex(None, chunk_bytes)
         writer = PackWriter(Path(out), volume_size)
         try:
             for v in self.root_versions():
@@ -859,7 +864,7 @@ class RepositoryBase:
             if new.spec_version == tree.TREE_SPEC_VERSION:
                 self._add_tree(writer, from_version, old_rel, old_mbytes, new, level)
             n_chunks = n_bytes = 0
-            groups = delta.plan_target_groups(old, targets, wanted, chunk_bytes, sketches)
+            groups = delta.plan_target_groups(index, targets, wanted)
             for group in groups:
                 base = b"".join(chunk_bytes(h, n) for h, n in group.base)
                 target = b"".join(chunk_bytes(h, n) for h, n in group.targets)

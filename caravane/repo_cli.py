@@ -195,8 +195,9 @@ def repo_checkout(
 ) -> None:
     """Write a verified release of CHANNEL into DEST (all or nothing)."""
     r = Repository(directory)
-    m = r.manifest(channel, version)
-    with progress_bar(m.total_size, f"checking out {channel}", as_json) as bar:
+    snap = r.snapshot()
+    m = snap.release(channel, version or r.latest_local_version(channel, snap))
+    with progress_bar(m.size, f"checking out {channel}", as_json) as bar:
         r.checkout(channel, dest, m.version, replace=replace, progress=bar, manifest=m)
     emit(
         as_json,
@@ -204,12 +205,12 @@ def repo_checkout(
             "ok": True,
             "channel": channel,
             "version": m.version,
-            "files": len(m.files),
-            "bytes": m.total_size,
+            "files": m.files,
+            "bytes": m.size,
             "dest": str(dest),
         },
-        f"checked out {channel} version {m.version} into {dest}: {len(m.files)} files, "
-        f"{size_text(m.total_size)}, every file verified",
+        f"checked out {channel} version {m.version} into {dest}: {m.files} files, "
+        f"{size_text(m.size)}, every file verified",
     )
 
 

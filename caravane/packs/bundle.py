@@ -193,8 +193,8 @@ def plan_packs(hub: RepositoryBase, targets: list[Target], channels: list[str]) 
 
 def _estimate(snap: Snapshot, channel: str, a: int, b: int) -> int:
     """Upper bound for a pack not built yet: the new bytes of B (packs compress them)."""
-    old = snap.manifest(channel, a) if a else None
-    return changes.new_bytes(old, snap.manifest(channel, b)) + 64 * 1024
+    old = snap.release(channel, a) if a else None
+    return changes.release_new_bytes(old, snap.release(channel, b)) + 64 * 1024
 
 
 def prepare(

@@ -9,9 +9,12 @@ plan or an on-demand decision wrong without any test noticing, so there is one f
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from caravane.protocol.metadata import FileEntry, Manifest
+from caravane.protocol.release import Release
+from caravane.protocol.tree import Change
 
 
 def missing_chunks(old: Manifest | None, new: Manifest) -> dict[str, int]:
@@ -36,6 +39,50 @@ def new_bytes(old: Manifest | None, new: Manifest) -> int:
     have = old.tree_objects if old is not None else {}
     pieces = sum(n for sha, n in new.tree_objects.items() if sha not in have)
     return sum(missing_chunks(old, new).values()) + pieces
+
+
+def missing_in_changes(changed: Iterable[Change], old: Release | None) -> dict[str, int]:
+    """:func:`missing_chunks` from the change stream of ``new`` against ``old``
+    (``Release.changes_from``), holding what changed, not either release.
+
+    The same answer: a chunk of an unchanged file is in ``old`` already, so only the new
+    sides of the changes can bring chunks ``old`` lacks, in path order (which is ``new``'s
+    file order). Those the old sides of the changes hold are dropped at once; the rest
+    (content ``old`` may hold elsewhere, moved or shared) are looked for in one walk of
+    ``old``'s files, which holds only the candidates: time follows ``old``, memory the
+    change. The walk is skipped when no candidate is left.
+    """
+    out: dict[str, int] = {}
+    gone: set[str] = set()
+    for before, after in changed:
+        if before is not None:
+            gone.update(h for h, _ in before.chunks)
+        if after is not None:
+            for sha, size in after.chunks:
+                if sha not in out:
+                    out[sha] = size
+    for sha in gone:
+        out.pop(sha, None)
+    if out and old is not None:
+        for f in old.iter_files():
+            for sha, _ in f.chunks:
+                out.pop(sha, None)
+            if not out:
+                break
+    return out
+
+
+def release_new_bytes(old: Release | None, new: Release) -> int:
+    """:func:`new_bytes` between two releases read from their pieces (nothing per file held:
+    the change, the pieces' refs, and at most one walk of ``old``)."""
+    have = {r.sha256 for r in old.piece_refs()} if old is not None else set()
+    pieces = 0
+    seen: set[str] = set()
+    for ref in new.piece_refs():
+        if ref.sha256 not in have and ref.sha256 not in seen:
+            seen.add(ref.sha256)
+            pieces += ref.length
+    return sum(missing_in_changes(new.changes_from(old), old).values()) + pieces
 
 
 @dataclass
@@ -87,4 +134,11 @@ def file_changes(old: list[FileEntry] | None, new: list[FileEntry]) -> FileChang
     return out
 
 
-__all__ = ["FileChanges", "file_changes", "missing_chunks", "new_bytes"]
+__all__ = [
+    "FileChanges",
+    "file_changes",
+    "missing_chunks",
+    "missing_in_changes",
+    "new_bytes",
+    "release_new_bytes",
+]

@@ -297,6 +297,201 @@ class SimilarityIndex:
         return heapq.nsmallest(CANDIDATES, score, key=lambda i: (-score[i], self.files[i].path))
 
 
+#: owners of one piece past which the index's answer is held as an :class:`IdSet`
+HEAVY_PIECE = 4096
+
+
+class StreamedSimilarity(SimilarityIndex):
+    """:class:`SimilarityIndex` over an old release walked from its pieces, holding only
+    the files of A that can score for a target, not A.
+
+    The candidates are the same: a file of A scores for a target only by sharing a chunk
+    with it, a sketch piece, its path or its name key, and all but the name are known
+    from the file itself as A streams past (the targets' chunks, paths and pieces, and the
+    index's owners of those pieces, are looked up before the walk), so those files are
+    kept whole. A name key can match every file of A (``page-#.html``); of the files that
+    share a name and nothing else, only the best :data:`CANDIDATES` by (size, path) can
+    win, so those are kept per name and the rest dropped. ``self.files`` maps an index
+    in A to its entry, for the files kept.
+
+    ``old_files`` walks A again if the index fails part way (the in-memory sketches then
+    come from a walk that reads A's content, as :class:`SimilarityIndex` does); files
+    that become candidates only then may rank against a name group cut too short (a
+    degraded build: the pack still applies to exactly B).
+    """
+
+    def __init__(
+        self,
+        old_files: Callable[[], Iterator[FileEntry]],
+        release_key: bytes,
+        read_chunk: ReadChunk,
+        sketches: SketchIndex | None,
+        targets: list[FileEntry],
+    ) -> None:
+        self.read_chunk = read_chunk
+        self.sketches = sketches
+        self._walk = old_files
+        self.by_chunk = defaultdict(list)
+        self.by_path = {}
+        self.by_name = defaultdict(list)
+        self.by_sha = defaultdict(list)
+        self._by_piece = None
+        self.kept: dict[int, FileEntry] = {}
+        self._targets = targets
+        self._piece_owners: dict[int, list[int]] = {}
+        self._count = 0
+        sketchy = [t for t in targets if _sketchable(t)]
+        light: dict[str, list[int]] = defaultdict(list)
+        heavy: list[tuple[int, Any]] = []
+        if sketches is not None and sketchy:
+            try:
+                sketches.ensure_stream(old_files(), read_chunk, release_key)
+                sketches.ensure(targets, read_chunk)
+                light, heavy = self._owner_shas(sketchy)
+            except sqlite3.Error as exc:
+                self._bypass(exc)
+        pieces: set[int] = set()
+        if self.sketches is None and sketchy:
+            pieces = self._target_pieces()
+        self._scan(old_files(), light, heavy, pieces)
+
+    # mypy: the parent's ``files`` is a list; here it is the kept entries by index in A
+    @property  # type: ignore[override]
+    def files(self) -> dict[int, FileEntry]:
+        return self.kept
+
+    @files.setter
+    def files(self, value: Any) -> None:
+        self.kept = dict(enumerate(value)) if isinstance(value, list) else value
+
+    def _owner_shas(self, sketchy: list[FileEntry]) -> tuple[dict[str, list[int]], Any]:
+        from .idset import IdSet
+
+        assert self.sketches is not None
+        light: dict[str, list[int]] = defaultdict(list)
+        heavy: list[tuple[int, IdSet]] = []
+        seen: set[int] = set()
+        for t in sketchy:
+            for piece in sorted(self.sketches.get(t.sha256) or ()):
+                if piece in seen:
+                    continue
+                seen.add(piece)
+                self._piece_owners[piece] = []
+                owners: list[str] = []
+                ids: IdSet | None = None
+                for sha in self.sketches.owners(piece):
+                    if ids is not None:
+                        ids.add(sha)
+                        continue
+                    owners.append(sha)
+                    if len(owners) > HEAVY_PIECE:
+                        ids = IdSet()
+                        ids.update(owners)
+                        owners = []
+                if ids is not None:
+                    heavy.append((piece, ids))
+                for sha in owners:
+                    light[sha].append(piece)
+        return light, heavy
+
+    def _target_pieces(self) -> set[int]:
+        out: set[int] = set()
+        for t in self._targets:
+            if _sketchable(t):
+                out |= sketch(_file_bytes(t, self.read_chunk), SKETCH_SAMPLE)
+        return out
+
+    def _scan(
+        self,
+        files: Iterator[FileEntry],
+        light: dict[str, list[int]],
+        heavy: list[tuple[int, Any]],
+        pieces: set[int],
+    ) -> None:
+        """The walk of A: what scores for a target, the best name-only files, the counts."""
+        interest = {h for f in self._targets for h, _ in f.chunks}
+        paths = {f.path for f in self._targets}
+        names = {name_key(f.path) for f in self._targets}
+        best: dict[str, list[tuple[tuple[float, str], int, FileEntry]]] = defaultdict(list)
+        sketched = 0
+        count = 0
+        for i, f in enumerate(files):
+            count += 1
+            sk = _sketchable(f)
+            special = False
+            if sk:
+                sketched += f.size
+            if f.path in paths:
+                self.by_path[f.path] = i
+                special = True
+            for h, _ in f.chunks:
+                if h in interest:
+                    lst = self.by_chunk[h]
+                    if not lst or lst[-1] != i:
+                        lst.append(i)
+                    special = True
+            if sk and (light or heavy):
+                owned = list(light.get(f.sha256, ()))
+                owned += [p for p, ids in heavy if f.sha256 in ids]
+                for p in owned:
+                    lst = self._piece_owners[p]
+                    if len(lst) <= SKETCH_COMMON:
+                        lst.append(i)
+                    special = True
+            if sk and pieces:
+                by_piece = self._by_piece if self._by_piece is not None else defaultdict(list)
+                self._by_piece = by_piece
+                for p in sketch(_file_bytes(f, self.read_chunk), SKETCH_SAMPLE) & pieces:
+                    lst = by_piece[p]
+                    if len(lst) <= SKETCH_COMMON:
+                        lst.append(i)
+                    special = True
+            key = name_key(f.path)
+            if key in names:
+                if special:
+                    self.by_name[key].append(i)
+                else:
+                    top = best[key]
+                    top.append(((-(1 + 0.01 * f.size), f.path), i, f))
+                    if len(top) > CANDIDATES:
+                        top.sort(key=lambda x: x[0])
+                        del top[CANDIDATES:]
+            if special:
+                self.kept[i] = f
+        for key, top in best.items():
+            for _, i, f in top:
+                self.by_name[key].append(i)
+                self.kept[i] = f
+            self.by_name[key].sort()
+        self._count = count
+        self.sample = sketch_sample(sketched)
+        if self._by_piece is None and pieces:
+            self._by_piece = defaultdict(list)
+
+    def _in_memory(self) -> dict[int, list[int]]:
+        if self._by_piece is None:
+            pieces = self._target_pieces()
+            self._by_piece = defaultdict(list)
+            for i, f in enumerate(self._walk()):
+                if _sketchable(f):
+                    for p in sketch(_file_bytes(f, self.read_chunk), SKETCH_SAMPLE) & pieces:
+                        lst = self._by_piece[p]
+                        if len(lst) <= SKETCH_COMMON:
+                            lst.append(i)
+                            self.kept.setdefault(i, f)
+        return self._by_piece
+
+    def _owners(self, piece: int) -> list[int]:
+        if self.sketches is not None:
+            return self._piece_owners.get(piece, [])
+        return self._in_memory().get(piece, [])
+
+    def candidates(self, new: FileEntry) -> list[int]:
+        if not self._count:
+            return []
+        return super().candidates(new)
+
+
 def _base_window(
     old: FileEntry, start: int, length: int, new_size: int
 ) -> Iterator[tuple[int, str, int]]:
@@ -327,12 +522,27 @@ def plan_groups(
     similarity index, which spares reading A to choose bases (same choices either way).
     """
     wanted_chunks = missing_chunks(old, new)
-    targets = [f for f in new.files if any(h in wanted_chunks for h, _ in f.chunks)]
-    index = SimilarityIndex(old, read_chunk, sketches, targets)
+    targets = [
+        (fi, f) for fi, f in enumerate(new.files) if any(h in wanted_chunks for h, _ in f.chunks)
+    ]
+    index = SimilarityIndex(old, read_chunk, sketches, [f for _, f in targets])
+    return plan_target_groups(index, targets, wanted_chunks)
+
+
+def plan_target_groups(
+    index: SimilarityIndex,
+    targets: list[tuple[int, FileEntry]],
+    wanted_chunks: dict[str, int],
+) -> Iterator[Group]:
+    """:func:`plan_groups` given what it derives from B: the files of B that hold a chunk
+    A lacks, with their index in B, in B's order, and those chunks (``wanted_chunks``, as
+    :func:`packs.changes.missing_chunks` gives them; emptied as they are grouped). What
+    a caller holding only the change between A and B passes (``build_pack``), with a
+    :class:`StreamedSimilarity` over A."""
     group = Group()
-    for fi, f in enumerate(new.files):
+    for fi, f in targets:
         if not any(h in wanted_chunks for h, _ in f.chunks):
-            continue
+            continue  # an earlier file of B carries them all
         cands = [(i, index.files[i]) for i in index.candidates(f)]
         pos = 0
         for ci, (h, n) in enumerate(f.chunks):

@@ -25,6 +25,7 @@ class the folder holds. It stays for this release so callers can move off it one
 
 from __future__ import annotations
 
+import bisect
 import fcntl
 import hashlib
 import logging
@@ -33,7 +34,7 @@ import shutil
 import sqlite3
 import tempfile
 from collections import deque
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass, field
@@ -55,6 +56,7 @@ from caravane.protocol.trust import TrustedState
 
 from . import changes, delta, similarity
 from .errors import StoreError
+from .idset import IdSet
 from .ingest import PREFETCH, Progress, ingest_files, scan_source
 from .layout import (
     REPO_MARKER,
@@ -504,8 +506,8 @@ class RepositoryBase:
         deciding whether to build a pack while a centre waits.
         """
         snap = self.snapshot()
-        old = snap.manifest(channel, from_version) if from_version else None
-        return changes.new_bytes(old, snap.manifest(channel, to_version))
+        old = snap.release(channel, from_version) if from_version else None
+        return changes.release_new_bytes(old, snap.release(channel, to_version))
 
     # ------------------------------------------------------------------ checkout
 
@@ -517,15 +519,28 @@ class RepositoryBase:
         *,
         replace: bool = False,
         progress: Progress = None,
-        manifest: Manifest | None = None,
-    ) -> Manifest:
+        manifest: Manifest | Release | None = None,
+    ) -> Release:
         """Write a verified release into ``dest``, through a staging folder and a rename.
 
-        ``manifest``: that release's, if the caller verified it already (the CLI does, to
-        size its progress bar): at 100,000 files reading and verifying it takes seconds.
+        The files are read from the release's pieces as they are written (nothing per file
+        is held: a million-file release checks out in the memory of a thousand), each piece
+        verified as it is read; a damaged piece or chunk part way fails the checkout, and
+        the staging folder goes with it, leaving ``dest`` as it was.
+
+        ``manifest``: that release, if the caller opened it already (the CLI does, to size
+        its progress bar).
         """
-        if manifest is None or manifest.channel != channel or manifest.version != version:
-            manifest = self.manifest(channel, version)
+        release: Release | None = None
+        if isinstance(manifest, Release):
+            release = manifest
+        elif manifest is not None:
+            release = Release.of_manifest(manifest)
+        if release is None or release.channel != channel or release.version != version:
+            snap = self.snapshot()
+            if version is None:
+                version = self.latest_local_version(channel, snap)
+            release = snap.release(channel, version)
         dest = Path(dest)
         if dest.exists() and any(dest.iterdir()) and not replace:
             raise FormatError(f"{dest}: folder exists and is not empty (use --replace)")
@@ -535,7 +550,7 @@ class RepositoryBase:
             shutil.rmtree(staging)
         staging.mkdir()
         try:
-            self.materialise(manifest, staging, progress)
+            self.materialise(release, staging, progress)
             if dest.exists():
                 old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
                 os.replace(dest, old)
@@ -546,14 +561,22 @@ class RepositoryBase:
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        return manifest
+        return release
 
-    def materialise(self, manifest: Manifest, folder: Path, progress: Progress = None) -> None:
-        """Rebuild every file of ``manifest`` under ``folder`` from verified chunks.
+    def materialise(
+        self,
+        files: Manifest | Release | Iterable[FileEntry],
+        folder: Path,
+        progress: Progress = None,
+    ) -> None:
+        """Rebuild every file of ``files`` under ``folder`` from verified chunks.
 
         Each chunk is decompressed (bounded by its signed size) and checked against its
         SHA-256 before a byte of it is written; since the chunk list comes from the signed
-        manifest, a file made of verified chunks is the file that was signed.
+        manifest, a file made of verified chunks is the file that was signed. A
+        :class:`Release` is walked from its pieces as the files are written (path order),
+        so what is held is the files in flight, not the release; a walk that fails part way
+        (a damaged piece) raises, leaving ``folder`` unfinished for the caller to drop.
 
         Small files go to the worker threads in batches (``WRITE_BATCH`` files or
         ``WRITE_BATCH_BYTES``), each batch read from the store in one query and one open per
@@ -562,13 +585,19 @@ class RepositoryBase:
         Bigger files stream chunk by chunk through the same pool, in order.
         """
         folder = Path(folder)
-        for sub in sorted({os.path.dirname(f.path) for f in manifest.files} - {""}):
-            (folder / sub).mkdir(parents=True, exist_ok=True)
+        if isinstance(files, Manifest):
+            entries: Iterable[FileEntry] = files.files
+        elif isinstance(files, Release):
+            entries = files.iter_files()
+        else:
+            entries = files
         umask = _umask()
         workers = max(2, os.cpu_count() or 2)
         pending: deque[Future[int]] = deque()
         batch: list[FileEntry] = []
         batch_bytes = 0
+        made = ""  # the folder last made: paths come in order, so a folder's files are
+        # together, and making it again when a path returns to it is one cheap mkdir
         with ThreadPoolExecutor(max_workers=workers) as pool:
 
             def wait(keep: int) -> None:
@@ -584,15 +613,24 @@ class RepositoryBase:
                     batch, batch_bytes = [], 0
                     wait(2 * workers)
 
-            for entry in manifest.files:
-                if entry.size <= SMALL_FILE:
-                    batch.append(entry)
-                    batch_bytes += entry.size
-                    if len(batch) >= WRITE_BATCH or batch_bytes >= WRITE_BATCH_BYTES:
-                        flush()
-                    continue
-                self._write_big(entry, folder, pool, progress)
-            flush()
+            try:
+                for entry in entries:
+                    sub = os.path.dirname(entry.path)
+                    if sub and sub != made:
+                        (folder / sub).mkdir(parents=True, exist_ok=True)
+                        made = sub
+                    if entry.size <= SMALL_FILE:
+                        batch.append(entry)
+                        batch_bytes += entry.size
+                        if len(batch) >= WRITE_BATCH or batch_bytes >= WRITE_BATCH_BYTES:
+                            flush()
+                        continue
+                    self._write_big(entry, folder, pool, progress)
+                flush()
+            finally:
+                # the writes in flight finish (or fail) before the caller drops the folder
+                for job in pending:
+                    job.exception()
             wait(0)
 
     def _load(self, path: str, sha: str, size: int, frame: bytes | None = None) -> bytes:
@@ -663,14 +701,37 @@ class RepositoryBase:
     # ------------------------------------------------------------------ verify
 
     def verify(self, progress: Progress = None) -> VerifyReport:
-        """Every signature, manifest and object here; problems are listed, not raised."""
+        """Every signature, manifest and object here; problems are listed, not raised.
+
+        Each release is walked from its pieces (nothing per file is held), each object read
+        and verified the first time a release names it. What was checked is remembered in
+        an :class:`~.idset.IdSet` (8 B an object, where a set of ids took about 120): an
+        object whose first 64 bits match one checked already is taken as checked (about
+        one chance in 2^64 per object that a damaged one is not read again).
+        """
         problems: list[str] = []
         channels: dict[str, list[int]] = {}
-        sizes: dict[str, int] = {}
+        seen = IdSet()
+        checked = nbytes = 0
         try:
             snap = self.snapshot()
         except (VerificationError, FormatError, NotFoundError) as exc:
             return VerifyReport({}, 0, 0, 0, [f"root metadata: {exc}"])
+
+        def check(sha: str, n: int) -> None:
+            nonlocal checked, nbytes
+            if sha in seen:
+                return
+            seen.add(sha)
+            try:
+                self.store.read(sha, n)
+                checked += 1
+                nbytes += n
+            except (VerificationError, StoreError) as exc:
+                problems.append(str(exc))
+            if progress:
+                progress(n)
+
         for channel in self.channels():
             try:
                 meta = snap.channel(channel)
@@ -682,23 +743,20 @@ class RepositoryBase:
                 if not snap.has_manifest(channel, v):
                     continue
                 try:
-                    m = snap.manifest(channel, v, keep=False)
-                except (VerificationError, FormatError, NotFoundError) as exc:
+                    release = snap.release(channel, v)
+                    objects: list[tuple[str, int]] = []
+                    for ref in release.piece_refs():
+                        objects.append((ref.sha256, ref.length))
+                    for f in release.iter_files():
+                        for sha, n in f.chunks:
+                            check(sha, n)
+                except (VerificationError, FormatError, NotFoundError, StoreError) as exc:
                     problems.append(str(exc))
                     continue
+                for sha, n in objects:
+                    check(sha, n)
                 channels[channel].append(v)
-                sizes.update(m.object_sizes())
-        checked = nbytes = 0
-        for sha, n in sizes.items():
-            try:
-                self.store.read(sha, n)
-                checked += 1
-                nbytes += n
-            except (VerificationError, StoreError) as exc:
-                problems.append(str(exc))
-            if progress:
-                progress(n)
-        unreferenced = sum(1 for sha in self.store.iter_ids() if sha not in sizes)
+        unreferenced = sum(1 for sha in self.store.iter_ids() if sha not in seen)
         return VerifyReport(channels, checked, nbytes, unreferenced, problems)
 
     def verify_pack(self, pack: Path, channels: Collection[str] | None = None) -> ApplyResult:
@@ -765,14 +823,44 @@ class RepositoryBase:
         if from_version >= to_version:
             raise FormatError(f"--from {from_version} must be older than --to {to_version}")
         snap = self.snapshot()
-        new, new_mbytes = snap.manifest_with_bytes(channel, to_version)
-        old, old_mbytes = (
-            snap.manifest_with_bytes(channel, from_version) if from_version else (None, b"")
-        )
+        new_mbytes = self.manifest_bytes(channel, to_version)
+        new = Release.open(new_mbytes, snap.ref(channel, to_version), channel, self.pieces())
+        old_rel: Release | None = None
+        old_mbytes = b""
+        if from_version:
+            old_mbytes = self.manifest_bytes(channel, from_version)
+            ref = snap.ref(channel, from_version)
+            old_rel = Release.open(old_mbytes, ref, channel, self.pieces())
         channel_data = snap.channel_bytes(channel)
         assert channel_data is not None  # the manifests above verified against it
         chunk_bytes = self.store.read
-        sketches = similarity.open_index(self.path) if old is not None else None
+        # what B holds that A lacks, from the change between them (a one-file change
+        # reads a few pieces of each tree, and A's files once if a chunk may be elsewhere
+        # in A); then where each file carrying one sits in B, for the pack's chunk runs
+        changed = new.changes_from(old_rel)
+        if old_rel is None:
+            wanted: dict[str, int] = {}
+            targets: list[tuple[int, FileEntry]] = []
+            for fi, (_, f) in enumerate(changed):
+                assert f is not None
+                fresh = [(h, n) for h, n in f.chunks if h not in wanted]
+                if fresh:
+                    wanted.update(fresh)
+                    targets.append((fi, f))
+        else:
+            kept = list(changed)
+            wanted = changes.missing_in_changes(kept, old_rel)
+            files = [f for _, f in kept if f is not None and any(h in wanted for h, _ in f.chunks)]
+            del kept
+            targets = list(zip(_positions(new, [f.path for f in files]), files, strict=True))
+        sketches = similarity.open_index(self.path) if old_rel is not None and targets else None
+        if old_rel is not None and targets:
+            key = hashlib.sha256(b"release " + old_mbytes).digest()
+            index: delta.SimilarityIndex = delta.StreamedSimilarity(
+                old_rel.iter_files, key, chunk_bytes, sketches, [f for _, f in targets]
+            )
+        else:
+            index = delta.SimilarityIndex(None, chunk_bytes)
         writer = PackWriter(Path(out), volume_size)
         try:
             for v in self.root_versions():
@@ -797,9 +885,10 @@ class RepositoryBase:
                 delta.manifest_delta(old_mbytes, new_mbytes, level),
             )
             if new.spec_version == tree.TREE_SPEC_VERSION:
-                self._add_tree(writer, from_version, old, old_mbytes, new_mbytes, level)
+                self._add_tree(writer, from_version, old_rel, old_mbytes, new, level)
             n_chunks = n_bytes = 0
-            for group in delta.plan_groups(old, new, chunk_bytes, sketches):
+            groups = delta.plan_target_groups(index, targets, wanted)
+            for group in groups:
                 base = b"".join(chunk_bytes(h, n) for h, n in group.base)
                 target = b"".join(chunk_bytes(h, n) for h, n in group.targets)
                 payload = delta.compress_group(base, target, level)
@@ -846,9 +935,9 @@ class RepositoryBase:
         self,
         writer: PackWriter,
         from_version: int,
-        old: Manifest | None,
+        old: Release | None,
         old_doc: bytes,
-        new_doc: bytes,
+        new: Release,
         level: int,
     ) -> None:
         """The pieces of the new tree the base release lacks, top-down, as deltas.
@@ -856,13 +945,21 @@ class RepositoryBase:
         Each group is compressed against the old pieces covering the same paths (a changed
         leaf against its old version), or, from a format 1 release, against its whole old
         manifest, which holds the same entries: the move to format 2 costs a small delta too.
+
+        The pieces' refs come from the nodes alone (leaves are read only to be sent or used
+        as a base), level by level from the root as before: the tree is balanced, so a
+        stable sort of the depth-first refs by level is that order.
         """
         read = self.pieces()
-        new_refs = tree.piece_refs(new_doc, read)
+
+        def top_down(release: Release) -> list[tree.PieceRef]:
+            return sorted(release.piece_refs(), key=lambda r: -r.level)
+
+        new_refs = top_down(new)
         old_refs: list[tree.PieceRef] = []
         whole_old = False
         if old is not None and old.spec_version == tree.TREE_SPEC_VERSION:
-            old_refs = tree.piece_refs(old_doc, read)
+            old_refs = top_down(old)
         elif old is not None:
             whole_old = len(old_doc) <= delta.GROUP_BASE
         have = {r.sha256 for r in old_refs}
@@ -893,6 +990,59 @@ class RepositoryBase:
             size += ref.length
         if group:
             flush(group)
+
+
+def _positions(release: Release, paths: list[str]) -> list[int]:
+    """Where each of ``paths`` (ascending, all in ``release``) sits in its file order.
+
+    Format 2: each path is found by going down the tree, counting the files of the
+    pieces before it (their parents say how many), so a few changed files cost a few
+    pieces per level, not a walk; only the pieces on the current path are held. Format 1:
+    the flat list, counted.
+    """
+    if not paths:
+        return []
+    if release.doc is None:
+        where = {p: i for i, p in enumerate(paths)}
+        out = [0] * len(paths)
+        for i, f in enumerate(release.iter_files()):
+            j = where.get(f.path)
+            if j is not None:
+                out[j] = i
+        return out
+    assert release.read is not None and release.doc.root is not None
+    read, what = release.read, release.what
+    path_cache: dict[int, tuple[str, Any]] = {}  # level -> (sha, children or entries)
+
+    def parts(ref: tree.PieceRef) -> Any:
+        cached = path_cache.get(ref.level)
+        if cached is None or cached[0] != ref.sha256:
+            datas = read([ref])
+            if len(datas) != 1:
+                raise VerificationError(f"{what}: pieces missing")
+            name = f"{what} piece {ref.sha256[:12]}"
+            parsed = tree._check_piece(ref, datas[0], name)
+            if ref.level > 0:
+                value: Any = tree._node_children(ref, parsed, name)
+            else:
+                value = tree._leaf_entries(ref, parsed, name)
+            cached = path_cache[ref.level] = (ref.sha256, value)
+        return cached[1]
+
+    out = []
+    for path in paths:
+        ref, base = release.doc.root, 0
+        while ref.level > 0:
+            kids: list[tree.PieceRef] = parts(ref)
+            i = max(bisect.bisect_right([k.first for k in kids], path) - 1, 0)
+            base += sum(k.files for k in kids[:i])
+            ref = kids[i]
+        entries: list[FileEntry] = parts(ref)
+        j = next((j for j, e in enumerate(entries) if e.path == path), None)
+        if j is None:
+            raise VerificationError(f"{what}: {path!r} is not where its tree says")
+        out.append(base + j)
+    return out
 
 
 def _umask() -> int:

@@ -172,6 +172,45 @@ class SketchIndex:
                 self._db.execute("INSERT OR IGNORE INTO complete VALUES (?)", (digest,))
         return len(missing)
 
+    def is_complete(self, key: bytes) -> bool:
+        """Whether :meth:`ensure_stream` finished for the release ``key`` names."""
+        row = self._db.execute("SELECT 1 FROM complete WHERE digest = ?", (key,))
+        return row.fetchone() is not None
+
+    def ensure_stream(self, files: Iterable[FileEntry], read_chunk: ReadChunk, key: bytes) -> int:
+        """:meth:`ensure` for a release walked from its pieces, a batch at a time (nothing
+        per file held); ``key`` names the release (its manifest's hash) in the ``complete``
+        notes, where :meth:`ensure` names a set of contents by the hash of all its ids,
+        which needs them all at once. Returns how many files were sketched."""
+        if self.is_complete(key):
+            return 0
+        done = 0
+        batch: dict[str, FileEntry] = {}
+
+        def flush() -> int:
+            have = self.known(batch)
+            rows = []
+            for sha, f in batch.items():
+                if sha not in have:
+                    data = b"".join(read_chunk(h, n) for h, n in f.chunks)
+                    rows.append((sha, sketch(data, SKETCH_SAMPLE)))
+            with self._db:
+                for sha, values in rows:
+                    self._insert(sha, values)
+            batch.clear()
+            return len(rows)
+
+        for f in files:
+            if sketchable(f):
+                batch.setdefault(f.sha256, f)
+                if len(batch) >= BATCH:
+                    done += flush()
+        if batch:
+            done += flush()
+        with self._db:
+            self._db.execute("INSERT OR IGNORE INTO complete VALUES (?)", (key,))
+        return done
+
     def put(self, sha: str, values: set[int]) -> None:
         with self._db:
             self._insert(sha, values)

@@ -66,3 +66,44 @@ def test_a_corrupt_small_file_object_fails_the_checkout_and_leaves_nothing(
         repo.checkout("c", tmp_path / "out")
     assert not (tmp_path / "out").exists()
     assert not [p for p in tmp_path.iterdir() if "staging" in p.name]
+
+
+def _flip_object(repo: HubRepository, sha: str) -> None:
+    loc = repo.store.index.locate(sha)
+    assert loc is not None
+    with open(repo.store.index.segment_path(loc.segment), "r+b") as fh:
+        fh.seek(loc.offset + loc.length - 2)
+        byte = fh.read(1)
+        fh.seek(loc.offset + loc.length - 2)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+
+
+def test_a_damaged_piece_half_way_fails_the_checkout_and_keeps_the_good_one(
+    tmp_path: Path,
+) -> None:
+    """The file list is read piece by piece while files are written: a damaged leaf far
+    into the release fails the checkout after files before it were written, and the
+    release checked out before stays whole in place (nothing of the failed one is left)."""
+    from caravane.protocol import tree
+
+    from .conftest import RepoSim
+
+    files: dict[str, bytes | str] = {f"d{i // 500}/f{i:05d}.txt": f"file {i}" for i in range(3000)}
+    sim = RepoSim(tmp_path, HubRepository.init(tmp_path / "repo"))
+    sim.publish(files)
+    repo = sim.hub
+    out = tmp_path / "out"
+    repo.checkout(sim.channel, out)
+    assert read_tree(out) == {p: str(v).encode() for p, v in files.items()}
+    files["d0/f00000.txt"] = "changed"
+    sim.publish(files)
+    late = sim.piece_of(2, "d5/f02999.txt")
+    assert late != sim.piece_of(2, "d0/f00000.txt"), "the release spans several leaves"
+    doc = tree.parse_doc(sim.hub_file(f"manifests/{sim.channel}/2.json").read_bytes())
+    assert doc.root is not None and doc.root.level > 0
+    _flip_object(repo, late)
+    with pytest.raises(VerificationError, match=late[:12]):
+        repo.checkout(sim.channel, out, 2, replace=True)
+    assert read_tree(out)["d0/f00000.txt"] == b"file 0"  # the good release, whole
+    assert len(read_tree(out)) == 3000
+    assert not [p for p in tmp_path.iterdir() if "staging" in p.name]

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from caravane.packs import delta
 from caravane.packs.cdc import spans
+from caravane.packs.changes import missing_chunks
 from caravane.packs.similarity import INDEX_RELPATH, SketchIndex
 from caravane.protocol.metadata import FileEntry, Manifest
 
@@ -194,3 +195,67 @@ def test_an_index_that_fails_is_bypassed_with_the_same_bases() -> None:
         index.ensure(a.files, store.read)
         index.close()  # every query now fails with an sqlite3 error
         assert _plan(a, b, store, index) == without
+
+
+def _streamed(
+    a: Manifest, b: Manifest, store: Store, index: SketchIndex | None
+) -> list[tuple[object, object]]:
+    """What ``build_pack`` plans: A walked as a stream, only the files of B that change."""
+    wanted = missing_chunks(a, b)
+    targets = [(i, f) for i, f in enumerate(b.files) if any(h in wanted for h, _ in f.chunks)]
+    sim = delta.StreamedSimilarity(
+        lambda: iter(a.files), b"release a", store.read, index, [f for _, f in targets]
+    )
+    return [(g.base_runs, g.target_runs) for g in delta.plan_target_groups(sim, targets, wanted)]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    releases(),
+    st.sampled_from(["none", "empty", "holds A", "holds A, B and history"]),
+    st.booleans(),
+)
+def test_walking_a_as_a_stream_chooses_the_same_bases(case, warm: str, heavy: bool) -> None:
+    """The streamed search keeps only the files of A that can score, and plans the very
+    groups the whole-manifest search plans (so the pack's bytes do not change), with the
+    index or without it, whatever it holds, and when a piece's owners are many."""
+    files_a, files_b, history = case
+    store = Store()
+    a, b = _manifest(store, files_a, 1), _manifest(store, files_b, 2)
+    others = _manifest(store, history, 9)
+    expected = _plan(a, b, store, None)
+    if warm == "none":
+        assert _streamed(a, b, store, None) == expected
+        return
+    saved = delta.HEAVY_PIECE
+    delta.HEAVY_PIECE = 1 if heavy else saved  # owners held as an IdSet past one
+    try:
+        with tempfile.TemporaryDirectory() as tmp, SketchIndex(Path(tmp) / "x.sqlite") as index:
+            if warm != "empty":
+                index.ensure(a.files, store.read)
+            if warm == "holds A, B and history":
+                index.ensure([*b.files, *others.files], store.read)
+            assert _streamed(a, b, store, index) == expected
+            assert _streamed(a, b, store, index) == expected  # the walk of A was noted
+    finally:
+        delta.HEAVY_PIECE = saved
+
+
+def test_a_name_every_file_shares_keeps_the_best_two_only(tmp_path: Path) -> None:
+    """``page-#.html`` matches every file of A: the streamed search keeps the two such
+    files a name-only match can pick (biggest, then first by path) and the ones that share
+    content, not A, and still picks what the whole search picks."""
+    rnd = random.Random(11)
+    files_a = {f"d/page-{i:04d}.html": _text(rnd, rnd.randint(5, 60)) for i in range(400)}
+    files_b = dict(files_a)
+    files_b["d/page-0200.html"] += b" une phrase ajoutee"
+    files_b["e/page-9999.html"] = _text(rnd, 40)  # new: only its name matches A
+    store = Store()
+    a, b = _manifest(store, files_a, 1), _manifest(store, files_b, 2)
+    expected = _plan(a, b, store, None)
+    wanted = missing_chunks(a, b)
+    targets = [f for f in b.files if any(h in wanted for h, _ in f.chunks)]
+    with SketchIndex(tmp_path / "similarity.sqlite") as index:
+        sim = delta.StreamedSimilarity(lambda: iter(a.files), b"a", store.read, index, targets)
+        assert len(sim.files) < 20 < len(a.files)
+        assert _streamed(a, b, store, index) == expected

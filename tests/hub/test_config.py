@@ -20,7 +20,7 @@ from caravane.node.config import NodeConfig, UpstreamConfig
 
 # every character TOML strings must escape, and some it need not
 AWKWARD = st.text(
-    alphabet=st.sampled_from(list("ab\"\\'\t\n#=[]{}é漢 ") + ["\x7f", "\x01"]), max_size=12
+    alphabet=st.sampled_from(list('ab"\\\'\t\n#=[]{}é漢 ') + ["\x7f", "\x01"]), max_size=12
 )
 
 
@@ -36,7 +36,9 @@ def caravane(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
 
 @settings(max_examples=80, deadline=None)
 @given(url=AWKWARD, public=AWKWARD, folder=AWKWARD, proxies=st.lists(AWKWARD, max_size=3))
-def test_hub_config_round_trip(url: str, public: str, folder: str, proxies: list[str]) -> None:
+def test_hub_config_round_trip(
+    url: str, public: str, folder: str, proxies: list[str]
+) -> None:
     cfg = HubConfig(
         data_dir=Path("/srv") / (folder or "x"),
         database_url=url,

@@ -249,7 +249,9 @@ async def test_publish_with_a_tiny_outbox_waits_for_the_hub_and_completes(
     assert read_tree(tmp_path / "out") == files
 
 
-def test_file_list_with_commit_signs_the_release_in_the_same_request(running_hub, tmp_path: Path):
+def test_file_list_with_commit_signs_the_release_in_the_same_request(
+    running_hub, tmp_path: Path
+):
     """``PUT .../files`` with ``"commit": true`` and nothing missing answers the release."""
     local = Repository.init(tmp_path / "local")
     src = write_tree(tmp_path / "src", {"a.txt": noise(4000, "a")})
@@ -281,15 +283,12 @@ def test_file_list_with_commit_signs_the_release_in_the_same_request(running_hub
     assert http("POST", f"{base}/api/v1/uploads/{uid}/commit", None, tok).json()["version"] == 1
 
     # a second upload of the same content: the file list commits it at once
-    uid2 = http("POST", f"{base}/api/v1/uploads", {"channel": "maths", "stream": True}, tok).json()[
-        "upload"
-    ]
-    assert (
-        http("POST", f"{base}/api/v1/uploads/{uid2}/chunks", {"chunks": chunks}, tok).json()[
-            "missing"
-        ]
-        == []
-    )
+    uid2 = http(
+        "POST", f"{base}/api/v1/uploads", {"channel": "maths", "stream": True}, tok
+    ).json()["upload"]
+    assert http("POST", f"{base}/api/v1/uploads/{uid2}/chunks", {"chunks": chunks}, tok).json()[
+        "missing"
+    ] == []
     done = http("PUT", f"{base}/api/v1/uploads/{uid2}/files", files, tok).json()
     assert done["missing"] == [] and done["committed"]["version"] == 2
     meta = json.loads(http("GET", f"{base}/repo/{channel_relpath('maths')}").body)

@@ -102,9 +102,7 @@ def test_uploader_refuses_bad_pieces_and_resumes_from_its_offset(
     assert status == 415 and '"x.tgz" is not a .zip' in body.replace("&#34;", '"')
     assert "gardée" in body and 'id="publish-form"' in body
     status, body = _post_multipart(
-        b,
-        f"/ui/publish?lang=en&csrf={csrf}",
-        dict(fields, channel="nowhere"),
+        b, f"/ui/publish?lang=en&csrf={csrf}", dict(fields, channel="nowhere"),
         {"archive": ("x.zip", b"PK")},
     )
     assert status == 422 and "Choose one of the channels" in body
@@ -128,13 +126,13 @@ def test_new_channel_form_and_fleet_export(sqlite_hub: RunningHub) -> None:  # n
     # a centre named like a spreadsheet formula is exported as text
     admin = Principal("admin", "admin")
     sqlite_hub.hub.register_centre(
-        admin, {"name": '=HYPERLINK("http://x")', "channels": ["sante-de-l-enfant"]}
+        admin, {"name": "=HYPERLINK(\"http://x\")", "channels": ["sante-de-l-enfant"]}
     )
     a = Browser(sqlite_hub.url)
     acsrf = a.sign_in(sqlite_hub.admin)
     status, text = a.call("/ui/fleet.csv")
     rows = list(csv.DictReader(io.StringIO(text.lstrip("\ufeff"))))
-    assert status == 200 and rows[0]["centre"] == '\'=HYPERLINK("http://x")'
+    assert status == 200 and rows[0]["centre"] == "'=HYPERLINK(\"http://x\")"
     assert rows[0]["channel_title"] == "Santé de l'enfant" and rows[0]["behind"] == "0"
     # the registration form refuses an empty name and keeps the region
     status, body = a.call("/ui/register?lang=en", {"csrf": acsrf, "name": " ", "region": "Kayes"})

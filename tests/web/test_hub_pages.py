@@ -122,10 +122,8 @@ def test_field_agent_plans_a_route_prints_it_and_prepares_the_drive(
         assert len(rows) == 2
         assert any("Santé de l'enfant" in r and "Nioro" in r and "Kita" not in r for r in rows)
         assert any("Leçons de lecture" in r and "Kita" in r and "Nioro" not in r for r in rows)
-        assert (
-            page.locator("#drive-needed")
-            .inner_text()
-            .startswith(t("hub.drive_needed", size="").split(" ")[0])
+        assert page.locator("#drive-needed").inner_text().startswith(
+            t("hub.drive_needed", size="").split(" ")[0]
         )
         kita_sheet = page.locator('.centre-sheet[data-centre="Kita"]').inner_text()
         assert "Leçons de lecture" in kita_sheet and "Santé" not in kita_sheet
@@ -324,9 +322,7 @@ def test_curator_creates_a_channel_uploads_in_pieces_and_reviews_before_signing(
         assert page.locator("#paths-removed").inner_text() == "guide.pdf"
         visited.append(page.url.removeprefix(world.rh.url))
     everywhere(
-        open_page,
-        world.rh.url,
-        token,
+        open_page, world.rh.url, token,
         ["/ui/channels/new", "/ui/publish", "/ui/channels", *visited],
     )
 
@@ -402,12 +398,8 @@ def test_admin_registers_centres_and_reads_the_fleet(
             screenshot(page, "hub-fleet-phone")
         page.get_by_role("link", name=t("hub.sort_name")).click()
         page.wait_for_url("**sort=name**")
-        names = [
-            n
-            for n in page.locator("#fleet tbody tr").evaluate_all(
-                "rows => rows.map(r => r.dataset.centre)"
-            )
-        ]
+        names = [n for n in page.locator("#fleet tbody tr").evaluate_all(
+            "rows => rows.map(r => r.dataset.centre)")]
         assert names == sorted(names, key=str.casefold)
         visited.append(page.url.removeprefix(world.rh.url))
         with page.expect_download() as dl:
@@ -415,10 +407,7 @@ def test_admin_registers_centres_and_reads_the_fleet(
         rows = list(csv.DictReader(io.StringIO(Path(dl.value.path()).read_text("utf-8-sig"))))
         k = next(r for r in rows if r["centre"] == "Centre de Koudougou")
         assert (k["channel_title"], k["installed"], k["latest"], k["behind"]) == (
-            "Leçons de lecture",
-            "1",
-            "2",
-            "1",
+            "Leçons de lecture", "1", "2", "1"
         )
         page.locator("#fleet tbody tr").first.get_by_role("link").click()
         assert "Leçons de lecture" in page.locator(".facts").inner_text()

@@ -16,11 +16,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from caravane.packs import hub_repository
+from caravane.packs.chunker import DEFAULT_AVG
 from caravane.packs.errors import StoreError
 from caravane.packs.hub_repository import HubRepository
-from caravane.packs.ingest import iter_source, scan_totals
+from caravane.packs.ingest import ingest_files, iter_source, scan_source, scan_totals
 from caravane.packs.manifests import WrittenTree
-from caravane.protocol.errors import PathError
+from caravane.protocol.errors import FormatError, PathError
 
 from .conftest import read_tree, write_tree
 
@@ -152,3 +153,19 @@ def test_a_changed_files_chunk_collected_before_the_commit_keeps_the_last_releas
     assert repo.snapshot().channel("lib").version == 1
     assert repo.verify().ok
     assert repo.publish("lib", src).changed_files == ["f3.txt"]
+
+
+def test_commit_release_takes_entries_already_in_order_as_a_stream(tmp_path: Path) -> None:
+    """The hub's commit path, fed a generator (never a list) of ingested entries."""
+    repo = HubRepository.init(tmp_path / "repo")
+    src = write_tree(tmp_path / "src", {"b/x.txt": "x", "a.txt": "a", "b-c.txt": "bc"})
+    entries, *_ = ingest_files(repo.store, scan_source(src), DEFAULT_AVG)
+    res = repo.commit_release("lib", (e for e in entries), ordered=True)
+    assert (res.version, res.files_added) == (1, 3)
+    assert res.new_files == ["a.txt", "b-c.txt", "b/x.txt"]
+    out = tmp_path / "out"
+    repo.checkout("lib", out, 1)
+    assert read_tree(out) == read_tree(src)
+    with pytest.raises(FormatError, match="out of order"):
+        repo.commit_release("lib", reversed(entries), ordered=True)
+    assert repo.snapshot().channel("lib").version == 1

@@ -178,11 +178,14 @@ class HubRepository(RepositoryBase):
         notes: str = "",
         title: str | None = None,
         expires_days: int | None = None,
+        sketch: bool = True,
     ) -> PublishResult:
         """Sign a release whose objects are all in the store (the hub's upload path too).
 
         The manifest is written first and the channel metadata last, by renames, so readers
-        see the release all at once or not at all.
+        see the release all at once or not at all. ``sketch=False`` leaves the similarity
+        index to the caller (:meth:`index_sketches`): a hub answers the curator first and
+        sketches in the background, as it builds the packs.
         """
         check_channel(channel)
         release_key = self._key("release")
@@ -217,7 +220,8 @@ class HubRepository(RepositoryBase):
                 release_key,
             )
         # outside the lock: the release is signed; this only spares later pack builds work
-        self.index_sketches(entries)
+        if sketch:
+            self.index_sketches(entries)
         old_files = {f.path: f.sha256 for f in previous.files} if previous else {}
         new_paths = {f.path for f in entries}
         return PublishResult(

@@ -543,6 +543,9 @@ async def _pack_worker(app: web.Application, runner: JobRunner) -> None:
         channel = await app[PACK_QUEUE].get()
         try:
             await loop.run_in_executor(None, app[HUB_KEY].sketch_pending, channel)
+        except Exception:  # a cache: the pack build sketches what it lacks itself
+            log.exception("sketching the release of %s failed; pack builds will", channel)
+        try:
             await loop.run_in_executor(None, runner.build_recent_packs, channel)
         except Exception:
             log.exception("building packs for %s failed; nodes will get them on demand", channel)

@@ -535,10 +535,16 @@ def make_app(
 
 
 async def _pack_worker(app: web.Application, runner: JobRunner) -> None:
-    """After a publish, build the packs nodes will ask for (in the background)."""
+    """After a publish, sketch the new release's files for the similarity index (left out
+    of the curator's wait: :meth:`Hub.sketch_pending`), then build the packs nodes will ask
+    for (in the background)."""
     loop = asyncio.get_running_loop()
     while True:
         channel = await app[PACK_QUEUE].get()
+        try:
+            await loop.run_in_executor(None, app[HUB_KEY].sketch_pending, channel)
+        except Exception:  # a cache: the pack build sketches what it lacks itself
+            log.exception("sketching the release of %s failed; pack builds will", channel)
         try:
             await loop.run_in_executor(None, runner.build_recent_packs, channel)
         except Exception:

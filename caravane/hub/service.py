@@ -82,6 +82,10 @@ class Hub:
             self.repo.shared_lock = lambda: advisory_lock(engine, REPOSITORY)
         #: told the channel of each release this process signs (hub/metrics.py counts them)
         self.on_publish: Callable[[str], None] | None = None
+        #: files of releases signed through the API whose similarity sketches are not yet
+        #: indexed (the latest per channel): :meth:`sketch_pending`, after the answer
+        self._unsketched: dict[str, list[FileEntry]] = {}
+        self._unsketched_lock = threading.Lock()
 
     # ------------------------------------------------------------------ audit
 
@@ -533,9 +537,15 @@ class Hub:
                 notes=notes,
                 title=title,
                 expires_days=self.config.expires_days or None,
+                # the similarity index is a cache for later pack builds: reading the release
+                # back to sketch it was most of the curator's wait for this answer, so it is
+                # done after it, by the pack worker (sketch_pending)
+                sketch=False,
             )
         except StoreError as exc:  # an object went missing since the check above
             raise Conflict(str(exc)) from None
+        with self._unsketched_lock:
+            self._unsketched[channel] = entries
         with self.db.session() as s:
             s.add(
                 Release(
@@ -557,6 +567,15 @@ class Hub:
         if self.on_publish is not None:
             self.on_publish(channel)
         return dict(res.to_dict(), already=False)
+
+    def sketch_pending(self, channel: str) -> int:
+        """Index the sketches of the release last signed in ``channel`` through the API
+        (:meth:`_commit` leaves them for after its answer); returns how many files were
+        sketched. Run by the pack worker before it builds the release's packs; if the hub
+        stops first, the next pack build from that release sketches what it lacks."""
+        with self._unsketched_lock:
+            entries = self._unsketched.pop(channel, None)
+        return 0 if entries is None else self.repo.index_sketches(entries)
 
     def held_versions(self, cid: str) -> set[int]:
         """Releases of ``cid`` that centres heard from within ``hold_days`` have installed.

@@ -196,6 +196,7 @@ class HubRepository(RepositoryBase):
         title: str | None = None,
         expires_days: int | None = None,
         ordered: bool = False,
+        sketch: bool = True,
     ) -> PublishResult:
         """Sign a release whose objects are all in the store (the hub's upload path too).
 
@@ -203,6 +204,8 @@ class HubRepository(RepositoryBase):
         path order, e.g. a generator, so that they are never held. Everything happens under
         the lock that collection takes. The manifest is written first and the channel
         metadata last, by renames, so readers see the release all at once or not at all.
+        ``sketch=False`` leaves the similarity index to the caller (:meth:`index_sketches`):
+        a hub answers the curator first and sketches in the background, as it builds packs.
         """
         check_channel(channel)
         self._key("release")
@@ -213,7 +216,8 @@ class HubRepository(RepositoryBase):
             result, after = self._commit_tree(
                 channel, written, notes=notes, title=title, expires_days=expires_days
             )
-        after()
+        if sketch:
+            after()
         return result
 
     def _commit_tree(

@@ -10,6 +10,7 @@ from pathlib import Path
 from caravane.hub.client import HubClient
 from caravane.packs.layout import channel_relpath, object_relpath
 from caravane.packs.repository import Repository
+from caravane.packs.similarity import INDEX_RELPATH, SketchIndex
 
 from .util import (
     fetch_release,
@@ -295,3 +296,27 @@ def test_file_list_with_commit_signs_the_release_in_the_same_request(
     assert meta["signed"]["version"] == 2
     status = http("GET", f"{base}/api/v1/uploads/{uid2}", token=tok).json()
     assert status["state"] == "committed" and status["version"] == 2
+
+
+async def test_release_signed_through_the_api_is_sketched_after_the_answer(
+    sqlite_hub, tmp_path: Path
+):
+    """The similarity index (which spares a later pack build reading this release again)
+    is filled by the hub's background worker once the curator has the answer, and only
+    the first time: a second call for the same release has nothing left to sketch."""
+    files = {f"t{i}.txt": noise(20_000, f"sk{i}") for i in range(5)}
+    src = write_tree(tmp_path / "src", files)
+    done = await HubClient(sqlite_hub.url, sqlite_hub.admin).publish(
+        "maths", src, cache=tmp_path / "cache"
+    )
+    assert done["complete"] and done["version"] == 1
+    shas = {f.sha256 for f in sqlite_hub.hub.repo.snapshot().manifest("maths", 1).files}
+    deadline = time.monotonic() + 30
+    while True:
+        with SketchIndex(sqlite_hub.hub.repo.path / INDEX_RELPATH) as index:
+            known = index.known(shas)
+        if known == shas or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert known == shas
+    assert sqlite_hub.hub.sketch_pending("maths") == 0

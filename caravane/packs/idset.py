@@ -15,30 +15,34 @@ from __future__ import annotations
 from array import array
 from bisect import bisect_left
 from collections.abc import Iterable
+from itertools import chain
 
 _BUCKETS = 256
-#: ids added before a bucket is sorted again (sorting a bucket costs its size)
-_PENDING = 1 << 16
+#: ids held in a plain set until they are merged into the sorted buckets (about 8 MB)
+_PENDING = 1 << 17
 
 
 class IdSet:
-    """Add ids (hex SHA-256) in any order; ``in`` after or between adds."""
+    """Add ids (hex SHA-256) in any order; ``in`` after or between adds. An id added twice
+    is held once."""
 
     def __init__(self) -> None:
         self._sorted = [array("Q") for _ in range(_BUCKETS)]
-        self._pending = [array("Q") for _ in range(_BUCKETS)]
-        self._n_pending = 0
+        self._pending: set[int] = set()
+        self._count = 0
 
-    @staticmethod
-    def _key(sha: str) -> tuple[int, int]:
-        v = int(sha[:16], 16)
-        return v >> 56, v
+    def _in_sorted(self, v: int) -> bool:
+        bucket = self._sorted[v >> 56]
+        i = bisect_left(bucket, v)
+        return i < len(bucket) and bucket[i] == v
 
     def add(self, sha: str) -> None:
-        b, v = self._key(sha)
-        self._pending[b].append(v)
-        self._n_pending += 1
-        if self._n_pending >= _PENDING * 16:
+        v = int(sha[:16], 16)
+        if v in self._pending or self._in_sorted(v):
+            return
+        self._pending.add(v)
+        self._count += 1
+        if len(self._pending) >= _PENDING:
             self._merge()
 
     def update(self, shas: Iterable[str]) -> None:
@@ -46,29 +50,25 @@ class IdSet:
             self.add(sha)
 
     def _merge(self) -> None:
-        for b in range(_BUCKETS):
-            more = self._pending[b]
-            if more:
-                # one bucket at a time: the temporary list is 1/256 of the set
-                merged = sorted(set(self._sorted[b]).union(more))
-                self._sorted[b] = array("Q", merged)
-                self._pending[b] = array("Q")
-        self._n_pending = 0
+        more: list[list[int]] = [[] for _ in range(_BUCKETS)]
+        for v in self._pending:
+            more[v >> 56].append(v)
+        self._pending = set()
+        for b, new in enumerate(more):
+            if new:
+                new.sort()
+                # two sorted runs: the sort merges them in one pass; the temporary list is
+                # one bucket's, 1/256 of the set
+                self._sorted[b] = array("Q", sorted(chain(self._sorted[b], new)))
 
     def __contains__(self, sha: object) -> bool:
         if not isinstance(sha, str):
             return False
-        if self._n_pending:
-            self._merge()
-        b, v = self._key(sha)
-        bucket = self._sorted[b]
-        i = bisect_left(bucket, v)
-        return i < len(bucket) and bucket[i] == v
+        v = int(sha[:16], 16)
+        return v in self._pending or self._in_sorted(v)
 
     def __len__(self) -> int:
-        if self._n_pending:
-            self._merge()
-        return sum(len(b) for b in self._sorted)
+        return self._count
 
 
 __all__ = ["IdSet"]

@@ -823,13 +823,14 @@ class RepositoryBase:
         if from_version >= to_version:
             raise FormatError(f"--from {from_version} must be older than --to {to_version}")
         snap = self.snapshot()
+        new_ref = snap.ref(channel, to_version)  # first: a missing channel says so
         new_mbytes = self.manifest_bytes(channel, to_version)
-        new = Release.open(new_mbytes, snap.ref(channel, to_version), channel, self.pieces())
+        new = Release.open(new_mbytes, new_ref, channel, self.pieces())
         old_rel: Release | None = None
         old_mbytes = b""
         if from_version:
-            old_mbytes = self.manifest_bytes(channel, from_version)
             ref = snap.ref(channel, from_version)
+            old_mbytes = self.manifest_bytes(channel, from_version)
             old_rel = Release.open(old_mbytes, ref, channel, self.pieces())
         channel_data = snap.channel_bytes(channel)
         assert channel_data is not None  # the manifests above verified against it

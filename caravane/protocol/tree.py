@@ -512,10 +512,7 @@ def iter_leaves(
             stack.pop()
             continue
         if refs[0].level > 0:
-            ref = refs.pop(0)
-            (data,) = _read(read, [ref], what)
-            name = f"{what} piece {ref.sha256[:12]}"
-            stack.append(_node_children(ref, _check_piece(ref, data, name), name))
+            stack.append(_open_node(read, refs.pop(0), what))
             continue
         n = 1
         while n < len(refs) and n < LEAF_BATCH and refs[n].level == 0:
@@ -540,9 +537,14 @@ def iter_refs(doc: TreeDoc, read: PieceReader, what: str = "manifest") -> Iterat
         ref = refs.pop(0)
         yield ref
         if ref.level > 0:
-            (data,) = _read(read, [ref], what)
-            name = f"{what} piece {ref.sha256[:12]}"
-            stack.append(_node_children(ref, _check_piece(ref, data, name), name))
+            stack.append(_open_node(read, ref, what))
+
+
+def _open_node(read: PieceReader, ref: PieceRef, what: str) -> list[PieceRef]:
+    """The children a node names, the node read and verified against its reference."""
+    (data,) = _read(read, [ref], what)
+    name = f"{what} piece {ref.sha256[:12]}"
+    return _node_children(ref, _check_piece(ref, data, name), name)
 
 
 def _read(read: PieceReader, refs: list[PieceRef], what: str) -> list[bytes]:

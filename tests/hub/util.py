@@ -117,10 +117,10 @@ def fetch_release(base, store: Repository, channel: str) -> int:
         for sha, size in need.items():
             store.store.put_compressed(sha, read(object_relpath(sha)), size)
 
-    manifest = store.accept_manifest(
+    release = store.accept_manifest(
         channel, version, read(manifest_relpath(channel, version)), fetch
     )
-    for f in manifest.files:
+    for f in release.iter_files():
         for sha, size in f.chunks:
             if not store.store.has(sha):
                 store.store.put_compressed(sha, read(object_relpath(sha)), size)

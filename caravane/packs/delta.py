@@ -22,7 +22,7 @@ import math
 import re
 import sqlite3
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -529,16 +529,44 @@ def plan_groups(
     return plan_target_groups(index, targets, wanted_chunks)
 
 
+class FirstCarry:
+    """The chunks a pack from nothing has not carried yet: all of B's, until each is sent.
+
+    A first pack wants every chunk of B, so a dict of them (what an update pack holds, a
+    few changed files' worth) would hold the whole channel: 1,000,000 files took a first
+    pack past 800 MiB. This records the other side, what has been carried, in a private
+    temporary SQLite table on disk, whose page cache is all it keeps in memory. Speaks the
+    two operations :func:`plan_target_groups` uses on ``wanted_chunks``."""
+
+    def __init__(self) -> None:
+        self._db = sqlite3.connect("")  # "": a private temporary database, spilled to disk
+        self._db.execute("CREATE TABLE carried (sha BLOB PRIMARY KEY) WITHOUT ROWID")
+
+    def __contains__(self, sha: object) -> bool:
+        assert isinstance(sha, str)
+        row = self._db.execute("SELECT 1 FROM carried WHERE sha = ?", (bytes.fromhex(sha),))
+        return row.fetchone() is None
+
+    def pop(self, sha: str, default: int | None = None) -> int | None:
+        """Mark ``sha`` carried: 1 the first time (it is wanted), then ``default``."""
+        cur = self._db.execute("INSERT OR IGNORE INTO carried VALUES (?)", (bytes.fromhex(sha),))
+        return 1 if cur.rowcount == 1 else default
+
+    def close(self) -> None:
+        self._db.close()
+
+
 def plan_target_groups(
     index: SimilarityIndex,
-    targets: list[tuple[int, FileEntry]],
-    wanted_chunks: dict[str, int],
+    targets: Iterable[tuple[int, FileEntry]],
+    wanted_chunks: dict[str, int] | FirstCarry,
 ) -> Iterator[Group]:
     """:func:`plan_groups` given what it derives from B: the files of B that hold a chunk
     A lacks, with their index in B, in B's order, and those chunks (``wanted_chunks``, as
     :func:`packs.changes.missing_chunks` gives them; emptied as they are grouped). What
     a caller holding only the change between A and B passes (``build_pack``), with a
-    :class:`StreamedSimilarity` over A."""
+    :class:`StreamedSimilarity` over A. From nothing, every file of B as it streams and a
+    :class:`FirstCarry`."""
     group = Group()
     for fi, f in targets:
         if not any(h in wanted_chunks for h, _ in f.chunks):

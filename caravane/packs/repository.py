@@ -840,23 +840,22 @@ class RepositoryBase:
         # reads a few pieces of each tree, and A's files once if a chunk may be elsewhere
         # in A); then where each file carrying one sits in B, for the pack's chunk runs
         changed = new.changes_from(old_rel)
+        targets: Iterable[tuple[int, FileEntry]]
+        wanted: dict[str, int] | delta.FirstCarry
         if old_rel is None:
-            wanted: dict[str, int] = {}
-            targets: list[tuple[int, FileEntry]] = []
-            for fi, (_, f) in enumerate(changed):
-                assert f is not None
-                fresh = [(h, n) for h, n in f.chunks if h not in wanted]
-                if fresh:
-                    wanted.update(fresh)
-                    targets.append((fi, f))
+            # from nothing: every file of B as it streams, never held (a million files)
+            wanted = delta.FirstCarry()
+            targets = enumerate(new.iter_files())
         else:
             kept = list(changed)
             wanted = changes.missing_in_changes(kept, old_rel)
             files = [f for _, f in kept if f is not None and any(h in wanted for h, _ in f.chunks)]
             del kept
             targets = list(zip(_positions(new, [f.path for f in files]), files, strict=True))
-        sketches = similarity.open_index(self.path) if old_rel is not None and targets else None
-        if old_rel is not None and targets:
+        similar = old_rel is not None and isinstance(targets, list) and bool(targets)
+        sketches = similarity.open_index(self.path) if similar else None
+        if similar:
+            assert old_rel is not None and isinstance(targets, list)
             key = hashlib.sha256(b"release " + old_mbytes).digest()
             index: delta.SimilarityIndex = delta.StreamedSimilarity(
                 old_rel.iter_files, key, chunk_bytes, sketches, [f for _, f in targets]
@@ -922,6 +921,8 @@ class RepositoryBase:
         finally:
             if sketches is not None:
                 sketches.close()
+            if isinstance(wanted, delta.FirstCarry):
+                wanted.close()
         return PackInfo(
             channel,
             from_version,

@@ -147,3 +147,35 @@ def test_drive_planning_estimates_packs_by_the_missing_bytes(
             (1, 2): sum(expected(m1, m2).values()) + pieces(m1, m2) + overhead,
             (0, 2): sum(expected(None, m2).values()) + pieces(None, m2) + overhead,
         }
+
+
+def test_a_first_pack_carries_each_chunk_once_and_gives_the_release(tmp_path: Path) -> None:
+    """From nothing, a pack records what it has carried instead of holding every chunk of
+    the channel (``delta.FirstCarry``): content repeated across files still goes once."""
+    from caravane.packs.centre_store import CentreStore
+
+    src = tmp_path / "src"
+    for i in range(300):
+        f = src / f"d{i % 7}" / f"f{i:03}.txt"
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(b"page %d\n" % (i % 11) * (50 + i % 11))
+    hub = HubRepository.init(tmp_path / "hub")
+    hub.publish("c", src, avg_chunk=4096)
+    info = hub.build_pack("c", 0, 1, tmp_path / "01.pack")
+    distinct = {h for f in hub.manifest("c", 1).files for h, _ in f.chunks}
+    assert info.new_chunks == len(distinct) == 11
+    node = CentreStore.init(tmp_path / "node", trust_root=hub.path / "metadata/root.json")
+    node.apply_pack(tmp_path / "01.pack")
+    node.checkout("c", tmp_path / "out")
+    for i in range(300):
+        rel = f"d{i % 7}/f{i:03}.txt"
+        assert (tmp_path / "out" / rel).read_bytes() == (src / rel).read_bytes()
+
+
+def test_first_carry_answers_wanted_until_carried() -> None:
+    carry = delta.FirstCarry()
+    sha = hashlib.sha256(b"x").hexdigest()
+    assert sha in carry
+    assert carry.pop(sha) == 1
+    assert sha not in carry and carry.pop(sha) is None
+    carry.close()

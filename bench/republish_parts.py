@@ -22,12 +22,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from caravane.packs import hub_repository, manifests, repository
+from caravane.packs import hub_repository, ingest, manifests, repository
 from caravane.packs.files_cache import FilesCache
 from caravane.packs.hub_repository import HubRepository
 from caravane.packs.store import ObjectStore
 from caravane.protocol import tree
-from caravane.protocol.paths import SortedPathChecker
+from caravane.protocol.paths import ListingChecker
 
 from .common import table
 from .scale import change_one_file, make_tree
@@ -38,9 +38,12 @@ STEPS: list[tuple[Any, str, str]] = [
     # the publish streams (scan, ingest and the tree's pieces run interleaved, a window of
     # files at a time): the first step is all of it, the indented ones parts of it
     (manifests, "write_tree", "scan, ingest, pieces (streamed)"),
-    (SortedPathChecker, "add", "  path checks"),
-    (FilesCache, "lookup_many", "  files-cache lookups"),
-    (ObjectStore, "present", "  reused objects present?"),
+    (ingest, "_listing", "  folder listings (scandir, names, sort)"),
+    (ListingChecker, "listing", "  path checks (a listing at a time)"),
+    (FilesCache, "folder", "  files-cache rows read (one per folder)"),
+    (FilesCache, "lookup", "  files-cache lookups (files not in a cached run)"),
+    (ObjectStore, "present", "  reused objects present? (after a collection only)"),
+    (FilesCache, "record", "  files-cache records (files read)"),
     (FilesCache, "commit", "  files-cache write"),
     (tree.TreeWriter, "add", "  entries into the tree's pieces"),
     (HubRepository, "_commit_tree", "commit (under the lock)"),
@@ -71,7 +74,7 @@ def timing() -> Iterator[dict[str, float]]:
         wrapped = wrap(fn, label)
         setattr(owner, name, staticmethod(wrapped) if isinstance(raw, staticmethod) else wrapped)
         # modules that imported the function by name see the wrapper too
-        for mod in (hub_repository, repository):
+        for mod in (hub_repository, repository, ingest):
             if getattr(mod, name, None) is fn:
                 saved.append((mod, name, fn))
                 setattr(mod, name, wrap(fn, label))

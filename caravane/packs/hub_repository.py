@@ -40,7 +40,16 @@ from .chunker import DEFAULT_AVG
 from .errors import StoreError
 from .files_cache import FilesCache
 from .idset import IdSet
-from .ingest import Ingest, Progress, SourceFile, ingest_files, iter_source, scan_source
+from .ingest import (
+    CachedRun,
+    Ingest,
+    Progress,
+    SourceFile,
+    ingest_files,
+    iter_source,
+    iter_source_cached,
+    scan_source,
+)
 from .layout import channel_relpath, manifest_relpath
 from .manifests import WrittenTree, release_ref, write_manifest, write_tree
 from .repository import (
@@ -162,17 +171,37 @@ class HubRepository(RepositoryBase):
         """
         check_channel(channel)
         self._key("release")  # fail before the long work, not after
-        files = iter_source(Path(source)) if scanned is None else scanned
         cache = FilesCache(self.files_cache_path)
+        files: Iterable[SourceFile | CachedRun]
+        if scanned is not None:
+            files = scanned
+        elif cache.removals_seen() == self.store.removals():
+            # nothing left the store since the cache's last pass: what it names is here,
+            # so the scan itself passes unchanged files on (a stat each, nothing read)
+            files = iter_source_cached(Path(source), cache, avg_chunk)
+        else:
+            files = iter_source(Path(source))
         try:
-            run = Ingest(self.store, files, avg_chunk, progress, cache)
+            # entries as bytes: an unchanged file's comes from the cache into its leaf as is
+            run = Ingest(self.store, files, avg_chunk, progress, cache, encoded=True)
             written = write_tree(self.store, run, check=False)  # iter_source checked paths
+            try:
+                with self.lock():
+                    result, after = self._commit_tree(
+                        channel,
+                        written,
+                        notes=notes,
+                        title=title,
+                        expires_days=expires_days,
+                        early=True,
+                    )
+            except StoreError:
+                # objects the cache named are gone after all (collected while the folder
+                # was read): the next publish asks for each one it takes from the cache
+                cache.saw_removals(None)
+                raise
         finally:
             cache.close()
-        with self.lock():
-            result, after = self._commit_tree(
-                channel, written, notes=notes, title=title, expires_days=expires_days, early=True
-            )
         after()
         result.new_objects, result.new_bytes = run.new_objects, run.new_bytes
         result.stored_bytes = run.stored

@@ -8,24 +8,25 @@ for it, only an object store, which is why it lives apart from both repository r
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import stat
 import unicodedata
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from itertools import islice
 from pathlib import Path
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, cast
 
 from caravane.protocol.errors import NotFoundError, PathError
 from caravane.protocol.metadata import FileEntry
-from caravane.protocol.paths import SortedPathChecker, check_paths
+from caravane.protocol.paths import ListingChecker, check_paths
+from caravane.protocol.tree import EncodedEntry, encode_entry
 
 from . import zim
 from .chunker import chunk_limits, iter_chunks
 from .errors import StoreError
-from .files_cache import FilesCache
+from .files_cache import FilesCache, Record, unchanged
 
 Progress = Callable[[int], None] | None
 PREFETCH = 32
@@ -57,44 +58,96 @@ class SourceFile(NamedTuple):
     stat: os.stat_result
 
 
+class CachedRun(NamedTuple):
+    """Files of one folder, next to each other in the scan, that the files cache knows
+    unchanged: their entries, already encoded, go on without a :class:`SourceFile` each."""
+
+    folder: str  # the folder's real path
+    prefix: str  # its manifest path ("" at the top)
+    names: list[str]  # the files' names on disk
+    entries: list[EncodedEntry]
+
+
+#: files of a folder in one :class:`CachedRun` at most
+RUN_FILES = 1000
+
+
 def iter_source(source: Path) -> Iterator[SourceFile]:
     """Files under ``source`` as (manifest path, real path, stat), in manifest path order.
 
     A generator: a million-file folder is never held as a list. One ``scandir`` per folder,
     its entries sorted by their NFC name (a folder's as ``name + "/"``, a ZIM book's as the
     name of its stream): that is the ascending order of the whole paths, so no global sort
-    is needed, and only the listings of the folders on the current path are held. Paths are
-    checked as they go by (:class:`SortedPathChecker`); symlinks and anything but regular
-    files are refused. One ``lstat`` per file, which ingest then uses.
+    is needed, and only the listings of the folders on the current path are held. Names are
+    checked a listing at a time (:class:`ListingChecker`), before any file of the folder is
+    given; symlinks and anything but regular files are refused. One ``lstat`` per file,
+    which ingest then uses.
     """
-    source = Path(source)
+    return cast(Iterator[SourceFile], _walk(Path(source), None, 0))
+
+
+def iter_source_cached(
+    source: Path, cache: FilesCache, avg_chunk: int
+) -> Iterator[SourceFile | CachedRun]:
+    """:func:`iter_source`, where runs of files the cache knows unchanged (same size,
+    mtime, ctime and inode, chunked with ``avg_chunk``) come as :class:`CachedRun`: a
+    republish of a million files then costs a ``stat`` and a comparison per unchanged file.
+    Only for a cache whose chunks are known to be in the store (see files_cache.py)."""
+    return _walk(Path(source), cache, avg_chunk)
+
+
+def _walk(
+    source: Path, cache: FilesCache | None, avg_chunk: int
+) -> Iterator[SourceFile | CachedRun]:
     if not source.is_dir():
         raise NotFoundError(f"{source}: no such folder to publish")
-    checker = SortedPathChecker()
+    checker = ListingChecker()
     # absolute: the files cache knows a file by this path, whatever folder the CLI ran in
-    stack: list[tuple[str, Iterator[tuple[str, str, os.DirEntry[str]]]]] = [
-        ("", iter(_listing(os.path.abspath(source))))
-    ]
+    top = os.path.abspath(source)
+    listing, twins = _listing(top, "", False, checker)
+    no_recs: dict[str, Record] = {}
+    # per open folder: its real and manifest paths, whether it lies under folders merged
+    # by case, its subfolders merged with a sibling, its records, its entries still to walk
+    stack = [(top, "", False, twins, cache.folder(top, "") if cache else no_recs, iter(listing))]
+    names: list[str] = []
+    entries: list[EncodedEntry] = []
     while stack:
-        prefix, it = stack[-1]
+        real, prefix, merged, twins, recs, it = stack[-1]
         item = next(it, None)
-        if item is None:
-            stack.pop()
-            continue
+        if item is None or entries and (item[0].endswith("/") or len(entries) >= RUN_FILES):
+            if entries:
+                yield CachedRun(real, prefix[:-1], names, entries)
+                names, entries = [], []
+            if item is None:
+                stack.pop()
+                continue
         key, name, entry = item
         if key.endswith("/"):
-            stack.append((prefix + key, iter(_listing(entry.path))))
+            inner, sub = prefix + key, merged or name in twins
+            listing, inner_twins = _listing(entry.path, inner, sub, checker)
+            inner_recs = cache.folder(entry.path, inner[:-1]) if cache else no_recs
+            stack.append((entry.path, inner, sub, inner_twins, inner_recs, iter(listing)))
             continue
         st = entry.stat(follow_symlinks=False)
         if not stat.S_ISREG(st.st_mode):
             raise PathError(f"{entry.path}: not a regular file")
-        checker.add(prefix + key)
+        rec = recs.get(entry.name)
+        if rec is not None and key == name and unchanged(rec, st, avg_chunk):
+            names.append(entry.name)
+            entries.append(EncodedEntry(prefix + name, rec[0], rec[5], rec[7], rec[6]))
+            continue
+        if entries:
+            yield CachedRun(real, prefix[:-1], names, entries)
+            names, entries = [], []
         yield SourceFile(prefix + name, entry.path, st)
-    checker.finish()
 
 
-def _listing(folder: str) -> list[tuple[str, str, os.DirEntry[str]]]:
-    """A folder's entries as (sort key, NFC name, entry), sorted by key (see iter_source).
+def _listing(
+    folder: str, prefix: str, merged: bool, checker: ListingChecker
+) -> tuple[list[tuple[str, str, os.DirEntry[str]]], set[str]]:
+    """A folder's entries as (sort key, NFC name, entry), sorted by key (see iter_source),
+    its names checked (``prefix``: the folder's manifest path with a trailing "/"), and
+    its subfolders that differ from a sibling only by case.
 
     Code point order of ``str`` is the byte order of their UTF-8, the manifest's order."""
     out: list[tuple[str, str, os.DirEntry[str]]] = []
@@ -104,13 +157,21 @@ def _listing(folder: str) -> list[tuple[str, str, os.DirEntry[str]]]:
                 raise PathError(
                     f"{entry.path}: symbolic links cannot be published; copy the file in"
                 )
-            name = unicodedata.normalize("NFC", entry.name)
+            name = entry.name
+            if not name.isascii():
+                name = unicodedata.normalize("NFC", name)
             if entry.is_dir(follow_symlinks=False):
                 out.append((name + "/", name, entry))
-            else:
+            elif name[-4:].lower() == ".zim" or name[-8:].lower() == ".zim.crv":
                 out.append((zim.stream_path(name) if zim.is_book(name) else name, name, entry))
+            else:
+                out.append((name, name, entry))
     out.sort(key=lambda item: item[0])
-    return out
+    # a book is checked by its stream's name, a folder by its own
+    twins = checker.listing(
+        prefix, [(k[:-1], True) if k.endswith("/") else (k, False) for k, _, _ in out], merged
+    )
+    return out, twins
 
 
 def scan_source(source: Path) -> list[SourceFile]:
@@ -146,7 +207,7 @@ class _Read(NamedTuple):
     book: bool
     digest: str
     chunks: list[tuple[str, int]]
-    cached: bool
+    hit: EncodedEntry | None  # found unchanged in the files cache: nothing was read
 
 
 class Ingest:
@@ -160,9 +221,14 @@ class Ingest:
     ``on_chunk(sha, size)`` hears of each chunk once it is in ``store`` (a client uploads
     while the folder is still read). ``held(chunks)`` answers which chunks ({sha: size}) of
     files unchanged since the cache saw them are still to be had (default: those in
-    ``store``; a client that keeps no objects asks the hub), so such a file is read again
-    only when one is gone. Whoever signs a release from these entries checks again, under
-    the lock collection takes, that the objects it names are there.
+    ``store``, asked only if the store removed objects since the cache's last pass; a client
+    that keeps no objects asks the hub), so such a file is read again only when one is gone.
+    Whoever signs a release from these entries checks again, under the lock collection
+    takes, that the objects it names are there.
+
+    ``encoded``: yield :class:`~caravane.protocol.tree.EncodedEntry` (what a tree writer
+    takes), so that an unchanged file's entry comes from the cache as bytes and is never
+    decoded; otherwise :class:`FileEntry`.
 
     Chunks travel to the workers in batches (``BATCH_OBJECTS`` or ``BATCH_BYTES``): each
     batch is one presence query and one index transaction, where one per chunk cost most
@@ -173,36 +239,63 @@ class Ingest:
     def __init__(
         self,
         store: ChunkSink,
-        files: Iterable[SourceFile | tuple[str, Path]],
+        files: Iterable[SourceFile | tuple[str, Path] | CachedRun],
         avg_chunk: int,
         progress: Progress = None,
         cache: FilesCache | None = None,
         on_chunk: Callable[[str, int], object] | None = None,
         held: Callable[[dict[str, int]], set[str]] | None = None,
+        encoded: bool = False,
     ) -> None:
         self.store, self.files, self.avg_chunk = store, files, avg_chunk
         self.progress, self.cache, self.on_chunk, self.held = progress, cache, on_chunk, held
+        self.encoded = encoded
         self.new_objects = self.new_bytes = self.stored = 0
         self.books = 0  # ZIM files, carried as their canonical entries (packs/zim.py)
+        self.hits = 0  # files taken from the cache unread
+        removals = getattr(store, "removals", None)
+        #: the store's removal count now (None: a store that does not count them)
+        self._removals: int | None = removals() if held is None and removals else None
+        #: whether the cache's records may be taken without asking for their chunks
+        self._trusted = (
+            cache is not None
+            and self._removals is not None
+            and cache.removals_seen() == self._removals
+        )
 
-    def _hits(self, window: list[SourceFile], books: list[bool]) -> list[FileEntry | None]:
+    def _hits(self, window: list[SourceFile], books: list[bool]) -> list[EncodedEntry | None]:
         """The cache's entries for a window of files, kept only if every chunk is here."""
-        if self.cache is None:
+        cache = self.cache
+        if cache is None:
             return [None] * len(window)
         avg = self.avg_chunk
-        found = self.cache.lookup_many(
+        found = [
             # a book's entry is its stream's: never one recorded for the raw file
-            [(f.real, f.stat, -avg if b else avg) for f, b in zip(window, books, strict=True)]
-        )
-        wanted = {h: n for e in found if e is not None for h, n in e.chunks}
-        if not wanted:
+            cache.lookup(f.real, zim.stream_path(f.rel) if b else f.rel, f.stat, -avg if b else avg)
+            for f, b in zip(window, books, strict=True)
+        ]
+        if self._trusted and self.on_chunk is None:
             return found
-        # read only: freshening each window's chunks rewrote most pages of the store's
-        # index each time; the commit checks under the lock what the release names
-        have = self.held(wanted) if self.held else _present(self.store, wanted)
-        return [e if e is not None and all(h in have for h, _ in e.chunks) else None for e in found]
+        chunks = [_chunks(e) if e is not None else [] for e in found]
+        wanted = {h: n for c in chunks for h, n in c}
+        if not wanted or self._trusted:
+            have: Collection[str] = wanted
+        else:
+            # read only: freshening each window's chunks rewrote most pages of the store's
+            # index each time; the commit checks under the lock what the release names
+            have = self.held(wanted) if self.held else _present(self.store, wanted)
+        out: list[EncodedEntry | None] = []
+        for e, c in zip(found, chunks, strict=True):
+            if e is not None and all(h in have for h, _ in c):
+                if self.on_chunk:
+                    for h, n in c:
+                        self.on_chunk(h, n)
+                out.append(e)
+            else:
+                out.append(None)
+        return out
 
-    def __iter__(self) -> Iterator[FileEntry]:
+    def __iter__(self) -> Iterator[FileEntry | EncodedEntry]:
         min_size = chunk_limits(self.avg_chunk)[0]
         workers = max(2, os.cpu_count() or 2)
         store, on_chunk, progress = self.store, self.on_chunk, self.progress
@@ -247,7 +340,9 @@ class Ingest:
                 if len(items) >= BATCH_OBJECTS or batch_bytes >= BATCH_BYTES:
                     flush()
 
-            def done(window: list[_Read], mark: int) -> Iterator[FileEntry]:
+            def done(
+                window: list[_Read | CachedRun], mark: int
+            ) -> Iterator[FileEntry | EncodedEntry]:
                 """The entries of a window, once the batches holding its chunks are in."""
                 if mark > submitted:
                     flush()
@@ -255,22 +350,36 @@ class Ingest:
                 yield from self._entries(window)
 
             # windows read, each with the number of batches that completes its chunks
-            ready: deque[tuple[list[_Read], int]] = deque()
+            ready: deque[tuple[list[_Read | CachedRun], int]] = deque()
             while True:
-                window = [_with_stat(f) for f in islice(source, LOOKAHEAD)]
-                if not window:
+                # LOOKAHEAD files, counting those of cached runs, in scan order
+                scanned: list[SourceFile | CachedRun] = []
+                count = 0
+                for item in source:
+                    if type(item) is CachedRun:
+                        scanned.append(item)
+                        count += len(item.entries)
+                    else:
+                        scanned.append(_with_stat(cast(SourceFile | tuple[str, Path], item)))
+                        count += 1
+                    if count >= LOOKAHEAD:
+                        break
+                if not scanned:
                     break
-                reads: list[_Read] = []
-                books = [zim.is_book(f.rel) for f in window]
-                hits = self._hits(window, books)
-                for f, hit, book in zip(window, hits, books, strict=True):
+                window = [f for f in scanned if type(f) is SourceFile]
+                books = [_is_book(f.rel) for f in window]
+                looked = iter(zip(self._hits(window, books), books, strict=True))
+                reads: list[_Read | CachedRun] = []
+                for f in scanned:
+                    if type(f) is CachedRun:
+                        reads.append(f)
+                        continue
+                    assert isinstance(f, SourceFile)
+                    hit, book = next(looked)
                     rel = zim.stream_path(f.rel) if book else f.rel
                     self.books += book
                     if hit is not None:
-                        if on_chunk:
-                            for h, n in hit.chunks:
-                                on_chunk(h, n)
-                        reads.append(_Read(f, rel, book, hit.sha256, hit.chunks, True))
+                        reads.append(_Read(f, rel, book, "", [], hit))
                         continue
                     chunks: list[tuple[str, int]] = []
                     size = f.stat.st_size
@@ -278,14 +387,14 @@ class Ingest:
                         data = _read_small(f.real, size)
                         digest = hashlib.sha256(data).hexdigest()
                         add(digest, data, chunks)
-                        reads.append(_Read(f, rel, book, digest, chunks, False))
+                        reads.append(_Read(f, rel, book, digest, chunks, None))
                         continue
                     fhash = hashlib.sha256()
                     with zim.open_stream(Path(f.real)) if book else open(f.real, "rb") as fh:
                         for piece in iter_chunks(fh, self.avg_chunk):
                             fhash.update(piece)
                             add(None, bytes(piece), chunks)
-                    reads.append(_Read(f, rel, book, fhash.hexdigest(), chunks, False))
+                    reads.append(_Read(f, rel, book, fhash.hexdigest(), chunks, None))
                 ready.append((reads, submitted + (1 if items else 0)))
                 # the window before this one: its chunks were compressed while this was read
                 while len(ready) > 1:
@@ -294,18 +403,55 @@ class Ingest:
                 yield from done(*ready.popleft())
         if self.cache is not None:
             self.cache.commit()
+            if self._removals is not None:
+                # every record taken was checked, or trusted at this count; those written
+                # now name chunks just stored
+                self.cache.saw_removals(self._removals)
 
-    def _entries(self, window: list[_Read]) -> Iterator[FileEntry]:
-        avg, cache = self.avg_chunk, self.cache
+    def _entries(self, window: list[_Read | CachedRun]) -> Iterator[FileEntry | EncodedEntry]:
+        avg, cache, encoded = self.avg_chunk, self.cache, self.encoded
         for r in window:
+            if type(r) is CachedRun:
+                self.hits += len(r.entries)
+                if cache is not None:
+                    cache.record_run(r.folder, r.prefix, r.names)
+                if encoded:
+                    yield from r.entries
+                else:
+                    yield from (FileEntry.from_dict(json.loads(e.data)) for e in r.entries)
+                continue
+            assert isinstance(r, _Read)
             st, real = r.file.stat, r.file.real
+            chunking = -avg if r.book else avg
+            hit = r.hit
+            if hit is not None:
+                self.hits += 1
+                if cache is not None:
+                    cache.record(real, st, chunking, hit, hit=True)
+                yield hit if encoded else FileEntry.from_dict(json.loads(hit.data))
+                continue
             size = sum(n for _, n in r.chunks)
             if size != st.st_size if not r.book else os.stat(real).st_mtime_ns != st.st_mtime_ns:
                 raise StoreError(f"{real}: changed while it was being published; try again")
             entry = FileEntry(r.rel, size, _mode_of(st), r.digest, r.chunks)
-            if cache is not None and not r.cached:
-                cache.record(real, st, -avg if r.book else avg, entry)
-            yield entry
+            if cache is None and not encoded:
+                yield entry
+                continue
+            coded = encode_entry(entry)
+            if cache is not None:
+                cache.record(real, st, chunking, coded)
+            yield coded if encoded else entry
+
+
+def _is_book(rel: str) -> bool:
+    """:func:`zim.is_book`, whose checks run only for names that may concern them."""
+    tail = rel[-4:].lower()
+    return (tail == ".zim" or tail == ".crv") and zim.is_book(rel)
+
+
+def _chunks(entry: EncodedEntry) -> list[tuple[str, int]]:
+    """The chunks an entry from the cache names (decoded only when they must be asked for)."""
+    return [(str(h), int(n)) for h, n in json.loads(entry.data)["chunks"]]
 
 
 def _present(store: ChunkSink, wanted: dict[str, int]) -> set[str]:
@@ -328,7 +474,7 @@ def ingest_files(
     bytes, their stored bytes). For callers that hold the list anyway (a curator's client,
     the hub's web upload); a publish streams :class:`Ingest` instead."""
     run = Ingest(store, files, avg_chunk, progress, cache, on_chunk, held)
-    entries = list(run)
+    entries = cast(list[FileEntry], list(run))  # not ``encoded``: FileEntry each
     if run.books:
         entries.sort(key=lambda e: e.path.encode())
         check_paths(e.path for e in entries)
@@ -345,10 +491,12 @@ def _with_stat(item: SourceFile | tuple[str, Path]) -> SourceFile:
 
 __all__ = [
     "ChunkSink",
+    "CachedRun",
     "Ingest",
     "SourceFile",
     "ingest_files",
     "iter_source",
+    "iter_source_cached",
     "scan_source",
     "scan_totals",
 ]

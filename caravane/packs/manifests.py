@@ -80,7 +80,9 @@ class WrittenTree:
     objects: dict[str, int]
 
 
-def write_tree(store: ObjectStore, entries: Iterable[FileEntry], check: bool = True) -> WrittenTree:
+def write_tree(
+    store: ObjectStore, entries: Iterable[FileEntry | tree.EncodedEntry], check: bool = True
+) -> WrittenTree:
     """Write the pieces of ``entries`` (ascending paths) into ``store`` as they close.
 
     Nothing here holds more than the open run of each level of the tree.

@@ -55,7 +55,16 @@ CREATE TABLE IF NOT EXISTS segments (
     id INTEGER PRIMARY KEY,
     end_offset INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS counters (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
 """
+#: one more each time an object leaves the store (a files cache trusts its records while
+#: the count stands: nothing it names can have gone)
+_BUMP = (
+    "INSERT INTO counters VALUES ('removals', 1) ON CONFLICT (name) DO UPDATE SET value = value + 1"
+)
 
 
 _FORKS = [0]
@@ -265,6 +274,22 @@ class SegmentIndex:
                 "DELETE FROM objects WHERE sha = ? AND mtime < ? RETURNING length",
                 (key, cutoff_ms),
             ).fetchone()
+        if row:
+            db.execute(_BUMP)
+        return int(row[0]) if row else 0
+
+    def note_removal(self) -> None:
+        """Count a removal made outside the index (a loose object of an older store)."""
+        db = self._db()
+        assert db is not None
+        db.execute(_BUMP)
+
+    def removals(self) -> int:
+        """How many objects have left this store, ever (see :data:`_BUMP`)."""
+        db = self._db(create=False)
+        if db is None:
+            return 0
+        row = db.execute("SELECT value FROM counters WHERE name = 'removals'").fetchone()
         return int(row[0]) if row else 0
 
     def iter_ids(self) -> Iterator[str]:

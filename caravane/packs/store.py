@@ -274,6 +274,7 @@ class ObjectStore:
             st = path.stat()
             if st.st_mtime < cutoff:
                 path.unlink()
+                self.index.note_removal()
                 n += st.st_size
         except FileNotFoundError:
             pass
@@ -330,9 +331,15 @@ class ObjectStore:
         try:
             n += path.stat().st_size
             path.unlink()
+            self.index.note_removal()
         except FileNotFoundError:
             pass
         return n
+
+    def removals(self) -> int:
+        """Objects removed from this store so far (a files cache's check that what it
+        names is still here: see packs/files_cache.py)."""
+        return self.index.removals()
 
     def iter_ids(self) -> Iterator[str]:
         """Every object id, segments first, then loose objects not yet moved."""

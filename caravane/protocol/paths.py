@@ -191,6 +191,74 @@ class SortedPathChecker:
                 raise PathError(f"manifest path {folder!r} is both a file and a folder")
 
 
+class ListingChecker:
+    """:func:`check_paths` for a folder walked one listing at a time (a publish's scan).
+
+    A scan holds each folder's whole listing: the names in it are checked once each (not
+    every path again from the top, as :class:`SortedPathChecker` must, about 10 us a file),
+    and two names can collide only within one listing. Sibling folders that differ only by
+    case are allowed (a case-insensitive drive merges them); the listing says so, and the
+    scan walks their subtrees as *merged*: each path there is kept folded, to compare with
+    the other spellings' (only there: nothing is kept for ordinary folders).
+    """
+
+    def __init__(self) -> None:
+        #: folded path: (path, is a folder), for paths under folders merged by case
+        self._region: dict[str, tuple[str, bool]] = {}
+
+    def listing(self, prefix: str, names: Iterable[tuple[str, bool]], merged: bool) -> set[str]:
+        """Check a folder's entries, each (NFC name, is a folder); ``prefix`` is the
+        folder's checked path with its trailing "/" ("" at the top), ``merged`` whether it
+        lies under folders merged by case. Returns its subfolders merged with a sibling."""
+        room = MAX_PATH_BYTES - (len(prefix) if prefix.isascii() else len(prefix.encode()))
+        seen: dict[str, tuple[str, bool]] = {}
+        out: set[str] = set()
+        for name, folder in names:
+            if not (len(name) <= room and _plainly_safe(name)):
+                try:
+                    check_path(name)
+                    if len(name.encode("utf-8", "surrogatepass")) > room:
+                        raise PathError(name)
+                except PathError:
+                    check_path(prefix + name)  # the message, naming the whole path
+                    raise
+            key = name.lower() if name.isascii() else fold(name)
+            other = seen.get(key)
+            if other is None:
+                seen[key] = (name, folder)
+            else:
+                if name in out:  # a third spelling: compared with the second too
+                    other = (name, True)
+                self._clash(prefix, name, folder, *other)
+                out.update((name, other[0]))
+            if merged:
+                path = prefix + name
+                folded = path.lower() if path.isascii() else fold(path)
+                was = self._region.get(folded)
+                if was is None:
+                    self._region[folded] = (path, folder)
+                elif not (folder and was[1]):
+                    self._clash("", path, folder, *was)
+        return out
+
+    @staticmethod
+    def _clash(prefix: str, name: str, folder: bool, other: str, other_folder: bool) -> None:
+        if name == other:  # two Unicode spellings of one name, as NFC makes them
+            what = "folder" if folder and other_folder else "name"
+            raise PathError(
+                f"manifest lists the {what} {prefix + name!r} twice (two Unicode spellings "
+                "of one name on disk); rename or merge one"
+            )
+        if folder and other_folder:
+            return  # two spellings of one folder: their subtrees are walked as merged
+        if folder or other_folder:
+            shown = prefix + (other if other_folder else name)
+            raise PathError(f"manifest path {shown!r} is both a file and a folder")
+        raise PathError(
+            f"manifest lists {prefix + name!r} and {prefix + other!r}, which differ only by case"
+        )
+
+
 def _fold(name: str) -> str:
     return name.lower() if name.isascii() else fold(name)
 

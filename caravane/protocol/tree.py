@@ -36,7 +36,7 @@ import hashlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from .canonical import canonical_bytes, load_json
 from .errors import FormatError, VerificationError
@@ -133,6 +133,36 @@ def _leaf_bytes(entries: list[dict[str, Any]]) -> bytes:
     return canonical_bytes({"_type": LEAF_TYPE, "files": entries})
 
 
+_LEAF_HEAD = b'{"_type":"%s","files":[' % LEAF_TYPE.encode()
+_LEAF_TAIL = b"]}"
+
+
+class EncodedEntry(NamedTuple):
+    """A file entry already in its canonical bytes, with what a writer needs to place it.
+
+    A republish takes unchanged files' entries from the files cache in this form, so that
+    a million unchanged files cost no entry object and no JSON encoding each: a leaf is
+    its entries' bytes joined (exactly :func:`_leaf_bytes` of their dicts)."""
+
+    path: str
+    size: int
+    chunks: int  # how many
+    data: bytes
+    #: whether a leaf may end after it (its path's split hash: kept with it, not hashed again)
+    cut: bool
+
+
+def encode_entry(entry: FileEntry) -> EncodedEntry:
+    """``entry``'s canonical bytes, as a leaf holds them."""
+    path = entry.path
+    data = canonical_bytes(entry.to_dict())
+    return EncodedEntry(path, entry.size, len(entry.chunks), data, _is_cut(path))
+
+
+def _is_cut(path: str) -> bool:
+    return _split_hash(0, path) % LEAF_MODULUS == 0
+
+
 def _node_bytes(level: int, children: list[PieceRef]) -> bytes:
     return canonical_bytes(
         {"_type": NODE_TYPE, "level": level, "children": [c.to_dict() for c in children]}
@@ -143,11 +173,11 @@ def _ref(first: str, data: bytes, files: int, size: int, level: int) -> PieceRef
     return PieceRef(first, hashlib.sha256(data).hexdigest(), len(data), files, size, level)
 
 
-def _leaf(first: str, run: list[dict[str, Any]], size: int) -> tuple[PieceRef, bytes]:
-    data = _leaf_bytes(run)
+def _leaf(first: str, run: list[bytes], size: int, last: EncodedEntry) -> tuple[PieceRef, bytes]:
+    data = b"".join((_LEAF_HEAD, b",".join(run), _LEAF_TAIL))
     if len(data) > MAX_PIECE_BYTES:  # one file of about 56 GB of 64 KiB chunks
         raise FormatError(
-            f"{run[-1]['path']!r} has {len(run[-1]['chunks'])} chunks, more than one manifest "
+            f"{last.path!r} has {last.chunks} chunks, more than one manifest "
             f"piece of {MAX_PIECE_BYTES} bytes holds; split the file or publish it with larger "
             "chunks"
         )
@@ -171,7 +201,8 @@ class TreeWriter:
         self._put = put
         self._checker = SortedPathChecker() if check else None
         self._last: str | None = None
-        self._run: list[dict[str, Any]] = []
+        self._run: list[bytes] = []
+        self._tail: EncodedEntry | None = None
         self._run_bytes = self._run_size = 0
         self._first = ""
         #: per level above the leaves: the children of the node being filled
@@ -184,30 +215,36 @@ class TreeWriter:
         #: every piece written, {sha256: length} (what collection keeps for the release)
         self.objects: dict[str, int] = {}
 
-    def add(self, entry: FileEntry) -> None:
+    def add(self, entry: FileEntry | EncodedEntry) -> None:
+        """The next entry; an :class:`EncodedEntry` is taken as its bytes stand (the caller
+        encoded it from a checked entry: the files cache, or :func:`encode_entry`)."""
+        coded = entry if isinstance(entry, EncodedEntry) else encode_entry(entry)
+        path = coded.path
         if self._checker is not None:
-            self._checker.add(entry.path)
-        elif self._last is not None and not self._last < entry.path:
-            raise FormatError(f"manifest: files out of order or repeated at {entry.path!r}")
-        self._last = entry.path
+            self._checker.add(path)
+        elif self._last is not None and not self._last < path:
+            raise FormatError(f"manifest: files out of order or repeated at {path!r}")
+        self._last = path
         self.files += 1
-        self.size += entry.size
-        if not self._run:
-            self._first = entry.path
-        self._run.append(entry.to_dict())
-        self._run_size += entry.size
-        self._run_bytes += 80 + len(entry.path) + 70 * len(entry.chunks)
+        self.size += coded.size
         run = self._run
-        natural = len(run) >= LEAF_MIN and _split_hash(0, entry.path) % LEAF_MODULUS == 0
+        if not run:
+            self._first = path
+        run.append(coded.data)
+        self._tail = coded
+        self._run_size += coded.size
+        self._run_bytes += 80 + len(path) + 70 * coded.chunks
+        natural = len(run) >= LEAF_MIN and coded.cut
         if natural or self._run_bytes >= LEAF_MAX_BYTES or len(run) >= MAX_LEAF_ENTRIES:
             self._close_leaf()
 
-    def add_all(self, entries: Iterable[FileEntry]) -> None:
+    def add_all(self, entries: Iterable[FileEntry | EncodedEntry]) -> None:
         for entry in entries:
             self.add(entry)
 
     def _close_leaf(self) -> None:
-        ref, data = _leaf(self._first, self._run, self._run_size)
+        assert self._tail is not None
+        ref, data = _leaf(self._first, self._run, self._run_size, self._tail)
         self._run, self._run_bytes, self._run_size = [], 0, 0
         self._emit(ref, data)
 

@@ -135,32 +135,128 @@ def test_a_republish_named_from_another_folder_still_reads_nothing(
     assert (version, read) == (2, 0)
 
 
-def test_lookups_in_bulk_answer_as_one_by_one(tmp_path: Path) -> None:
-    """A batch of files is read from the cache as one range of paths; files of other
-    folders in that range, or a range far wider than the batch, change no answer."""
-    from caravane.packs.files_cache import FilesCache
-    from caravane.protocol.metadata import FileEntry
+def test_a_folder_read_around_its_subfolders_keeps_every_record(tmp_path: Path) -> None:
+    """A folder's files come before and after its subfolders' in path order ("a.txt",
+    "m/...", "z.txt"); its row must hold all of them, or the files after a subfolder
+    would be read again at every publish."""
+    repo = HubRepository.init(tmp_path / "repo")
+    src = tmp_path / "src"
+    for rel in ["a.txt", "m/b.txt", "m/n/c.txt", "m/o.txt", "p/d.txt", "z.txt", "m0.txt"]:
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_text(f"{rel} " * 40)
+    _age(src)
+    _publish(repo, src)
+    assert _publish(repo, src) == (2, 0)
+    (src / "m" / "o.txt").write_text("changed")
+    _age(src / "m" / "o.txt")
+    assert _publish(repo, src) == (3, len("changed"))
+    assert _publish(repo, src) == (4, 0)
+    repo.checkout("lib", tmp_path / "out", 4)
+    assert read_tree(tmp_path / "out") == read_tree(src)
 
-    files = []
-    for i in range(300):
-        p = tmp_path / "src" / f"f{i:03d}"
-        p.parent.mkdir(exist_ok=True)
-        p.write_text(str(i))
-        files.append(p)
-    _age(tmp_path / "src")
-    cache = FilesCache(tmp_path / "cache.sqlite")
-    for i, p in enumerate(files):
-        if i % 3:  # a third never recorded: they answer None
-            sha = f"{i:064x}"
-            cache.record(p, p.stat(), 4096, FileEntry("", p.stat().st_size, 0o644, sha, [(sha, 1)]))
-    cache.commit()
-    one_by_one = [cache.lookup(p, p.stat(), 4096) for p in files]
-    assert sum(e is not None for e in one_by_one) == 200
-    assert cache.lookup_many([(p, p.stat(), 4096) for p in files]) == one_by_one
-    ends = [files[0], files[1], files[-1]]  # a range of 300 rows for 3 paths
-    assert cache.lookup_many([(p, p.stat(), 4096) for p in ends]) == [
-        one_by_one[0],
-        one_by_one[1],
-        one_by_one[-1],
-    ]
-    assert cache.lookup_many([(p, p.stat(), 8192) for p in files]) == [None] * 300
+
+def test_files_deleted_and_added_in_a_folder_are_seen(tmp_path: Path) -> None:
+    repo = HubRepository.init(tmp_path / "repo")
+    src = _folder(tmp_path, 12)
+    _publish(repo, src)
+    (src / "d0" / "page-0.html").unlink()
+    (src / "d0" / "page-new.html").write_text("nouvelle page")
+    _age(src / "d0")
+    res = repo.publish("lib", src)
+    assert (res.files_added, res.files_removed, res.files_changed) == (1, 1, 0)
+    assert _publish(repo, src)[1] == 0
+    repo.checkout("lib", tmp_path / "out")
+    assert read_tree(tmp_path / "out") == read_tree(src)
+
+
+def test_collection_makes_the_next_publish_ask_for_the_objects(tmp_path: Path) -> None:
+    """While the store has removed nothing since the cache's last pass, unchanged files are
+    taken without asking the store; after a collection they are asked for once."""
+    from caravane.packs.files_cache import FilesCache
+    from caravane.packs.store import ObjectStore
+
+    repo = HubRepository.init(tmp_path / "repo")
+    src = _folder(tmp_path, 8)
+    _publish(repo, src)
+    asked: list[int] = []
+    present = ObjectStore.present
+
+    def counting(self: ObjectStore, shas: object) -> object:
+        wanted = list(shas)  # type: ignore[call-overload]
+        asked.append(len(wanted))
+        return present(self, wanted)
+
+    ObjectStore.present = counting  # type: ignore[method-assign]
+    try:
+        assert _publish(repo, src)[1] == 0
+        assert asked == []  # nothing removed since: trusted
+        repo.store.put_raw_many([(None, b"an object no release names")])
+        assert repo.store.removals() == 0
+        time.sleep(0.05)  # older than the collection's cutoff, to the millisecond
+        assert repo.collect_garbage(grace_seconds=0)[0] == 1
+        assert repo.store.removals() == 1
+        asked.clear()
+        assert _publish(repo, src)[1] == 0
+        assert asked and sum(asked) > 0  # asked once after the removal ...
+        asked.clear()
+        assert _publish(repo, src)[1] == 0
+        assert asked == []  # ... then trusted again
+    finally:
+        ObjectStore.present = present  # type: ignore[method-assign]
+    cache = FilesCache(repo.files_cache_path)
+    assert cache.removals_seen() == repo.store.removals() > 0
+    cache.close()
+
+
+def test_a_cache_of_the_earlier_layout_is_used_then_replaced(tmp_path: Path) -> None:
+    """A hub upgraded from a cache with one row per file does not read its library again."""
+    import json
+    import sqlite3
+
+    repo = HubRepository.init(tmp_path / "repo")
+    src = _folder(tmp_path, 10)
+    _publish(repo, src)
+    # rewrite the cache as the earlier layout held it: path, stat key, chunking, sha, chunks
+    entries = {f.path: f for f in repo.manifest("lib").files}
+    db = sqlite3.connect(repo.files_cache_path)
+    db.execute("drop table dirs")
+    db.execute(
+        "create table files (path text primary key, size integer, mtime_ns integer, "
+        "ctime_ns integer, ino integer, avg_chunk integer, sha256 text, chunks text)"
+    )
+    for p in src.rglob("*"):
+        if p.is_file():
+            st, e = p.stat(), entries[p.relative_to(src).as_posix()]
+            db.execute(
+                "insert into files values (?, ?, ?, ?, ?, ?, ?, ?)",
+                (str(p.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino,
+                 repository_avg(), e.sha256, json.dumps(e.chunks)),
+            )
+    db.commit()
+    db.close()
+    assert _publish(repo, src) == (2, 0)
+    assert repo.manifest("lib", 2).files == repo.manifest("lib", 1).files
+    db = sqlite3.connect(repo.files_cache_path)
+    tables = {r[0] for r in db.execute("select name from sqlite_master where type = 'table'")}
+    db.close()
+    assert "files" not in tables and "dirs" in tables
+    assert _publish(repo, src) == (3, 0)
+
+
+def repository_avg() -> int:
+    from caravane.packs.chunker import DEFAULT_AVG
+
+    return DEFAULT_AVG
+
+
+def test_a_folder_published_under_another_name_is_read_again(tmp_path: Path) -> None:
+    """Entries name their manifest path: the same folder published inside another one
+    (its paths now start with the new prefix) cannot take its old entries."""
+    repo = HubRepository.init(tmp_path / "repo")
+    outer = tmp_path / "outer"
+    src = _folder(outer, 6)
+    _publish(repo, src)
+    total = sum(p.stat().st_size for p in src.rglob("*") if p.is_file())
+    version, read = _publish(repo, outer)
+    assert (version, read) == (2, total)
+    assert all(f.path.startswith("src/") for f in repo.manifest("lib", 2).files)

@@ -59,6 +59,65 @@ def test_the_scan_yields_files_in_manifest_path_order(paths: list[str]) -> None:
     assert got == expected
 
 
+CASE_NAMES = ["a", "A", "b", "B", "b.txt", "B.TXT", "\u00e9", "\u00c9", "e\u0301", "c d"]
+
+
+@st.composite
+def case_trees(draw: st.DrawFn) -> list[str]:
+    """Paths that a case-sensitive disk holds and a FAT32 drive may not: names that
+    differ only by case, a file beside a folder of another case, two spellings of é."""
+    paths = draw(
+        st.lists(
+            st.lists(st.sampled_from(CASE_NAMES), min_size=1, max_size=3).map("/".join),
+            min_size=1,
+            max_size=20,
+            unique=True,
+        )
+    )
+    files: list[str] = []
+    for p in paths:
+        if any(q.startswith(p + "/") or p.startswith(q + "/") for q in files):
+            continue  # the very same name cannot be a file and a folder on disk
+        files.append(p)
+    return files
+
+
+@settings(max_examples=150, deadline=None)
+@given(case_trees())
+def test_the_scan_refuses_exactly_what_check_paths_refuses(paths: list[str]) -> None:
+    """The scan checks a listing at a time; the whole list checked at once is the rule."""
+    from caravane.protocol.paths import check_paths
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            src = write_tree(Path(tmp), {p: p for p in paths})
+        except OSError:
+            return  # a file system that folds names itself
+        expected = sorted((unicodedata.normalize("NFC", p) for p in paths), key=str.encode)
+        # a name spelled two ways in one folder (é and e + U+0301) is two entries on disk
+        # for one manifest path: the scan refuses it, where a list of paths cannot tell
+        spelled: dict[str, set[str]] = {}
+        for p in paths:
+            parts = p.split("/")
+            for i in range(1, len(parts) + 1):
+                raw = "/".join(parts[:i])
+                spelled.setdefault(unicodedata.normalize("NFC", raw), set()).add(raw)
+        twice = any(len(s) > 1 for s in spelled.values())
+        try:
+            check_paths(expected)
+            whole: PathError | None = PathError("twice") if twice else None
+        except PathError as e:
+            whole = e
+        try:
+            got = [f.rel for f in iter_source(src)]
+            scan: PathError | None = None
+        except PathError as e:
+            scan = e
+    assert (whole is None) == (scan is None), (paths, whole, scan)
+    if scan is None:
+        assert got == expected
+
+
 def test_a_book_is_scanned_where_its_stream_path_sorts(tmp_path: Path) -> None:
     """A ZIM book is carried as ``name.zim.crv``, which sorts after ``name.zim-x``."""
     src = write_tree(tmp_path / "src", {"x.zim": "", "x.zim-a.txt": "a", "x.zim0": "0"})

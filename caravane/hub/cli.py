@@ -559,6 +559,56 @@ def hub_status(config_path: Path, region: str | None, behind: bool, as_json: boo
     emit(as_json, {"ok": True, "nodes": rows}, "\n".join(lines))
 
 
+def _span(seconds: int) -> str:
+    """A duration as an operator reads it: 40 s, 12 min, 5 h 12 min, 3 d 4 h."""
+    if seconds < 60:
+        return f"{max(seconds, 0)} s"
+    minutes, hours, days = seconds // 60, seconds // 3600, seconds // 86400
+    if hours < 1:
+        return f"{minutes} min"
+    if days < 1:
+        return f"{hours} h {minutes % 60} min"
+    return f"{days} d {hours % 24} h"
+
+
+@hub.command("uploads")
+@config_option
+@json_option
+@handle_errors
+def hub_uploads(config_path: Path, as_json: bool) -> None:
+    """Uploads still open (publishes in progress), least recently active first.
+
+    Each keeps its objects from collection until it is committed, or until it has been
+    idle for `upload_expiry_days` (hub.toml) and the `uploads` job expires it.
+    """
+    h = load(config_path)
+    try:
+        rows = h.open_uploads()
+        days = h.config.upload_expiry_days
+    finally:
+        h.close()
+    lines = [
+        f"{'upload':32} {'channel':16} {'by':16} {'age':>11} {'idle':>11} {'objects':>8} expires"
+    ]
+    for r in rows:
+        left = days * 86400 - r["idle_seconds"]
+        expires = f"in {_span(left)}" if left > 0 else "at the next uploads job"
+        if not days:
+            expires = "never"
+        lines.append(
+            f"{r['upload']:32} {r['channel'][:16]:16} {r['by'][:16]:16} "
+            f"{_span(r['age_seconds']):>11} {_span(r['idle_seconds']):>11} {r['objects']:>8} "
+            f"{expires}"
+        )
+    rule = (
+        f"an upload idle for {days} days expires (upload_expiry_days)"
+        if days
+        else "uploads never expire (upload_expiry_days = 0)"
+    )
+    lines.append(f"{len(rows)} open uploads; {rule}")
+    emit(as_json, {"ok": True, "upload_expiry_days": days, "uploads": rows}, "\n".join(lines))
+
+
 @hub.group("mirror")
 def mirror() -> None:
     """Copy the static repository to mirrors."""
@@ -605,6 +655,7 @@ def hub_jobs(
     runner = JobRunner(h)
     jobs: dict[str, Callable[[], object]] = {
         "packs": runner.build_recent_packs,
+        "uploads": runner.expire_uploads,
         "gc": runner.collect_garbage,
         "expiry": runner.refresh_expiring,
         "stale": runner.flag_stale_centres,

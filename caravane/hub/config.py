@@ -36,6 +36,9 @@ class HubConfig:
     on_demand_pack_bytes: int = 32 * 1024 * 1024
     strong_pack_bytes: int = 1024 * 1024 * 1024
     gc_grace_hours: int = 24
+    # an upload (publish in progress) that received nothing for this many days expires:
+    # collection may then take its objects, and its curator must publish again; 0: never
+    upload_expiry_days: int = 7
     # a client that has not sent a whole request head in this time is dropped (slowloris)
     header_timeout_seconds: int = 15
     # a request body that brings less than 1 KiB in this time is dropped
@@ -83,6 +86,12 @@ class HubConfig:
         data_dir = Path(hub.get("data_dir", path.parent)).expanduser()
         kwargs = {k: v for k, v in hub.items() if k in known}
         cfg = cls(data_dir=data_dir, **kwargs)
+        days = cfg.upload_expiry_days
+        if not isinstance(days, int) or isinstance(days, bool) or days < 0:
+            raise FormatError(
+                f"{path}: upload_expiry_days must be a whole number of days, 0 for never "
+                f"(not {days!r})"
+            )
         try:
             logs.check(cfg.log_level, cfg.log_format)
         except logs.LogSetupError as exc:
@@ -127,8 +136,8 @@ HUB_HELP: dict[str, str] = {
     "refresh_before_days": "The scheduler signs metadata again this many days before it expires.",
     "keep_last": "Releases kept per channel (a channel may set its own); older ones are collected.",
     "stale_after_days": "A centre with no news for this long is flagged in the fleet view.",
-    "scheduler": "Run the scheduled jobs (packs, expiry refresh, collection) in `hub serve`; "
-    "turn off on all but one process.",
+    "scheduler": "Run the scheduled jobs (packs, expiry refresh, idle uploads, collection) in "
+    "`hub serve`; turn off on all but one process.",
     "pack_pairs": "Packs pre-built from each of this many previous releases to the latest "
     "(and from nothing).",
     "on_demand_pack_bytes": "A pack asked for and not yet built is built while the centre "
@@ -137,6 +146,9 @@ HUB_HELP: dict[str, str] = {
     "zstd level (9 instead of 19).",
     "gc_grace_hours": "Unused objects younger than this are kept (an upload may still "
     "refer to them).",
+    "upload_expiry_days": "An upload (a publish in progress) that received nothing for this "
+    "many days expires: its curator is told to publish again, and collection may take the "
+    "objects only it used. 0: uploads never expire.",
     "header_timeout_seconds": "A client that has not sent a whole request head in this "
     "time is dropped (slowloris).",
     "body_timeout_seconds": "A request body that brings less than 1 KiB in this time is dropped.",

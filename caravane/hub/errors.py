@@ -28,6 +28,12 @@ class Conflict(HubError):
     status = 409
 
 
+class Gone(HubError):
+    """Something that existed and will not come back: an upload that expired."""
+
+    status = 410
+
+
 class Unprocessable(HubError):
     status = 422
 

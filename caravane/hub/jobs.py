@@ -1,4 +1,5 @@
-"""Scheduled jobs (APScheduler): packs ahead of time, garbage, expiring metadata, silent centres.
+"""Scheduled jobs (APScheduler): packs ahead of time, forgotten uploads, garbage, expiring
+metadata, silent centres.
 
 Several hub processes may serve one database; only the holder of the ``jobs`` lease in that
 database runs the jobs, and the lease passes to another process if the holder goes away.
@@ -39,6 +40,8 @@ def pack_lease(channel: str, a: int, b: int) -> str:
 #: each job's name (as `caravane hub jobs NAME` says it, in metrics and as its logger's tail)
 JOB_NAMES = {
     "build_recent_packs": "packs",
+    # before gc, so that `caravane hub jobs` collects what the uploads it expires held
+    "expire_uploads": "uploads",
     "collect_garbage": "gc",
     "refresh_expiring": "expiry",
     "flag_stale_centres": "stale",
@@ -137,6 +140,34 @@ class JobRunner:
         big = self.hub.pack_new_bytes(channel, a, b) > self.hub.config.strong_pack_bytes
         return 9 if big else delta.LEVEL
 
+    def expire_uploads(self) -> list[str]:
+        """Expire uploads idle for ``upload_expiry_days`` (a curator who gave up): the next
+        collection takes the objects nothing else uses. Returns the uploads expired."""
+        expired = self.hub.expire_uploads()
+        jlog = job_log("expire_uploads")
+        for u in expired:
+            jlog.info(
+                "upload %s of channel %s, opened by %s on %s, expired after %d days without "
+                "activity (last at %s); its %d objects are no longer kept for it, and %s "
+                "must publish again (`caravane publish %s FOLDER --hub ...`)",
+                u["upload"],
+                u["channel"],
+                u["by"],
+                u["created"],
+                u["idle_days"],
+                u["active"],
+                u["objects"],
+                u["by"],
+                u["channel"],
+            )
+        if expired:
+            jlog.info(
+                "expired %d uploads idle for %d days or more",
+                len(expired),
+                self.hub.config.upload_expiry_days,
+            )
+        return [u["upload"] for u in expired]
+
     def collect_garbage(self) -> tuple[int, int]:
         """Objects no retained release uses, and packs of retired releases."""
         count, freed = self.hub.repo.collect_garbage(
@@ -203,6 +234,7 @@ class JobRunner:
         sched = BackgroundScheduler(timezone="UTC")
         for job, every in (
             (self.build_recent_packs, {"minutes": 10}),
+            (self.expire_uploads, {"hours": 1}),
             (self.collect_garbage, {"hours": 6}),
             (self.refresh_expiring, {"hours": 12}),
             (self.flag_stale_centres, {"hours": 1}),

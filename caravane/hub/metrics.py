@@ -65,7 +65,7 @@ class HubMetrics:
         )
         self.job_runs = Counter(
             "caravane_hub_job_runs",
-            "Scheduled job runs by this process (packs, gc, expiry, stale).",
+            "Scheduled job runs by this process (packs, uploads, gc, expiry, stale).",
             ["job"],
             registry=self.registry,
         )

@@ -15,6 +15,7 @@ from sqlalchemy import (
     Boolean,
     DateTime,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
@@ -126,9 +127,18 @@ class AuditEntry(Base):
 
 
 class Upload(Base):
-    """A publish in progress: the file list is known, objects arrive, then it is committed."""
+    """A publish in progress: the file list is known, objects arrive, then it is committed.
+
+    ``state`` is ``receiving`` (chunks declared, file list to come), ``open``, then
+    ``committed``, ``abandoned`` (the curator dropped it) or ``expired``: idle for
+    ``upload_expiry_days`` since ``active_at`` (its creation or the last object, chunk or
+    file list it received), the scheduled job drops its object rows so collection may take
+    what nothing else uses, and the client is told to publish again (410).
+    """
 
     __tablename__ = "uploads"
+    # the expiry job's query: open uploads idle since before a cutoff
+    __table_args__ = (Index("ix_uploads_state_active_at", "state", "active_at"),)
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     channel_id: Mapped[str] = mapped_column(ForeignKey("channels.id", ondelete="CASCADE"))
     created_by: Mapped[str] = mapped_column(String(100))
@@ -137,6 +147,8 @@ class Upload(Base):
     files: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     state: Mapped[str] = mapped_column(String(20), default="open")
     version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    active_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class UploadObject(Base):

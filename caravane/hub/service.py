@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, insert, inspect, or_, select, text, update
+from sqlalchemy import Row, delete, func, insert, inspect, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -31,7 +31,7 @@ from caravane.protocol.report import Report, report_node_id, verify_report
 from .auth import ROLES, Principal, hash_secret
 from .config import HubConfig
 from .db import Database
-from .errors import Conflict, Forbidden, HubError, NotFound, Unauthorized, Unprocessable
+from .errors import Conflict, Forbidden, Gone, HubError, NotFound, Unauthorized, Unprocessable
 from .locks import REPOSITORY, advisory_lock, is_postgresql
 from .models import (
     AuditEntry,
@@ -56,6 +56,13 @@ MAX_DECLARED = 100_000  # chunks declared in one request
 MAX_CHUNK = 64 * 1024 * 1024
 #: an upload whose chunks are being declared and sent, its file list still to come
 RECEIVING = "receiving"
+#: the states of an upload that can still receive objects and be committed
+STILL_OPEN = ("open", RECEIVING)
+#: an upload idle for ``upload_expiry_days``: refused with 410, its objects not kept for it
+EXPIRED = "expired"
+#: an upload's last activity is written at most this often: expiry counts in days, and a
+#: publish sending thousands of batches should not rewrite its upload's row for each one
+ACTIVE_EVERY = timedelta(minutes=1)
 #: the fleet view flags a centre whose last fresh signed word is older than this (a freeze)
 FREEZE_WARNING_DAYS = 14
 
@@ -281,12 +288,14 @@ class Hub:
             if s.get(Channel, cid) is None:
                 raise NotFound(f"no channel {cid!r}; create it first")
             uid = uuid.uuid4().hex
+            t = now()
             s.add(
                 Upload(
                     id=uid,
                     channel_id=cid,
                     created_by=p.name,
-                    created_at=now(),
+                    created_at=t,
+                    active_at=t,
                     notes=str(doc.get("notes", "")),
                     files=[e.to_dict() for e in entries],
                     state=RECEIVING if streaming else "open",
@@ -320,11 +329,9 @@ class Hub:
                 raise Unprocessable("each chunk must be [sha256 hex, size in bytes]")
             chunks[item[0]] = item[1]
         with self.db.session() as s:
-            state = s.scalar(select(Upload.state).where(Upload.id == uid))
-            if state is None:
-                raise NotFound(f"no upload {uid!r}")
-            if state != RECEIVING:
-                raise Conflict(f"upload {uid} is {state}, not receiving chunks")
+            head = self._activity(s, uid, (RECEIVING,))
+            if head.state != RECEIVING:
+                raise Conflict(f"upload {uid} is {head.state}, not receiving chunks")
             known = set(
                 s.scalars(
                     select(UploadObject.sha).where(
@@ -352,9 +359,12 @@ class Hub:
         entries = _file_entries(raw)
         chunks = {h: n for e in entries for h, n in e.chunks}
         with self.db.session() as s:
-            up = s.get(Upload, uid)
+            # locked (PostgreSQL): the expiry job cannot expire it while the list lands
+            up = s.get(Upload, uid, with_for_update=True)
             if up is None:
                 raise NotFound(f"no upload {uid!r}")
+            if up.state == EXPIRED:
+                raise self._gone(uid, up.active_at, up.expired_at)
             if up.state != RECEIVING:
                 raise Conflict(f"upload {uid} is {up.state}; its file list is already known")
             declared: dict[str, int] = {
@@ -370,6 +380,7 @@ class Hub:
                 )
             up.files = [e.to_dict() for e in entries]
             up.state = "open"
+            up.active_at = now()
             channel, notes = up.channel_id, up.notes
         # every chunk was declared (freshened then, kept since as an open upload's object):
         # presence is enough here, without rewriting thousands of index rows
@@ -402,7 +413,7 @@ class Hub:
                 s.scalars(
                     select(UploadObject.sha)
                     .join(Upload, Upload.id == UploadObject.upload_id)
-                    .where(Upload.state.in_(("open", RECEIVING)))
+                    .where(Upload.state.in_(STILL_OPEN))
                 )
             )
 
@@ -416,16 +427,83 @@ class Hub:
             raise NotFound(f"no upload {uid!r}")
         return row[0], row[1], row[2]
 
+    def _received(self, uid: str, state: str, active_at: datetime | None) -> None:
+        """An upload about to store objects: refused unless still open, its activity
+        recorded first (at most every ACTIVE_EVERY), so expiry never takes an upload
+        between the check and the store."""
+        if state == EXPIRED:
+            with self.db.session() as s:
+                raise self._expired(s, uid)
+        if state not in STILL_OPEN:
+            raise Conflict(f"upload {uid} is {state}")
+        last = _aware(active_at)
+        if last is None or now() - last >= ACTIVE_EVERY:
+            with self.db.session() as s:
+                self._activity(s, uid, STILL_OPEN, force=True)
+
+    def _activity(
+        self, s: Session, uid: str, states: tuple[str, ...], force: bool = False
+    ) -> Row[str, datetime, datetime | None]:
+        """The upload's (state, active_at, expired_at), its activity set to now if it is in
+        one of ``states`` (and ``force``, or last written ACTIVE_EVERY ago).
+
+        One conditional UPDATE, which on PostgreSQL also locks the row until the caller's
+        transaction ends: the expiry job's own conditional UPDATE then finds it active.
+        Raises NotFound, or Gone for an upload that expired.
+        """
+        head = s.execute(
+            select(Upload.state, Upload.active_at, Upload.expired_at).where(Upload.id == uid)
+        ).first()
+        if head is None:
+            raise NotFound(f"no upload {uid!r}")
+        last = _aware(head.active_at)
+        if head.state in states and (force or last is None or now() - last >= ACTIVE_EVERY):
+            done = s.execute(
+                update(Upload)
+                .where(Upload.id == uid, Upload.state.in_(states))
+                .values(active_at=now())
+                .execution_options(synchronize_session=False)
+            )
+            if not done.rowcount:  # type: ignore[attr-defined]  # expired meanwhile
+                raise self._expired(s, uid)
+        elif head.state == EXPIRED:
+            raise self._gone(uid, head.active_at, head.expired_at)
+        return head
+
+    def _expired(self, s: Session, uid: str) -> HubError:
+        """The error for a request on an upload that is no longer open (read again)."""
+        head = s.execute(
+            select(Upload.state, Upload.active_at, Upload.expired_at).where(Upload.id == uid)
+        ).first()
+        if head is None:
+            return NotFound(f"no upload {uid!r}")
+        if head.state != EXPIRED:
+            return Conflict(f"upload {uid} is {head.state}")
+        return self._gone(uid, head.active_at, head.expired_at)
+
+    def _gone(self, uid: str, active_at: datetime | None, expired_at: datetime | None) -> Gone:
+        """What a curator's client is told about an expired upload: why, and what to do."""
+        active, expired = _aware(active_at), _aware(expired_at)
+        if active is not None and expired is not None:
+            days = (expired - active).days
+        else:
+            days = self.config.upload_expiry_days
+        return Gone(
+            f"upload {uid} expired after {days} days without activity; publish again "
+            "(a new publish sends what the hub no longer holds)"
+        )
+
     def upload_status(self, p: Principal, uid: str) -> dict[str, Any]:
         p.require("curator")
         _, state, version = self._upload_head(uid)
+        if state == EXPIRED:
+            with self.db.session() as s:
+                raise self._expired(s, uid)
         return {
             "upload": uid,
             "state": state,
             "version": version,
-            "missing": self._missing(self._upload_objects(uid))
-            if state in ("open", RECEIVING)
-            else [],
+            "missing": self._missing(self._upload_objects(uid)) if state in STILL_OPEN else [],
         }
 
     def put_object(self, p: Principal, uid: str, sha: str, frame: bytes) -> bool:
@@ -437,7 +515,7 @@ class Hub:
         p.require("curator")
         with self.db.session() as s:
             row = s.execute(
-                select(Upload.state, UploadObject.size)
+                select(Upload.state, Upload.active_at, UploadObject.size)
                 .select_from(Upload)
                 .outerjoin(
                     UploadObject, (UploadObject.upload_id == Upload.id) & (UploadObject.sha == sha)
@@ -446,9 +524,8 @@ class Hub:
             ).first()
         if row is None:
             raise NotFound(f"no upload {uid!r}")
-        state, size = row
-        if state not in ("open", RECEIVING):
-            raise Conflict(f"upload {uid} is {state}")
+        state, active_at, size = row
+        self._received(uid, state, active_at)
         if size is None:
             raise Unprocessable(f"object {sha[:16]} is not part of upload {uid}")
         try:
@@ -468,7 +545,7 @@ class Hub:
         p.require("curator")
         shas = [sha for sha, _ in records]
         with self.db.session() as s:
-            state = s.scalar(select(Upload.state).where(Upload.id == uid))
+            head = s.execute(select(Upload.state, Upload.active_at).where(Upload.id == uid)).first()
             sizes: dict[str, int] = {
                 sha: size
                 for sha, size in s.execute(
@@ -477,10 +554,9 @@ class Hub:
                     )
                 )
             }
-        if state is None:
+        if head is None:
             raise NotFound(f"no upload {uid!r}")
-        if state not in ("open", RECEIVING):
-            raise Conflict(f"upload {uid} is {state}")
+        self._received(uid, head.state, head.active_at)
         stray = [sha for sha in shas if sha not in sizes]
         if stray:
             raise Unprocessable(f"object {stray[0][:16]} is not part of upload {uid}")
@@ -504,6 +580,112 @@ class Hub:
                 up.state = "abandoned"
                 self.audit(s, p.name, "upload.abandon", channel=up.channel_id, upload=uid)
 
+    def expire_uploads(self, days: int | None = None) -> list[dict[str, Any]]:
+        """Expire every upload still open that received nothing for ``days``
+        (``upload_expiry_days``; 0: none expires). Returns what was expired.
+
+        Each one is marked ``expired``, its object rows are deleted (so collection keeps
+        its objects no longer, and takes those nothing else uses) and its file list is
+        dropped; the row stays, so the curator's client is told why (410) instead of
+        "no such upload". One conditional UPDATE each: an upload that received something
+        meanwhile, or that another hub process expired first, is left alone, so any
+        number of processes may run this at once and each upload expires, and is
+        audited, once.
+        """
+        days = self.config.upload_expiry_days if days is None else days
+        if days <= 0:
+            return []
+        t = now()
+        cutoff = t - timedelta(days=days)
+        with self.db.session() as s:
+            idle = list(
+                s.scalars(
+                    select(Upload.id)
+                    .where(Upload.state.in_(STILL_OPEN), Upload.active_at < cutoff)
+                    .order_by(Upload.active_at)
+                )
+            )
+        out: list[dict[str, Any]] = []
+        for uid in idle:
+            with self.db.session() as s:
+                done = s.execute(
+                    update(Upload)
+                    .where(
+                        Upload.id == uid,
+                        Upload.state.in_(STILL_OPEN),
+                        Upload.active_at < cutoff,
+                    )
+                    .values(state=EXPIRED, expired_at=t, files=[])
+                    .execution_options(synchronize_session=False)
+                )
+                if not done.rowcount:  # type: ignore[attr-defined]
+                    continue  # resumed, committed or expired elsewhere since the query
+                row = s.execute(
+                    select(
+                        Upload.channel_id, Upload.created_by, Upload.created_at, Upload.active_at
+                    ).where(Upload.id == uid)
+                ).one()
+                dropped = s.execute(delete(UploadObject).where(UploadObject.upload_id == uid))
+                active = _aware(row.active_at) or t
+                item = {
+                    "upload": uid,
+                    "channel": row.channel_id,
+                    "by": row.created_by,
+                    "created": _iso(row.created_at),
+                    "active": _iso(active),
+                    "idle_days": (t - active).days,
+                    "objects": int(dropped.rowcount or 0),  # type: ignore[attr-defined]
+                }
+                self.audit(s, "hub", "upload.expire", **item)
+            out.append(item)
+        return out
+
+    def open_uploads(self) -> list[dict[str, Any]]:
+        """Every upload still open, least recently active first: who opened it, when, its
+        last activity, how many objects it keeps from collection, when it will expire."""
+        days = self.config.upload_expiry_days
+        t = now()
+        with self.db.session() as s:
+            counts: dict[str, int] = {
+                uid: int(n)
+                for uid, n in s.execute(
+                    select(UploadObject.upload_id, func.count())
+                    .join(Upload, Upload.id == UploadObject.upload_id)
+                    .where(Upload.state.in_(STILL_OPEN))
+                    .group_by(UploadObject.upload_id)
+                )
+            }
+            rows = s.execute(
+                select(
+                    Upload.id,
+                    Upload.channel_id,
+                    Upload.state,
+                    Upload.created_by,
+                    Upload.created_at,
+                    Upload.active_at,
+                )
+                .where(Upload.state.in_(STILL_OPEN))
+                .order_by(Upload.active_at, Upload.id)
+            ).all()
+        out = []
+        for r in rows:
+            created, active = _aware(r.created_at) or t, _aware(r.active_at) or t
+            out.append(
+                {
+                    "upload": r.id,
+                    "channel": r.channel_id,
+                    "state": r.state,
+                    "by": r.created_by,
+                    "created": _iso(created),
+                    "active": _iso(active),
+                    "age_seconds": int((t - created).total_seconds()),
+                    "idle_seconds": int((t - active).total_seconds()),
+                    "objects": counts.get(r.id, 0),
+                    "expires": _iso(active + timedelta(days=days)) if days else None,
+                }
+            )
+        return out
+
     def commit_upload(self, p: Principal, uid: str) -> dict[str, Any]:
         """Sign the release (long: runs in a worker thread). Visible only when complete."""
         p.require("curator")
@@ -514,8 +696,13 @@ class Hub:
             s.expunge(up)
         if up.state == "committed":
             return {"channel": up.channel_id, "version": up.version, "already": True}
+        if up.state == EXPIRED:
+            raise self._gone(uid, up.active_at, up.expired_at)
         if up.state == RECEIVING:
             raise Conflict(f"upload {uid} has no file list yet; send it (PUT .../files) first")
+        with self.db.session() as s:
+            # active now: the expiry job cannot take it while it is being signed
+            self._activity(s, uid, ("open",), force=True)
         missing = self._missing(self._upload_objects(uid), freshen=False)
         if missing:
             raise Conflict(

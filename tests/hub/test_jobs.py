@@ -197,7 +197,7 @@ def test_cli_runs_all_jobs_once(tmp_path: Path):
     cfg = json.loads(r.stdout)["config"]
     r = cli("hub", "jobs", "--config", cfg, "--json")
     assert r.returncode == 0, r.stderr
-    assert set(json.loads(r.stdout)["results"]) == {"packs", "gc", "expiry", "stale"}
+    assert set(json.loads(r.stdout)["results"]) == {"packs", "uploads", "gc", "expiry", "stale"}
     r = cli("hub", "jobs", "nope", "--config", cfg)
     assert r.returncode != 0 and "unknown job" in r.stderr
 

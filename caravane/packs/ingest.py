@@ -26,7 +26,7 @@ from caravane.protocol.tree import EncodedEntry, encode_entry
 from . import zim
 from .chunker import chunk_limits, iter_chunks
 from .errors import StoreError
-from .files_cache import FilesCache, Record, unchanged
+from .files_cache import FilesCache, Folder, unchanged
 
 Progress = Callable[[int], None] | None
 PREFETCH = 32
@@ -72,6 +72,12 @@ class CachedRun(NamedTuple):
 RUN_FILES = 1000
 
 
+def _encoded(fields: tuple[str, int, int, bytes, bool]) -> EncodedEntry:
+    """An EncodedEntry from its fields without the keyword-taking constructor (a million
+    of them per republish)."""
+    return tuple.__new__(EncodedEntry, fields)
+
+
 def iter_source(source: Path) -> Iterator[SourceFile]:
     """Files under ``source`` as (manifest path, real path, stat), in manifest path order.
 
@@ -105,7 +111,7 @@ def _walk(
     # absolute: the files cache knows a file by this path, whatever folder the CLI ran in
     top = os.path.abspath(source)
     listing, twins = _listing(top, "", False, checker)
-    no_recs: dict[str, Record] = {}
+    no_recs = Folder({}, b"")
     # per open folder: its real and manifest paths, whether it lies under folders merged
     # by case, its subfolders merged with a sibling, its records, its entries still to walk
     stack = [(top, "", False, twins, cache.folder(top, "") if cache else no_recs, iter(listing))]
@@ -131,10 +137,11 @@ def _walk(
         st = entry.stat(follow_symlinks=False)
         if not stat.S_ISREG(st.st_mode):
             raise PathError(f"{entry.path}: not a regular file")
-        rec = recs.get(entry.name)
+        rec = recs.recs.get(entry.name)
         if rec is not None and key == name and unchanged(rec, st, avg_chunk):
             names.append(entry.name)
-            entries.append(EncodedEntry(prefix + name, rec[0], rec[5], rec[7], rec[6]))
+            data = recs.blob[rec[7] : rec[8]]
+            entries.append(_encoded((prefix + name, rec[0], rec[5], data, rec[6])))
             continue
         if entries:
             yield CachedRun(real, prefix[:-1], names, entries)
@@ -151,6 +158,9 @@ def _listing(
 
     Code point order of ``str`` is the byte order of their UTF-8, the manifest's order."""
     out: list[tuple[str, str, os.DirEntry[str]]] = []
+    # what is checked: a book by its stream's name, a folder by its own
+    names: list[str] = []
+    folders: list[bool] = []
     with os.scandir(folder) as it:
         for entry in it:
             if entry.is_symlink():
@@ -162,16 +172,17 @@ def _listing(
                 name = unicodedata.normalize("NFC", name)
             if entry.is_dir(follow_symlinks=False):
                 out.append((name + "/", name, entry))
-            elif name[-4:].lower() == ".zim" or name[-8:].lower() == ".zim.crv":
-                out.append((zim.stream_path(name) if zim.is_book(name) else name, name, entry))
-            else:
-                out.append((name, name, entry))
+                names.append(name)
+                folders.append(True)
+                continue
+            key = name
+            if name[-4:].lower() == ".zim" or name[-8:].lower() == ".zim.crv":
+                key = zim.stream_path(name) if zim.is_book(name) else name
+            out.append((key, name, entry))
+            names.append(key)
+            folders.append(False)
     out.sort(key=lambda item: item[0])
-    # a book is checked by its stream's name, a folder by its own
-    twins = checker.listing(
-        prefix, [(k[:-1], True) if k.endswith("/") else (k, False) for k, _, _ in out], merged
-    )
-    return out, twins
+    return out, checker.listing(prefix, names, folders, merged)
 
 
 def scan_source(source: Path) -> list[SourceFile]:
@@ -227,8 +238,9 @@ class Ingest:
     takes, that the objects it names are there.
 
     ``encoded``: yield :class:`~caravane.protocol.tree.EncodedEntry` (what a tree writer
-    takes), so that an unchanged file's entry comes from the cache as bytes and is never
-    decoded; otherwise :class:`FileEntry`.
+    takes), and the entries of a :class:`CachedRun` as one list, so that an unchanged
+    file's entry comes from the cache as bytes and is never decoded; otherwise
+    :class:`FileEntry` each.
 
     Chunks travel to the workers in batches (``BATCH_OBJECTS`` or ``BATCH_BYTES``): each
     batch is one presence query and one index transaction, where one per chunk cost most
@@ -295,7 +307,7 @@ class Ingest:
                 out.append(None)
         return out
 
-    def __iter__(self) -> Iterator[FileEntry | EncodedEntry]:
+    def __iter__(self) -> Iterator[FileEntry | EncodedEntry | list[EncodedEntry]]:
         min_size = chunk_limits(self.avg_chunk)[0]
         workers = max(2, os.cpu_count() or 2)
         store, on_chunk, progress = self.store, self.on_chunk, self.progress
@@ -342,7 +354,7 @@ class Ingest:
 
             def done(
                 window: list[_Read | CachedRun], mark: int
-            ) -> Iterator[FileEntry | EncodedEntry]:
+            ) -> Iterator[FileEntry | EncodedEntry | list[EncodedEntry]]:
                 """The entries of a window, once the batches holding its chunks are in."""
                 if mark > submitted:
                     flush()
@@ -408,7 +420,9 @@ class Ingest:
                 # now name chunks just stored
                 self.cache.saw_removals(self._removals)
 
-    def _entries(self, window: list[_Read | CachedRun]) -> Iterator[FileEntry | EncodedEntry]:
+    def _entries(
+        self, window: list[_Read | CachedRun]
+    ) -> Iterator[FileEntry | EncodedEntry | list[EncodedEntry]]:
         avg, cache, encoded = self.avg_chunk, self.cache, self.encoded
         for r in window:
             if type(r) is CachedRun:
@@ -416,7 +430,7 @@ class Ingest:
                 if cache is not None:
                     cache.record_run(r.folder, r.prefix, r.names)
                 if encoded:
-                    yield from r.entries
+                    yield r.entries  # the run at once: TreeWriter.add_run
                 else:
                     yield from (FileEntry.from_dict(json.loads(e.data)) for e in r.entries)
                 continue

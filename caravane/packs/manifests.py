@@ -81,7 +81,9 @@ class WrittenTree:
 
 
 def write_tree(
-    store: ObjectStore, entries: Iterable[FileEntry | tree.EncodedEntry], check: bool = True
+    store: ObjectStore,
+    entries: Iterable[FileEntry | tree.EncodedEntry | list[tree.EncodedEntry]],
+    check: bool = True,
 ) -> WrittenTree:
     """Write the pieces of ``entries`` (ascending paths) into ``store`` as they close.
 
@@ -90,7 +92,10 @@ def write_tree(
     sink = PieceWriter(store)
     writer = tree.TreeWriter(sink.put, check=check)
     for entry in entries:
-        writer.add(entry)
+        if isinstance(entry, list):  # a run of unchanged files (Ingest, ``encoded``)
+            writer.add_run(entry)
+        else:
+            writer.add(entry)
     root = writer.finish()
     sink.flush()
     return WrittenTree(root, writer.files, writer.size, writer.objects)

@@ -242,6 +242,39 @@ class TreeWriter:
         for entry in entries:
             self.add(entry)
 
+    def add_run(self, entries: list[EncodedEntry]) -> None:
+        """:meth:`add` for each of ``entries`` (a republish's unchanged files, a folder's run
+        at a time), its loop written out: a million calls of :meth:`add` were a sixth of a
+        republish at a million files."""
+        if self._checker is not None:
+            for entry in entries:
+                self.add(entry)
+            return
+        last, run = self._last, self._run
+        for coded in entries:
+            path, size, chunks, data, cut = coded
+            if last is not None and not last < path:
+                raise FormatError(f"manifest: files out of order or repeated at {path!r}")
+            last = path
+            if not run:
+                self._first = path
+            run.append(data)
+            self._run_size += size
+            self._run_bytes += 80 + len(path) + 70 * chunks
+            if (
+                (cut and len(run) >= LEAF_MIN)
+                or self._run_bytes >= LEAF_MAX_BYTES
+                or len(run) >= MAX_LEAF_ENTRIES
+            ):
+                self._tail = coded
+                self._close_leaf()
+                run = self._run
+        if entries:
+            self._tail = entries[-1]
+        self._last = last
+        self.files += len(entries)
+        self.size += sum(e[1] for e in entries)
+
     def _close_leaf(self) -> None:
         assert self._tail is not None
         ref, data = _leaf(self._first, self._run, self._run_size, self._tail)

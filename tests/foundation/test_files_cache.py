@@ -260,3 +260,23 @@ def test_a_folder_published_under_another_name_is_read_again(tmp_path: Path) -> 
     version, read = _publish(repo, outer)
     assert (version, read) == (2, total)
     assert all(f.path.startswith("src/") for f in repo.manifest("lib", 2).files)
+
+
+def test_a_damaged_folder_row_means_its_files_are_read_again(tmp_path: Path) -> None:
+    """The cache is local state, and a disk can damage it: a row that does not decode is
+    as good as none (those files are read again), never an error or a wrong release."""
+    import sqlite3
+
+    repo = HubRepository.init(tmp_path / "repo")
+    src = _folder(tmp_path, 12)
+    _publish(repo, src)
+    db = sqlite3.connect(repo.files_cache_path)
+    (folder, data), *_ = db.execute("select dir, data from dirs order by dir").fetchall()
+    db.execute("update dirs set data = ? where dir = ?", (data[:-7] + b"garbage", folder))
+    db.commit()
+    db.close()
+    size = sum(p.stat().st_size for p in Path(folder).iterdir() if p.is_file())
+    assert _publish(repo, src) == (2, size)
+    assert _publish(repo, src) == (3, 0)  # the row was written again
+    repo.checkout("lib", tmp_path / "out")
+    assert read_tree(tmp_path / "out") == read_tree(src)

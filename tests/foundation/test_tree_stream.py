@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from caravane.protocol import tree
-from caravane.protocol.errors import PathError, VerificationError
+from caravane.protocol.errors import FormatError, PathError, VerificationError
 from caravane.protocol.metadata import FileEntry, Manifest
 from caravane.protocol.paths import SortedPathChecker, check_paths
 from caravane.protocol.release import Release
@@ -70,6 +70,34 @@ def test_the_writer_streams_the_same_pieces_as_the_whole_list() -> None:
     assert sorted(seen, key=lambda p: p[0].sha256) == sorted(pieces, key=lambda p: p[0].sha256)
     assert w.objects == {r.sha256: r.length for r, _ in pieces}
     assert (w.files, w.size) == (len(files), sum(f.size for f in files))
+
+
+def test_runs_of_encoded_entries_give_the_same_pieces_as_one_at_a_time() -> None:
+    """A republish hands unchanged files to the writer a folder's run at a time
+    (``add_run``); the leaves and the root must be those of the same entries added one
+    by one, including leaves closed by their size (a file of many chunks)."""
+    files = [
+        _entry(f"d{i // 700:03d}/p{i:06d}", chunks=1 + (i % 97 == 0) * 900) for i in range(12_000)
+    ]
+    root, pieces = tree.build_tree(files)
+    seen: list[tuple[tree.PieceRef, bytes]] = []
+    w = tree.TreeWriter(lambda ref, data: seen.append((ref, data)), check=False)
+    coded = [tree.encode_entry(f) for f in files]
+    i, step = 0, 1
+    while i < len(coded):  # runs of 1, 2, 3, ... entries, with single adds between them
+        w.add_run(coded[i : i + step])
+        i += step
+        if i < len(coded):
+            w.add(files[i])
+            i += 1
+        step = step % 1500 + 7
+    assert w.finish() == root
+    assert sorted(seen, key=lambda p: p[0].sha256) == sorted(pieces, key=lambda p: p[0].sha256)
+    assert (w.files, w.size) == (len(files), sum(f.size for f in files))
+    w = tree.TreeWriter(lambda ref, data: None, check=False)
+    w.add_run(coded[5:9])
+    with pytest.raises(FormatError, match="out of order"):
+        w.add_run(coded[:3])
 
 
 def test_the_writer_refuses_paths_out_of_order_or_colliding() -> None:

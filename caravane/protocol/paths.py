@@ -163,15 +163,9 @@ class SortedPathChecker:
         if seen is None:
             children[key] = (name, folder)
             return
-        other, other_folder = seen
-        if folder and other_folder:
-            return  # two spellings of one folder: their files are compared at finish
-        if folder or other_folder:
-            shown = prefix + (other if other_folder else name)
-            raise PathError(f"manifest path {shown!r} is both a file and a folder")
-        raise PathError(
-            f"manifest lists {prefix + name!r} and {prefix + other!r}, which differ only by case"
-        )
+        # paths come strictly ascending: never the same name twice here; two spellings of
+        # one folder pass, their files are compared at finish
+        _clash(prefix, name, folder, *seen)
 
     def finish(self) -> None:
         """The checks across folders that differ only by case (nothing to do without them)."""
@@ -243,7 +237,7 @@ class ListingChecker:
             else:
                 if name in out:  # a third spelling: compared with the second too
                     other = (name, True)
-                self._clash(prefix, name, folder, *other)
+                _clash(prefix, name, folder, *other)
                 out.update((name, other[0]))
             if merged:
                 path = prefix + name
@@ -252,25 +246,27 @@ class ListingChecker:
                 if was is None:
                     self._region[folded] = (path, folder)
                 elif not (folder and was[1]):
-                    self._clash("", path, folder, *was)
+                    _clash("", path, folder, *was)
         return out
 
-    @staticmethod
-    def _clash(prefix: str, name: str, folder: bool, other: str, other_folder: bool) -> None:
-        if name == other:  # two Unicode spellings of one name, as NFC makes them
-            what = "folder" if folder and other_folder else "name"
-            raise PathError(
-                f"manifest lists the {what} {prefix + name!r} twice (two Unicode spellings "
-                "of one name on disk); rename or merge one"
-            )
-        if folder and other_folder:
-            return  # two spellings of one folder: their subtrees are walked as merged
-        if folder or other_folder:
-            shown = prefix + (other if other_folder else name)
-            raise PathError(f"manifest path {shown!r} is both a file and a folder")
+
+def _clash(prefix: str, name: str, folder: bool, other: str, other_folder: bool) -> None:
+    """Refuse two entries of one folder that a case-insensitive drive would mix up (two
+    spellings of one folder pass: the caller compares what is under them)."""
+    if name == other:  # two Unicode spellings of one name, as NFC makes them
+        what = "folder" if folder and other_folder else "name"
         raise PathError(
-            f"manifest lists {prefix + name!r} and {prefix + other!r}, which differ only by case"
+            f"manifest lists the {what} {prefix + name!r} twice (two Unicode spellings "
+            "of one name on disk); rename or merge one"
         )
+    if folder and other_folder:
+        return  # two spellings of one folder: their subtrees are walked as merged
+    if folder or other_folder:
+        shown = prefix + (other if other_folder else name)
+        raise PathError(f"manifest path {shown!r} is both a file and a folder")
+    raise PathError(
+        f"manifest lists {prefix + name!r} and {prefix + other!r}, which differ only by case"
+    )
 
 
 def _fold(name: str) -> str:

@@ -39,7 +39,11 @@ def trees(draw: st.DrawFn) -> list[str]:
             unique=True,
         )
     )
-    # a name is a file or a folder, not both (the first one drawn wins)
+    return _files_only(paths)
+
+
+def _files_only(paths: list[str]) -> list[str]:
+    """A name is a file or a folder on disk, not both: the first one drawn wins."""
     files: list[str] = []
     for p in paths:
         if any(q.startswith(p + "/") or p.startswith(q + "/") for q in files):
@@ -74,12 +78,7 @@ def case_trees(draw: st.DrawFn) -> list[str]:
             unique=True,
         )
     )
-    files: list[str] = []
-    for p in paths:
-        if any(q.startswith(p + "/") or p.startswith(q + "/") for q in files):
-            continue  # the very same name cannot be a file and a folder on disk
-        files.append(p)
-    return files
+    return _files_only(paths)
 
 
 @settings(max_examples=150, deadline=None)

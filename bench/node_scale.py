@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,18 +45,21 @@ def _sync(centre: Path) -> tuple[float, int]:
     return seconds, rss
 
 
-def _publish(repo: Path, tree: Path) -> None:
-    subprocess.run(
-        [*caravane(), "repo", "publish", str(repo), CHANNEL, str(tree)],
-        check=True,
-        capture_output=True,
-    )
+def _child(cmd: list[str]) -> tuple[float, int]:
+    seconds, rss, code = run_child(cmd)
+    if code != 0:
+        raise RuntimeError(f"exited {code}: {' '.join(cmd)}")
+    return seconds, rss
 
 
-def _pack(repo: Path, base: int, target: int) -> None:
+def _publish(repo: Path, tree: Path) -> tuple[float, int]:
+    return _child([*caravane(), "repo", "publish", str(repo), CHANNEL, str(tree)])
+
+
+def _pack(repo: Path, base: int, target: int) -> tuple[float, int]:
     out = repo / "packs" / CHANNEL / f"{base}-{target}.pack"
     out.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run(
+    return _child(
         [
             *caravane(),
             "pack",
@@ -69,20 +71,19 @@ def _pack(repo: Path, base: int, target: int) -> None:
             str(base),
             "--to",
             str(target),
-        ],
-        check=True,
-        capture_output=True,
+        ]
     )
 
 
 def measure(files: int, work: Path) -> dict[str, Any]:
+    hub_costs: dict[str, Any] = {}
     hub, _url, server = start_hub(work / "hub")
     try:
         repo = hub.config.repo_dir
         tree = make_tree(work / "tree", files)
         time.sleep(RACY_SECONDS + 0.1)
-        _publish(repo, tree)
-        _pack(repo, 0, 1)
+        hub_costs["publish_s"], hub_costs["publish_rss"] = _publish(repo, tree)
+        hub_costs["pack_s"], hub_costs["pack_rss"] = _pack(repo, 0, 1)
         doc = hub.register_centre(
             Principal("bench", "admin"), {"name": "centre", "channels": [CHANNEL]}
         )
@@ -95,15 +96,16 @@ def measure(files: int, work: Path) -> dict[str, Any]:
     node.config.durable = False
     node.config.save()
     node.close()
-    r: dict[str, Any] = {"files": files}
+    r: dict[str, Any] = {"files": files, **hub_costs}
     r["first_s"], r["first_rss"] = _sync(centre)
 
     # the first update links every unchanged file from version 1's folder; the second
     # recycles version 1's folder (the one a centre drops after it) and touches one file
     for version, key in ((2, "update"), (3, "again")):
         change_one_file(tree, files)
-        _publish(repo, tree)
-        _pack(repo, version - 1, version)
+        time.sleep(RACY_SECONDS + 0.1)
+        r[f"republish{version}_s"], r[f"republish{version}_rss"] = _publish(repo, tree)
+        r[f"pack{version}_s"], r[f"pack{version}_rss"] = _pack(repo, version - 1, version)
         r[f"{key}_s"], r[f"{key}_rss"] = _sync(centre)
     shutil.rmtree(tree)
     live = centre / "live" / CHANNEL
@@ -111,19 +113,41 @@ def measure(files: int, work: Path) -> dict[str, Any]:
     return r
 
 
+def _cost(r: dict[str, Any], key: str) -> str:
+    return f"{r[key + '_s']:.1f} s, {r[key + '_rss'] / 1e6:.0f} MB"
+
+
 def rows_of(results: list[dict[str, Any]]) -> str:
-    return table(
-        "node sync (time, peak RSS)",
-        ["files", "first sync", "one-file update", "second update (recycled)"],
+    hub = table(
+        "hub side (time, peak RSS)",
+        ["files", "first publish", "pack 0->1", "one-file republish", "pack 1->2"],
         [
             [
                 f"{r['files']:,}",
-                f"{r['first_s']:.1f} s, {r['first_rss'] / 1e6:.0f} MB",
-                f"{r['update_s']:.1f} s, {r['update_rss'] / 1e6:.0f} MB",
-                f"{r['again_s']:.1f} s, {r['again_rss'] / 1e6:.0f} MB",
+                _cost(r, "publish"),
+                _cost(r, "pack"),
+                _cost(r, "republish2"),
+                _cost(r, "pack2"),
             ]
             for r in results
         ],
+    )
+    return (
+        hub
+        + "\n"
+        + table(
+            "node sync (time, peak RSS)",
+            ["files", "first sync", "one-file update", "second update (recycled)"],
+            [
+                [
+                    f"{r['files']:,}",
+                    f"{r['first_s']:.1f} s, {r['first_rss'] / 1e6:.0f} MB",
+                    f"{r['update_s']:.1f} s, {r['update_rss'] / 1e6:.0f} MB",
+                    f"{r['again_s']:.1f} s, {r['again_rss'] / 1e6:.0f} MB",
+                ]
+                for r in results
+            ],
+        )
     )
 
 

@@ -11,10 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from caravane.protocol.metadata import FileEntry, Manifest
 from caravane.protocol.release import Release
 from caravane.protocol.tree import Change
+
+if TYPE_CHECKING:
+    from .skim import LeafSummaries
 
 
 def missing_chunks(old: Manifest | None, new: Manifest) -> dict[str, int]:
@@ -41,7 +45,9 @@ def new_bytes(old: Manifest | None, new: Manifest) -> int:
     return sum(missing_chunks(old, new).values()) + pieces
 
 
-def missing_in_changes(changed: Iterable[Change], old: Release | None) -> dict[str, int]:
+def missing_in_changes(
+    changed: Iterable[Change], old: Release | None, summaries: LeafSummaries | None = None
+) -> dict[str, int]:
     """:func:`missing_chunks` from the change stream of ``new`` against ``old``
     (``Release.changes_from``), holding what changed, not either release.
 
@@ -51,6 +57,10 @@ def missing_in_changes(changed: Iterable[Change], old: Release | None) -> dict[s
     (content ``old`` may hold elsewhere, moved or shared) are looked for in one walk of
     ``old``'s files, which holds only the candidates: time follows ``old``, memory the
     change. The walk is skipped when no candidate is left.
+
+    ``summaries`` (a pack build's, :mod:`.skim`): the walk decodes only the leaves of
+    ``old`` whose summary holds a candidate's id, the same answer at the cost of the
+    leaves that hold one (for content new to the channel, none).
     """
     out: dict[str, int] = {}
     gone: set[str] = set()
@@ -63,7 +73,21 @@ def missing_in_changes(changed: Iterable[Change], old: Release | None) -> dict[s
                     out[sha] = size
     for sha in gone:
         out.pop(sha, None)
-    if out and old is not None:
+    if out and old is not None and summaries is not None and old.doc is not None:
+        from .skim import id_key, probes_hit, skim
+
+        probes = {id_key(h) for h in out}
+        for leaf in skim(old, summaries, probes_hit(probes), 2):
+            for f in leaf.entries or ():
+                for sha, _ in f.chunks:
+                    if out.pop(sha, None) is not None:
+                        # found: probe no more for it (unless another wanted id shares
+                        # its prefix), or every leaf that also holds it would be decoded
+                        probes.clear()
+                        probes.update(id_key(h) for h in out)
+            if not out:
+                break
+    elif out and old is not None:
         for f in old.iter_files():
             for sha, _ in f.chunks:
                 out.pop(sha, None)

@@ -36,7 +36,13 @@ from .changes import missing_chunks
 from .zstd_prefix import compress_with_prefix
 
 if TYPE_CHECKING:
+    from caravane.protocol.tree import PieceRef
+
     from .similarity import SketchIndex
+    from .skim import Leaf, LeafSummary
+
+    #: A's leaves in order, decoded where the predicate says so of their summary
+    Skimmer = Callable[[Callable[[LeafSummary], bool]], Iterator[Leaf]]
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +67,10 @@ PROBE_SAMPLE = 64 * 1024
 PROBE_COMPRESSIBLE = 0.9
 #: a group that the fast level (with its base) shrinks less than this is stored fast
 INCOMPRESSIBLE = 0.97
+#: the strong level's table of earlier positions for a group without a base (a first pack,
+#: new content): 32 MiB instead of level 19's 64, for 0.1 % more bytes on text; a group
+#: with a base keeps the level's, which finds matches across the base (11 % smaller there)
+NO_BASE_CHAIN_LOG = 23
 
 ReadChunk = Callable[[str, int], bytes]
 
@@ -171,6 +181,11 @@ def _sketchable(f: FileEntry) -> bool:
     return 0 < f.size <= SKETCH_MAX_FILE
 
 
+def _name_rank(size: int, path: str) -> tuple[float, str]:
+    """How files of A that share a target's name key and nothing else rank, best first."""
+    return (-(1 + 0.01 * size), path)
+
+
 class SimilarityIndex:
     """Finds, for a file of B, the files of A it most likely evolved from.
 
@@ -279,8 +294,10 @@ class SimilarityIndex:
             return []
         score: dict[int, float] = defaultdict(float)
         for h, n in new.chunks:
-            for i in self.by_chunk.get(h, ()):
-                score[i] += n
+            sharing = self.by_chunk.get(h, ())
+            if len(sharing) <= SKETCH_COMMON:  # more: boilerplate (a header every page has)
+                for i in sharing:
+                    score[i] += n
         if _sketchable(new):
             for piece in self._sketch_of(new):
                 owners = self._owners(piece)
@@ -327,6 +344,8 @@ class StreamedSimilarity(SimilarityIndex):
         read_chunk: ReadChunk,
         sketches: SketchIndex | None,
         targets: list[FileEntry],
+        skim: Skimmer | None = None,
+        leaves: Callable[[list[PieceRef]], list[list[FileEntry]]] | None = None,
     ) -> None:
         self.read_chunk = read_chunk
         self.sketches = sketches
@@ -340,6 +359,9 @@ class StreamedSimilarity(SimilarityIndex):
         self._targets = targets
         self._piece_owners: dict[int, list[int]] = {}
         self._count = 0
+        #: A's leaves by their summaries (:mod:`.skim`), with the index only
+        self.skim = skim if sketches is not None and leaves is not None else None
+        self._leaves = leaves or (lambda refs: [])
         sketchy = [t for t in targets if _sketchable(t)]
         light: dict[str, list[int]] = defaultdict(list)
         heavy: list[tuple[int, Any]] = []
@@ -353,7 +375,20 @@ class StreamedSimilarity(SimilarityIndex):
         pieces: set[int] = set()
         if self.sketches is None and sketchy:
             pieces = self._target_pieces()
-        self._scan(old_files(), light, heavy, pieces)
+        try:
+            self._scan(old_files(), light, heavy, pieces)
+        except sqlite3.Error as exc:
+            if self.skim is None:
+                raise
+            log.warning("leaf summaries failed (%s); walking the old release instead", exc)
+            self.skim = None
+            self.by_chunk.clear()
+            self.by_path.clear()
+            self.by_name.clear()
+            self.kept.clear()
+            for lst in self._piece_owners.values():
+                lst.clear()
+            self._scan(old_files(), light, heavy, pieces)
 
     # mypy: the parent's ``files`` is a list; here it is the kept entries by index in A
     @property  # type: ignore[override]
@@ -408,36 +443,51 @@ class StreamedSimilarity(SimilarityIndex):
         heavy: list[tuple[int, Any]],
         pieces: set[int],
     ) -> None:
-        """The walk of A: what scores for a target, the best name-only files, the counts."""
+        """The walk of A: what scores for a target, the best name-only files, the counts.
+
+        With :attr:`skim` (and no in-memory ``pieces``), A's leaves are skimmed by their
+        summaries and only those that can hold a file scoring for a target are decoded;
+        the others add their counts and their best files by name. The same answer: a file
+        of a leaf the probe misses shares no chunk, path or scoring piece with a target.
+
+        A file is kept for a chunk or a piece only while it has room for it (at most
+        :data:`SKETCH_COMMON` + 1 files are listed, past which it scores nothing, as
+        :meth:`SimilarityIndex.candidates` says): a file of A sharing only boilerplate with
+        a target competes on its name like any other, so a header every page starts with
+        does not keep all of A in memory (it kept 1,200 files of 1,200; now 20).
+        """
         interest = {h for f in self._targets for h, _ in f.chunks}
         paths = {f.path for f in self._targets}
         names = {name_key(f.path) for f in self._targets}
-        best: dict[str, list[tuple[tuple[float, str], int, FileEntry]]] = defaultdict(list)
+        #: name key -> best name-only files: (rank, index in A, entry or None, leaf, offset)
+        best: dict[str, list[tuple[tuple[float, str], int, FileEntry | None, Any, int]]]
+        best = defaultdict(list)
         sketched = 0
         count = 0
-        for i, f in enumerate(files):
-            count += 1
+        owners = self._piece_owners
+
+        def visit(i: int, f: FileEntry) -> None:
             sk = _sketchable(f)
             special = False
-            if sk:
-                sketched += f.size
             if f.path in paths:
                 self.by_path[f.path] = i
                 special = True
             for h, _ in f.chunks:
                 if h in interest:
                     lst = self.by_chunk[h]
-                    if not lst or lst[-1] != i:
+                    if lst and lst[-1] == i:
+                        continue  # the chunk twice in one file
+                    if len(lst) <= SKETCH_COMMON:
                         lst.append(i)
-                    special = True
+                        special = True
             if sk and (light or heavy):
                 owned = list(light.get(f.sha256, ()))
                 owned += [p for p, ids in heavy if f.sha256 in ids]
                 for p in owned:
-                    lst = self._piece_owners[p]
+                    lst = owners[p]
                     if len(lst) <= SKETCH_COMMON:
                         lst.append(i)
-                    special = True
+                        special = True
             if sk and pieces:
                 by_piece = self._by_piece if self._by_piece is not None else defaultdict(list)
                 self._by_piece = by_piece
@@ -445,23 +495,77 @@ class StreamedSimilarity(SimilarityIndex):
                     lst = by_piece[p]
                     if len(lst) <= SKETCH_COMMON:
                         lst.append(i)
-                    special = True
+                        special = True
             key = name_key(f.path)
             if key in names:
                 if special:
                     self.by_name[key].append(i)
                 else:
-                    top = best[key]
-                    top.append(((-(1 + 0.01 * f.size), f.path), i, f))
-                    if len(top) > CANDIDATES:
-                        top.sort(key=lambda x: x[0])
-                        del top[CANDIDATES:]
+                    rank(key, (_name_rank(f.size, f.path), i, f, None, 0))
             if special:
                 self.kept[i] = f
+
+        def rank(key: str, item: tuple[tuple[float, str], int, Any, Any, int]) -> None:
+            top = best[key]
+            top.append(item)
+            if len(top) > CANDIDATES:
+                top.sort(key=lambda x: x[0])
+                del top[CANDIDATES:]
+
+        if self.skim is not None and not pieces:
+            from .skim import id_key, path_key
+
+            by_path = {path_key(p) for p in paths}
+
+            def full() -> int:
+                """How many chunks and pieces have all the owners they can list."""
+                n = sum(len(lst) > SKETCH_COMMON for lst in self.by_chunk.values())
+                return n + sum(len(lst) > SKETCH_COMMON for lst in owners.values())
+
+            def current() -> set[int]:
+                """What a leaf must hold to be decoded: a target's path, a chunk or the
+                content of an owner of a piece that can still list files."""
+                chunks = {h for h in interest if len(self.by_chunk.get(h, ())) <= SKETCH_COMMON}
+                still = {p for p, lst in owners.items() if len(lst) <= SKETCH_COMMON}
+                shas = {sha for sha, ps in light.items() if still.intersection(ps)}
+                return by_path | {id_key(h) for h in chunks} | {id_key(sha) for sha in shas}
+
+            probes = current()
+            active = [(p, ids) for p, ids in heavy if len(owners[p]) <= SKETCH_COMMON]
+            n_full = full()
+
+            def wanted(s: Any) -> bool:
+                if s.hits(probes):
+                    return True
+                return any(ids.has_prefix(k) for _, ids in active for k in s.keys)
+
+            for leaf in self.skim(wanted):
+                count += leaf.summary.files
+                sketched += leaf.summary.sketched
+                if leaf.entries is not None:
+                    for offset, f in enumerate(leaf.entries):
+                        visit(leaf.first + offset, f)
+                    if full() != n_full:  # a chunk or piece filled up: probe less
+                        n_full = full()
+                        probes = current()
+                        active = [(p, ids) for p, ids in active if len(owners[p]) <= SKETCH_COMMON]
+                    continue
+                for key, tops in leaf.summary.names.items():
+                    if key in names:
+                        for size, path, at in tops:
+                            rank(key, (_name_rank(size, path), leaf.first + at, None, leaf.ref, at))
+        else:
+            for i, f in enumerate(files):
+                count += 1
+                if _sketchable(f):
+                    sketched += f.size
+                visit(i, f)
+        late = {r.sha256: r for top in best.values() for _, _, e, r, _ in top if e is None}
+        entries = dict(zip(late, self._leaves(list(late.values())), strict=True)) if late else {}
         for key, top in best.items():
-            for _, i, f in top:
+            for _, i, got, ref, offset in top:
                 self.by_name[key].append(i)
-                self.kept[i] = f
+                self.kept[i] = got if got is not None else entries[ref.sha256][offset]
             self.by_name[key].sort()
         self._count = count
         self.sample = sketch_sample(sketched)
@@ -623,7 +727,11 @@ def compress_group(base: bytes, target: bytes, level: int = LEVEL) -> bytes:
         fast = compress_with_prefix(base, target, FAST_LEVEL, window_log)
         if len(fast) >= INCOMPRESSIBLE * len(target):
             return fast
-    return compress_with_prefix(base, target, level, window_log)
+    # past 256 KiB zstd's strong levels take their largest tables (below, their own
+    # smaller ones, which an explicit value would override)
+    large = len(target) > 256 * 1024
+    chain_log = NO_BASE_CHAIN_LOG if not base and large and level > FAST_LEVEL else 0
+    return compress_with_prefix(base, target, level, window_log, chain_log)
 
 
 def decompress_group(base: bytes, payload: bytes, target_len: int, what: str) -> bytes:

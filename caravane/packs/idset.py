@@ -67,6 +67,10 @@ class IdSet:
         v = int(sha[:16], 16)
         return v in self._pending or self._in_sorted(v)
 
+    def has_prefix(self, v: int) -> bool:
+        """``in`` for an id given as its first 64 bits (as ``int(sha[:16], 16)``)."""
+        return v in self._pending or self._in_sorted(v)
+
     def __len__(self) -> int:
         return self._count
 

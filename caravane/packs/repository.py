@@ -54,7 +54,7 @@ from caravane.protocol.metadata import ChannelMeta, FileEntry, Manifest, Release
 from caravane.protocol.release import Release
 from caravane.protocol.trust import TrustedState
 
-from . import changes, delta, similarity
+from . import changes, delta, similarity, skim
 from .errors import StoreError
 from .idset import IdSet
 from .ingest import PREFETCH, Progress, ingest_files, scan_source
@@ -842,23 +842,44 @@ class RepositoryBase:
         changed = new.changes_from(old_rel)
         targets: Iterable[tuple[int, FileEntry]]
         wanted: dict[str, int] | delta.FirstCarry
+        # the similarity index, and beside it the summaries of A's leaves, which spare the
+        # walks of A below all but the leaves holding something a target shares (.skim)
+        sketches = similarity.open_index(self.path) if old_rel is not None else None
+        summaries = sketches.leaf_summaries() if sketches is not None else None
         if old_rel is None:
             # from nothing: every file of B as it streams, never held (a million files)
             wanted = delta.FirstCarry()
             targets = enumerate(new.iter_files())
         else:
             kept = list(changed)
-            wanted = changes.missing_in_changes(kept, old_rel)
+            try:
+                wanted = changes.missing_in_changes(kept, old_rel, summaries)
+            except sqlite3.Error as exc:
+                log.warning("%s: leaf summaries failed (%s); walking A", self.path, exc)
+                summaries = None
+                wanted = changes.missing_in_changes(kept, old_rel)
             files = [f for _, f in kept if f is not None and any(h in wanted for h, _ in f.chunks)]
             del kept
             targets = list(zip(_positions(new, [f.path for f in files]), files, strict=True))
         similar = old_rel is not None and isinstance(targets, list) and bool(targets)
-        sketches = similarity.open_index(self.path) if similar else None
         if similar:
             assert old_rel is not None and isinstance(targets, list)
-            key = hashlib.sha256(b"release " + old_mbytes).digest()
+            key = release_key(old_mbytes)
+            if sketches is not None:
+                self._complete_by_diff(sketches, snap, channel, old_rel, key)
+            a = old_rel
             index: delta.SimilarityIndex = delta.StreamedSimilarity(
-                old_rel.iter_files, key, chunk_bytes, sketches, [f for _, f in targets]
+                a.iter_files,
+                key,
+                chunk_bytes,
+                sketches,
+                [f for _, f in targets],
+                skim=(
+                    (lambda want: skim.skim(a, summaries, want, delta.CANDIDATES))
+                    if summaries is not None and a.doc is not None
+                    else None
+                ),
+                leaves=lambda refs: skim.leaf_entries(a, refs),
             )
         else:
             index = delta.SimilarityIndex(None, chunk_bytes)
@@ -934,6 +955,36 @@ class RepositoryBase:
             n_bytes,
         )
 
+    def _complete_by_diff(
+        self, sketches: similarity.SketchIndex, snap: Snapshot, channel: str, a: Release, key: bytes
+    ) -> None:
+        """Note A complete in the similarity index from an earlier release that is, sketching
+        what changed between them, so the build does not walk all of A to check (the first
+        build from each new release did: the channel's cost for a one-file change). The
+        nearest retained release among the few before A; none complete: the build walks."""
+        try:
+            if sketches.is_complete(key):
+                return
+            versions = sorted(snap.channel(channel).releases)
+            older = [v for v in versions if v < a.version][-COMPLETE_LOOKBACK:]
+            for v in reversed(older):
+                mbytes = self.manifest_bytes(channel, v)
+                if not sketches.is_complete(release_key(mbytes)):
+                    continue
+                base = Release.open(mbytes, snap.ref(channel, v), channel, self.pieces())
+                batch: list[FileEntry] = []
+                for old, new in a.changes_from(base):
+                    if new is not None and (old is None or old.sha256 != new.sha256):
+                        batch.append(new)
+                        if len(batch) >= SKETCH_BATCH:
+                            sketches.ensure(batch, self.store.read)
+                            batch = []
+                sketches.ensure(batch, self.store.read)
+                sketches.note_complete(key)
+                return
+        except sqlite3.Error as exc:  # a cache: the build's own check walks A instead
+            log.warning("%s: similarity index not completed from the diff (%s)", self.path, exc)
+
     def _add_tree(
         self,
         writer: PackWriter,
@@ -993,6 +1044,16 @@ class RepositoryBase:
             size += ref.length
         if group:
             flush(group)
+
+
+#: releases before A looked at for one whose sketches are all indexed
+COMPLETE_LOOKBACK = 4
+SKETCH_BATCH = 2048
+
+
+def release_key(manifest_bytes: bytes) -> bytes:
+    """A release's name in the similarity index's ``complete`` notes."""
+    return hashlib.sha256(b"release " + manifest_bytes).digest()
 
 
 def _positions(release: Release, paths: list[str]) -> list[int]:

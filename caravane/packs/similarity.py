@@ -27,10 +27,14 @@ import sqlite3
 import struct
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from caravane.protocol.metadata import FileEntry
 
 from .delta import SKETCH_MAX_FILE, SKETCH_SAMPLE, sketch
+
+if TYPE_CHECKING:
+    from .skim import LeafSummaries
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +117,12 @@ class SketchIndex:
             raise
         return db
 
+    def leaf_summaries(self) -> LeafSummaries:
+        """The summaries of file-list leaves kept beside the sketches (:mod:`.skim`)."""
+        from .skim import LeafSummaries
+
+        return LeafSummaries(self._db)
+
     def remove_files(self) -> None:
         for suffix in ("", "-wal", "-shm"):
             Path(f"{self.path}{suffix}").unlink(missing_ok=True)
@@ -171,6 +181,12 @@ class SketchIndex:
             with self._db:
                 self._db.execute("INSERT OR IGNORE INTO complete VALUES (?)", (digest,))
         return len(missing)
+
+    def note_complete(self, key: bytes) -> None:
+        """Note that every sketchable file of the release ``key`` names is here (a caller
+        that sketched what it changed from a release already complete)."""
+        with self._db:
+            self._db.execute("INSERT OR IGNORE INTO complete VALUES (?)", (key,))
 
     def is_complete(self, key: bytes) -> bool:
         """Whether :meth:`ensure_stream` finished for the release ``key`` names."""

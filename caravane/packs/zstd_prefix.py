@@ -19,6 +19,7 @@ import zstandard as zstd
 
 _C_LEVEL = 100
 _C_WINDOW_LOG = 101
+_C_CHAIN_LOG = 103
 _C_LDM = 160
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
@@ -67,12 +68,19 @@ def available() -> bool:
     return _load() is not None
 
 
-def compress_with_prefix(prefix: bytes, data: bytes, level: int, window_log: int) -> bytes:
-    """One zstd frame of ``data`` that may refer back into ``prefix`` (long matching on)."""
+def compress_with_prefix(
+    prefix: bytes, data: bytes, level: int, window_log: int, chain_log: int = 0
+) -> bytes:
+    """One zstd frame of ``data`` that may refer back into ``prefix`` (long matching on).
+
+    ``chain_log``: when set, the match finder's table of earlier positions (the largest
+    part of a strong level's memory: 64 MiB at level 19) is that size instead of the
+    level's."""
     lib = _load()
     if lib is None:
+        extra = {"chain_log": chain_log} if chain_log else {}
         params = zstd.ZstdCompressionParameters.from_level(
-            level, window_log=window_log, enable_ldm=True, write_content_size=True
+            level, window_log=window_log, enable_ldm=True, write_content_size=True, **extra
         )
         kwargs: dict[str, Any] = {"compression_params": params}
         if prefix:
@@ -84,7 +92,10 @@ def compress_with_prefix(prefix: bytes, data: bytes, level: int, window_log: int
     if not cctx:
         raise MemoryError("zstd: cannot create a compression context")
     try:
-        for param, value in ((_C_LEVEL, level), (_C_WINDOW_LOG, window_log), (_C_LDM, 1)):
+        settings = [(_C_LEVEL, level), (_C_WINDOW_LOG, window_log), (_C_LDM, 1)]
+        if chain_log:
+            settings.append((_C_CHAIN_LOG, chain_log))
+        for param, value in settings:
             if lib.ZSTD_isError(lib.ZSTD_CCtx_setParameter(cctx, param, value)):
                 raise ValueError(f"zstd: parameter {param}={value} refused")
         if prefix and lib.ZSTD_isError(lib.ZSTD_CCtx_refPrefix(cctx, prefix, len(prefix))):
@@ -94,6 +105,6 @@ def compress_with_prefix(prefix: bytes, data: bytes, level: int, window_log: int
         n = lib.ZSTD_compress2(cctx, out, cap, data, len(data))
         if lib.ZSTD_isError(n):
             raise ValueError("zstd: compression failed")
-        return out.raw[:n]
+        return ctypes.string_at(out, n)  # not out.raw[:n]: that copies the whole buffer first
     finally:
         lib.ZSTD_freeCCtx(cctx)

@@ -505,6 +505,13 @@ def _leaf_entries(ref: PieceRef, doc: Any, what: str) -> list[FileEntry]:
     return entries
 
 
+def leaf_entries(ref: PieceRef, data: bytes, what: str) -> list[FileEntry]:
+    """A leaf's bytes checked against its reference, as its entries."""
+    if ref.level != 0:
+        raise FormatError(f"{what}: a node where a leaf was expected")
+    return _leaf_entries(ref, _check_piece(ref, data, what), what)
+
+
 def children_of(ref: PieceRef, data: bytes, what: str) -> list[PieceRef]:
     """A piece checked against its reference; the pieces it names (none for a leaf)."""
     parsed = _check_piece(ref, data, what)

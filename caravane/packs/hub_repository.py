@@ -12,6 +12,7 @@ import hashlib
 import logging
 import os
 import shutil
+import sqlite3
 import time
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from caravane.protocol.metadata import (
 from caravane.protocol.release import Release
 from caravane.protocol.tree import encode_doc
 
+from . import similarity
 from .chunker import DEFAULT_AVG
 from .errors import StoreError
 from .files_cache import FilesCache
@@ -498,13 +500,16 @@ class HubRepository(RepositoryBase):
                     p.unlink()
             return drop
 
-    def referenced_objects(self, snap: Snapshot | None = None) -> IdSet:
+    def referenced_objects(
+        self, snap: Snapshot | None = None, contents: IdSet | None = None
+    ) -> IdSet:
         """Every object a retained release uses, read from the pieces (nothing per file held).
 
         Each release is walked leaf by leaf, every piece verified as it is read; the ids go
         into an :class:`~.idset.IdSet`, 8 B an object (a ``set`` of ids took about 120 B,
         250 MB at two million). Its rare false "yes" (two ids sharing 64 bits) only keeps
-        an object collection could have freed.
+        an object collection could have freed. ``contents``, when given, gets the content
+        hash of every file on the way (what the similarity index may keep sketches of).
         """
         snap = snap or self.snapshot()
         refs = IdSet()
@@ -516,6 +521,8 @@ class HubRepository(RepositoryBase):
                     for f in release.iter_files():
                         for sha, _ in f.chunks:
                             refs.add(sha)
+                        if contents is not None:
+                            contents.add(f.sha256)
         return refs
 
     def collect_garbage(
@@ -532,7 +539,8 @@ class HubRepository(RepositoryBase):
         """
         with self.lock():
             cutoff = time.time() - grace_seconds
-            refs = self.referenced_objects()
+            contents = IdSet()
+            refs = self.referenced_objects(contents=contents)
             extra = keep() if keep else set()
             count = freed = 0
             for sha in self.store.iter_ids():
@@ -541,10 +549,37 @@ class HubRepository(RepositoryBase):
                     if n:
                         freed += n
                         count += 1
+            # under the lock too: what a release signed meanwhile brings is never pruned
+            self._prune_index(contents, refs)
         # outside the lock: moving live objects between segments never changes what is
         # stored, so commits need not wait for it
         self.store.compact()
         return count, freed
+
+    def _prune_index(self, contents: IdSet, pieces: IdSet) -> None:
+        """Drop the similarity index's sketches of content no retained release holds and its
+        summaries of file-list leaves no retained release names: without this the index
+        grew with every release ever published (a week's changed leaves are summarised
+        again, 5 KB each). A cache: a failure is logged and the next collection retries."""
+        sketches = similarity.open_index(self.path)
+        if sketches is None:
+            return
+        try:
+            files, leaves = sketches.prune(contents, pieces)
+            if files or leaves:
+                log.info(
+                    "%s: similarity index: %d sketches and %d leaf summaries of content no "
+                    "retained release holds removed",
+                    self.path,
+                    files,
+                    leaves,
+                )
+        except sqlite3.Error as exc:
+            log.warning(
+                "%s: similarity index not pruned (%s); the next collection retries", self.path, exc
+            )
+        finally:
+            sketches.close()
 
 
 def move_keys_out(path: Path) -> list[Path]:

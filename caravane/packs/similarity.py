@@ -34,6 +34,7 @@ from caravane.protocol.metadata import FileEntry
 from .delta import SKETCH_MAX_FILE, SKETCH_SAMPLE, sketch
 
 if TYPE_CHECKING:
+    from .idset import IdSet
     from .skim import LeafSummaries
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ INDEX_RELPATH = "index/similarity.sqlite"
 #: what the stored values depend on; a different value (new parameters) empties the index
 PARAMS = "blake2b8/fastcdc-128-512-4096/sample-4"
 BATCH = 500  # shas per IN (...) query, files per transaction
+PRUNE_PAGE = 5000  # rows looked at per transaction when pruning
 _SIGN = 1 << 63
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -59,6 +61,11 @@ CREATE TABLE IF NOT EXISTS complete (digest BLOB PRIMARY KEY) WITHOUT ROWID;
 """
 
 ReadChunk = Callable[[str, int], bytes]
+
+
+def _prefix(sha: bytes) -> int:
+    """A binary SHA-256's first 64 bits, as :class:`.idset.IdSet` keeps ids."""
+    return int.from_bytes(sha[:8], "big")
 
 
 def _signed(h: int) -> int:
@@ -181,6 +188,52 @@ class SketchIndex:
             with self._db:
                 self._db.execute("INSERT OR IGNORE INTO complete VALUES (?)", (digest,))
         return len(missing)
+
+    def prune(self, contents: IdSet, pieces: IdSet) -> tuple[int, int]:
+        """Remove the sketches of contents not in ``contents`` and the leaf summaries of
+        pieces not in ``pieces`` (collection's sets of what retained releases hold);
+        returns how many of each. A page of rows at a time, so neither the rows nor the
+        dead are held whole; what is kept is exactly what some retained release can ask
+        for, so every ``complete`` note about a retained release stays true."""
+        files = leaves = 0
+        last = -1
+        while True:
+            rows = self._db.execute(
+                "SELECT id, sha, pieces FROM files WHERE id > ? ORDER BY id LIMIT ?",
+                (last, PRUNE_PAGE),
+            ).fetchall()
+            if not rows:
+                break
+            last = rows[-1][0]
+            dead = [(i, blob) for i, sha, blob in rows if not contents.has_prefix(_prefix(sha))]
+            with self._db:
+                for i, blob in dead:
+                    self._db.executemany(
+                        "DELETE FROM pieces WHERE piece = ? AND file = ?",
+                        ((_signed(h), i) for h in _unpack(blob)),
+                    )
+                    self._db.execute("DELETE FROM files WHERE id = ?", (i,))
+            files += len(dead)
+        from .skim import LeafSummaries
+
+        LeafSummaries(self._db)  # the table, for an index no build has used yet
+        after = b""
+        while True:
+            shas = [
+                sha
+                for (sha,) in self._db.execute(
+                    "SELECT sha FROM leaves WHERE sha > ? ORDER BY sha LIMIT ?",
+                    (after, PRUNE_PAGE),
+                )
+            ]
+            if not shas:
+                break
+            after = shas[-1]
+            dead_leaves = [(sha,) for sha in shas if not pieces.has_prefix(_prefix(sha))]
+            with self._db:
+                self._db.executemany("DELETE FROM leaves WHERE sha = ?", dead_leaves)
+            leaves += len(dead_leaves)
+        return files, leaves
 
     def note_complete(self, key: bytes) -> None:
         """Note that every sketchable file of the release ``key`` names is here (a caller

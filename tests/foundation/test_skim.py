@@ -237,3 +237,39 @@ def test_a_new_release_is_known_sketched_from_the_diff(
     cold = [_build(hub, tmp_path / f"cold-{n}.pack", n, n + 1) for n in (2, 3)]
     assert walks[2:] == [True, False]  # v2 walked once, then it vouches for v3
     assert cold == warm
+
+
+def test_collection_prunes_the_index_to_what_retained_releases_hold(tmp_path: Path) -> None:
+    """Sketches and leaf summaries of releases no longer kept go with their objects, so the
+    index stops growing with every release ever published; builds from what is kept are
+    the same bytes as with a fresh index."""
+    a = _library(600, seed=1)
+    b = _library(600, seed=2)  # every page rewritten: v1's contents and leaves all go
+    c = dict(b)
+    c["d02/page-00200.html"] = "troisieme version"
+    hub = HubRepository.init(tmp_path / "hub")
+    for n, files in enumerate((a, b, c)):
+        hub.publish("c", write_tree(tmp_path / f"src{n}", files), avg_chunk=1024)
+    _build(hub, tmp_path / "12.pack", 1, 2)
+    _build(hub, tmp_path / "23.pack", 2, 3)
+
+    def rows() -> tuple[int, int]:
+        db = sqlite3.connect(hub.path / INDEX_RELPATH)
+        try:
+            got = [
+                db.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("files", "leaves")
+            ]
+        finally:
+            db.close()
+        return got[0], got[1]
+
+    assert hub.retain("c", 2) == [1]
+    warm = _build(hub, tmp_path / "23-kept.pack", 2, 3)  # the channel's metadata changed
+    files_before, leaves_before = rows()
+    hub.collect_garbage()
+    files_after, leaves_after = rows()
+    assert files_before - files_after >= 590  # v1's pages (a few may match by chance)
+    assert 0 < leaves_after < leaves_before
+    assert _build(hub, tmp_path / "23-again.pack", 2, 3) == warm
+    (hub.path / INDEX_RELPATH).unlink()
+    assert _build(hub, tmp_path / "23-cold.pack", 2, 3) == warm

@@ -39,7 +39,7 @@ from caravane.protocol.metadata import (
     ReleaseRef,
     check_channel,
 )
-from caravane.protocol.paths import SortedPathChecker
+from caravane.protocol.paths import SortedPathChecker, check_added
 from caravane.protocol.release import Release
 from caravane.protocol.trust import (
     MAX_ROOT_ROTATIONS,
@@ -392,11 +392,18 @@ class CentreStore(RepositoryBase):
             return release, None
         checker = SortedPathChecker()
         changed = []
-        for _, new in release.changes_from(old):
+        added = []
+        for before, new in release.changes_from(old):
             if new is not None:
                 checker.add(new.path)
                 changed.append(new)
+                if before is None:
+                    added.append(new.path)
         checker.finish()
+        if added:  # names a case-insensitive drive would merge with ones already there
+            assert release.doc is not None and release.read is not None
+            cursor = tree.PathCursor(release.doc, release.read, release.what)
+            check_added(added, cursor.listing)
         return release, changed
 
     def _apply_tree(self, entry: Any, what: str, intake: _TreeIntake) -> int:
@@ -537,7 +544,7 @@ class _Positional:
             ref, start = children[k], start + starts[k]
         name = f"{self._what} piece {ref.sha256[:12]}"
         # the checks tree.iter_leaves makes of a leaf: hash, length, entries and counts
-        entries = tree._leaf_entries(ref, tree._check_piece(ref, self._piece(ref), name), name)
+        entries = tree.leaf_entries(ref, self._piece(ref), name)
         self._leaf = (start, entries)
         return entries[i - start]
 

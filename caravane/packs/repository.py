@@ -1085,11 +1085,10 @@ def _positions(release: Release, paths: list[str]) -> list[int]:
             if len(datas) != 1:
                 raise VerificationError(f"{what}: pieces missing")
             name = f"{what} piece {ref.sha256[:12]}"
-            parsed = tree._check_piece(ref, datas[0], name)
             if ref.level > 0:
-                value: Any = tree._node_children(ref, parsed, name)
+                value: Any = tree.children_of(ref, datas[0], name)
             else:
-                value = tree._leaf_entries(ref, parsed, name)
+                value = tree.leaf_entries(ref, datas[0], name)
             cached = path_cache[ref.level] = (ref.sha256, value)
         return cached[1]
 

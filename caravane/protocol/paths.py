@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from array import array
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from .errors import PathError
 
@@ -271,6 +271,55 @@ def _clash(prefix: str, name: str, folder: bool, other: str, other_folder: bool)
 
 def _fold(name: str) -> str:
     return name.lower() if name.isascii() else fold(name)
+
+
+#: a folder's direct entries: (name, is a folder), each name once
+Listing = Callable[[str], Iterable[tuple[str, bool]]]
+
+
+def check_added(added: Iterable[str], listing: Listing) -> None:
+    """:func:`check_paths` of a release B made of a release that passed it and ``added``,
+    given ``listing`` (the entries of a folder of B; "" is the top, a folder's prefix ends
+    with "/"): the check of an update, which must not read all of B.
+
+    A collision in B the earlier release did not have involves an added path, so each is
+    followed down from the top through every spelling of each of its folders (sibling
+    folders that differ only by case are allowed, and a case-insensitive drive merges
+    them): at each level, the entries of those folders whose name folds like the path's.
+    A file must be the only entry folding to its path, a folder must not fold like a file.
+    What is read: the listings of the folders the added paths are in and above (cached),
+    not the release.
+    """
+    listings: dict[str, dict[str, list[tuple[str, bool]]]] = {}
+
+    def named(prefix: str, key: str) -> list[tuple[str, bool]]:
+        got = listings.get(prefix)
+        if got is None:
+            got = listings[prefix] = {}
+            for name, is_folder in listing(prefix):
+                got.setdefault(_fold(name), []).append((prefix + name, is_folder))
+        return got.get(key, [])
+
+    for path in added:
+        check_path(path)
+        parts = path.split("/")
+        variants = [""]
+        for depth, name in enumerate(parts):
+            key = _fold(name)
+            found = [hit for v in variants for hit in named(v, key)]
+            if depth == len(parts) - 1:
+                for other, is_folder in found:
+                    if is_folder:
+                        raise PathError(f"manifest path {path!r} is both a file and a folder")
+                    if other != path:
+                        raise PathError(
+                            f"manifest lists {path!r} and {other!r}, which differ only by case"
+                        )
+            else:
+                for other, is_folder in found:
+                    if not is_folder:
+                        raise PathError(f"manifest path {other!r} is both a file and a folder")
+                variants = [other + "/" for other, _ in found]
 
 
 def check_paths(paths: Iterable[str]) -> None:

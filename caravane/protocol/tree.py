@@ -652,6 +652,80 @@ def iter_files(doc: TreeDoc, read: PieceReader, what: str = "manifest") -> Itera
         )
 
 
+class PathCursor:
+    """A format 2 release's entries from a path on, found by going down from the root by
+    the first keys the nodes give (every piece verified as it is read): what a folder's
+    listing needs, at the cost of that folder's entries and a few nodes per level."""
+
+    def __init__(self, doc: TreeDoc, read: PieceReader, what: str) -> None:
+        self._root, self._read, self._what = doc.root, read, what
+        self._nodes: dict[str, tuple[list[str], list[PieceRef]]] = {}
+
+    def _piece(self, ref: PieceRef) -> bytes:
+        datas = self._read([ref])
+        if len(datas) != 1:
+            raise VerificationError(f"{self._what}: pieces missing")
+        return datas[0]
+
+    def _children(self, ref: PieceRef) -> tuple[list[str], list[PieceRef]]:
+        got = self._nodes.get(ref.sha256)
+        if got is None:
+            kids = children_of(ref, self._piece(ref), f"{self._what} piece {ref.sha256[:12]}")
+            if len(self._nodes) >= 1024:
+                self._nodes.clear()
+            got = self._nodes[ref.sha256] = ([k.first for k in kids], kids)
+        return got
+
+    def _leaf(self, ref: PieceRef) -> list[FileEntry]:
+        return leaf_entries(ref, self._piece(ref), f"{self._what} piece {ref.sha256[:12]}")
+
+    def entries_from(self, key: str) -> Iterator[FileEntry]:
+        """The entries whose path is ``key`` or after it, in order."""
+        if self._root is None:
+            return
+        stack: list[tuple[list[PieceRef], int]] = []
+        ref = self._root
+        while ref.level > 0:
+            firsts, kids = self._children(ref)
+            i = max(bisect.bisect_right(firsts, key) - 1, 0)
+            stack.append((kids, i))
+            ref = kids[i]
+        entries = self._leaf(ref)
+        yield from entries[bisect.bisect_left([e.path for e in entries], key) :]
+        while stack:
+            kids, i = stack.pop()
+            if i + 1 == len(kids):
+                continue
+            stack.append((kids, i + 1))
+            ref = kids[i + 1]
+            while ref.level > 0:
+                _, below = self._children(ref)
+                stack.append((below, 0))
+                ref = below[0]
+            yield from self._leaf(ref)
+
+    def listing(self, prefix: str) -> list[tuple[str, bool]]:
+        """The direct entries of the folder ``prefix`` ("" or ending with "/"): (name, is a
+        folder). A subfolder is skipped in one seek past its paths, so the listing costs
+        the folder's own files and a descent per subfolder, not what lies below."""
+        out: list[tuple[str, bool]] = []
+        key = prefix
+        while True:
+            for entry in self.entries_from(key):
+                if not entry.path.startswith(prefix):
+                    return out
+                rest = entry.path[len(prefix) :]
+                cut = rest.find("/")
+                if cut < 0:
+                    out.append((rest, False))
+                    continue
+                out.append((rest[:cut], True))
+                key = prefix + rest[:cut] + "0"  # "0" follows "/": past the subfolder
+                break
+            else:
+                return out
+
+
 #: a change between two releases: (old entry or None, new entry or None), same path
 Change = tuple[FileEntry | None, FileEntry | None]
 

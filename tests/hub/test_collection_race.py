@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -84,8 +85,8 @@ def test_grace_period_spares_objects_of_an_upload_opened_during_collection(
     started = threading.Event()
     original = hub.repo.referenced_objects
 
-    def referenced() -> set[str]:
-        refs = original()
+    def referenced(*args: Any, **kw: Any) -> Any:
+        refs = original(*args, **kw)
         started.set()
         time.sleep(0.3)  # the upload below opens and sends its objects meanwhile
         return refs

@@ -183,7 +183,7 @@ def _sketchable(f: FileEntry) -> bool:
     return 0 < f.size <= SKETCH_MAX_FILE
 
 
-def _name_rank(size: int, path: str) -> tuple[float, str]:
+def name_rank(size: int, path: str) -> tuple[float, str]:
     """How files of A that share a target's name key and nothing else rank, best first."""
     return (-(1 + 0.01 * size), path)
 
@@ -503,7 +503,7 @@ class StreamedSimilarity(SimilarityIndex):
                 if special:
                     self.by_name[key].append(i)
                 else:
-                    rank(key, (_name_rank(f.size, f.path), i, f, None, 0))
+                    rank(key, (name_rank(f.size, f.path), i, f, None, 0))
             if special:
                 self.kept[i] = f
 
@@ -555,7 +555,7 @@ class StreamedSimilarity(SimilarityIndex):
                 for key, tops in leaf.summary.names.items():
                     if key in names:
                         for size, path, at in tops:
-                            rank(key, (_name_rank(size, path), leaf.first + at, None, leaf.ref, at))
+                            rank(key, (name_rank(size, path), leaf.first + at, None, leaf.ref, at))
         else:
             for i, f in enumerate(files):
                 count += 1

@@ -56,12 +56,6 @@ def path_key(path: str) -> int:
     return int.from_bytes(hashlib.blake2b(path.encode(), digest_size=8).digest())
 
 
-def name_rank(size: int, path: str) -> tuple[float, str]:
-    """How files that share a name key and nothing else rank (best first); the same key
-    :class:`.delta.StreamedSimilarity` sorts them by."""
-    return (-(1 + 0.01 * size), path)
-
-
 @dataclass
 class LeafSummary:
     files: int
@@ -109,7 +103,8 @@ class LeafSummary:
 
 
 def summarize(entries: list[FileEntry], candidates: int) -> LeafSummary:
-    from .delta import _sketchable, name_key
+    from .delta import name_key, name_rank
+    from .similarity import sketchable
 
     keys: set[int] = set()
     names: dict[str, list[tuple[tuple[float, str], int, str, int]]] = {}
@@ -117,7 +112,7 @@ def summarize(entries: list[FileEntry], candidates: int) -> LeafSummary:
     for offset, f in enumerate(entries):
         keys.add(path_key(f.path))
         keys.update(id_key(h) for h, _ in f.chunks)
-        if _sketchable(f):
+        if sketchable(f):
             sketched += f.size
             keys.add(id_key(f.sha256))
         top = names.setdefault(name_key(f.path), [])

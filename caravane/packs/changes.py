@@ -9,7 +9,7 @@ plan or an on-demand decision wrong without any test noticing, so there is one f
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -94,6 +94,14 @@ def missing_in_changes(
             if not out:
                 break
     return out
+
+
+def new_contents(changed: Iterable[Change]) -> Iterator[FileEntry]:
+    """The new sides of ``changed`` whose content differs from the old side's: the files
+    a release brings that the similarity index may lack a sketch of."""
+    for old, new in changed:
+        if new is not None and (old is None or old.sha256 != new.sha256):
+            yield new
 
 
 def release_new_bytes(old: Release | None, new: Release) -> int:

@@ -38,6 +38,7 @@ from caravane.protocol.release import Release
 from caravane.protocol.tree import encode_doc
 
 from . import similarity
+from .changes import new_contents
 from .chunker import DEFAULT_AVG
 from .errors import StoreError
 from .files_cache import FilesCache
@@ -343,12 +344,11 @@ class HubRepository(RepositoryBase):
             return
         try:
             batch: list[FileEntry] = []
-            for old, entry in new.changes_from(previous):
-                if entry is not None and (old is None or old.sha256 != entry.sha256):
-                    batch.append(entry)
-                    if len(batch) >= SKETCH_HOLD:
-                        self.index_sketches(batch)
-                        batch = []
+            for entry in new_contents(new.changes_from(previous)):
+                batch.append(entry)
+                if len(batch) >= SKETCH_HOLD:
+                    self.index_sketches(batch)
+                    batch = []
             self.index_sketches(batch)
         except CaravaneError as exc:  # a cache: the next pack build fills the gap
             log.warning("%s: similarity index not updated (%s)", self.path, exc)

@@ -973,12 +973,11 @@ class RepositoryBase:
                     continue
                 base = Release.open(mbytes, snap.ref(channel, v), channel, self.pieces())
                 batch: list[FileEntry] = []
-                for old, new in a.changes_from(base):
-                    if new is not None and (old is None or old.sha256 != new.sha256):
-                        batch.append(new)
-                        if len(batch) >= SKETCH_BATCH:
-                            sketches.ensure(batch, self.store.read)
-                            batch = []
+                for new in changes.new_contents(a.changes_from(base)):
+                    batch.append(new)
+                    if len(batch) >= SKETCH_BATCH:
+                        sketches.ensure(batch, self.store.read)
+                        batch = []
                 sketches.ensure(batch, self.store.read)
                 sketches.note_complete(key)
                 return

@@ -19,14 +19,12 @@ a reboot costs at most the block in flight (packs) or one object.
 
 from __future__ import annotations
 
-import bisect
 import contextlib
+import logging
 import os
-import re
 import shutil
 import threading
-from array import array
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,7 +39,6 @@ from caravane.packs.layout import (
     pack_relpath,
     root_relpath,
 )
-from caravane.packs.manifests import pieces_of
 from caravane.packs.packfile import MAGIC, read_entries
 from caravane.protocol import tree
 from caravane.protocol.errors import CaravaneError, NotFoundError
@@ -68,7 +65,6 @@ __all__ = [
 ]
 
 OBJECT_WORKERS = 4
-HEX64_QUOTED = re.compile(rb'"([0-9a-f]{64})"')
 #: room for what a pack carries besides chunks: root and channel metadata, entry headers
 PACK_OVERHEAD = 16 * 1024 * 1024
 
@@ -657,8 +653,9 @@ class SyncEngine:
         """Drop manifests older than the kept releases, then objects no manifest left needs.
 
         Manifests still on disk (kept releases, and newer ones of other channels whose
-        transfer is under way) are read one at a time, so a channel of hundreds of thousands
-        of objects is collected without holding several parsed manifests at once.
+        transfer is under way) keep what they name. The store counts what each names
+        (``packs/refcount.py``), so this costs what changed since the last collection, not
+        the channel.
         """
         folder = self.repo.path / "manifests" / channel
         if folder.is_dir():
@@ -666,55 +663,18 @@ class SyncEngine:
                 old = p.stem.isdigit() and int(p.stem) < max(keep_versions)
                 if old and int(p.stem) not in keep_versions:
                     p.unlink(missing_ok=True)
-        with self.repo.lock():
-            keep = _IdSet()
-            for path in (self.repo.path / "manifests").glob("*/*.json"):
-                try:
-                    data = path.read_bytes()
-                except OSError:
-                    return  # unsure what is needed: collect nothing this time
-                # every object id in a manifest, without building its objects: file hashes
-                # come along too, which only means keeping nothing extra
-                keep.update(HEX64_QUOTED.findall(data))
-                try:  # a format 2 manifest names its pieces, which name the objects
-                    for sha, piece in pieces_of(data, self.repo.store):
-                        keep.add(sha)
-                        keep.update(HEX64_QUOTED.findall(piece))
-                except (CaravaneError, OSError):
-                    return  # a piece is missing or damaged: collect nothing this time
-                del data
-            keep.freeze()
-            for sha in self.repo.store.iter_ids():
-                if sha not in keep:
-                    self.repo.store.remove(sha)
-            self.repo.store.compact()  # give the dead objects' space back
-
-
-class _IdSet:
-    """Object ids to keep, as sorted 64-bit prefixes: 8 bytes an id where a set of strings
-    costs about 100 (a million-file channel names a million objects and more). Two ids
-    sharing a prefix only keep an object that could have gone."""
-
-    def __init__(self) -> None:
-        self._buckets = [array("Q") for _ in range(256)]
-
-    def add(self, sha: str | bytes) -> None:
-        v = int(sha[:16], 16)
-        self._buckets[v >> 56].append(v)
-
-    def update(self, ids: Iterable[str | bytes]) -> None:
-        for sha in ids:
-            self.add(sha)
-
-    def freeze(self) -> None:
-        """Sort each bucket (a 256th of the ids at a time): needed before lookups."""
-        self._buckets = [array("Q", sorted(set(b))) for b in self._buckets]
-
-    def __contains__(self, sha: str) -> bool:
-        v = int(sha[:16], 16)
-        bucket = self._buckets[v >> 56]
-        i = bisect.bisect_left(bucket, v)
-        return i < len(bucket) and bucket[i] == v
+        report = self.repo.collect()
+        if report.skipped:
+            self.transfer.event(
+                "warning",
+                f"collection skipped: {report.skipped}; nothing was removed, the next "
+                "activation tries again",
+            )
+        elif report.rebuilt or report.removed:
+            logging.getLogger("caravane.node").info(
+                f"collection removed {report.removed} objects ({report.freed} bytes)"
+                + ("; the counts of what manifests name were rebuilt" if report.rebuilt else ""),
+            )
 
 
 class _Plan:

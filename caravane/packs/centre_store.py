@@ -54,6 +54,7 @@ from .ingest import Progress
 from .layout import channel_relpath, manifest_relpath
 from .manifests import store_reader
 from .packfile import Opener, read_entries
+from .refcount import CollectReport, Intake, LiveCounts
 from .repository import (
     MAX_MANIFEST_BYTES,
     ApplyResult,
@@ -103,6 +104,29 @@ class CentreStore(RepositoryBase):
             return all(self.store.has(sha) for f in release.iter_files() for sha, _ in f.chunks)
         except CaravaneError:
             return False
+
+    # ------------------------------------------------------------------ collection
+
+    def intake(self) -> Intake:
+        """A token for objects that enter before a manifest names them (see refcount.py)."""
+        return Intake(self.path, self.durable)
+
+    def collect(self) -> CollectReport:
+        """Remove the objects no manifest on disk names; the cost follows what changed.
+
+        Every manifest file on disk counts (the kept releases, and a newer one whose objects
+        are still arriving): the caller first removes the files of releases it no longer
+        keeps. Space is given back by compacting segments once enough has left them.
+        """
+        with self.lock():
+            manifests: dict[str, bytes] = {}
+            for path in sorted((self.path / "manifests").glob("*/*.json")):
+                name = path.relative_to(self.path).as_posix()
+                try:
+                    manifests[name] = path.read_bytes()
+                except OSError as exc:
+                    return CollectReport(skipped=f"{path} cannot be read ({exc})")
+            return LiveCounts(self.path, self.store, self.durable).collect(manifests)
 
     # ------------------------------------------------------------------ accepting fetched data
 
@@ -159,9 +183,19 @@ class CentreStore(RepositoryBase):
         ref = self.snapshot().channel(channel).releases.get(version)
         if ref is None:
             raise NotFoundError(f"channel {channel!r} has no signed version {version}")
-        reader = store_reader(self.store, fetch)
+        # pieces fetched for a manifest that then fails its checks are named by nothing:
+        # a token stays for them (none when nothing was fetched)
+        token = self.intake()
+
+        def fetch_noted(need: dict[str, int]) -> None:
+            assert fetch is not None
+            token.open()
+            fetch(need)
+
+        reader = store_reader(self.store, fetch_noted if fetch is not None else None)
         release = self.trusted.verify_release(data, ref, channel, reader)
         write_atomic(self.path / manifest_relpath(channel, version), data, self.durable)
+        token.settle()
         # read from the store from now on: every piece is here
         return Release.open(data, ref, channel, self.pieces()) if release.doc else release
 
@@ -196,13 +230,15 @@ class CentreStore(RepositoryBase):
         self._subscribed = None if channels is None else set(channels)
         self._unwritten_roots = []
         try:
-            return self._apply_pack_locked(pack, progress, opener)
+            token = self.intake()  # left on disk once the first object is written
+            with token:
+                return self._apply_pack_locked(pack, progress, opener, token)
         finally:
             if self._unwritten_roots:  # verified but never kept: the disk is the truth
                 self._trusted = None
 
     def _apply_pack_locked(
-        self, pack: Path, progress: Progress, opener: Opener | None
+        self, pack: Path, progress: Progress, opener: Opener | None, objects: Intake
     ) -> ApplyResult:
         pending_channel: Pending | None = None
         release: Release | None = None
@@ -247,8 +283,10 @@ class CentreStore(RepositoryBase):
                     elif entry.kind == "tree":
                         if intake is None:
                             raise PackError(f"{what}: manifest pieces without a tree manifest")
+                        objects.open()  # the first objects of this pack go in
                         added += self._apply_tree(entry, what, intake)
                     elif entry.kind == "delta":
+                        objects.open()
                         added += self._apply_delta(entry, what, progress, old_files, finish_tree())
             except TruncatedPackError as exc:
                 try:
@@ -263,6 +301,7 @@ class CentreStore(RepositoryBase):
                         mbytes,
                         self.durable,
                     )
+                    objects.settle()  # a pack carries one release: it names all it wrote
                 raise TruncatedPackError(
                     f"{exc} ({added} objects from it were verified and kept)"
                 ) from None

@@ -50,6 +50,7 @@ from caravane.protocol import tree
 from caravane.protocol.errors import CaravaneError
 
 from .errors import StoreError
+from .manifests import store_reader
 from .store import ObjectStore
 
 LIVE_NAME = "live.sqlite"
@@ -178,7 +179,8 @@ class LiveCounts:
         self.path = self.root / LIVE_NAME
         self.store = store
         self.durable = durable
-        self.read = tree_reader(store)
+        # a piece missing for a manifest on disk is a damaged store: collect nothing
+        self.read = store_reader(store)
 
     # ------------------------------------------------------------------ the file
 
@@ -448,24 +450,6 @@ class LiveCounts:
             with contextlib.suppress(OSError):
                 token.unlink()
         report.swept = True
-
-
-def tree_reader(store: ObjectStore) -> tree.PieceReader:
-    """Pieces from ``store``; one missing is a damaged store (a manifest on disk has them all)."""
-
-    def read(refs: list[tree.PieceRef]) -> list[bytes]:
-        out = []
-        for r in refs:
-            try:
-                out.append(store.read(r.sha256, r.length, verify=False))
-            except StoreError as exc:
-                raise StoreError(
-                    f"manifest piece {r.sha256[:16]} cannot be read from {store.root} ({exc}); "
-                    f"run `caravane repo verify {store.root}`"
-                ) from None
-        return out
-
-    return read
 
 
 __all__ = ["CollectReport", "CountsError", "Intake", "LiveCounts", "object_key"]

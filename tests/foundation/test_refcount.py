@@ -59,6 +59,15 @@ def _update(sim: RepoSim, store: CentreStore, files: dict[str, bytes | str], hav
     return v
 
 
+def _first(sim: RepoSim, n: int) -> tuple[CentreStore, dict[str, bytes | str], int]:
+    """A centre's store holding a library of ``n`` pages as version 1, collected once."""
+    store = sim.store()
+    files = _library(n)
+    have = _update(sim, store, files, 0)
+    store.collect()
+    return store, files, have
+
+
 EDITS = st.lists(
     st.tuples(
         st.sampled_from(["change", "add", "delete", "rename", "copy", "revert"]),
@@ -161,10 +170,7 @@ def test_a_one_file_update_reads_a_few_pieces(sim: RepoSim) -> None:
 
 
 def test_a_pack_refused_half_way_leaves_nothing_for_long(sim: RepoSim) -> None:
-    store = sim.store()
-    files = _library(300)
-    have = _update(sim, store, files, 0)
-    store.collect()
+    store, files, have = _first(sim, 300)
     for i in range(0, 300, 7):
         files[f"d{i // 50:02d}/page-{i:04d}.html"] = f"rewritten {i} " * 50
     v2 = sim.publish(files, avg_chunk=1024)
@@ -180,10 +186,7 @@ def test_a_pack_refused_half_way_leaves_nothing_for_long(sim: RepoSim) -> None:
 
 
 def test_damaged_counts_are_rebuilt(sim: RepoSim) -> None:
-    store = sim.store()
-    files = _library(300)
-    have = _update(sim, store, files, 0)
-    store.collect()
+    store, files, have = _first(sim, 300)
     files["d00/page-0000.html"] = "new"
     have = _update(sim, store, files, have)
     (store.path / refcount.LIVE_NAME).write_bytes(b"not a database" * 100)
@@ -196,10 +199,7 @@ def test_damaged_counts_are_rebuilt(sim: RepoSim) -> None:
 def test_counts_that_disagree_with_the_pieces_are_rebuilt(sim: RepoSim) -> None:
     import sqlite3
 
-    store = sim.store()
-    files = _library(300)
-    have = _update(sim, store, files, 0)
-    store.collect()
+    store, files, have = _first(sim, 300)
     files["d00/page-0000.html"] = "new"
     have = _update(sim, store, files, have)
     store.collect()
@@ -238,10 +238,7 @@ def test_a_missing_piece_of_a_kept_release_collects_nothing(sim: RepoSim) -> Non
 def test_kill_9_during_collection_loses_nothing(sim: RepoSim, where: str, at: int) -> None:
     """The collecting process is killed (SIGKILL) inside the count transaction, after it
     commits, or part way through the removals; the next collection finishes the job."""
-    store = sim.store()
-    files = _library(400)
-    have = _update(sim, store, files, 0)
-    store.collect()
+    store, files, have = _first(sim, 400)
     for i in range(0, 400, 3):
         files[f"d{i // 50:02d}/page-{i:04d}.html"] = f"rewritten {i} " * 40
     have = _update(sim, store, files, have)

@@ -74,6 +74,17 @@ CHECK_BATCH = 20_000
 SKETCH_HOLD = 5_000
 
 
+def _lacking(index: similarity.SketchIndex, files: list[FileEntry]) -> list[FileEntry] | None:
+    """The files of ``files`` whose content ``index`` has no sketch of (None: it cannot
+    tell; the caller falls back on walking the diff again)."""
+    try:
+        have = index.known({f.sha256 for f in files if similarity.sketchable(f)})
+    except sqlite3.Error as exc:
+        log.warning("%s: similarity index not read (%s)", index.path, exc)
+        return None
+    return [f for f in files if f.sha256 not in have and similarity.sketchable(f)]
+
+
 @dataclass
 class RotationResult:
     """A rotation: the new root version and each channel's re-signed version."""
@@ -184,10 +195,25 @@ class HubRepository(RepositoryBase):
             files = iter_source_cached(Path(source), cache, avg_chunk)
         else:
             files = iter_source(Path(source))
+        # the files read are sketched as they are read (not read back after the commit)
+        index = similarity.open_index(self.path)
+        inline = similarity.InlineSketches(index) if index is not None else None
         try:
             # entries as bytes: an unchanged file's comes from the cache into its leaf as is
-            run = Ingest(self.store, files, avg_chunk, progress, cache, encoded=True)
-            written = write_tree(self.store, run, check=False)  # iter_source checked paths
+            run = Ingest(
+                self.store,
+                files,
+                avg_chunk,
+                progress,
+                cache,
+                encoded=True,
+                on_content=inline.add if inline is not None else None,
+            )
+            try:
+                written = write_tree(self.store, run, check=False)  # iter_source checked paths
+            finally:
+                if inline is not None:
+                    inline.flush()
             try:
                 with self.lock():
                     result, after = self._commit_tree(
@@ -197,6 +223,7 @@ class HubRepository(RepositoryBase):
                         title=title,
                         expires_days=expires_days,
                         early=True,
+                        sketched=index if inline is not None and not inline.failed else None,
                     )
             except StoreError:
                 # objects the cache named are gone after all (collected while the folder
@@ -205,6 +232,8 @@ class HubRepository(RepositoryBase):
                 raise
         finally:
             cache.close()
+            if index is not None:
+                index.close()
         after()
         result.new_objects, result.new_bytes = run.new_objects, run.new_bytes
         result.stored_bytes = run.stored
@@ -261,6 +290,7 @@ class HubRepository(RepositoryBase):
         title: str | None,
         expires_days: int | None,
         early: bool = False,
+        sketched: similarity.SketchIndex | None = None,
     ) -> tuple[PublishResult, Callable[[], None]]:
         """Sign ``tree`` (its pieces in the store) as the channel's next release; the caller
         holds the lock, and calls the function returned once it has let go of it (the
@@ -272,6 +302,11 @@ class HubRepository(RepositoryBase):
         only the chunks of the entries that differ from it are checked, walking the diff in
         batches; the same walk gives the publish summary. A one-file change reads a few
         pieces, a first publish every entry once.
+
+        ``sketched``: the similarity index, fed while the files were read; the new contents
+        kept for it are only those it still lacks (files taken from the files cache whose
+        content the previous release did not hold, large files), so a first publish of a
+        million files does not walk its diff a second time after the lock.
         """
         release_key = self._key("release")
         if early:
@@ -309,7 +344,9 @@ class HubRepository(RepositoryBase):
             if sketch is not None and (old is None or old.sha256 != entry.sha256):
                 sketch.append(entry)
                 if len(sketch) > SKETCH_HOLD:
-                    sketch = None  # too many to hold: the diff is walked again after
+                    sketch = _lacking(sketched, sketch) if sketched is not None else None
+                    if sketch is not None and len(sketch) > SKETCH_HOLD:
+                        sketch = None  # too many to hold: the diff is walked again after
         self._refuse_missing(channel, self.store.missing(chunks))
         write_atomic(self.path / manifest_relpath(channel, version), doc, self.durable)
         releases = dict(old_meta.releases) if old_meta else {}

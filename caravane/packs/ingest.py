@@ -33,6 +33,9 @@ PREFETCH = 32
 LOOKAHEAD = 10_000  # files ingested as one window (their cache entries looked up at once)
 BATCH_OBJECTS = 256  # chunks handed to a worker at once (one index transaction)
 BATCH_BYTES = 2 * 1024 * 1024
+#: files up to this size are handed whole to ``on_content`` (their chunks are in memory
+#: until their batch is stored anyway); larger ones are read back later by who needs them
+WHOLE_CONTENT = 4 * 1024 * 1024
 
 
 class ChunkSink(Protocol):
@@ -237,6 +240,10 @@ class Ingest:
     Whoever signs a release from these entries checks again, under the lock collection
     takes, that the objects it names are there.
 
+    ``on_content(sha, data)`` hears of each file read whose bytes are held whole anyway (up
+    to ``WHOLE_CONTENT`` bytes; not ZIM books): the similarity index sketches them there,
+    instead of reading them back from the store once the release is signed.
+
     ``encoded``: yield :class:`~caravane.protocol.tree.EncodedEntry` (what a tree writer
     takes), and the entries of a :class:`CachedRun` as one list, so that an unchanged
     file's entry comes from the cache as bytes and is never decoded; otherwise
@@ -258,8 +265,10 @@ class Ingest:
         on_chunk: Callable[[str, int], object] | None = None,
         held: Callable[[dict[str, int]], set[str]] | None = None,
         encoded: bool = False,
+        on_content: Callable[[str, bytes], object] | None = None,
     ) -> None:
         self.store, self.files, self.avg_chunk = store, files, avg_chunk
+        self.on_content = on_content
         self.progress, self.cache, self.on_chunk, self.held = progress, cache, on_chunk, held
         self.encoded = encoded
         self.new_objects = self.new_bytes = self.stored = 0
@@ -311,6 +320,7 @@ class Ingest:
         min_size = chunk_limits(self.avg_chunk)[0]
         workers = max(2, os.cpu_count() or 2)
         store, on_chunk, progress = self.store, self.on_chunk, self.progress
+        on_content = self.on_content
         source = iter(self.files)
         with ThreadPoolExecutor(max_workers=workers) as pool:
             # each batch: the chunk lists to extend (with each chunk's size) and its future
@@ -400,13 +410,24 @@ class Ingest:
                         digest = hashlib.sha256(data).hexdigest()
                         add(digest, data, chunks)
                         reads.append(_Read(f, rel, book, digest, chunks, None))
+                        if on_content:
+                            on_content(digest, data)
                         continue
                     fhash = hashlib.sha256()
+                    whole: list[bytes] | None = (
+                        [] if on_content and not book and size <= WHOLE_CONTENT else None
+                    )
                     with zim.open_stream(Path(f.real)) if book else open(f.real, "rb") as fh:
                         for piece in iter_chunks(fh, self.avg_chunk):
                             fhash.update(piece)
-                            add(None, bytes(piece), chunks)
-                    reads.append(_Read(f, rel, book, fhash.hexdigest(), chunks, None))
+                            data = bytes(piece)
+                            add(None, data, chunks)
+                            if whole is not None:
+                                whole.append(data)
+                    digest = fhash.hexdigest()
+                    reads.append(_Read(f, rel, book, digest, chunks, None))
+                    if on_content and whole is not None:
+                        on_content(digest, b"".join(whole))
                 ready.append((reads, submitted + (1 if items else 0)))
                 # the window before this one: its chunks were compressed while this was read
                 while len(ready) > 1:

@@ -477,6 +477,7 @@ class SegmentIndex:
                 for sha, frame in batch:
                     rows.append((bytes.fromhex(sha), a.segment, offset, len(frame), at))
                     offset += len(frame)
+                rows.sort()  # the index's B-tree pages in key order: fewer of them touched
                 try:
                     with _write(db):
                         db.executemany(

@@ -43,6 +43,7 @@ INDEX_RELPATH = "index/similarity.sqlite"
 #: what the stored values depend on; a different value (new parameters) empties the index
 PARAMS = "blake2b8/fastcdc-128-512-4096/sample-4"
 BATCH = 500  # shas per IN (...) query, files per transaction
+WRITE_BATCH = 5000  # files per transaction of a publish's sketches (InlineSketches)
 PRUNE_PAGE = 5000  # rows looked at per transaction when pruning
 _SIGN = 1 << 63
 _SCHEMA = """
@@ -284,6 +285,12 @@ class SketchIndex:
         with self._db:
             self._insert(sha, values)
 
+    def put_many(self, rows: Iterable[tuple[str, set[int]]]) -> None:
+        """:meth:`put` for each row, in one transaction."""
+        with self._db:
+            for sha, values in rows:
+                self._insert(sha, values)
+
     def _insert(self, sha: str, values: set[int]) -> None:
         cur = self._db.execute(
             "INSERT OR IGNORE INTO files (sha, pieces) VALUES (?, ?)",
@@ -311,6 +318,50 @@ class SketchIndex:
             yield sha.hex()
 
 
+class InlineSketches:
+    """Sketches of the contents a publish reads anyway, made while their bytes are in hand.
+
+    The index used to be fed after the release was signed, by reading every new content
+    back from the store, decompressing and sketching it: more than half of a first publish
+    of small files (12 of 22 s at 100,000 files). A publish hands each file it reads here
+    instead (:class:`~caravane.packs.ingest.Ingest` ``on_content``), and the commit asks
+    the index only about what is still missing. A cache, so an SQLite error stops the
+    feeding with a warning, and the commit's own pass fills the gap.
+
+    Rows go in ``WRITE_BATCH`` at a time, sorted: SQLite's B-tree work on random keys is
+    about 20 us a file in batches of 500, a third less in sorted batches of 5,000. (A
+    thread of its own for the writes gained nothing: it handed the interpreter lock back and
+    forth with the reading thread at every row.)
+    """
+
+    def __init__(self, index: SketchIndex) -> None:
+        self._index = index
+        self._rows: list[tuple[str, set[int]]] = []
+        self.failed = False
+        self.sketched = 0
+
+    def add(self, sha: str, data: bytes) -> None:
+        """A content read in full: ``sha`` is its SHA-256 (hex)."""
+        if self.failed or not 0 < len(data) <= SKETCH_MAX_FILE:
+            return
+        self._rows.append((sha, sketch(data, SKETCH_SAMPLE)))
+        if len(self._rows) >= WRITE_BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write what is held (before the index is read or closed)."""
+        rows, self._rows = self._rows, []
+        if not rows or self.failed:
+            return
+        rows.sort()
+        try:
+            self._index.put_many(rows)
+            self.sketched += len(rows)
+        except sqlite3.Error as exc:
+            log.warning("%s: sketches not written while publishing (%s)", self._index.path, exc)
+            self.failed = True
+
+
 def open_index(repo: Path) -> SketchIndex | None:
     """The repository's sketch index, or None (with a warning) where it cannot be opened."""
     try:
@@ -320,4 +371,11 @@ def open_index(repo: Path) -> SketchIndex | None:
         return None
 
 
-__all__ = ["INDEX_RELPATH", "SketchIndex", "is_damage", "open_index", "sketchable"]
+__all__ = [
+    "INDEX_RELPATH",
+    "InlineSketches",
+    "SketchIndex",
+    "is_damage",
+    "open_index",
+    "sketchable",
+]

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import json
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -155,8 +156,42 @@ class EncodedEntry(NamedTuple):
 def encode_entry(entry: FileEntry) -> EncodedEntry:
     """``entry``'s canonical bytes, as a leaf holds them."""
     path = entry.path
-    data = canonical_bytes(entry.to_dict())
+    data = entry_bytes(entry)
     return EncodedEntry(path, entry.size, len(entry.chunks), data, _is_cut(path))
+
+
+#: JSON's own string encoder (the C one where there is one): what ``json.dumps`` with
+#: ``ensure_ascii=False`` writes for a string
+_json_str: Callable[[str], str] = json.encoder.encode_basestring
+
+
+def entry_bytes(entry: FileEntry) -> bytes:
+    """:func:`canonical_bytes` of ``entry.to_dict()``, written out for the one shape a file
+    entry has (keys in sorted order: chunks, mode, path, sha256, size).
+
+    A first publish encodes every file's entry: the general encoder (a check of every value,
+    a dict and a list per chunk, then ``json.dumps``) cost about 25 us a file, a third of
+    what a small file's whole ingest may cost. Any value of another type than the entry's
+    own (a bool or float for a count, say) takes the general encoder, which says what is
+    wrong with it; the two are compared on drawn entries in the tests."""
+    size, mode, chunks, sha = entry.size, entry.mode, entry.chunks, entry.sha256
+    if (
+        type(size) is not int
+        or type(mode) is not int
+        or type(sha) is not str
+        or type(entry.path) is not str
+        or not all(
+            isinstance(c, tuple | list) and len(c) == 2 and type(c[0]) is str and type(c[1]) is int
+            for c in chunks
+        )
+    ):
+        return canonical_bytes(entry.to_dict())
+    esc = _json_str
+    listed = ",".join([f"[{esc(h)},{n}]" for h, n in chunks])
+    return (
+        f'{{"chunks":[{listed}],"mode":{mode},"path":{esc(entry.path)},'
+        f'"sha256":{esc(sha)},"size":{size}}}'
+    ).encode()
 
 
 def _is_cut(path: str) -> bool:
@@ -905,6 +940,7 @@ __all__ = [
     "bases_for",
     "TreeDiff",
     "TreeWriter",
+    "entry_bytes",
     "build_tree",
     "children_of",
     "decode_manifest",

@@ -14,6 +14,7 @@ import random
 import tempfile
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -259,3 +260,44 @@ def test_a_name_every_file_shares_keeps_the_best_two_only(tmp_path: Path) -> Non
         sim = delta.StreamedSimilarity(lambda: iter(a.files), b"a", store.read, index, targets)
         assert len(sim.files) < 20 < len(a.files)
         assert _streamed(a, b, store, index) == expected
+
+
+def test_a_publish_sketches_what_it_reads_and_reads_nothing_back(
+    sim: RepoSim, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A publish sketches each file while its bytes are in hand: once the release is signed,
+    the index holds every new file's sketch, the very one the commit's pass would have made,
+    and nothing was read back from the store for it. Past the commit's hold (here 3 files)
+    only what the index lacks is kept, so no second walk of the diff either."""
+    from caravane.packs import hub_repository
+    from caravane.packs.store import ObjectStore
+
+    monkeypatch.setattr(hub_repository, "SKETCH_HOLD", 3)
+    rnd = random.Random(3)
+    pages: dict[str, bytes | str] = {f"p{i}.html": _text(rnd, 40 * (1 + i % 7)) for i in range(30)}
+    pages["big.bin"] = _text(rnd, 20_000)  # past the chunker's minimum: chunked, then sketched
+    pages["empty.txt"] = b""
+    reads: list[str] = []
+    real_read = ObjectStore.read
+
+    def counting(self: ObjectStore, sha: str, size: int, verify: bool = True) -> bytes:
+        if verify:  # the file list's own pieces are read unverified, checked by the tree
+            reads.append(sha)
+        return real_read(self, sha, size, verify=verify)
+
+    walks: list[object] = []
+    monkeypatch.setattr(ObjectStore, "read", counting)
+    monkeypatch.setattr(
+        hub_repository, "new_contents", lambda changes: walks.append(changes) or iter(())
+    )
+    sim.publish(pages)
+    assert reads == [], "nothing is read back from the store to sketch it"
+    assert walks == [], "the diff is not walked a second time"
+    monkeypatch.setattr(ObjectStore, "read", real_read)
+    files = sim.hub.snapshot().manifest(sim.channel, 1).files
+    with SketchIndex(sim.hub.path / INDEX_RELPATH) as index:
+        for f in files:
+            if f.size:
+                data = b"".join(sim.hub.store.read(h, n) for h, n in f.chunks)
+                assert index.get(f.sha256) == delta.sketch(data), f.path
+        assert index.known([f.sha256 for f in files if not f.size]) == set()

@@ -323,3 +323,42 @@ def test_a_format_1_repository_and_centre_move_to_format_2_with_a_small_pack(
     store.checkout("maths", out)
     assert read_tree(out) == {k: v.encode() for k, v in files.items()}
     assert store.verify().ok and sim.hub.verify().ok
+
+
+_counts = st.integers(min_value=0, max_value=2**63)
+
+
+@given(
+    path=st.text(min_size=1, max_size=40),
+    size=_counts,
+    mode=st.sampled_from([0o644, 0o755]),
+    sha=st.text(max_size=70),
+    chunks=st.lists(st.tuples(st.text(max_size=70), _counts), max_size=5),
+)
+@settings(max_examples=300, deadline=None)
+def test_entry_bytes_are_the_canonical_bytes(
+    path: str, size: int, mode: int, sha: str, chunks: list[tuple[str, int]]
+) -> None:
+    """The file-entry encoder written out for speed gives the canonical encoding's bytes, for
+    any strings (quotes, backslashes, control characters, lone surrogates) and counts."""
+    entry = FileEntry(path, size, mode, sha, chunks)
+    try:
+        want: bytes | type[Exception] = canonical_bytes(entry.to_dict())
+    except UnicodeEncodeError:
+        want = UnicodeEncodeError
+    if want is UnicodeEncodeError:
+        with pytest.raises(UnicodeEncodeError):
+            tree.entry_bytes(entry)
+    else:
+        assert tree.entry_bytes(entry) == want
+
+
+def test_entry_bytes_of_other_types_take_the_general_encoder() -> None:
+    """A count that is a bool or a float is not written as a number: the general encoder
+    refuses the float, and writes the bool as JSON does."""
+    sha = "ab" * 32
+    assert tree.entry_bytes(FileEntry("a", True, 0o644, sha, [(sha, 1)])) == canonical_bytes(  # type: ignore[arg-type]
+        FileEntry("a", True, 0o644, sha, [(sha, 1)]).to_dict()  # type: ignore[arg-type]
+    )
+    with pytest.raises(FormatError, match="floating-point"):
+        tree.entry_bytes(FileEntry("a", 1.0, 0o644, sha, [(sha, 1)]))  # type: ignore[arg-type]

@@ -2,4 +2,5 @@
 
 from caravane.cli import main
 
-main()
+if __name__ == "__main__":  # not when a helper process imports it
+    main()

@@ -213,7 +213,7 @@ class HubRepository(RepositoryBase):
                 written = write_tree(self.store, run, check=False)  # iter_source checked paths
             finally:
                 if inline is not None:
-                    inline.flush()
+                    inline.close()
             try:
                 with self.lock():
                     result, after = self._commit_tree(
@@ -333,7 +333,14 @@ class HubRepository(RepositoryBase):
         )
         sketch: list[FileEntry] | None = []
         chunks: dict[str, int] = {}
-        for old, entry in new.changes_from(previous):
+        # a channel's first release: every file is new, and they are the entries just
+        # written (from checked entries, for an early publish): made without the checks
+        changes: Iterable[tuple[FileEntry | None, FileEntry | None]] = (
+            ((None, f) for f in new.own_files())
+            if previous is None and early
+            else new.changes_from(previous)
+        )
+        for old, entry in changes:
             result.count_change(old, entry)
             if entry is None:
                 continue

@@ -99,6 +99,15 @@ class Release:
         assert self.read is not None
         yield from tree.iter_refs(self.doc, self.read, self.what)
 
+    def own_files(self) -> Iterator[FileEntry]:
+        """:meth:`iter_files` of a release this process has just written from entries it
+        checked (:func:`tree.iter_own_files`): the publish's commit."""
+        if self.doc is None:
+            yield from self.iter_files()
+            return
+        assert self.read is not None
+        yield from tree.iter_own_files(self.doc, self.read, self.what)
+
     def changes_from(self, old: Release | None) -> Iterator[Change]:
         """(old entry, new entry) for every path that differs, in path order.
 

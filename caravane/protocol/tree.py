@@ -615,6 +615,25 @@ def iter_leaves(
     Depth first, so what is held is one path of nodes and a batch of leaves, never a level:
     a reader of a million-file release holds a few hundred entries at a time.
     """
+    for ref, parsed, name in _leaf_docs(doc, read, what):
+        yield ref, _leaf_entries(ref, parsed, name)
+
+
+def iter_own_files(doc: TreeDoc, read: PieceReader, what: str = "manifest") -> Iterator[FileEntry]:
+    """The files of a tree this process has just written from entries it checked itself (a
+    publish's commit, under the lock): every piece verified by its hash, so the bytes are
+    the ones written, but each entry made as it stands, without :func:`iter_files`' checks
+    of its fields, its path and the order (a third of a first publish's commit: 0.8 s at
+    100,000 files). Never for a tree that came from elsewhere."""
+    for _, parsed, _ in _leaf_docs(doc, read, what):
+        for d in parsed["files"]:
+            yield FileEntry(
+                d["path"], d["size"], d["mode"], d["sha256"], [(h, n) for h, n in d["chunks"]]
+            )
+
+
+def _leaf_docs(doc: TreeDoc, read: PieceReader, what: str) -> Iterator[tuple[PieceRef, Any, str]]:
+    """Each leaf's reference, its parsed JSON (its hash checked) and its name, in order."""
     if doc.root is None:
         return
     stack: list[list[PieceRef]] = [[doc.root]]
@@ -632,7 +651,7 @@ def iter_leaves(
         batch, stack[-1] = refs[:n], refs[n:]
         for ref, data in zip(batch, _read(read, batch, what), strict=True):
             name = f"{what} piece {ref.sha256[:12]}"
-            yield ref, _leaf_entries(ref, _check_piece(ref, data, name), name)
+            yield ref, _check_piece(ref, data, name), name
 
 
 def iter_refs(doc: TreeDoc, read: PieceReader, what: str = "manifest") -> Iterator[PieceRef]:
@@ -949,6 +968,7 @@ __all__ = [
     "encode_manifest",
     "iter_files",
     "iter_leaves",
+    "iter_own_files",
     "iter_refs",
     "parse_doc",
     "piece_refs",

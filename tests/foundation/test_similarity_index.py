@@ -301,3 +301,75 @@ def test_a_publish_sketches_what_it_reads_and_reads_nothing_back(
                 data = b"".join(sim.hub.store.read(h, n) for h, n in f.chunks)
                 assert index.get(f.sha256) == delta.sketch(data), f.path
         assert index.known([f.sha256 for f in files if not f.size]) == set()
+
+
+def _sketches_of(sim: RepoSim) -> dict[str, set[int] | None]:
+    files = (
+        sim.hub.snapshot()
+        .manifest(sim.channel, sim.hub.snapshot().known_version(sim.channel) or 1)
+        .files
+    )
+    with SketchIndex(sim.hub.path / INDEX_RELPATH) as index:
+        return {f.sha256: index.get(f.sha256) for f in files if f.size}
+
+
+def test_a_big_publish_sketches_in_a_helper_process(
+    sim: RepoSim, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past one batch, a helper process sketches and writes (the publishing process keeps
+    reading); the index ends the same as sketching in the publishing process."""
+    from caravane.packs import similarity, sketch_helper
+
+    started: list[object] = []
+    real_init = sketch_helper.SketchHelper.__init__
+
+    def init(self: sketch_helper.SketchHelper, index: Path) -> None:
+        real_init(self, index)
+        started.append(self)
+
+    monkeypatch.setattr(sketch_helper.SketchHelper, "__init__", init)
+    monkeypatch.setattr(similarity, "SEND_BATCH", 4)
+    rnd = random.Random(4)
+    pages: dict[str, bytes | str] = {f"p{i:02d}.html": _text(rnd, 50 + i) for i in range(23)}
+    sim.publish(pages)
+    assert len(started) == 1, "one helper for the publish"
+    got = _sketches_of(sim)
+    for data in pages.values():
+        raw = data if isinstance(data, bytes) else data.encode()
+        assert got[hashlib.sha256(raw).hexdigest()] == delta.sketch(raw)
+
+
+def test_a_helper_killed_part_way_leaves_a_good_release(
+    sim: RepoSim, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The helper killed with SIGKILL after its first batch: the publish signs its release
+    all the same, says so in its log, and the sketches missing are made by the commit's
+    own pass (the index is a cache)."""
+    import os
+    import signal
+
+    from caravane.packs import similarity, sketch_helper
+
+    monkeypatch.setattr(similarity, "SEND_BATCH", 3)
+    real_submit = sketch_helper.SketchHelper.submit
+    sent: list[int] = []
+
+    def submit(self: sketch_helper.SketchHelper, rows: list[tuple[str, bytes]] | None) -> None:
+        if sent:
+            os.kill(self._proc.pid, signal.SIGKILL)
+            self._proc.wait()
+        sent.append(1)
+        real_submit(self, rows)
+
+    monkeypatch.setattr(sketch_helper.SketchHelper, "submit", submit)
+    rnd = random.Random(6)
+    pages: dict[str, bytes | str] = {f"p{i:02d}.html": _text(rnd, 60 + i) for i in range(12)}
+    with caplog.at_level("WARNING"):
+        assert sim.publish(pages) == 1
+    assert "sketching helper failed" in caplog.text
+    got = _sketches_of(sim)
+    for data in pages.values():
+        raw = data if isinstance(data, bytes) else data.encode()
+        assert got[hashlib.sha256(raw).hexdigest()] == delta.sketch(raw)
+    store = sim.store()
+    store.apply_pack(sim.pack(0, 1))

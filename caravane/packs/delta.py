@@ -31,8 +31,8 @@ import zstandard as zstd
 from caravane.protocol.errors import VerificationError
 from caravane.protocol.metadata import FileEntry, Manifest
 
-from .cdc import spans
 from .changes import missing_chunks
+from .sketches import SKETCH_AVG, SKETCH_MAX_FILE, SKETCH_SAMPLE, sketch
 from .zstd_prefix import compress_with_prefix
 
 if TYPE_CHECKING:
@@ -50,9 +50,6 @@ GROUP_TARGET = 8 * 1024 * 1024
 GROUP_BASE = 32 * 1024 * 1024
 WHOLE_BASE_FILE = 4 * 1024 * 1024
 NEIGHBOURHOOD = 1024 * 1024
-SKETCH_MAX_FILE = 64 * 1024 * 1024
-SKETCH_AVG = 512
-SKETCH_SAMPLE = 4  # keep at least one small piece in SKETCH_SAMPLE ...
 SKETCH_BUDGET = 256 * 1024 * 1024  # ... and fewer when A is large: about 1M pieces at most
 SKETCH_COMMON = 16  # ignore pieces found in more old files than this (boilerplate)
 CANDIDATES = 2
@@ -145,22 +142,6 @@ _VARIABLE = re.compile(r"[0-9a-f]{6,}|\d+", re.IGNORECASE)
 def name_key(path: str) -> str:
     """A file name with versions and content hashes blanked: ``app.3f9a1c.js`` -> ``app.#.js``."""
     return _VARIABLE.sub("#", path.rsplit("/", 1)[-1].lower())
-
-
-def sketch(data: bytes, sample: int = SKETCH_SAMPLE) -> set[int]:
-    """A sample of hashes of small content-defined pieces: similar files share many."""
-    if len(data) < 64:
-        return set()
-    view = memoryview(data)
-    out: set[int] = set()
-    for offset, length in spans(view, 128, SKETCH_AVG, SKETCH_AVG * 8):
-        # a stable hash, not hash(): that one changes with each process's PYTHONHASHSEED, so
-        # the sample, the bases chosen and the pack's bytes would too (a rebuilt pack would
-        # not match the one a centre is resuming by byte range, nor a mirror's copy)
-        h = int.from_bytes(hashlib.blake2b(view[offset : offset + length], digest_size=8).digest())
-        if h % sample == 0:
-            out.add(h)
-    return out
 
 
 def _file_bytes(entry: FileEntry, read_chunk: ReadChunk) -> bytes:

@@ -29,12 +29,12 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from caravane.protocol.metadata import FileEntry
-
-from .delta import SKETCH_MAX_FILE, SKETCH_SAMPLE, sketch
 from .sketch_helper import HelperError, SketchHelper
+from .sketches import SKETCH_MAX_FILE, SKETCH_SAMPLE, sketch
 
 if TYPE_CHECKING:
+    from caravane.protocol.metadata import FileEntry
+
     from .idset import IdSet
     from .skim import LeafSummaries
 

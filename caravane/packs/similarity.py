@@ -341,11 +341,11 @@ class InlineSketches:
     batches of 5,000.
     """
 
-    def __init__(self, index: SketchIndex, helper: bool = True) -> None:
+    def __init__(self, index: SketchIndex) -> None:
         self._index = index
         self._rows: list[tuple[str, bytes]] = []
         self._bytes = 0
-        self._may_start = helper
+        self._may_start = True
         self._helper: SketchHelper | None = None
         self.failed = False
         self.sketched = 0

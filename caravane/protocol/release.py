@@ -99,6 +99,15 @@ class Release:
         assert self.read is not None
         yield from tree.iter_refs(self.doc, self.read, self.what)
 
+    def paths(self) -> Iterator[str]:
+        """Each file's path in order, pieces verified, paths unchecked (:func:`tree.iter_paths`):
+        the caller checks what it uses."""
+        if self.doc is None:
+            yield from (f.path for f in self.iter_files())
+            return
+        assert self.read is not None
+        yield from tree.iter_paths(self.doc, self.read, self.what)
+
     def own_files(self) -> Iterator[FileEntry]:
         """:meth:`iter_files` of a release this process has just written from entries it
         checked (:func:`tree.iter_own_files`): the publish's commit."""

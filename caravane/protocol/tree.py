@@ -632,6 +632,21 @@ def iter_own_files(doc: TreeDoc, read: PieceReader, what: str = "manifest") -> I
             )
 
 
+def iter_paths(doc: TreeDoc, read: PieceReader, what: str = "manifest") -> Iterator[str]:
+    """The path of each file, every piece verified by its hash, the paths **not** checked:
+    for a caller that checks what it uses of them (a checkout making the folders, one path
+    in a thousand, before the full walk), at a fraction of :func:`iter_files`."""
+    for _, parsed, name in _leaf_docs(doc, read, what):
+        files = parsed.get("files") if isinstance(parsed, dict) else None
+        if not isinstance(files, list):
+            raise FormatError(f"{name}: malformed file list")
+        for d in files:
+            path = d.get("path") if isinstance(d, dict) else None
+            if not isinstance(path, str):
+                raise FormatError(f"{name}: malformed file entry")
+            yield path
+
+
 def _leaf_docs(doc: TreeDoc, read: PieceReader, what: str) -> Iterator[tuple[PieceRef, Any, str]]:
     """Each leaf's reference, its parsed JSON (its hash checked) and its name, in order."""
     if doc.root is None:
@@ -969,6 +984,7 @@ __all__ = [
     "iter_files",
     "iter_leaves",
     "iter_own_files",
+    "iter_paths",
     "iter_refs",
     "parse_doc",
     "piece_refs",

@@ -131,6 +131,21 @@ def test_iter_files_gives_back_every_file_a_leaf_at_a_time() -> None:
     assert max(asked) <= tree.LEAF_BATCH  # never a whole level at once
 
 
+def test_the_quick_walks_give_the_files_of_the_full_walk_and_refuse_a_damaged_piece() -> None:
+    """iter_paths (a checkout's folders) and iter_own_files (a publish's commit) skip the
+    entry checks, never the pieces' hashes."""
+    files = [_entry(f"d{i // 300:02d}/p-{i:05d}", chunks=1 + i % 3) for i in range(3_000)]
+    doc, pieces = _encode(files)
+    assert list(tree.iter_paths(doc, _reader(pieces))) == [f.path for f in files]
+    assert list(tree.iter_own_files(doc, _reader(pieces))) == files
+    leaf = next(s for s, d in pieces.items() if b"manifest-leaf" in d)
+    bad = dict(pieces)
+    bad[leaf] = pieces[leaf].replace(b"p-0", b"p-9", 1)
+    for walk in (tree.iter_paths, tree.iter_own_files):
+        with pytest.raises(VerificationError, match="SHA-256"):
+            list(walk(doc, _reader(bad)))
+
+
 def test_iter_files_refuses_a_damaged_piece_and_a_count_that_does_not_add_up() -> None:
     files = [_entry(f"p{i:05d}") for i in range(2_000)]
     doc, pieces = _encode(files)

@@ -285,8 +285,7 @@ class SketchIndex:
         return done
 
     def put(self, sha: str, values: set[int]) -> None:
-        with self._db:
-            self._insert(sha, values)
+        self.put_many([(sha, values)])
 
     def put_many(self, rows: Iterable[tuple[str, set[int]]]) -> None:
         """:meth:`put` for each row, in one transaction."""
@@ -388,8 +387,8 @@ class InlineSketches:
         try:
             self.sketched += self._helper.result()
         except HelperError as exc:  # killed, out of memory, an SQLite error: a cache
+            # the batch in flight is lost; the commit asks the index what it lacks
             self._lost(exc)
-            self.failed = True
 
     def _lost(self, exc: HelperError) -> None:
         log.warning("%s: sketching helper failed (%s)", self._index.path, exc)

@@ -17,7 +17,6 @@ parent started the child, and nothing else writes to its pipes).
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import pickle
 import struct
@@ -25,8 +24,6 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import IO, Any
-
-log = logging.getLogger(__name__)
 
 _LEN = struct.Struct("<Q")
 

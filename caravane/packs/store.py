@@ -192,14 +192,14 @@ class ObjectStore:
         for sha, (_, data) in zip(shas, items, strict=True):
             if sha not in present:
                 todo.setdefault(sha, data)
-        frames = compress_many(list(todo.values()), self.level)
-        new = dict(zip(todo, frames, strict=True))
+        appended = list(zip(todo, compress_many(list(todo.values()), self.level), strict=True))
+        new = dict(appended)
         out: list[tuple[str, int]] = []
         for sha in shas:
             # a repeat in the batch counts as present, as before
             frame = new.pop(sha, None)
             out.append((sha, 0 if frame is None else len(frame)))
-        self.index.append(list(zip(todo, frames, strict=True)))
+        self.index.append(appended)
         return out
 
     def put_compressed(self, sha: str, frame: bytes, size: int) -> bool:

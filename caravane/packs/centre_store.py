@@ -39,7 +39,6 @@ from caravane.protocol.metadata import (
     ReleaseRef,
     check_channel,
 )
-from caravane.protocol.paths import SortedPathChecker, check_added
 from caravane.protocol.release import Release
 from caravane.protocol.trust import (
     MAX_ROOT_ROTATIONS,
@@ -429,20 +428,12 @@ class CentreStore(RepositoryBase):
             for _ in release.iter_files():
                 pass  # tree.iter_files verifies as it goes
             return release, None
-        checker = SortedPathChecker()
-        changed = []
-        added = []
-        for before, new in release.changes_from(old):
-            if new is not None:
-                checker.add(new.path)
-                changed.append(new)
-                if before is None:
-                    added.append(new.path)
-        checker.finish()
-        if added:  # names a case-insensitive drive would merge with ones already there
-            assert release.doc is not None and release.read is not None
-            cursor = tree.PathCursor(release.doc, release.read, release.what)
-            check_added(added, cursor.listing)
+        assert release.doc is not None and release.read is not None
+        changed = [
+            new
+            for _, new in tree.checked_changes(old.doc, release.doc, release.read, release.what)
+            if new is not None
+        ]
         return release, changed
 
     def _apply_tree(self, entry: Any, what: str, intake: _TreeIntake) -> int:

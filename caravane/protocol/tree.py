@@ -25,6 +25,10 @@ Load order, for a reader (every step refuses on the first failure)::
        the leaves must hold strictly ascending paths starting at the key the parent names
     4. the flattened list goes through the same path checks as format 1
 
+An update may instead be checked by its diff from a verified release (:func:`checked_changes`):
+the pieces both trees name are skipped unread, named with the same counts; the new tree's
+keys must ascend across them; the changed paths and the added ones are checked as in 4.
+
 This module takes and returns bytes; where pieces come from (a store, a pack, an upstream)
 is the caller's ``PieceReader``.
 """
@@ -42,7 +46,7 @@ from typing import Any, NamedTuple
 from .canonical import canonical_bytes, load_json
 from .errors import FormatError, VerificationError
 from .metadata import FileEntry, Manifest, check_channel
-from .paths import SortedPathChecker, check_paths
+from .paths import SortedPathChecker, check_added, check_paths
 
 TREE_SPEC_VERSION = 2
 LEAF_TYPE = "manifest-leaf"
@@ -838,8 +842,15 @@ class TreeDiff:
     per level, a few KB) whatever the channel's size, where comparing the two file lists cost
     time and memory in proportion to the channel. ``old`` None: everything is new.
 
-    Both trees must have been verified whole when they were accepted (``iter_files`` or
-    :func:`decode_manifest`); each piece read here is verified again against its parent.
+    ``old`` must have been verified whole when it was accepted (``iter_files`` or
+    :func:`decode_manifest`); ``new`` is checked as far as a walk of it would be, but for
+    the paths' own rules (the caller's :class:`SortedPathChecker` over the changes and
+    :func:`paths.check_added`): every piece read is verified against its parent, a piece
+    both trees name must be named with the same counts (:func:`_same_piece`), and the new
+    tree's keys must ascend across every piece boundary, the skipped pieces included. A
+    skipped piece's last key is not read unless a new key falls below the key that follows
+    the piece in ``old`` (the one case where the new tree could repeat or reorder a path
+    the piece holds); then its right edge is read, a piece per level.
     """
 
     def __init__(
@@ -851,10 +862,49 @@ class TreeDiff:
     ) -> None:
         self._a = _Side(old, read, f"{what} (old)")
         self._b = _Side(new, read, f"{what} (new)")
+        self._read = read
+        self._what = f"{what} (new)"
+        #: the new tree's last key so far (None at the start, or after a skipped piece)
+        self._last: str | None = None
+        #: a piece of the new tree skipped unread, and the key after it in the old tree
+        self._skipped: tuple[PieceRef, str | None] | None = None
+        self._edges_read = 0
 
     @property
     def pieces_read(self) -> int:
-        return self._a.pieces_read + self._b.pieces_read
+        return self._a.pieces_read + self._b.pieces_read + self._edges_read
+
+    def _ascends(self, first: str) -> None:
+        """The new tree's next item starts at ``first``: it must come after the last one."""
+        skipped, self._skipped = self._skipped, None
+        if skipped is not None:
+            piece, bound = skipped
+            if bound is not None and first >= bound:
+                return  # the piece's keys are all below ``bound`` (old is sorted)
+            last = self._last_key(piece)
+            if not first > last:
+                raise FormatError(f"{self._what}: {first!r} does not come after {last!r}")
+        elif self._last is not None and not first > self._last:
+            raise FormatError(f"{self._what}: {first!r} does not come after {self._last!r}")
+
+    def _took(self, entry: FileEntry) -> None:
+        self._ascends(entry.path)
+        self._last = entry.path
+
+    def _skip(self, piece: PieceRef, bound: str | None) -> None:
+        self._ascends(piece.first)
+        self._last, self._skipped = None, (piece, bound)
+
+    def _last_key(self, ref: PieceRef) -> str:
+        """The last path a verified piece holds: down its right edge."""
+        while True:
+            (data,) = _read(self._read, [ref], self._what)
+            self._edges_read += 1
+            name = f"{self._what} piece {ref.sha256[:12]}"
+            parsed = _check_piece(ref, data, name)
+            if ref.level == 0:
+                return _leaf_entries(ref, parsed, name)[-1].path
+            ref = _node_children(ref, parsed, name)[-1]
 
     def __iter__(self) -> Iterator[Change]:
         a, b = self._a, self._b
@@ -873,13 +923,16 @@ class TreeDiff:
                     b.expand()
                 else:
                     b.items.popleft()
+                    self._took(head)
                     yield None, head
                 continue
             x, y = a.items[0], b.items[0]
             if isinstance(x, PieceRef) and isinstance(y, PieceRef):
                 if x.sha256 == y.sha256:
+                    _same_piece(x, y, b.what)
                     a.items.popleft()
                     b.items.popleft()
+                    self._skip(y, _key(a.items[0]) if a.items else None)
                 else:
                     # open the taller piece (both when level with each other): pieces of
                     # different heights cover key ranges that do not line up
@@ -892,6 +945,7 @@ class TreeDiff:
                 if x.path == y.path:
                     a.items.popleft()
                     b.items.popleft()
+                    self._took(y)
                     if x != y:
                         yield x, y
                 elif x.path < y.path:
@@ -899,6 +953,7 @@ class TreeDiff:
                     yield x, None
                 else:
                     b.items.popleft()
+                    self._took(y)
                     yield None, y
                 continue
             # an entry on one side, a piece on the other: the entry comes first when its
@@ -914,9 +969,26 @@ class TreeDiff:
                 assert isinstance(y, FileEntry)
                 if y.path < x.first:
                     b.items.popleft()
+                    self._took(y)
                     yield None, y
                 else:
                     a.expand()
+
+
+def _same_piece(old: PieceRef, new: PieceRef, what: str) -> None:
+    """A piece both trees name is skipped unread: the new tree's parent must then say of it
+    what the old one (verified) says, or counts no walk checked would pass into the new
+    tree (one parent's sum holds with any child count it claims)."""
+    if (
+        old.length != new.length
+        or old.files != new.files
+        or old.size != new.size
+        or old.level != new.level
+        or (old.first and new.first and old.first != new.first)
+    ):
+        raise VerificationError(
+            f"{what}: piece {new.sha256[:12]} is named with counts that are not its own"
+        )
 
 
 def diff(
@@ -924,6 +996,30 @@ def diff(
 ) -> Iterator[Change]:
     """:class:`TreeDiff` as a plain iterator."""
     return iter(TreeDiff(old, new, read, what))
+
+
+def checked_changes(
+    old: TreeDoc, new: TreeDoc, read: PieceReader, what: str = "manifest"
+) -> Iterator[Change]:
+    """:func:`diff` of a ``new`` tree that is not trusted yet from a verified ``old`` one,
+    with every check a whole walk of ``new`` (:func:`iter_files`) would make, reading only
+    the pieces the two do not share: the diff's own (pieces, counts, order across the
+    pieces it skips), each changed path checked in order (:class:`SortedPathChecker`), and
+    each added path against the folders it joins (:func:`paths.check_added`, once the
+    changes are all out). A caller must exhaust it; what it yielded before a failure is
+    not to be used. Holds the added paths (the change), not the release.
+    """
+    checker = SortedPathChecker()
+    added: list[str] = []
+    for before, entry in diff(old, new, read, what):
+        if entry is not None:
+            checker.add(entry.path)
+            if before is None:
+                added.append(entry.path)
+        yield before, entry
+    checker.finish()
+    if added:  # names a case-insensitive drive would merge with ones already there
+        check_added(added, PathCursor(new, read, what).listing)
 
 
 def piece_refs(data: bytes, read: PieceReader, what: str = "manifest") -> list[PieceRef]:

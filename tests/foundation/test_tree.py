@@ -9,6 +9,7 @@ names it, and a pack cannot make a centre keep a piece the signed release does n
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,8 @@ from caravane.protocol.errors import FormatError, VerificationError
 from caravane.protocol.metadata import FileEntry, Manifest
 
 from .conftest import RepoSim, read_tree
+
+RESERVED_PATH = re.compile(r"(?:^|/)(?:con|prn|aux|nul|com[1-9]|lpt[1-9])(?:[./]|$)")
 
 
 def _entry(path: str, seed: int = 0) -> FileEntry:
@@ -51,7 +54,9 @@ def _encode(m: Manifest) -> tuple[bytes, dict[str, bytes]]:
     st.lists(st.from_regex(r"[a-z]{1,6}(/[a-z0-9]{1,8}){0,2}\.txt", fullmatch=True), max_size=400)
 )
 def test_decode_gives_back_the_files_encoded(paths: list[str]) -> None:
-    # a file and a folder of one name cannot both exist: keep the paths that are only files
+    # a file and a folder of one name cannot both exist: keep the paths that are only files;
+    # device names Windows reserves (con.txt, aux/...) are refused as paths
+    paths = [p for p in paths if not RESERVED_PATH.search(p)]
     m = _manifest(paths)
     folders = {p.rsplit("/", 1)[0] for p in paths if "/" in p}
     m = Manifest(m.channel, m.version, m.created, [f for f in m.files if f.path not in folders])
@@ -197,6 +202,41 @@ def test_leaves_out_of_order_are_refused() -> None:
     doc = _doc(20, root.size, {"sha256": root.sha256, "length": root.length, "level": 1})
     with pytest.raises(FormatError, match="out of order"):
         tree.decode_manifest(doc, _reader(pieces))
+
+
+def _two_leaves(a: list[FileEntry], b: list[FileEntry], claim_a: int | None = None):
+    """A node over two leaves, the first one's file count claimed as ``claim_a``."""
+    leaves = [tree._leaf_bytes([e.to_dict() for e in part]) for part in (a, b)]
+    refs = [
+        tree._ref(part[0].path, data, len(part), sum(e.size for e in part), 0)
+        for part, data in zip((a, b), leaves, strict=True)
+    ]
+    if claim_a is not None:
+        refs[0] = tree.PieceRef(
+            refs[0].first, refs[0].sha256, refs[0].length, claim_a, refs[0].size, 0
+        )
+    node = tree._node_bytes(1, refs)
+    pieces = {r.sha256: d for r, d in zip(refs, leaves, strict=True)}
+    files = sum(r.files for r in refs)
+    root = tree._ref("", node, files, sum(r.size for r in refs), 1)
+    pieces[root.sha256] = node
+    ref = {"sha256": root.sha256, "length": root.length, "level": 1}
+    return tree.parse_doc(_doc(files, root.size, ref)), pieces
+
+
+def test_a_shared_piece_named_with_other_counts_is_refused_by_the_diff() -> None:
+    """The diff skips a piece both trees name, unread: a new tree whose parent claims other
+    counts for it (the sum still adding up) must not pass on those counts."""
+    a = [_entry(f"a/{i:02d}") for i in range(10)]
+    b = [_entry(f"b/{i:02d}") for i in range(10)]
+    b2 = [_entry(f"b/{i:02d}", seed=1) for i in range(10)]
+    old, old_pieces = _two_leaves(a, b)
+    honest, honest_pieces = _two_leaves(a, b2)
+    forged, forged_pieces = _two_leaves(a, b2, claim_a=11)
+    read = _reader({**old_pieces, **honest_pieces, **forged_pieces})
+    assert len(list(tree.diff(old, honest, read))) == 10
+    with pytest.raises(VerificationError, match="not its own"):
+        list(tree.diff(old, forged, read))
 
 
 V1 = {"index.html": "<h1>Bonjour</h1>", "cours/maths.txt": "1 + 1 = 2\n" * 50}

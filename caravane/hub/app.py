@@ -54,8 +54,8 @@ MUTABLE = "public, max-age=60, must-revalidate"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def _json_error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message, "status": status}, status=status)
+def _json_error(status: int, message: str, **detail: Any) -> web.Response:
+    return web.json_response({**detail, "error": message, "status": status}, status=status)
 
 
 @web.middleware
@@ -63,7 +63,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     try:
         return await handler(request)
     except HubError as exc:
-        return _json_error(exc.status, str(exc))
+        return _json_error(exc.status, str(exc), **exc.detail)
     except CaravaneError as exc:
         return _json_error(422, str(exc))
     except web.HTTPRequestEntityTooLarge:
@@ -256,14 +256,27 @@ async def declare_chunks(request: web.Request, p: Principal) -> web.Response:
     return web.json_response(await in_thread(hub.declare_chunks, p, request.match_info["uid"], doc))
 
 
-@api("curator")
-async def set_files(request: web.Request, p: Principal) -> web.Response:
+async def _file_list(
+    request: web.Request,
+    p: Principal,
+    take: Callable[[Principal, str, dict[str, Any]], dict[str, Any]],
+) -> web.Response:
+    """An upload's file list (whole, or as a tree's root), and its packs if it committed."""
     doc = await body_json(request)
-    hub = request.app[HUB_KEY]
-    out = await in_thread(hub.set_files, p, request.match_info["uid"], doc)
+    out = await in_thread(take, p, request.match_info["uid"], doc)
     if "committed" in out:
         queue_packs(request.app, out["committed"]["channel"])
     return web.json_response(out)
+
+
+@api("curator")
+async def set_files(request: web.Request, p: Principal) -> web.Response:
+    return await _file_list(request, p, request.app[HUB_KEY].set_files)
+
+
+@api("curator")
+async def set_tree(request: web.Request, p: Principal) -> web.Response:
+    return await _file_list(request, p, request.app[HUB_KEY].set_tree)
 
 
 @api("curator")
@@ -503,6 +516,7 @@ def make_app(
     r.add_post("/api/v1/uploads/{uid}/objects", put_objects)
     r.add_post("/api/v1/uploads/{uid}/chunks", declare_chunks)
     r.add_put("/api/v1/uploads/{uid}/files", set_files)
+    r.add_put("/api/v1/uploads/{uid}/tree", set_tree)
     r.add_post("/api/v1/uploads/{uid}/commit", commit_upload)
     r.add_post("/api/v1/nodes", register_centre)
     r.add_get("/api/v1/nodes", fleet)

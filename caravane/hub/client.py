@@ -33,9 +33,12 @@ import httpx
 
 from caravane.packs.chunker import DEFAULT_AVG
 from caravane.packs.files_cache import FilesCache
+from caravane.packs.idset import IdSet
+from caravane.packs.ingest import Ingest, iter_source, iter_source_cached
 from caravane.packs.repository import ingest_files, scan_source
 from caravane.packs.store import DEFAULT_LEVEL, ObjectStore, compress
 from caravane.protocol.metadata import FileEntry, check_channel
+from caravane.protocol.tree import PieceRef, TreeWriter
 
 from .errors import HubError
 
@@ -167,7 +170,9 @@ BATCH_RECORD: Final = struct.Struct(">32sI")  # as hub.app.parse_batch reads it
 BATCH_BYTES: Final = 4 * 1024 * 1024
 BATCH_OBJECTS: Final = 1024
 #: compressed bytes a streaming publish holds in memory before the folder's reading waits
-OUTBOX_BYTES: Final = 64 * 1024 * 1024
+OUTBOX_BYTES: Final = 32 * 1024 * 1024
+#: rounds of "the commit names objects it lacks, the client sends them" before giving up
+RESEND_ROUNDS: Final = 8
 #: chunks of unchanged files asked about in one request (the hub takes up to 100,000)
 ASK_BATCH: Final = 10_000
 
@@ -227,7 +232,10 @@ class Outbox:
         self.frames: dict[str, bytes] = {}
         self.announced: set[str] = set()  # handed over for declaration, frame still here
         self.queued = 0  # bytes of those frames
-        self.gone: set[str] = set()  # sent or dropped: a later copy of the chunk is not kept
+        #: sent or dropped: a later copy of the chunk is not kept (8 bytes an id: a million
+        #: chunks in 8 MB; an id taken for another, one chance in 2^64, is named missing by
+        #: the hub at the commit and sent then)
+        self.gone = IdSet()
         self.closed = False
         self._cond = threading.Condition()
 
@@ -327,6 +335,110 @@ class Outbox:
             self.announced.clear()
             self.queued = 0
             self._cond.notify_all()
+
+
+class SentPieces:
+    """The manifest pieces of the last tree this cache published to one channel of one hub.
+
+    A republish makes every piece of the file list again (about one per 30 files), and
+    most are the ones the hub already holds: declaring them all cost a one-file change at
+    a million files some 30,000 declarations. Those named here are neither declared nor
+    sent. Nothing is trusted by it: the hub reads every piece of the tree when it commits
+    and names any it lacks (collected, if another release replaced this one), which the
+    client then makes and sends again (:meth:`HubClient._send_again`). 32 bytes a piece.
+    """
+
+    def __init__(self, cache: Path, hub: str, channel: str) -> None:
+        key = hashlib.sha256(f"{hub}\0{channel}".encode()).hexdigest()[:32]
+        self.path = cache / "pieces" / key
+        self.known: set[str] = set()
+        self.made: list[str] = []
+        self.root: str | None = None  # the root of the tree last published, first id
+
+    def load(self, latest_root: object) -> None:
+        """Take the pieces recorded if they are the tree of the hub's latest release
+        (``latest_root``, from the upload's start): any other tree on the hub, and they may
+        have been collected, so all are declared, and the hub answers which it lacks."""
+        try:
+            data = self.path.read_bytes()
+        except OSError:
+            return
+        if len(data) % 32 or len(data) < 64:  # a damaged file: forgotten
+            return
+        if data[:32].hex() == latest_root:
+            self.known = {data[i : i + 32].hex() for i in range(32, len(data), 32)}
+
+    def save(self) -> None:
+        """The tree just committed is the one to skip next time (written atomically)."""
+        if self.root is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_bytes(b"".join(bytes.fromhex(h) for h in [self.root, *self.made]))
+        os.replace(tmp, self.path)
+
+
+def ingest_tree(
+    sink: Outbox,
+    folder: Path,
+    cache: FilesCache | None = None,
+    on_object: Callable[[str, int], object] | None = None,
+    pieces: SentPieces | None = None,
+) -> tuple[PieceRef | None, int, int]:
+    """Read ``folder`` into ``sink`` as a local publish does, the file list included: its
+    entries go into a :class:`TreeWriter` as they come, and each manifest piece it closes
+    goes to ``sink`` and ``on_object`` like a chunk. Returns the root and the counts.
+
+    Nothing here grows with the folder (the scan is a generator, the tree holds one open
+    run per level), so a million-file publish holds what a thousand-file one does; the
+    hub gets the pieces as objects and the root in one small request (``PUT .../tree``).
+    ``pieces``: those of the last tree published from this cache, not sent again.
+    """
+
+    def put_piece(ref: PieceRef, data: bytes) -> None:
+        if pieces is not None:
+            pieces.made.append(ref.sha256)
+            if ref.sha256 in pieces.known:
+                return
+        sink.put_raw(data, ref.sha256)
+        if on_object is not None:
+            on_object(ref.sha256, ref.length)
+
+    # with a cache, runs of unchanged files come whole from it (a stat each, no lookup per
+    # file), as in a local republish: it is trusted here, see below
+    files = (
+        iter_source_cached(folder, cache, DEFAULT_AVG) if cache is not None else iter_source(folder)
+    )
+    run = Ingest(
+        sink,
+        files,
+        DEFAULT_AVG,
+        None,
+        cache,
+        on_object,
+        encoded=True,
+        # files the cache knows unchanged go on unasked: the hub checks every chunk the
+        # tree names when it commits, and names those it lacks (sent then, _send_again)
+        trust_cache=True,
+    )
+    writer = TreeWriter(put_piece, check=False)  # iter_source checked every name
+    for entry in run:
+        if isinstance(entry, list):
+            writer.add_run(entry)
+        else:
+            writer.add(entry)
+    root = writer.finish()
+    if pieces is not None and root is not None:
+        pieces.root = root.sha256
+    return root, writer.files, writer.size
+
+
+def root_doc(root: PieceRef | None, files: int, size: int) -> dict[str, Any]:
+    """The body of ``PUT .../tree``: what the signed document will say of the tree."""
+    ref = None if root is None else {"sha256": root.sha256, "length": root.length}
+    if ref is not None and root is not None:
+        ref["level"] = root.level
+    return {"tree": ref, "files": files, "size": size}
 
 
 #: put in the declaration queue when reading waits for room: declare what is pending now
@@ -448,8 +560,9 @@ class HubClient:
             async with self._session() as s:
                 await self._ensure_channel(s, channel, title)
                 if max_objects is None:
+                    pieces = SentPieces(store.root, self.url, channel)
                     done = await self._publish_streaming(
-                        s, channel, folder, notes, files_cache, progress
+                        s, channel, folder, notes, files_cache, progress, pieces
                     )
                     if done is not None:
                         return done
@@ -567,6 +680,7 @@ class HubClient:
         notes: str,
         files_cache: FilesCache,
         progress: Callable[[int], object] | None,
+        pieces: SentPieces | None = None,
     ) -> dict[str, Any] | None:
         """Chunks declared and objects sent while the folder is read; None if the hub is
         from before streaming uploads (it then gets the file list first).
@@ -576,12 +690,15 @@ class HubClient:
         the folder again, and the upload sends only what the hub still lacks; files the
         files cache knows unchanged are not read at all when the hub holds their chunks.
         """
-        status, body = await self._call(
-            s, "POST", "/api/v1/uploads", json={"channel": channel, "notes": notes, "stream": True}
-        )
+        start = {"channel": channel, "notes": notes, "stream": True, "tree": True}
+        status, body = await self._call(s, "POST", "/api/v1/uploads", json=start)
         if status == 422 and "'files'" in str(body.get("error", "")):
             return None
         uid = str(self._check(status, body, "starting the upload")["upload"])
+        # a hub that takes the file list as pieces says so; an older one gets the list
+        as_tree = body.get("tree") is True
+        if as_tree and pieces is not None:
+            pieces.load(body.get("latest_root"))
         loop = asyncio.get_running_loop()
         chunks: asyncio.Queue[tuple[str, int] | None] = asyncio.Queue()
         to_send: asyncio.Queue[list[str] | None] = asyncio.Queue()
@@ -622,11 +739,13 @@ class HubClient:
                 loop.call_soon_threadsafe(chunks.put_nowait, FLUSH)
                 outbox.wait_room()
 
-        def run_ingest() -> list[FileEntry]:
+        def run_ingest() -> list[FileEntry] | tuple[PieceRef | None, int, int]:
+            if as_tree:
+                return ingest_tree(outbox, folder, files_cache, on_chunk, pieces)
             files = scan_source(folder)
             return ingest_files(outbox, files, DEFAULT_AVG, None, files_cache, on_chunk, held)[0]
 
-        async def ingest() -> list[FileEntry]:
+        async def ingest() -> list[FileEntry] | tuple[PieceRef | None, int, int]:
             try:
                 return await loop.run_in_executor(None, run_ingest)
             finally:
@@ -634,7 +753,7 @@ class HubClient:
 
         async def declare() -> None:
             nonlocal sent_objects
-            seen: set[str] = set()
+            seen = IdSet()  # 8 bytes a chunk (a wrong "seen": the hub names it at the commit)
             pending: dict[str, int] = {}
             more = True
             while more:
@@ -676,24 +795,39 @@ class HubClient:
             raise _first_error(group) from None
         finally:
             outbox.close()  # the folder's reading, if still going, stops waiting for room
-        entries = listed.result()
+        made = listed.result()
         # the hub commits at once when it lacks nothing (a hub that does not know
         # "commit" here answers the missing objects only, and the commit follows)
-        doc = {"files": [e.to_dict() for e in entries], "commit": True}
-        answer = self._check(
-            *await self._call(s, "PUT", f"/api/v1/uploads/{uid}/files", json=doc),
-            "sending the file list",
-        )
+        if isinstance(made, tuple):
+            doc = {**root_doc(*made), "commit": True}
+            answer = self._check(
+                *await self._call(s, "PUT", f"/api/v1/uploads/{uid}/tree", json=doc),
+                "sending the file list's root",
+            )
+        else:
+            doc = {"files": [e.to_dict() for e in made], "commit": True}
+            answer = self._check(
+                *await self._call(s, "PUT", f"/api/v1/uploads/{uid}/files", json=doc),
+                "sending the file list",
+            )
         late = [str(h) for h in answer["missing"]]  # collected at the hub meanwhile: again
         if late:
-            sent += await self._send_again(s, uid, folder, set(late), progress)
+            sent += await self._send_again(s, uid, folder, set(late), progress, as_tree)
         committed = answer.get("committed")
         if isinstance(committed, dict) and not late:
             result = committed
         else:
-            result = self._check(
-                *await self._call(s, "POST", f"/api/v1/uploads/{uid}/commit"), "committing"
-            )
+            for _ in range(RESEND_ROUNDS):
+                status, body = await self._call(s, "POST", f"/api/v1/uploads/{uid}/commit")
+                again = body.get("missing") if status == 409 and as_tree else None
+                if not isinstance(again, list) or not again:
+                    break
+                # the commit read further and found more (a piece it could not read before)
+                late += [str(h) for h in again]
+                sent += await self._send_again(s, uid, folder, set(map(str, again)), progress, True)
+            result = self._check(status, body, "committing")
+        if as_tree and pieces is not None:
+            pieces.save()
         return dict(
             result,
             upload=uid,
@@ -709,14 +843,37 @@ class HubClient:
         folder: Path,
         late: set[str],
         progress: Callable[[int], object] | None,
+        as_tree: bool = False,
     ) -> int:
         """Objects the hub lacks after all (collected since it said it held them, or a
-        duplicate of a chunk it was asked about): read the folder again for just those."""
+        duplicate of a chunk it was asked about): read the folder again for just those
+        (the file list's pieces too, for a tree upload: they are made again alike)."""
         loop = asyncio.get_running_loop()
         outbox = Outbox(limit=2**62, wanted=late)
-        await loop.run_in_executor(
-            None, lambda: ingest_files(outbox, scan_source(folder), DEFAULT_AVG)
-        )
+        sizes: dict[str, int] = {}
+
+        def found(sha: str, size: int) -> None:
+            if sha in late:
+                sizes[sha] = size
+
+        def read_again() -> None:
+            if as_tree:
+                ingest_tree(outbox, folder, on_object=found)
+            else:
+                for _ in Ingest(outbox, iter_source(folder), DEFAULT_AVG, on_chunk=found):
+                    pass
+
+        await loop.run_in_executor(None, read_again)
+        if as_tree and sizes:
+            # a tree upload declares only what it read: these are declared now, so the hub
+            # takes them (and keeps them for this upload)
+            pairs = sorted(sizes.items())
+            for i in range(0, len(pairs), ASK_BATCH):
+                doc = {"chunks": [[h, n] for h, n in pairs[i : i + ASK_BATCH]]}
+                self._check(
+                    *await self._call(s, "POST", f"/api/v1/uploads/{uid}/chunks", json=doc),
+                    "declaring objects",
+                )
         lost = late - set(outbox.frames)
         if lost:
             raise HubClientError(

@@ -1,15 +1,19 @@
 """Errors of the hub service; each maps to an HTTP status and a JSON body."""
 
+from typing import Any
+
 from caravane.protocol.errors import CaravaneError
 
 
 class HubError(CaravaneError):
     status = 400
 
-    def __init__(self, message: str, status: int | None = None) -> None:
+    def __init__(self, message: str, status: int | None = None, **detail: Any) -> None:
         super().__init__(message)
         if status is not None:
             self.status = status
+        #: more fields of the JSON answer (a refused commit's ``missing`` objects)
+        self.detail = detail
 
 
 class Unauthorized(HubError):

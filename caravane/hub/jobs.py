@@ -12,7 +12,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from datetime import timedelta
 from typing import Any, Literal
 
@@ -178,7 +178,7 @@ class JobRunner:
             job_log("collect_garbage").info("removed %d unused objects (%d bytes)", count, freed)
         return count, freed
 
-    def _open_upload_objects(self) -> set[str]:
+    def _open_upload_objects(self) -> Container[str]:
         return self.hub.open_upload_objects()
 
     def refresh_expiring(self) -> list[str]:

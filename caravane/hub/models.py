@@ -129,7 +129,7 @@ class AuditEntry(Base):
 class Upload(Base):
     """A publish in progress: the file list is known, objects arrive, then it is committed.
 
-    ``state`` is ``receiving`` (chunks declared, file list to come), ``open``, then
+    ``state`` is ``receiving`` (chunks declared, file list or tree to come), ``open``, then
     ``committed``, ``abandoned`` (the curator dropped it) or ``expired``: idle for
     ``upload_expiry_days`` since ``active_at`` (its creation or the last object, chunk or
     file list it received), the scheduled job drops its object rows so collection may take
@@ -145,6 +145,10 @@ class Upload(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     notes: Mapped[str] = mapped_column(Text, default="")
     files: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    #: a file list sent as manifest pieces (PUT .../tree): the root's reference and the
+    #: counts, ``{"sha256", "length", "level", "files", "size"}`` (``files`` then stays
+    #: empty; None otherwise), so the row stays a few hundred bytes whatever the release
+    tree: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     state: Mapped[str] = mapped_column(String(20), default="open")
     version: Mapped[int | None] = mapped_column(Integer, nullable=True)
     active_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -20,13 +20,17 @@ from sqlalchemy import Row, delete, func, insert, inspect, or_, select, text, up
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from caravane.packs.errors import StoreError
+from caravane.packs.errors import MissingObjects, StoreError
 from caravane.packs.hub_repository import HubRepository
+from caravane.packs.idset import IdSet
+from caravane.packs.repository import PublishResult
 from caravane.protocol.errors import CaravaneError, FormatError, SignatureError
 from caravane.protocol.keys import PublicKey
 from caravane.protocol.metadata import HEX64, FileEntry, check_channel
 from caravane.protocol.paths import check_paths
 from caravane.protocol.report import Report, report_node_id, verify_report
+from caravane.protocol.tree import MAX_FILES as MAX_TREE_FILES
+from caravane.protocol.tree import MAX_LEVELS, PieceRef
 
 from .auth import ROLES, Principal, hash_secret
 from .config import HubConfig
@@ -51,8 +55,9 @@ __all__ = ["ROLES", "Hub", "Principal", "now"]  # Principal and ROLES: from hub.
 
 log = logging.getLogger("caravane.hub.service")
 
-MAX_FILES = 1_000_000
+MAX_FILES = 1_000_000  # a file list sent whole (set_files); a tree takes MAX_TREE_FILES
 MAX_DECLARED = 100_000  # chunks declared in one request
+CHECK_DECLARED = 20_000  # declared objects checked present per store query at a commit
 MAX_CHUNK = 64 * 1024 * 1024
 #: an upload whose chunks are being declared and sent, its file list still to come
 RECEIVING = "receiving"
@@ -91,7 +96,9 @@ class Hub:
         self.on_publish: Callable[[str], None] | None = None
         #: files of releases signed through the API whose similarity sketches are not yet
         #: indexed (the latest per channel): :meth:`sketch_pending`, after the answer
-        self._unsketched: dict[str, list[FileEntry]] = {}
+        #: per channel, what indexes the sketches of the release last signed through the API
+        #: (the files of a listed upload, or the commit's own feeding for a tree upload)
+        self._unsketched: dict[str, list[FileEntry] | Callable[[], int]] = {}
         self._unsketched_lock = threading.Lock()
 
     # ------------------------------------------------------------------ audit
@@ -307,10 +314,28 @@ class Hub:
                     insert(UploadObject),
                     [{"upload_id": uid, "sha": h, "size": n} for h, n in chunks.items()],
                 )
-        return {"upload": uid, "missing": self._missing(chunks)}
+        out: dict[str, Any] = {"upload": uid, "missing": self._missing(chunks)}
+        if streaming:
+            # this hub takes the file list as manifest pieces (set_tree): a client that asks
+            # for it (``"tree": true``) and sees this sends no list at all; the root of the
+            # latest release tells it whether the pieces it last sent are still the hub's
+            out["tree"] = True
+            out["latest_root"] = self._latest_root(cid)
+        return out
+
+    def _latest_root(self, cid: str) -> str | None:
+        """The SHA-256 of the root piece of the channel's latest release (None: none, or a
+        format 1 release)."""
+        snap = self.repo.snapshot()
+        meta = snap.channel_or_none(cid)
+        if meta is None:
+            return None
+        doc = snap.release(cid, meta.version).doc
+        return doc.root.sha256 if doc is not None and doc.root is not None else None
 
     def declare_chunks(self, p: Principal, uid: str, doc: dict[str, Any]) -> dict[str, Any]:
-        """Chunks a receiving upload will need (``[[sha, size], ...]``); which the hub lacks."""
+        """Chunks a receiving (or open) upload will need (``[[sha, size], ...]``); which
+        the hub lacks."""
         p.require("curator")
         raw = doc.get("chunks")
         if not isinstance(raw, list) or len(raw) > MAX_DECLARED:
@@ -329,8 +354,9 @@ class Hub:
                 raise Unprocessable("each chunk must be [sha256 hex, size in bytes]")
             chunks[item[0]] = item[1]
         with self.db.session() as s:
-            head = self._activity(s, uid, (RECEIVING,))
-            if head.state != RECEIVING:
+            # open too: a client re-sending objects the commit named missing declares them
+            head = self._activity(s, uid, STILL_OPEN)
+            if head.state not in STILL_OPEN:
                 raise Conflict(f"upload {uid} is {head.state}, not receiving chunks")
             known = set(
                 s.scalars(
@@ -359,14 +385,7 @@ class Hub:
         entries = _file_entries(raw)
         chunks = {h: n for e in entries for h, n in e.chunks}
         with self.db.session() as s:
-            # locked (PostgreSQL): the expiry job cannot expire it while the list lands
-            up = s.get(Upload, uid, with_for_update=True)
-            if up is None:
-                raise NotFound(f"no upload {uid!r}")
-            if up.state == EXPIRED:
-                raise self._gone(uid, up.active_at, up.expired_at)
-            if up.state != RECEIVING:
-                raise Conflict(f"upload {uid} is {up.state}; its file list is already known")
+            up = self._receiving(s, uid)
             declared: dict[str, int] = {
                 sha: size
                 for sha, size in s.execute(
@@ -390,6 +409,46 @@ class Hub:
             out["committed"] = self._commit(p, uid, channel, notes, entries)
         return out
 
+    def set_tree(self, p: Principal, uid: str, doc: dict[str, Any]) -> dict[str, Any]:
+        """The file list of a receiving upload as manifest pieces the client uploaded like
+        chunks (declared, then sent when missing): ``{"tree": {"sha256", "length",
+        "level"} | null, "files": N, "size": BYTES}``, the root and the counts a signed
+        document would carry. The upload is then open; with ``"commit": true`` the release
+        is signed at once when nothing is missing (answered under ``"committed"``), and
+        otherwise the answer names the objects still to send (``"missing"``).
+
+        The request is a few hundred bytes whatever the size of the release, and the hub
+        checks the pieces from its store (:meth:`HubRepository.commit_uploaded_tree`); a
+        list sent whole (:meth:`set_files`) passed the JSON limit near 35,000 files.
+        """
+        p.require("curator")
+        root, files, size = _tree_ref(doc)
+        with self.db.session() as s:
+            up = self._receiving(s, uid)
+            up.tree = tree_ref = {**(_root_dict(root) or {}), "files": files, "size": size}
+            up.state = "open"
+            up.active_at = now()
+            channel, notes = up.channel_id, up.notes
+        out: dict[str, Any] = {"upload": uid, "missing": []}
+        if doc.get("commit") is True:
+            try:
+                out["committed"] = self._commit_tree_upload(p, uid, channel, notes, tree_ref)
+            except MissingObjects as exc:
+                out["missing"] = exc.missing
+        return out
+
+    def _receiving(self, s: Session, uid: str) -> Upload:
+        """A receiving upload about to take its file list, its row locked (PostgreSQL: the
+        expiry job cannot expire it while the list lands)."""
+        up = s.get(Upload, uid, with_for_update=True)
+        if up is None:
+            raise NotFound(f"no upload {uid!r}")
+        if up.state == EXPIRED:
+            raise self._gone(uid, up.active_at, up.expired_at)
+        if up.state != RECEIVING:
+            raise Conflict(f"upload {uid} is {up.state}; its file list is already known")
+        return up
+
     def _missing(self, chunks: Iterable[str], freshen: bool = True) -> list[str]:
         """Which of these objects the hub lacks.
 
@@ -406,16 +465,24 @@ class Hub:
         with self.db.session() as s:
             return list(s.scalars(select(UploadObject.sha).where(UploadObject.upload_id == uid)))
 
-    def open_upload_objects(self) -> set[str]:
-        """Objects of every upload still open: collection keeps them (asked under its lock)."""
+    def open_upload_objects(self) -> IdSet:
+        """Objects of every upload still open: collection keeps them (asked under its lock).
+
+        Read in batches into an :class:`IdSet` (8 bytes an id): a curator's million-file
+        upload declares a million chunks, which a set of strings held at 120 MB. An id
+        taken for another (one chance in 2^64) only keeps an object one collection longer.
+        """
+        keep = IdSet()
         with self.db.session() as s:
-            return set(
-                s.scalars(
-                    select(UploadObject.sha)
-                    .join(Upload, Upload.id == UploadObject.upload_id)
-                    .where(Upload.state.in_(STILL_OPEN))
-                )
+            rows = s.scalars(
+                select(UploadObject.sha)
+                .join(Upload, Upload.id == UploadObject.upload_id)
+                .where(Upload.state.in_(STILL_OPEN))
+                .execution_options(yield_per=CHECK_DECLARED)
             )
+            for batch in rows.partitions(CHECK_DECLARED):
+                keep.update(batch)
+        return keep
 
     def _upload_head(self, uid: str) -> tuple[str, str, int | None]:
         """(channel, state, version) of an upload, without its file list."""
@@ -703,6 +770,15 @@ class Hub:
         with self.db.session() as s:
             # active now: the expiry job cannot take it while it is being signed
             self._activity(s, uid, ("open",), force=True)
+        if up.tree is not None:
+            try:
+                return self._commit_tree_upload(p, uid, up.channel_id, up.notes, up.tree)
+            except MissingObjects as exc:
+                raise Conflict(
+                    f"{len(exc.missing)} objects are still missing (first "
+                    f"{exc.missing[0][:16]}); upload them and commit again",
+                    missing=exc.missing,
+                ) from None
         missing = self._missing(self._upload_objects(uid), freshen=False)
         if missing:
             raise Conflict(
@@ -731,8 +807,47 @@ class Hub:
             )
         except StoreError as exc:  # an object went missing since the check above
             raise Conflict(str(exc)) from None
+        return self._committed(p, uid, channel, notes, res, entries)
+
+    def _commit_tree_upload(
+        self, p: Principal, uid: str, channel: str, notes: str, ref: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Sign an upload whose file list came as pieces (checked by the repository first:
+        a first tree whole, an update by its diff). :class:`MissingObjects` names what the
+        client must still send."""
+        root, files, size = _tree_ref({"tree": _stored_root(ref), **ref})
+        with self.db.session() as s:
+            title = self._channel_row(s, channel).title
+        try:
+            res, feed = self.repo.commit_uploaded_tree(
+                channel,
+                root,
+                files,
+                size,
+                notes=notes,
+                title=title,
+                expires_days=self.config.expires_days or None,
+            )
+        except MissingObjects:
+            raise
+        except StoreError as exc:
+            raise Conflict(str(exc)) from None
+        except CaravaneError as exc:  # a piece, entry, path or count the checks refuse
+            raise Unprocessable(f"the uploaded file list is refused: {exc}") from None
+        return self._committed(p, uid, channel, notes, res, feed)
+
+    def _committed(
+        self,
+        p: Principal,
+        uid: str,
+        channel: str,
+        notes: str,
+        res: PublishResult,
+        unsketched: list[FileEntry] | Callable[[], int],
+    ) -> dict[str, Any]:
+        """Record a release just signed from an upload; its sketches follow the answer."""
         with self._unsketched_lock:
-            self._unsketched[channel] = entries
+            self._unsketched[channel] = unsketched
         with self.db.session() as s:
             s.add(
                 Release(
@@ -761,8 +876,12 @@ class Hub:
         sketched. Run by the pack worker before it builds the release's packs; if the hub
         stops first, the next pack build from that release sketches what it lacks."""
         with self._unsketched_lock:
-            entries = self._unsketched.pop(channel, None)
-        return 0 if entries is None else self.repo.index_sketches(entries)
+            pending = self._unsketched.pop(channel, None)
+        if pending is None:
+            return 0
+        if callable(pending):  # a tree upload: the commit's own feeding (the diff, bounded)
+            return pending()
+        return self.repo.index_sketches(pending)
 
     def held_versions(self, cid: str) -> set[int]:
         """Releases of ``cid`` that centres heard from within ``hold_days`` have installed.
@@ -1259,6 +1378,50 @@ class Hub:
                 "nodes": s.scalar(select(func.count()).select_from(Centre)) or 0,
                 "reports": s.scalar(select(func.count()).select_from(CentreReport)) or 0,
             }
+
+
+def _tree_ref(doc: dict[str, Any]) -> tuple[PieceRef | None, int, int]:
+    """The root and counts of a ``PUT .../tree`` body, their shapes checked (the pieces
+    themselves are checked when the release is committed)."""
+    files, size, raw = doc.get("files"), doc.get("size"), doc.get("tree")
+    for name, value in (("files", files), ("size", size)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise Unprocessable(f"{name!r} must be a count")
+    assert isinstance(files, int) and isinstance(size, int)
+    if files > MAX_TREE_FILES:
+        raise Unprocessable(f"{files} files: a release holds at most {MAX_TREE_FILES}")
+    if raw is None:
+        if files or size:
+            raise Unprocessable("'tree' is null but 'files' or 'size' is not 0")
+        return None, 0, 0
+    if not isinstance(raw, dict) or not files:
+        raise Unprocessable("'tree' must be {sha256, length, level} naming at least one file")
+    level = raw.get("level")
+    if not isinstance(level, int) or isinstance(level, bool) or not 0 <= level <= MAX_LEVELS:
+        raise Unprocessable(f"'tree' level must be 0 to {MAX_LEVELS}")
+    try:
+        root = PieceRef.from_dict(
+            {"sha256": raw.get("sha256"), "length": raw.get("length"), "first": ""}
+            | {"files": files, "size": size},
+            level,
+            "the uploaded tree",
+        )
+    except CaravaneError as exc:
+        raise Unprocessable(str(exc)) from None
+    return root, files, size
+
+
+def _root_dict(root: PieceRef | None) -> dict[str, Any] | None:
+    return (
+        None
+        if root is None
+        else {"sha256": root.sha256, "length": root.length, "level": root.level}
+    )
+
+
+def _stored_root(ref: dict[str, Any]) -> dict[str, Any] | None:
+    """The root reference of an upload's ``tree`` column (None for an empty release)."""
+    return None if "sha256" not in ref else {k: ref[k] for k in ("sha256", "length", "level")}
 
 
 def _file_entries(raw: object) -> list[FileEntry]:

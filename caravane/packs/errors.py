@@ -7,6 +7,15 @@ class StoreError(CaravaneError):
     """The object store cannot do what was asked (missing object, unwritable folder)."""
 
 
+class MissingObjects(StoreError):
+    """Objects a release names are not in the store; ``missing`` names them (as many as
+    were found before the check gave up), so an uploader can send exactly those."""
+
+    def __init__(self, message: str, missing: list[str]) -> None:
+        super().__init__(message)
+        self.missing = missing
+
+
 class PackError(FormatError):
     """A pack file that is not a valid pack."""
 
@@ -23,6 +32,7 @@ __all__ = [
     "CaravaneError",
     "DiskFullError",
     "FormatError",
+    "MissingObjects",
     "PackError",
     "StoreError",
     "TruncatedPackError",

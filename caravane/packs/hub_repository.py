@@ -14,12 +14,13 @@ import os
 import shutil
 import sqlite3
 import time
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Container, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from caravane.protocol import tree as treefmt
 from caravane.protocol.errors import CaravaneError, NotFoundError
 from caravane.protocol.keys import PrivateKey, PublicKey
 from caravane.protocol.metadata import (
@@ -40,7 +41,7 @@ from caravane.protocol.tree import encode_doc
 from . import similarity
 from .changes import new_contents
 from .chunker import DEFAULT_AVG
-from .errors import StoreError
+from .errors import MissingObjects, StoreError
 from .files_cache import FilesCache
 from .idset import IdSet
 from .ingest import (
@@ -54,7 +55,7 @@ from .ingest import (
     scan_source,
 )
 from .layout import channel_relpath, manifest_relpath
-from .manifests import WrittenTree, release_ref, write_manifest, write_tree
+from .manifests import WrittenTree, release_ref, store_reader, write_manifest, write_tree
 from .repository import (
     LEGACY_KEYS,
     RELEASE_KEY,
@@ -69,6 +70,9 @@ from .store import write_atomic
 log = logging.getLogger(__name__)
 #: chunks whose presence is checked per query while a commit walks its diff
 CHECK_BATCH = 20_000
+#: objects an uploader is told it still has to send, at most, per answer (it sends those and
+#: commits again)
+MISSING_NAMED = 20_000
 #: new or changed files kept for the similarity index after a commit; past it, the diff
 #: is walked again once the lock is released (a first publish of a million files)
 SKETCH_HOLD = 5_000
@@ -281,6 +285,91 @@ class HubRepository(RepositoryBase):
             after()
         return result
 
+    def commit_uploaded_tree(
+        self,
+        channel: str,
+        root: treefmt.PieceRef | None,
+        files: int,
+        size: int,
+        *,
+        notes: str = "",
+        title: str | None = None,
+        expires_days: int | None = None,
+    ) -> tuple[PublishResult, Callable[[], int]]:
+        """Sign a file list that arrived as manifest pieces (a curator's upload through
+        the hub), once it is checked whole; returns the summary and the similarity index's
+        feeding, for the caller to run when it likes (after answering the curator).
+
+        The pieces came from a client, so they are hostile input: before the lock is
+        taken they are checked as a centre checks what it is sent. A channel's first tree
+        is walked whole (:func:`tree.iter_files`: every piece verified by the hash its
+        parent names, every entry, path, order and count), every chunk asked for. An
+        update is checked by its diff from the latest release (:class:`tree.TreeDiff`,
+        which also holds the new tree's order across the pieces it skips; the changed
+        paths by a :class:`SortedPathChecker`, the added ones against the folders they
+        join by :func:`check_added`), reading the pieces the trees do not share: a
+        one-file change costs a few pieces, not the channel. Nothing here holds more than
+        a batch of leaves (or the added paths). Under the lock, the chunks of the entries
+        that differ from the latest release are checked again, as a local publish does.
+
+        :class:`MissingObjects` names pieces or chunks not in the store (at most
+        ``MISSING_NAMED``): the uploader sends them and commits again.
+        """
+        check_channel(channel)
+        self._key("release")
+        what = f"the uploaded file list of {channel!r}"
+        # the same checks as a signed document's (level bounds, counts, a tree iff files)
+        doc = treefmt.parse_doc(encode_doc(channel, 0, "", "", files, size, root), what)
+
+        def absent(wanted: dict[str, int]) -> None:
+            named = sorted(wanted)[:MISSING_NAMED]
+            raise MissingObjects(
+                f"{len(wanted)} manifest pieces of {channel!r} are not uploaded yet", named
+            )
+
+        read = store_reader(self.store, absent)
+        snap = self.snapshot()
+        meta = snap.channel_or_none(channel)
+        previous = snap.release(channel, meta.version) if meta else None
+        chunks: dict[str, int] = {}
+        lacking: set[str] = set()
+
+        def named(entry: FileEntry) -> None:
+            chunks.update(entry.chunks)
+            if len(chunks) >= CHECK_BATCH:
+                lacking.update(self.store.missing(chunks))
+                chunks.clear()
+
+        if previous is None or previous.doc is None:
+            # a first tree: walked whole, each piece, entry and path checked as it comes,
+            # the counts at the end, every chunk asked for
+            for file in treefmt.iter_files(doc, read, what):
+                named(file)
+        else:
+            # an update: what a centre checks of one (the diff, with the new tree's order
+            # across the pieces it skips, and the added paths against the folders they
+            # join), reading the pieces the two trees do not share; the chunks of the
+            # entries they share are the latest release's, which nothing collects
+            for _, entry in treefmt.checked_changes(previous.doc, doc, read, what):
+                if entry is not None:
+                    named(entry)
+        lacking.update(self.store.missing(chunks))
+        if lacking:
+            raise MissingObjects(
+                f"cannot publish {channel!r}: {len(lacking)} objects are not on the hub",
+                sorted(lacking)[:MISSING_NAMED],
+            )
+        objects = {ref.sha256: ref.length for ref in treefmt.iter_refs(doc, read, what)}
+        with self.lock():
+            return self._commit_tree(
+                channel,
+                WrittenTree(doc.root, doc.files, doc.size, objects),
+                notes=notes,
+                title=title,
+                expires_days=expires_days,
+                early=True,
+            )
+
     def _commit_tree(
         self,
         channel: str,
@@ -291,7 +380,7 @@ class HubRepository(RepositoryBase):
         expires_days: int | None,
         early: bool = False,
         sketched: similarity.SketchIndex | None = None,
-    ) -> tuple[PublishResult, Callable[[], None]]:
+    ) -> tuple[PublishResult, Callable[[], int]]:
         """Sign ``tree`` (its pieces in the store) as the channel's next release; the caller
         holds the lock, and calls the function returned once it has let go of it (the
         similarity index is fed then).
@@ -371,31 +460,33 @@ class HubRepository(RepositoryBase):
 
     def _refuse_missing(self, channel: str, missing: Collection[str]) -> None:
         if missing:
-            raise StoreError(
+            raise MissingObjects(
                 f"cannot publish {channel!r}: {len(missing)} objects are not in the store "
                 "(not uploaded yet, or collected while the folder was read); upload them or "
-                "publish again"
+                "publish again",
+                sorted(missing)[:MISSING_NAMED],
             )
 
     def _sketch_changes(
         self, new: Release, previous: Release | None, held: list[FileEntry] | None
-    ) -> None:
+    ) -> int:
         """Sketch the new and changed files of a release for the similarity index, from
-        the list the commit kept or, past ``SKETCH_HOLD`` files, walking the diff again."""
+        the list the commit kept or, past ``SKETCH_HOLD`` files, walking the diff again;
+        returns how many files were sketched."""
         if held is not None:
-            if held:
-                self.index_sketches(held)
-            return
+            return self.index_sketches(held) if held else 0
+        done = 0
         try:
             batch: list[FileEntry] = []
             for entry in new_contents(new.changes_from(previous)):
                 batch.append(entry)
                 if len(batch) >= SKETCH_HOLD:
-                    self.index_sketches(batch)
+                    done += self.index_sketches(batch)
                     batch = []
-            self.index_sketches(batch)
+            done += self.index_sketches(batch)
         except CaravaneError as exc:  # a cache: the next pack build fills the gap
             log.warning("%s: similarity index not updated (%s)", self.path, exc)
+        return done
 
     # ------------------------------------------------------------------ signing
 
@@ -570,7 +661,7 @@ class HubRepository(RepositoryBase):
         return refs
 
     def collect_garbage(
-        self, keep: Callable[[], set[str]] | None = None, grace_seconds: float = 0.0
+        self, keep: Callable[[], Container[str]] | None = None, grace_seconds: float = 0.0
     ) -> tuple[int, int]:
         """Remove objects no retained manifest uses; returns (objects, bytes) removed.
 
@@ -585,7 +676,7 @@ class HubRepository(RepositoryBase):
             cutoff = time.time() - grace_seconds
             contents = IdSet()
             refs = self.referenced_objects(contents=contents)
-            extra = keep() if keep else set()
+            extra: Container[str] = keep() if keep else ()
             count = freed = 0
             for sha in self.store.iter_ids():
                 if sha not in refs and sha not in extra:

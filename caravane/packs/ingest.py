@@ -240,6 +240,11 @@ class Ingest:
     Whoever signs a release from these entries checks again, under the lock collection
     takes, that the objects it names are there.
 
+    ``trust_cache``: a file the cache knows unchanged is taken as it stands, its chunks
+    neither asked for (``held``) nor announced (``on_chunk``): for a curator's client whose
+    hub checks every chunk of the release at the commit and names those it lacks, so that
+    a one-file republish of a million files does not declare a million chunks.
+
     ``on_content(sha, data)`` hears of each file read whose bytes are held whole anyway (up
     to ``WHOLE_CONTENT`` bytes; not ZIM books): the similarity index sketches them there,
     instead of reading them back from the store once the release is signed.
@@ -266,8 +271,10 @@ class Ingest:
         held: Callable[[dict[str, int]], set[str]] | None = None,
         encoded: bool = False,
         on_content: Callable[[str, bytes], object] | None = None,
+        trust_cache: bool = False,
     ) -> None:
         self.store, self.files, self.avg_chunk = store, files, avg_chunk
+        self.trust_cache = trust_cache
         self.on_content = on_content
         self.progress, self.cache, self.on_chunk, self.held = progress, cache, on_chunk, held
         self.encoded = encoded
@@ -278,10 +285,8 @@ class Ingest:
         #: the store's removal count now (None: a store that does not count them)
         self._removals: int | None = removals() if held is None and removals else None
         #: whether the cache's records may be taken without asking for their chunks
-        self._trusted = (
-            cache is not None
-            and self._removals is not None
-            and cache.removals_seen() == self._removals
+        self._trusted = cache is not None and (
+            trust_cache or (self._removals is not None and cache.removals_seen() == self._removals)
         )
 
     def _hits(self, window: list[SourceFile], books: list[bool]) -> list[EncodedEntry | None]:
@@ -295,7 +300,7 @@ class Ingest:
             cache.lookup(f.real, zim.stream_path(f.rel) if b else f.rel, f.stat, -avg if b else avg)
             for f, b in zip(window, books, strict=True)
         ]
-        if self._trusted and self.on_chunk is None:
+        if self._trusted and (self.on_chunk is None or self.trust_cache):
             return found
         chunks = [_chunks(e) if e is not None else [] for e in found]
         wanted = {h: n for c in chunks for h, n in c}

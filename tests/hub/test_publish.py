@@ -66,7 +66,9 @@ def test_second_publish_uploads_only_new_objects(running_hub, tmp_path: Path):
     second_src = write_tree(tmp_path / "src", {**FILES_V1, "lecons/new.txt": noise(5000, "n")})
     second = publish_cli(running_hub, "maths", second_src, tmp_path / "cache2")
     assert second["version"] == 2
-    assert second["sent_objects"] == 1, (first, second)
+    # the new file's chunk, and the one piece of the file list that names it (4 files: one
+    # leaf, which is the tree's root)
+    assert second["sent_objects"] == 2, (first, second)
     # Publishing the same content again sends nothing and still makes a release.
     third = publish_cli(running_hub, "maths", second_src, tmp_path / "cache2")
     assert third["sent_objects"] == 0 and third["version"] == 3
@@ -102,7 +104,8 @@ async def test_cut_upload_resumes_and_is_invisible_until_commit(running_hub, tmp
     assert c.status == 409 and "missing" in c.json()["error"]
 
     done = await client.publish("maths", src, cache=tmp_path / "cache")
-    assert done["complete"] and done["sent_objects"] == 5 and done["version"] == 1
+    # the 5 chunks left, and the file list's one piece (the cut upload sent the list whole)
+    assert done["complete"] and done["sent_objects"] == 6 and done["version"] == 1
     store = node_store(
         tmp_path / "store", (running_hub.hub.repo.path / "metadata/root.json").read_bytes()
     )
@@ -180,24 +183,29 @@ async def test_streaming_publish_keeps_no_object_copy_in_the_local_cache(
     assert again["complete"] and again["sent_objects"] == 0 and again["version"] == 2
 
 
-async def test_unchanged_file_whose_object_the_hub_lost_is_read_and_sent_again(
+async def test_unchanged_file_whose_object_the_hub_collected_is_read_and_sent_again(
     running_hub, tmp_path: Path
 ):
-    """The files cache says a file is unchanged, but the hub no longer holds one of its
-    objects (an operator removed it): the client reads that file again and sends it."""
+    """The files cache says a file is unchanged, but the hub no longer holds its object: the
+    release that had it was replaced by another curator's and collected. The commit names
+    the object; the client reads that file again and sends it."""
     files = {"a.bin": noise(200_000, "a"), "b.bin": noise(200_000, "b")}
     src = _aged_tree(tmp_path / "src", files)
     client = HubClient(running_hub.url, running_hub.admin)
     await client.publish("maths", src, cache=tmp_path / "cache")
-    manifest = running_hub.hub.repo.snapshot().manifest("maths", 1)
-    lost = next(f for f in manifest.files if f.path == "b.bin").chunks[0][0]
-    assert running_hub.hub.repo.store.remove(lost)
+    repo = running_hub.hub.repo
+    lost = next(f for f in repo.snapshot().manifest("maths", 1).files if f.path == "b.bin")
+    # another curator publishes a release without b.bin; the first one is retired, and
+    # collection takes b.bin's object (no grace period)
+    other = write_tree(tmp_path / "other", {"a.bin": files["a.bin"]})
+    await client.publish("maths", other, cache=tmp_path / "cache2")
+    assert repo.retain("maths", 1) == [1]
+    repo.collect_garbage(grace_seconds=0)
+    assert not repo.store.has(lost.chunks[0][0])
     done = await client.publish("maths", src, cache=tmp_path / "cache")
-    assert done["complete"] and done["sent_objects"] == 1 and done["version"] == 2
-    assert running_hub.hub.repo.store.has(lost)
-    store = node_store(
-        tmp_path / "store", (running_hub.hub.repo.path / "metadata/root.json").read_bytes()
-    )
+    assert done["complete"] and done["version"] == 3
+    assert repo.store.has(lost.chunks[0][0])
+    store = node_store(tmp_path / "store", (repo.path / "metadata/root.json").read_bytes())
     fetch_release(f"{running_hub.url}/repo", store, "maths")
     store.checkout("maths", tmp_path / "out")
     assert read_tree(tmp_path / "out") == files
@@ -211,6 +219,12 @@ async def test_object_collected_during_the_upload_is_sent_again(sqlite_hub, tmp_
         "maths", write_tree(tmp_path / "v1", base), cache=tmp_path / "c1"
     )
     kept = sqlite_hub.hub.repo.snapshot().manifest("maths", 1).files[0].chunks[0][0]
+    # the latest release no longer holds it (the hub keeps every object of its latest)
+    await HubClient(sqlite_hub.url, sqlite_hub.admin).publish(
+        "maths",
+        write_tree(tmp_path / "v1b", {"other.bin": noise(1000, "o")}),
+        cache=tmp_path / "c1",
+    )
     files = {**base, **{f"new{i}.bin": noise(300_000, f"new{i}") for i in range(6)}}
     src = write_tree(tmp_path / "v2", files)
     removed: list[int] = []
@@ -222,7 +236,7 @@ async def test_object_collected_during_the_upload_is_sent_again(sqlite_hub, tmp_
     client = HubClient(sqlite_hub.url, sqlite_hub.admin)
     done = await client.publish("maths", src, cache=tmp_path / "c2", progress=lose_it)
     assert removed and removed[0] > 0
-    assert done["complete"] and done["version"] == 2
+    assert done["complete"] and done["version"] == 3
     assert sqlite_hub.hub.repo.store.has(kept)
     store = node_store(
         tmp_path / "store", (sqlite_hub.hub.repo.path / "metadata/root.json").read_bytes()
@@ -250,9 +264,7 @@ async def test_publish_with_a_tiny_outbox_waits_for_the_hub_and_completes(
     assert read_tree(tmp_path / "out") == files
 
 
-def test_file_list_with_commit_signs_the_release_in_the_same_request(
-    running_hub, tmp_path: Path
-):
+def test_file_list_with_commit_signs_the_release_in_the_same_request(running_hub, tmp_path: Path):
     """``PUT .../files`` with ``"commit": true`` and nothing missing answers the release."""
     local = Repository.init(tmp_path / "local")
     src = write_tree(tmp_path / "src", {"a.txt": noise(4000, "a")})
@@ -284,12 +296,15 @@ def test_file_list_with_commit_signs_the_release_in_the_same_request(
     assert http("POST", f"{base}/api/v1/uploads/{uid}/commit", None, tok).json()["version"] == 1
 
     # a second upload of the same content: the file list commits it at once
-    uid2 = http(
-        "POST", f"{base}/api/v1/uploads", {"channel": "maths", "stream": True}, tok
-    ).json()["upload"]
-    assert http("POST", f"{base}/api/v1/uploads/{uid2}/chunks", {"chunks": chunks}, tok).json()[
-        "missing"
-    ] == []
+    uid2 = http("POST", f"{base}/api/v1/uploads", {"channel": "maths", "stream": True}, tok).json()[
+        "upload"
+    ]
+    assert (
+        http("POST", f"{base}/api/v1/uploads/{uid2}/chunks", {"chunks": chunks}, tok).json()[
+            "missing"
+        ]
+        == []
+    )
     done = http("PUT", f"{base}/api/v1/uploads/{uid2}/files", files, tok).json()
     assert done["missing"] == [] and done["committed"]["version"] == 2
     meta = json.loads(http("GET", f"{base}/repo/{channel_relpath('maths')}").body)

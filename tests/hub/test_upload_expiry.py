@@ -393,10 +393,11 @@ def test_migration_gives_uploads_open_at_the_upgrade_a_full_expiry(db_url: str, 
     hub = Hub(cfg)
     try:
         assert hub.expire_uploads() == []
-        assert hub.open_upload_objects() == {"a" * 64, "b" * 64}
+        kept = hub.open_upload_objects()
+        assert "a" * 64 in kept and "b" * 64 in kept and len(kept) == 2
         assert {u["upload"] for u in hub.open_uploads()} == {"open1", "recv1"}
         _idle(hub, "open1", 8)
         assert [u["upload"] for u in hub.expire_uploads()] == ["open1"]
-        assert hub.open_upload_objects() == set()
+        assert len(hub.open_upload_objects()) == 0
     finally:
         hub.close()

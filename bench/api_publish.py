@@ -38,7 +38,7 @@ from typing import Any
 
 from sqlalchemy import create_engine, text
 
-from bench.common import free_port
+from bench.common import free_port, run_measured
 
 PG_URL = os.environ.get(
     "CARAVANE_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -127,16 +127,31 @@ def _wait_port(port: int, seconds: float = 30) -> None:
     raise RuntimeError(f"hub did not start on port {port}")
 
 
+#: peak RSS (MiB) of the last command :func:`run_timed` ran, and of the last hub served
+LAST_RSS: dict[str, float] = {}
+
+
 def run_timed(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float, int]:
-    """Run a command; return (wall seconds, CPU seconds of it and its children, exit code)."""
-    start = time.monotonic()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    return (
-        time.monotonic() - start,
-        usage.ru_utime + usage.ru_stime,
-        os.waitstatus_to_exitcode(status),
-    )
+    """Run a command; return (wall seconds, CPU seconds of it and its children, exit code).
+
+    Its own peak RSS goes into ``LAST_RSS["command"]`` (:func:`bench.common.run_measured`:
+    a child forked straight from this process, which holds a million-file tree's listing,
+    reported this process's RSS).
+    """
+    seconds, rss, code, cpu, err = run_measured(cmd, env)
+    LAST_RSS["command"] = rss / 2**20
+    if code:
+        tail = err.decode(errors="replace").strip().splitlines()[-3:]
+        LAST_RSS["error"] = " / ".join(tail)  # type: ignore[assignment]
+    return seconds, cpu, code
+
+
+def peak_rss(pid: int) -> float:
+    """A running process's peak RSS so far, in MiB (VmHWM)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def process_cpu(pid: int) -> float:
@@ -169,13 +184,18 @@ def via_repo(folder: Path, tmp: Path) -> tuple[float, float]:
     subprocess.run([*CARAVANE, "repo", "init", str(repo)], check=True, capture_output=True)
     seconds, cpu, code = run_timed([*CARAVANE, "repo", "publish", str(repo), "lecons", str(folder)])
     if code:
-        raise RuntimeError("repo publish failed")
+        raise RuntimeError(f"repo publish failed: {LAST_RSS.get('error')}")
     return seconds, cpu
 
 
-def via_hub(folder: Path, tmp: Path, database_url: str) -> tuple[float, float]:
+def via_hub(
+    folder: Path, tmp: Path, database_url: str, change: Path | None = None
+) -> tuple[float, float]:
     """(wall, CPU) seconds of ``caravane publish --hub``; CPU is the client's and the hub's
-    (PostgreSQL's own server processes are not counted)."""
+    (PostgreSQL's own server processes are not counted). ``change``: a file of ``folder``
+    rewritten after the publish, then published again with the same cache (its wall
+    seconds and the client's peak RSS go into ``LAST_RSS`` as ``republish_s``,
+    ``republish_client``)."""
     data, port = tmp / "hub", free_port()
     init = subprocess.run(
         [
@@ -204,27 +224,39 @@ def via_hub(folder: Path, tmp: Path, database_url: str) -> tuple[float, float]:
         _wait_port(port)
         env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
         hub_before = process_cpu(server.pid)
-        seconds, cpu, code = run_timed(
-            [
-                *CARAVANE,
-                "publish",
-                "lecons",
-                str(folder),
-                "--hub",
-                f"http://127.0.0.1:{port}",
-                "--token",
-                token,
-                "--cache",
-                str(tmp / "curator-cache"),
-            ],
-            env=env,
-        )
+        publish = [
+            *CARAVANE,
+            "publish",
+            "lecons",
+            str(folder),
+            "--hub",
+            f"http://127.0.0.1:{port}",
+            "--token",
+            token,
+            "--cache",
+            str(tmp / "curator-cache"),
+        ]
+        seconds, cpu, code = run_timed(publish, env=env)
+        LAST_RSS["client"] = LAST_RSS["command"]
+        # the hub's peak while it took the upload, before its pack worker starts on the
+        # release (the first pack, at level 19, is bench.packs' and bench.scale's to measure)
+        LAST_RSS["hub_upload"] = peak_rss(server.pid)
         if code:
-            raise RuntimeError("publish --hub failed")
+            raise RuntimeError(f"publish --hub failed: {LAST_RSS.get('error')}")
         # the hub sketches the release for its similarity index after it answers (then builds
         # packs, not counted): that CPU is the publish's too, so it is waited for and counted
-        _wait_sketched(data / "repo")
+        # a million files take minutes to sketch (read back from the store)
+        _wait_sketched(data / "repo", 120 + sum(1 for _ in folder.rglob("*")) / 1000)
         hub_cpu = process_cpu(server.pid) - hub_before
+        LAST_RSS["hub"] = peak_rss(server.pid)
+        if change is not None:
+            change.write_bytes(change.read_bytes() + b"<!-- one more line -->\n")
+            again, _, code = run_timed(publish, env=env)
+            if code:
+                raise RuntimeError(f"republish --hub failed: {LAST_RSS.get('error')}")
+            LAST_RSS["republish_s"] = again
+            LAST_RSS["republish_client"] = LAST_RSS["command"]
+            LAST_RSS["republish_hub"] = peak_rss(server.pid)
         return seconds, cpu + hub_cpu
     finally:
         # killed, not stopped: after the commit the hub builds the release's packs (minutes
@@ -233,24 +265,51 @@ def via_hub(folder: Path, tmp: Path, database_url: str) -> tuple[float, float]:
         server.wait()
 
 
-def run(quick: bool, repeat: int) -> dict[str, Any]:
+def run(
+    quick: bool,
+    repeat: int,
+    small: int | None = None,
+    databases: tuple[str, ...] = ("SQLite", "PostgreSQL"),
+) -> dict[str, Any]:
     """Each database: ``repeat`` rounds of (repo publish, publish --hub), medians compared.
 
     The two commands alternate within a round, so a neighbour's load on a shared machine
-    weighs on both sides alike; the median of the rounds drops the outliers.
+    weighs on both sides alike; the median of the rounds drops the outliers. ``small``:
+    that many small pages instead of the mixed folder (``bench.scale``'s tree: a library's
+    size, where the file list itself is the load).
     """
     total, files = (32_000_000, 800) if quick else (128_000_000, 3000)
     out: dict[str, Any] = {"rows": [], "repeat": repeat}
     with tempfile.TemporaryDirectory(prefix="caravane-bench-publish-") as t:
         tmp = Path(t)
         folder = tmp / "content"
-        count, size = make_folder(folder, total, files)
+        if small:
+            from bench.scale import make_tree
+
+            make_tree(folder, small)
+            i = small // 2  # the page bench.scale changes
+            change = folder / f"d{i // 1_000_000:02d}" / f"d{(i // 1000) % 1000:03d}"
+            change = change / f"page-{i:07d}.html"
+            count = small
+            size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+        else:
+            change = None
+            count, size = make_folder(folder, total, files)
         out.update(files=count, bytes=size)
-        for label in ("SQLite", "PostgreSQL"):
+        for label in databases:
             local_runs: list[float] = []
             api_runs: list[float] = []
             local_cpu: list[float] = []
             api_cpu: list[float] = []
+            rss: dict[str, list[float]] = {
+                "repo": [],
+                "client": [],
+                "hub": [],
+                "hub_upload": [],
+                "republish_s": [],
+                "republish_client": [],
+            }
+            failed = ""
             for i in range(repeat):
                 url = "" if label == "SQLite" else _pg_database()
                 if url is None:
@@ -258,16 +317,30 @@ def run(quick: bool, repeat: int) -> dict[str, Any]:
                 work = tmp / f"{label}-{i}"
                 work.mkdir()
                 try:
-                    for runs, cpus, (wall, cpu) in (
-                        (local_runs, local_cpu, via_repo(folder, work)),
-                        (api_runs, api_cpu, via_hub(folder, work, url)),
-                    ):
-                        runs.append(wall)
-                        cpus.append(cpu)
+                    wall, cpu = via_repo(folder, work)
+                    local_runs.append(wall)
+                    local_cpu.append(cpu)
+                    rss["repo"].append(LAST_RSS["command"])
+                    try:
+                        wall, cpu = via_hub(folder, work, url, change)
+                    except RuntimeError as exc:  # recorded: a hub that cannot take the size
+                        failed = str(exc)
+                        break
+                    api_runs.append(wall)
+                    api_cpu.append(cpu)
+                    rss["client"].append(LAST_RSS["client"])
+                    rss["hub"].append(LAST_RSS["hub"])
+                    rss["hub_upload"].append(LAST_RSS["hub_upload"])
+                    if change is not None:
+                        rss["republish_s"].append(LAST_RSS["republish_s"])
+                        rss["republish_client"].append(LAST_RSS["republish_client"])
                 finally:
                     shutil.rmtree(work, ignore_errors=True)
                     if url:
                         _drop_pg(url)
+            if failed:
+                out["rows"].append({"database": label, "failed": failed})
+                continue
             if not api_runs:
                 out["rows"].append({"database": label, "skipped": "PostgreSQL not reachable"})
                 continue
@@ -283,6 +356,14 @@ def run(quick: bool, repeat: int) -> dict[str, Any]:
                     "repo_cpu_s": statistics.median(local_cpu),
                     "api_cpu_s": statistics.median(api_cpu),
                     "cpu_ratio": statistics.median(api_cpu) / statistics.median(local_cpu),
+                    "repo_rss_mib": max(rss["repo"]),
+                    "client_rss_mib": max(rss["client"]),
+                    "hub_rss_mib": max(rss["hub"]),
+                    "hub_upload_rss_mib": max(rss["hub_upload"]),
+                    "republish_s": statistics.median(rss["republish_s"])
+                    if rss["republish_s"]
+                    else None,
+                    "republish_client_rss_mib": max(rss["republish_client"], default=None),
                     "load": os.getloadavg()[0],
                 }
             )
@@ -292,17 +373,29 @@ def run(quick: bool, repeat: int) -> dict[str, Any]:
 def table(res: dict[str, Any]) -> str:
     lines = [
         f"publish {res['files']} files, {res['bytes'] / 1e6:.0f} MB (cold caches, empty hub; "
-        f"median of {res['repeat']})",
+        f"median of {res['repeat']}; peak RSS in MiB, the hub's as it took the upload / "
+        "after sketching it)",
         f"{'database':12} {'repo publish':>13} {'publish --hub':>14} {'ratio':>6} "
-        f"{'CPU ratio':>9} {'load':>5}",
+        f"{'CPU ratio':>9} {'RSS repo':>9} {'client':>7} {'hub':>9} {'load':>5} "
+        f"{'1-file republish --hub':>22}",
     ]
     for r in res["rows"]:
         if "skipped" in r:
             lines.append(f"{r['database']:12} skipped: {r['skipped']}")
             continue
+        if "failed" in r:
+            lines.append(f"{r['database']:12} FAILED: {r['failed']}")
+            continue
         lines.append(
             f"{r['database']:12} {r['repo_publish_s']:>12.1f}s {r['api_publish_s']:>13.1f}s "
-            f"{r['ratio']:>5.2f}x {r['cpu_ratio']:>8.2f}x {r['load']:>5.1f}"
+            f"{r['ratio']:>5.2f}x {r['cpu_ratio']:>8.2f}x {r['repo_rss_mib']:>9.0f} "
+            f"{r['client_rss_mib']:>7.0f} {r['hub_upload_rss_mib']:>4.0f}/{r['hub_rss_mib']:<4.0f} "
+            f"{r['load']:>5.1f} "
+            + (
+                f"{r['republish_s']:>12.1f}s, {r['republish_client_rss_mib']:.0f} MiB"
+                if r.get("republish_s") is not None
+                else f"{'':>22}"
+            )
         )
     return "\n".join(lines)
 
@@ -312,8 +405,13 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="32 MB in 800 files")
     ap.add_argument("--json", type=Path, help="also write the figures here")
     ap.add_argument("--repeat", type=int, default=None, help="rounds (default 3, quick 1)")
+    ap.add_argument(
+        "--small", type=int, default=None, metavar="N", help="N small pages instead (a library)"
+    )
+    ap.add_argument("--sqlite-only", action="store_true", help="skip PostgreSQL")
     args = ap.parse_args()
-    res = run(args.quick, args.repeat or (1 if args.quick else 3))
+    dbs = ("SQLite",) if args.sqlite_only else ("SQLite", "PostgreSQL")
+    res = run(args.quick, args.repeat or (1 if args.quick else 3), args.small, dbs)
     print(table(res))
     if args.json:
         args.json.write_text(json.dumps(res, indent=2))

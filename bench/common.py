@@ -56,7 +56,16 @@ def write_random_files(folder: Path, total: int, files: int, seed: int) -> Path:
 
 
 def run_child(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, int, int]:
-    """Run a command; return (seconds, its own peak RSS in bytes, exit code).
+    """Run a command; return (seconds, its own peak RSS in bytes, exit code)."""
+    seconds, rss, code, _, _ = run_measured(cmd, env)
+    return seconds, rss, code
+
+
+def run_measured(
+    cmd: list[str], env: dict[str, str] | None = None
+) -> tuple[float, int, int, float, bytes]:
+    """Run a command; return (seconds, its own peak RSS in bytes, exit code, CPU seconds of
+    it and its children, its stderr).
 
     Linux keeps ``ru_maxrss`` across ``execve``, so a child forked straight from this (large)
     Python process would report our RSS; ``/usr/bin/time`` is a small process in between,
@@ -69,12 +78,15 @@ def run_child(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float,
         proc = subprocess.Popen(
             [*timer, *cmd], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
+        assert proc.stderr is not None
+        err = proc.stderr.read()  # drained as it runs: a full pipe would stall the command
         _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = code = os.waitstatus_to_exitcode(status)
         seconds = time.monotonic() - start
-        code = os.waitstatus_to_exitcode(status)
-        if HAVE_TIME and rss_file.exists() and rss_file.read_text().split():
-            return seconds, int(rss_file.read_text().split()[-1]) * 1024, code
-        return seconds, usage.ru_maxrss * 1024, code
+        cpu = usage.ru_utime + usage.ru_stime
+        measured = rss_file.read_text().split() if rss_file.exists() else []
+        rss = int(measured[-1]) * 1024 if HAVE_TIME and measured else usage.ru_maxrss * 1024
+        return seconds, rss, code, cpu, err
 
 
 HAVE_TIME = os.path.exists("/usr/bin/time")

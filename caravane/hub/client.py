@@ -38,7 +38,7 @@ from caravane.packs.ingest import Ingest, iter_source, iter_source_cached
 from caravane.packs.repository import ingest_files, scan_source
 from caravane.packs.store import DEFAULT_LEVEL, ObjectStore, compress
 from caravane.protocol.metadata import FileEntry, check_channel
-from caravane.protocol.tree import PieceRef, TreeWriter
+from caravane.protocol.tree import PieceRef, TreeWriter, root_ref
 
 from .errors import HubError
 
@@ -435,10 +435,7 @@ def ingest_tree(
 
 def root_doc(root: PieceRef | None, files: int, size: int) -> dict[str, Any]:
     """The body of ``PUT .../tree``: what the signed document will say of the tree."""
-    ref = None if root is None else {"sha256": root.sha256, "length": root.length}
-    if ref is not None and root is not None:
-        ref["level"] = root.level
-    return {"tree": ref, "files": files, "size": size}
+    return {"tree": root_ref(root), "files": files, "size": size}
 
 
 #: put in the declaration queue when reading waits for room: declare what is pending now

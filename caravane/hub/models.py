@@ -145,9 +145,10 @@ class Upload(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     notes: Mapped[str] = mapped_column(Text, default="")
     files: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
-    #: a file list sent as manifest pieces (PUT .../tree): the root's reference and the
-    #: counts, ``{"sha256", "length", "level", "files", "size"}`` (``files`` then stays
-    #: empty; None otherwise), so the row stays a few hundred bytes whatever the release
+    #: a file list sent as manifest pieces (PUT .../tree): that request's body, the root's
+    #: reference and the counts, ``{"tree": {"sha256", "length", "level"} | None, "files",
+    #: "size"}`` (``files`` then stays empty; None otherwise), so the row stays a few
+    #: hundred bytes whatever the release
     tree: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     state: Mapped[str] = mapped_column(String(20), default="open")
     version: Mapped[int | None] = mapped_column(Integer, nullable=True)

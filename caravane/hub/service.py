@@ -30,7 +30,7 @@ from caravane.protocol.metadata import HEX64, FileEntry, check_channel
 from caravane.protocol.paths import check_paths
 from caravane.protocol.report import Report, report_node_id, verify_report
 from caravane.protocol.tree import MAX_FILES as MAX_TREE_FILES
-from caravane.protocol.tree import MAX_LEVELS, PieceRef
+from caravane.protocol.tree import MAX_LEVELS, PieceRef, root_ref
 
 from .auth import ROLES, Principal, hash_secret
 from .config import HubConfig
@@ -425,7 +425,7 @@ class Hub:
         root, files, size = _tree_ref(doc)
         with self.db.session() as s:
             up = self._receiving(s, uid)
-            up.tree = tree_ref = {**(_root_dict(root) or {}), "files": files, "size": size}
+            up.tree = tree_ref = {"tree": root_ref(root), "files": files, "size": size}
             up.state = "open"
             up.active_at = now()
             channel, notes = up.channel_id, up.notes
@@ -815,7 +815,7 @@ class Hub:
         """Sign an upload whose file list came as pieces (checked by the repository first:
         a first tree whole, an update by its diff). :class:`MissingObjects` names what the
         client must still send."""
-        root, files, size = _tree_ref({"tree": _stored_root(ref), **ref})
+        root, files, size = _tree_ref(ref)
         with self.db.session() as s:
             title = self._channel_row(s, channel).title
         try:
@@ -1409,19 +1409,6 @@ def _tree_ref(doc: dict[str, Any]) -> tuple[PieceRef | None, int, int]:
     except CaravaneError as exc:
         raise Unprocessable(str(exc)) from None
     return root, files, size
-
-
-def _root_dict(root: PieceRef | None) -> dict[str, Any] | None:
-    return (
-        None
-        if root is None
-        else {"sha256": root.sha256, "length": root.length, "level": root.level}
-    )
-
-
-def _stored_root(ref: dict[str, Any]) -> dict[str, Any] | None:
-    """The root reference of an upload's ``tree`` column (None for an empty release)."""
-    return None if "sha256" not in ref else {k: ref[k] for k in ("sha256", "length", "level")}
 
 
 def _file_entries(raw: object) -> list[FileEntry]:

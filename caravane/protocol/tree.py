@@ -405,6 +405,14 @@ def encode_manifest(manifest: Manifest) -> EncodedManifest:
     return EncodedManifest(doc, root, pieces)
 
 
+def root_ref(root: PieceRef | None) -> dict[str, Any] | None:
+    """How a document names its tree's root (``tree``): the root's counts are the
+    document's own. The same shape names it in an upload (``PUT .../tree``)."""
+    if root is None:
+        return None
+    return {"sha256": root.sha256, "length": root.length, "level": root.level}
+
+
 def encode_doc(
     channel: str,
     version: int,
@@ -415,9 +423,7 @@ def encode_doc(
     root: PieceRef | None,
 ) -> bytes:
     """The signed document of a tree whose pieces are written (a :class:`TreeWriter`'s)."""
-    tree: dict[str, Any] | None = None
-    if root is not None:
-        tree = {"sha256": root.sha256, "length": root.length, "level": root.level}
+    tree = root_ref(root)
     doc = canonical_bytes(
         {
             "_type": "manifest",

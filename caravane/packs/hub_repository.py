@@ -297,23 +297,22 @@ class HubRepository(RepositoryBase):
         expires_days: int | None = None,
     ) -> tuple[PublishResult, Callable[[], int]]:
         """Sign a file list that arrived as manifest pieces (a curator's upload through
-        the hub), once it is checked whole; returns the summary and the similarity index's
+        the hub), once it is checked; returns the summary and the similarity index's
         feeding, for the caller to run when it likes (after answering the curator).
 
         The pieces came from a client, so they are hostile input: before the lock is
         taken they are checked as a centre checks what it is sent. A channel's first tree
         is walked whole (:func:`tree.iter_files`: every piece verified by the hash its
-        parent names, every entry, path, order and count), every chunk asked for. An
-        update is checked by its diff from the latest release (:class:`tree.TreeDiff`,
-        which also holds the new tree's order across the pieces it skips; the changed
-        paths by a :class:`SortedPathChecker`, the added ones against the folders they
-        join by :func:`check_added`), reading the pieces the trees do not share: a
-        one-file change costs a few pieces, not the channel. Nothing here holds more than
-        a batch of leaves (or the added paths). Under the lock, the chunks of the entries
-        that differ from the latest release are checked again, as a local publish does.
+        parent names, every entry, path, order and count); an update by its diff from the
+        latest release (:func:`tree.checked_changes`), reading the pieces the trees do not
+        share: a one-file change costs a few pieces, not the channel. The chunks of what
+        is new are asked for. Nothing here holds more than a batch of leaves (or the added
+        paths). Under the lock, the chunks of the entries that differ from the latest
+        release are checked again, as a local publish does.
 
         :class:`MissingObjects` names pieces or chunks not in the store (at most
-        ``MISSING_NAMED``): the uploader sends them and commits again.
+        ``MISSING_NAMED``, found before the check stops): the uploader sends them and
+        commits again.
         """
         check_channel(channel)
         self._key("release")
@@ -339,6 +338,14 @@ class HubRepository(RepositoryBase):
             if len(chunks) >= CHECK_BATCH:
                 lacking.update(self.store.missing(chunks))
                 chunks.clear()
+                if len(lacking) >= MISSING_NAMED:  # enough to name (a client that sent none)
+                    refuse()
+
+        def refuse() -> None:
+            raise MissingObjects(
+                f"cannot publish {channel!r}: {len(lacking)} or more objects are not on the hub",
+                sorted(lacking)[:MISSING_NAMED],
+            )
 
         if previous is None or previous.doc is None:
             # a first tree: walked whole, each piece, entry and path checked as it comes,
@@ -355,10 +362,7 @@ class HubRepository(RepositoryBase):
                     named(entry)
         lacking.update(self.store.missing(chunks))
         if lacking:
-            raise MissingObjects(
-                f"cannot publish {channel!r}: {len(lacking)} objects are not on the hub",
-                sorted(lacking)[:MISSING_NAMED],
-            )
+            refuse()
         objects = {ref.sha256: ref.length for ref in treefmt.iter_refs(doc, read, what)}
         with self.lock():
             return self._commit_tree(

@@ -288,3 +288,21 @@ async def test_a_piece_the_client_skips_but_the_hub_lost_is_made_and_sent_again(
     assert fetch_release(f"{sqlite_hub.url}/repo", store, "maths") == 2
     store.checkout("maths", tmp_path / "out")
     assert read_tree(tmp_path / "out") == files
+
+
+def test_a_tree_whose_chunks_were_never_sent_is_refused_naming_a_bounded_few(
+    sqlite_hub, monkeypatch
+):
+    """A client that sends the pieces and none of the chunks: the hub stops once it has
+    enough to name (20,000; 5 here) instead of holding every missing id."""
+    from caravane.packs import hub_repository
+
+    monkeypatch.setattr(hub_repository, "MISSING_NAMED", 5)
+    monkeypatch.setattr(hub_repository, "CHECK_BATCH", 8)
+    entries, _ = honest()
+    body, pieces = pieces_of(entries)
+    _, answer = upload(sqlite_hub, body, pieces)
+    assert answer.status == 200
+    missing = answer.json()["missing"]
+    assert len(missing) == 5 and set(missing) <= {e.sha256 for e in entries}
+    assert published(sqlite_hub) is None

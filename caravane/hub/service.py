@@ -57,7 +57,7 @@ log = logging.getLogger("caravane.hub.service")
 
 MAX_FILES = 1_000_000  # a file list sent whole (set_files); a tree takes MAX_TREE_FILES
 MAX_DECLARED = 100_000  # chunks declared in one request
-CHECK_DECLARED = 20_000  # declared objects checked present per store query at a commit
+CHECK_DECLARED = 20_000  # open uploads' declared objects read per batch (for collection)
 MAX_CHUNK = 64 * 1024 * 1024
 #: an upload whose chunks are being declared and sent, its file list still to come
 RECEIVING = "receiving"
@@ -98,7 +98,7 @@ class Hub:
         #: indexed (the latest per channel): :meth:`sketch_pending`, after the answer
         #: per channel, what indexes the sketches of the release last signed through the API
         #: (the files of a listed upload, or the commit's own feeding for a tree upload)
-        self._unsketched: dict[str, list[FileEntry] | Callable[[], int]] = {}
+        self._unsketched: dict[str, Callable[[], int]] = {}
         self._unsketched_lock = threading.Lock()
 
     # ------------------------------------------------------------------ audit
@@ -807,7 +807,9 @@ class Hub:
             )
         except StoreError as exc:  # an object went missing since the check above
             raise Conflict(str(exc)) from None
-        return self._committed(p, uid, channel, notes, res, entries)
+        return self._committed(
+            p, uid, channel, notes, res, lambda: self.repo.index_sketches(entries)
+        )
 
     def _commit_tree_upload(
         self, p: Principal, uid: str, channel: str, notes: str, ref: dict[str, Any]
@@ -843,9 +845,10 @@ class Hub:
         channel: str,
         notes: str,
         res: PublishResult,
-        unsketched: list[FileEntry] | Callable[[], int],
+        unsketched: Callable[[], int],
     ) -> dict[str, Any]:
-        """Record a release just signed from an upload; its sketches follow the answer."""
+        """Record a release just signed from an upload; its sketches follow the answer
+        (``unsketched`` indexes them, and says how many files it sketched)."""
         with self._unsketched_lock:
             self._unsketched[channel] = unsketched
         with self.db.session() as s:
@@ -877,11 +880,7 @@ class Hub:
         stops first, the next pack build from that release sketches what it lacks."""
         with self._unsketched_lock:
             pending = self._unsketched.pop(channel, None)
-        if pending is None:
-            return 0
-        if callable(pending):  # a tree upload: the commit's own feeding (the diff, bounded)
-            return pending()
-        return self.repo.index_sketches(pending)
+        return 0 if pending is None else pending()
 
     def held_versions(self, cid: str) -> set[int]:
         """Releases of ``cid`` that centres heard from within ``hold_days`` have installed.

@@ -20,7 +20,7 @@ from typing import Any, Final
 
 import click
 
-from . import __version__
+from . import __version__, memory
 
 # The shared helpers, importable from here for sub-command modules written against the
 # older layout (node/cli.py); new code imports them from caravane.output.
@@ -85,6 +85,7 @@ class Caravane(click.Group):
     """The root group: sub-commands are registered before the command line is read."""
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
+        memory.tune()  # before any thread allocates: see memory.py
         try:
             register_commands(self)
         except CommandsBroken as exc:

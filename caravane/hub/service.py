@@ -20,6 +20,7 @@ from sqlalchemy import Row, delete, func, insert, inspect, or_, select, text, up
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from caravane.packs import sql_in
 from caravane.packs.errors import MissingObjects, StoreError
 from caravane.packs.hub_repository import HubRepository
 from caravane.packs.idset import IdSet
@@ -57,6 +58,7 @@ log = logging.getLogger("caravane.hub.service")
 
 MAX_FILES = 1_000_000  # a file list sent whole (set_files); a tree takes MAX_TREE_FILES
 MAX_DECLARED = 100_000  # chunks declared in one request
+IN_KEYS = 1024  # keys per IN (...) list of a query, padded (sql_in.py)
 CHECK_DECLARED = 20_000  # open uploads' declared objects read per batch (for collection)
 MAX_CHUNK = 64 * 1024 * 1024
 #: an upload whose chunks are being declared and sent, its file list still to come
@@ -358,13 +360,16 @@ class Hub:
             head = self._activity(s, uid, STILL_OPEN)
             if head.state not in STILL_OPEN:
                 raise Conflict(f"upload {uid} is {head.state}, not receiving chunks")
-            known = set(
-                s.scalars(
-                    select(UploadObject.sha).where(
-                        UploadObject.upload_id == uid, UploadObject.sha.in_(list(chunks))
+            known: set[str] = set()
+            # in padded parts: a few statement sizes, each prepared once (sql_in.py)
+            for part in sql_in.parts(list(chunks), IN_KEYS):
+                known.update(
+                    s.scalars(
+                        select(UploadObject.sha).where(
+                            UploadObject.upload_id == uid, UploadObject.sha.in_(part)
+                        )
                     )
                 )
-            )
             fresh = [
                 {"upload_id": uid, "sha": h, "size": n} for h, n in chunks.items() if h not in known
             ]
@@ -615,9 +620,10 @@ class Hub:
             head = s.execute(select(Upload.state, Upload.active_at).where(Upload.id == uid)).first()
             sizes: dict[str, int] = {
                 sha: size
+                for part in sql_in.parts(shas, IN_KEYS)
                 for sha, size in s.execute(
                     select(UploadObject.sha, UploadObject.size).where(
-                        UploadObject.upload_id == uid, UploadObject.sha.in_(shas)
+                        UploadObject.upload_id == uid, UploadObject.sha.in_(part)
                     )
                 )
             }

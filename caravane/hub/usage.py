@@ -63,6 +63,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from caravane.packs import sql_in
 from caravane.protocol.errors import FormatError, PathError
 from caravane.protocol.metadata import check_channel
 from caravane.protocol.paths import check_path
@@ -281,10 +282,10 @@ def _file_ids(session: Session, keys: Iterable[str]) -> dict[str, tuple[int, str
         for c, p in pairs:
             by_channel[c].append(p)
         for c, paths in sorted(by_channel.items()):
-            for i in range(0, len(paths), 1000):
+            for part in sql_in.parts(paths, 1024):  # a few statement sizes only
                 rows = session.execute(
                     select(usage_files.c.id, usage_files.c.path).where(
-                        usage_files.c.channel == c, usage_files.c.path.in_(paths[i : i + 1000])
+                        usage_files.c.channel == c, usage_files.c.path.in_(part)
                     )
                 )
                 for fid, p in rows:
@@ -332,11 +333,9 @@ def _channels_of(session: Session, snaps: Iterable[_Snap]) -> dict[int, str]:
     ids = {int(k) for s in snaps for k in s.counts}
     out: dict[int, str] = {}
     id_list = sorted(ids)
-    for i in range(0, len(id_list), 1000):
+    for part in sql_in.parts(id_list, 1024):
         for fid, ch in session.execute(
-            select(usage_files.c.id, usage_files.c.channel).where(
-                usage_files.c.id.in_(id_list[i : i + 1000])
-            )
+            select(usage_files.c.id, usage_files.c.channel).where(usage_files.c.id.in_(part))
         ):
             out[int(fid)] = str(ch)
     return out

@@ -49,6 +49,7 @@ from types import TracebackType
 from caravane.protocol import tree
 from caravane.protocol.errors import CaravaneError
 
+from . import sql_in
 from .errors import StoreError
 from .manifests import store_reader
 from .store import ObjectStore
@@ -87,7 +88,7 @@ COMPACT_AFTER = 32 * 1024 * 1024
 #: which only means counting ids that are not objects
 HEX64_QUOTED = re.compile(rb'"([0-9a-f]{64})"')
 #: ids per statement that names them
-QUERY_KEYS = 500
+QUERY_KEYS = 512  # keys per IN (...) list, padded (sql_in.py)
 
 
 class CountsError(StoreError):
@@ -163,8 +164,7 @@ class Intake:
 
 
 def _parts(items: list[bytes]) -> Iterator[list[bytes]]:
-    for start in range(0, len(items), QUERY_KEYS):
-        yield items[start : start + QUERY_KEYS]
+    return sql_in.parts(items, QUERY_KEYS)
 
 
 def _marks(items: list[bytes] | list[int]) -> str:
@@ -383,8 +383,7 @@ class LiveCounts:
             if row[0] == 0:
                 gone.append(key)
         if gone:
-            for part in range(0, len(gone), QUERY_KEYS):
-                keys = gone[part : part + QUERY_KEYS]
+            for keys in sql_in.parts(gone, QUERY_KEYS):
                 db.execute(f"DELETE FROM objects WHERE id IN ({_marks(keys)})", keys)
             dead = set(gone)
             db.executemany(
@@ -407,7 +406,7 @@ class LiveCounts:
             ids: dict[int, list[bytes]] = {}
             for k in part:
                 ids.setdefault(object_key(k.hex()), []).append(k)
-            id_list = list(ids)
+            id_list = sql_in.padded(list(ids))
             for (i,) in db.execute(
                 f"SELECT id FROM objects WHERE id IN ({_marks(id_list)})", id_list
             ):

@@ -33,6 +33,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import sql_in
 from .errors import DiskFullError, StoreError
 
 SEGMENT_DIR = "segments"
@@ -42,7 +43,7 @@ SEGMENT_LIMIT = 64 * 1024 * 1024
 SPARSE = 0.5
 PAGE = 2000
 #: objects per statement that names them (SQLite allows 32,766 parameters since 3.32)
-QUERY_KEYS = 500
+QUERY_KEYS = 512  # keys per IN (...) list, padded (sql_in.py)
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS objects (
     sha BLOB PRIMARY KEY,
@@ -616,8 +617,7 @@ class _write:
 
 
 def _parts(keys: list[bytes]) -> Iterator[list[bytes]]:
-    for start in range(0, len(keys), QUERY_KEYS):
-        yield keys[start : start + QUERY_KEYS]
+    return sql_in.parts(keys, QUERY_KEYS)
 
 
 def _marks(part: list[bytes]) -> str:

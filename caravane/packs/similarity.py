@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from . import sql_in
 from .sketch_helper import HelperError, SketchHelper
 from .sketches import SKETCH_MAX_FILE, SKETCH_SAMPLE, sketch
 
@@ -152,8 +153,8 @@ class SketchIndex:
         out: set[str] = set()
         todo = list(shas)
         for i in range(0, len(todo), BATCH):
-            batch = [bytes.fromhex(s) for s in todo[i : i + BATCH]]
-            marks = ",".join("?" * len(batch))
+            batch = sql_in.padded([bytes.fromhex(s) for s in todo[i : i + BATCH]])
+            marks = sql_in.marks(batch)
             for (sha,) in self._db.execute(f"SELECT sha FROM files WHERE sha IN ({marks})", batch):
                 out.add(sha.hex())
         return out

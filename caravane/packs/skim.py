@@ -40,6 +40,8 @@ from caravane.protocol.errors import VerificationError
 from caravane.protocol.metadata import FileEntry
 from caravane.protocol.release import Release
 
+from . import sql_in
+
 #: what a stored summary's layout and meaning depend on; another value is not read
 MAGIC = b"SKM1"
 _HEAD = struct.Struct("<4sIQI")
@@ -146,9 +148,9 @@ class LeafSummaries:
 
     def get_many(self, shas: list[str]) -> dict[str, LeafSummary]:
         out: dict[str, LeafSummary] = {}
-        for i in range(0, len(shas), 500):
-            batch = [bytes.fromhex(s) for s in shas[i : i + 500]]
-            marks = ",".join("?" * len(batch))
+        for i in range(0, len(shas), 512):
+            batch = sql_in.padded([bytes.fromhex(s) for s in shas[i : i + 512]])
+            marks = sql_in.marks(batch)
             for sha, data in self._db.execute(
                 f"SELECT sha, data FROM leaves WHERE sha IN ({marks})", batch
             ):

@@ -171,6 +171,11 @@ BATCH_BYTES: Final = 4 * 1024 * 1024
 BATCH_OBJECTS: Final = 1024
 #: compressed bytes a streaming publish holds in memory before the folder's reading waits
 OUTBOX_BYTES: Final = 32 * 1024 * 1024
+#: ... and chunks handed over for declaration and not yet answered: where the hub declares
+#: more slowly than the folder is read (small files), a backlog of tens of thousands of
+#: chunks held some 4 KB each besides their frames (223 MiB at 300,000 pages; 175 MiB
+#: with this bound, at the same speed)
+OUTBOX_CHUNKS: Final = 4 * DECLARE_BATCH
 #: rounds of "the commit names objects it lacks, the client sends them" before giving up
 RESEND_ROUNDS: Final = 8
 #: chunks of unchanged files asked about in one request (the hub takes up to 100,000)
@@ -212,9 +217,10 @@ class Outbox:
     trusted.
 
     Reading waits while the frames of chunks already handed over for declaration pass
-    ``limit`` bytes (:meth:`announce`, :meth:`wait_room`): memory stays bounded however
-    slow the link, at ``limit`` plus the few chunks the ingest pipeline compresses ahead.
-    Only handed-over frames count, because only those can leave while reading waits.
+    ``limit`` bytes, or those chunks number more than ``chunks`` (:meth:`announce`,
+    :meth:`wait_room`): memory stays bounded however slow the link or the hub's answers,
+    at ``limit`` plus the few chunks the ingest pipeline compresses ahead. Only handed-over
+    chunks count, because only those can leave while reading waits.
 
     As :class:`~caravane.packs.ingest.ChunkSink` it is what ``ingest_files`` writes into.
     ``wanted`` keeps only those chunks (a second pass for objects the hub lacks after all).
@@ -225,9 +231,11 @@ class Outbox:
         level: int = DEFAULT_LEVEL,
         limit: int = OUTBOX_BYTES,
         wanted: set[str] | None = None,
+        chunks: int = OUTBOX_CHUNKS,
     ) -> None:
         self.level = level
         self.limit = limit
+        self.chunks = chunks
         self.wanted = wanted
         self.frames: dict[str, bytes] = {}
         self.announced: set[str] = set()  # handed over for declaration, frame still here
@@ -282,12 +290,15 @@ class Outbox:
             if frame is not None and sha not in self.announced:
                 self.announced.add(sha)
                 self.queued += len(frame)
-            return self.queued > self.limit
+            return self._full()
+
+    def _full(self) -> bool:
+        return self.queued > self.limit or len(self.announced) > self.chunks
 
     def wait_room(self) -> None:
         """Block the folder's reading while the outbox is full (in the ingest thread)."""
         with self._cond:
-            while self.queued > self.limit and not self.closed:
+            while self._full() and not self.closed:
                 self._cond.wait()
             if self.closed:
                 raise UploadCancelled("the upload stopped")
@@ -455,6 +466,7 @@ class HubClient:
         retries: int = RETRIES,
         backoff: float = 0.5,
         outbox_bytes: int = OUTBOX_BYTES,
+        outbox_chunks: int = OUTBOX_CHUNKS,
     ) -> None:
         self.url = url.rstrip("/")
         self.headers = {"Authorization": f"Bearer {token}"}
@@ -463,6 +475,7 @@ class HubClient:
         self.backoff = backoff
         self.proxy = proxy_for(self.url)
         self.outbox_bytes = outbox_bytes  # compressed bytes held before reading waits
+        self.outbox_chunks = outbox_chunks  # ... and chunks waiting for the hub's answer
         # Until the hub has answered once, a refused connection or an unknown host is a
         # wrong URL or a hub that is not running: say so at once instead of retrying.
         self.reached = False
@@ -728,7 +741,7 @@ class HubClient:
                 present.update(h for h, _ in part if h not in missing)
             return present
 
-        outbox = Outbox(limit=self.outbox_bytes)
+        outbox = Outbox(limit=self.outbox_bytes, chunks=self.outbox_chunks)
 
         def on_chunk(sha: str, size: int) -> None:  # in the ingest thread
             loop.call_soon_threadsafe(chunks.put_nowait, (sha, size))

@@ -45,8 +45,10 @@ from caravane.protocol.metadata import FileEntry
 from caravane.protocol.tree import EncodedEntry, encode_entry
 
 RACY_SECONDS = 2.0
-#: folder rows written per transaction
+#: folder rows written per transaction, or fewer once they hold this many bytes (a row of
+#: 1,000 pages is some 76 KB: 200 of them held 15 MB before each write)
 COMMIT_ROWS = 200
+COMMIT_BYTES = 2 * 1024 * 1024
 #: folders whose rows stay parsed: a folder's files come back after each subfolder's
 LOADED = 64
 
@@ -103,6 +105,7 @@ class FilesCache:
         #: found unchanged, whether any file was read)
         self._open: list[tuple[str, str, dict[str, Record], list[str], list[bool]]] = []
         self._rows: list[tuple[str, str, bytes]] = []
+        self._row_bytes = 0
 
     # ------------------------------------------------------------------ lookups
 
@@ -248,8 +251,10 @@ class FilesCache:
             if rec is not None:
                 rows[n] = [*rec[:7], _data(rec, held.blob)]
         rows.update(new)
-        self._rows.append((folder, prefix, _encode_row(rows)))
-        if len(self._rows) >= COMMIT_ROWS:
+        data = _encode_row(rows)
+        self._rows.append((folder, prefix, data))
+        self._row_bytes += len(data)
+        if len(self._rows) >= COMMIT_ROWS or self._row_bytes >= COMMIT_BYTES:
             self._write()
 
     def _write(self) -> None:
@@ -257,6 +262,7 @@ class FilesCache:
             with self._db:
                 self._db.executemany("insert or replace into dirs values (?, ?, ?)", self._rows)
             self._rows.clear()
+            self._row_bytes = 0
 
     def commit(self) -> None:
         """Write every folder noted so far: the end of a pass (a complete scan)."""

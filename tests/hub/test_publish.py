@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from pathlib import Path
 
-from caravane.hub.client import HubClient
+from caravane.hub.client import HubClient, Outbox
 from caravane.packs.layout import channel_relpath, object_relpath
 from caravane.packs.repository import Repository
 from caravane.packs.similarity import INDEX_RELPATH, SketchIndex
@@ -256,6 +257,38 @@ async def test_publish_with_a_tiny_outbox_waits_for_the_hub_and_completes(
     client = HubClient(sqlite_hub.url, sqlite_hub.admin, outbox_bytes=1)
     done = await client.publish("maths", src, cache=tmp_path / "cache")
     assert done["complete"] and done["version"] == 1
+    store = node_store(
+        tmp_path / "store", (sqlite_hub.hub.repo.path / "metadata/root.json").read_bytes()
+    )
+    fetch_release(f"{sqlite_hub.url}/repo", store, "maths")
+    store.checkout("maths", tmp_path / "out")
+    assert read_tree(tmp_path / "out") == files
+
+
+def test_reading_waits_while_too_many_chunks_await_the_hubs_answer() -> None:
+    """Small files compress faster than a hub declares them: past ``chunks`` handed over
+    and not yet answered, the folder's reading waits (the backlog held some 4 KB a chunk,
+    223 MiB at 300,000 pages), and goes on once the hub answers for one."""
+    box = Outbox(limit=10**9, chunks=2)
+    shas = [box.put_raw(noise(200, f"c{i}"))[0] for i in range(3)]
+    assert [box.announce(h) for h in shas] == [False, False, True]
+    free = threading.Event()
+    reader = threading.Thread(target=lambda: (box.wait_room(), free.set()))
+    reader.start()
+    assert not free.wait(0.3)
+    box.drop(shas[:1])  # the hub holds it already
+    assert free.wait(5)
+    reader.join()
+
+
+async def test_publish_of_many_small_files_with_a_short_backlog_completes(
+    sqlite_hub, tmp_path: Path
+):
+    files = {f"d{i % 3}/p{i}.html": noise(300 + i, f"page{i}") for i in range(400)}
+    src = write_tree(tmp_path / "src", files)
+    client = HubClient(sqlite_hub.url, sqlite_hub.admin, outbox_chunks=3)
+    done = await client.publish("maths", src, cache=tmp_path / "cache")
+    assert done["complete"] and done["version"] == 1 and done["sent_objects"] >= 400
     store = node_store(
         tmp_path / "store", (sqlite_hub.hub.repo.path / "metadata/root.json").read_bytes()
     )

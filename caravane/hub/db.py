@@ -76,6 +76,8 @@ def make_engine(url: str) -> Engine:
 class Database:
     def __init__(self, url: str) -> None:
         self.url = url
+        #: SQLite: IN lists are padded to a few sizes (packs/sql_in.py)
+        self.sqlite = url.startswith("sqlite")
         self.engine = make_engine(url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 

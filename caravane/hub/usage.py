@@ -156,6 +156,11 @@ _releases = table(
 )
 
 
+def _pad(session: Session) -> bool:
+    """IN lists padded on SQLite only (packs/sql_in.py says why not on PostgreSQL)."""
+    return session.get_bind().dialect.name == "sqlite"
+
+
 def week_of(day: date) -> date:
     """The Monday of ``day``'s ISO week (weeks are named by their first day)."""
     return day - timedelta(days=day.weekday())
@@ -282,7 +287,7 @@ def _file_ids(session: Session, keys: Iterable[str]) -> dict[str, tuple[int, str
         for c, p in pairs:
             by_channel[c].append(p)
         for c, paths in sorted(by_channel.items()):
-            for part in sql_in.parts(paths, 1024):  # a few statement sizes only
+            for part in sql_in.parts(paths, 1024, _pad(session)):  # a few statement sizes
                 rows = session.execute(
                     select(usage_files.c.id, usage_files.c.path).where(
                         usage_files.c.channel == c, usage_files.c.path.in_(part)
@@ -333,7 +338,7 @@ def _channels_of(session: Session, snaps: Iterable[_Snap]) -> dict[int, str]:
     ids = {int(k) for s in snaps for k in s.counts}
     out: dict[int, str] = {}
     id_list = sorted(ids)
-    for part in sql_in.parts(id_list, 1024):
+    for part in sql_in.parts(id_list, 1024, _pad(session)):
         for fid, ch in session.execute(
             select(usage_files.c.id, usage_files.c.channel).where(usage_files.c.id.in_(part))
         ):

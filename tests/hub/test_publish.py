@@ -268,17 +268,21 @@ async def test_publish_with_a_tiny_outbox_waits_for_the_hub_and_completes(
 def test_reading_waits_while_too_many_chunks_await_the_hubs_answer() -> None:
     """Small files compress faster than a hub declares them: past ``chunks`` handed over
     and not yet answered, the folder's reading waits (the backlog held some 4 KB a chunk,
-    223 MiB at 300,000 pages), and goes on once the hub answers for one."""
-    box = Outbox(limit=10**9, chunks=2)
-    shas = [box.put_raw(noise(200, f"c{i}"))[0] for i in range(3)]
-    assert [box.announce(h) for h in shas] == [False, False, True]
+    223 MiB at 300,000 pages), and goes on once the hub has answered for half of them
+    (going on at the first answer filled it again at the next chunk: a declaration a
+    chunk)."""
+    box = Outbox(limit=10**9, chunks=4)
+    shas = [box.put_raw(noise(200, f"c{i}"))[0] for i in range(5)]
+    assert [box.announce(h) for h in shas] == [False] * 4 + [True]
     free = threading.Event()
-    reader = threading.Thread(target=lambda: (box.wait_room(), free.set()))
+    reader = threading.Thread(target=lambda: (box.wait_room(), free.set()), daemon=True)
     reader.start()
     assert not free.wait(0.3)
-    box.drop(shas[:1])  # the hub holds it already
+    box.drop(shas[:1])  # the hub holds it already: no longer full, not yet half empty
+    assert not free.wait(0.3)
+    box.take(shas[1:3])  # being sent
     assert free.wait(5)
-    reader.join()
+    reader.join(5)
 
 
 async def test_publish_of_many_small_files_with_a_short_backlog_completes(

@@ -1,9 +1,10 @@
 """Keeping a long command's memory near what it holds, with glibc's allocator.
 
 A publish, a pack build or a sync holds a bounded working set (a window of files, a batch
-of frames, a leaf of the file list), yet its resident size used to grow with the run: at
-300,000 files a curator's ``publish --hub`` peaked at 223 MiB for some 80 MiB of live
-heap (memray's high-water mark). Two habits of glibc make the gap:
+of frames, a leaf of the file list), yet its resident size grew with the run, beyond what
+it held. Two habits of glibc are part of that gap (a curator's ``publish --hub`` of
+300,000 pages: 223 MiB with glibc's defaults, 176 MiB with two arenas; docs/PERFORMANCE.md
+gives the other causes):
 
 * every thread that allocates gets an arena of its own (up to eight per core), and memory
   freed in one arena is never reused by another: frames compressed in the worker threads
@@ -24,6 +25,7 @@ import ctypes
 import ctypes.util
 import os
 import threading
+import time
 from typing import Final
 
 #: glibc's mallopt parameter for the arena cap (malloc.h)
@@ -69,10 +71,10 @@ def tune(trim_every: float = TRIM_EVERY) -> bool:
         trim = libc.malloc_trim
         trim.argtypes = [ctypes.c_size_t]
         trim.restype = ctypes.c_int
-        stop = threading.Event()
 
         def run() -> None:
-            while not stop.wait(trim_every):
+            while True:
+                time.sleep(trim_every)
                 trim(0)
 
         threading.Thread(target=run, name="caravane-malloc-trim", daemon=True).start()

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import create_engine, event, inspect, text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -73,11 +74,21 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
 
 
+def insert_or_ignore(session: Session, target: Any) -> Any:
+    """The dialect's INSERT, which takes ON CONFLICT (SQLite and PostgreSQL both have it)."""
+    if session.get_bind().dialect.name == "postgresql":
+        return postgresql.insert(target)
+    return sqlite.insert(target)
+
+
+def pads_in_lists(session: Session) -> bool:
+    """Whether IN lists are padded to a few sizes: on SQLite only (packs/sql_in.py)."""
+    return session.get_bind().dialect.name == "sqlite"
+
+
 class Database:
     def __init__(self, url: str) -> None:
         self.url = url
-        #: SQLite: IN lists are padded to a few sizes (packs/sql_in.py)
-        self.sqlite = url.startswith("sqlite")
         self.engine = make_engine(url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 

@@ -17,7 +17,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Row, delete, func, insert, inspect, or_, select, text, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -36,7 +35,7 @@ from caravane.protocol.tree import MAX_LEVELS, PieceRef, root_ref
 
 from .auth import ROLES, Principal, hash_secret
 from .config import HubConfig
-from .db import Database
+from .db import Database, insert_or_ignore, pads_in_lists
 from .errors import Conflict, Forbidden, Gone, HubError, NotFound, Unauthorized, Unprocessable
 from .locks import REPOSITORY, advisory_lock, is_postgresql
 from .models import (
@@ -364,11 +363,10 @@ class Hub:
             # objects declared before (a resumed upload, a second pass) are kept as they
             # are: one INSERT, no lookup first (looking them up was most of a declaration's
             # time on PostgreSQL)
-            dialect = sqlite if self.db.sqlite else postgresql
             rows = [{"upload_id": uid, "sha": h, "size": n} for h, n in chunks.items()]
             if rows:
                 s.execute(
-                    dialect.insert(UploadObject).on_conflict_do_nothing(
+                    insert_or_ignore(s, UploadObject).on_conflict_do_nothing(
                         index_elements=["upload_id", "sha"]
                     ),
                     rows,
@@ -618,7 +616,7 @@ class Hub:
             head = s.execute(select(Upload.state, Upload.active_at).where(Upload.id == uid)).first()
             sizes: dict[str, int] = {
                 sha: size
-                for part in sql_in.parts(shas, IN_KEYS, self.db.sqlite)
+                for part in sql_in.parts(shas, IN_KEYS, pads_in_lists(s))
                 for sha, size in s.execute(
                     select(UploadObject.sha, UploadObject.size).where(
                         UploadObject.upload_id == uid, UploadObject.sha.in_(part)

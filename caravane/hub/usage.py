@@ -60,7 +60,6 @@ from sqlalchemy import (
     select,
     table,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from caravane.packs import sql_in
@@ -69,7 +68,7 @@ from caravane.protocol.metadata import check_channel
 from caravane.protocol.paths import check_path
 from caravane.protocol.report import Report
 
-from .db import Database
+from .db import Database, insert_or_ignore, pads_in_lists
 
 DEFAULT_MIN_COUNT = 5
 MIN_COUNT_ENV = "CARAVANE_USAGE_MIN_COUNT"
@@ -154,11 +153,6 @@ _releases = table(
     column("version", Integer),
     column("published_at", DateTime(timezone=True)),
 )
-
-
-def _pad(session: Session) -> bool:
-    """IN lists padded on SQLite only (packs/sql_in.py says why not on PostgreSQL)."""
-    return session.get_bind().dialect.name == "sqlite"
 
 
 def week_of(day: date) -> date:
@@ -247,13 +241,6 @@ class _Batch:
                 self.regions[(channel, version, region, week, month)] += sign * n
 
 
-def _insert(session: Session, tbl: Table) -> Any:
-    """The dialect's INSERT with ON CONFLICT (SQLite and PostgreSQL both have it)."""
-    if session.get_bind().dialect.name == "postgresql":
-        return postgresql.insert(tbl)
-    return sqlite.insert(tbl)
-
-
 # (database URL) -> (channel, path) -> file id: ids never change once committed, and nearly
 # every key of a report was seen before, so a report usually costs no lookup at all
 _FILE_IDS: dict[str, dict[tuple[str, str], int]] = {}
@@ -287,7 +274,7 @@ def _file_ids(session: Session, keys: Iterable[str]) -> dict[str, tuple[int, str
         for c, p in pairs:
             by_channel[c].append(p)
         for c, paths in sorted(by_channel.items()):
-            for part in sql_in.parts(paths, 1024, _pad(session)):  # a few statement sizes
+            for part in sql_in.parts(paths, 1024, pads_in_lists(session)):  # a few statement sizes
                 rows = session.execute(
                     select(usage_files.c.id, usage_files.c.path).where(
                         usage_files.c.channel == c, usage_files.c.path.in_(part)
@@ -304,7 +291,7 @@ def _file_ids(session: Session, keys: Iterable[str]) -> dict[str, tuple[int, str
     lookup([cp for cp, key in wanted.items() if key not in out], remember=True)
     missing = sorted(cp for cp, key in wanted.items() if key not in out)
     if missing:
-        ins = _insert(session, usage_files)
+        ins = insert_or_ignore(session, usage_files)
         for i in range(0, len(missing), 1000):
             rows = [{"channel": c, "path": p} for c, p in missing[i : i + 1000]]
             session.execute(
@@ -338,7 +325,7 @@ def _channels_of(session: Session, snaps: Iterable[_Snap]) -> dict[int, str]:
     ids = {int(k) for s in snaps for k in s.counts}
     out: dict[int, str] = {}
     id_list = sorted(ids)
-    for part in sql_in.parts(id_list, 1024, _pad(session)):
+    for part in sql_in.parts(id_list, 1024, pads_in_lists(session)):
         for fid, ch in session.execute(
             select(usage_files.c.id, usage_files.c.channel).where(usage_files.c.id.in_(part))
         ):
@@ -386,7 +373,7 @@ def _add_counts(session: Session, tbl: Table, key: list[str], rows: list[dict[st
     """Insert rows, or add their counts to the rows with the same ``key`` (one statement)."""
     if not rows:
         return
-    ins = _insert(session, tbl)
+    ins = insert_or_ignore(session, tbl)
     session.execute(
         ins.on_conflict_do_update(
             index_elements=key, set_={"count": tbl.c.count + ins.excluded.count}

@@ -167,10 +167,6 @@ def _parts(items: list[bytes]) -> Iterator[list[bytes]]:
     return sql_in.parts(items, QUERY_KEYS)
 
 
-def _marks(items: list[bytes] | list[int]) -> str:
-    return ",".join("?" * len(items))
-
-
 class LiveCounts:
     """The counts of one centre store (see the module's docstring)."""
 
@@ -384,7 +380,7 @@ class LiveCounts:
                 gone.append(key)
         if gone:
             for keys in sql_in.parts(gone, QUERY_KEYS):
-                db.execute(f"DELETE FROM objects WHERE id IN ({_marks(keys)})", keys)
+                db.execute(f"DELETE FROM objects WHERE id IN ({sql_in.marks(keys)})", keys)
             dead = set(gone)
             db.executemany(
                 "INSERT OR IGNORE INTO dead VALUES (?)",
@@ -400,7 +396,7 @@ class LiveCounts:
             live.update(
                 bytes(k)
                 for (k,) in db.execute(
-                    f"SELECT sha FROM pieces WHERE sha IN ({_marks(part)})", part
+                    f"SELECT sha FROM pieces WHERE sha IN ({sql_in.marks(part)})", part
                 )
             )
             ids: dict[int, list[bytes]] = {}
@@ -408,7 +404,7 @@ class LiveCounts:
                 ids.setdefault(object_key(k.hex()), []).append(k)
             id_list = sql_in.padded(list(ids))
             for (i,) in db.execute(
-                f"SELECT id FROM objects WHERE id IN ({_marks(id_list)})", id_list
+                f"SELECT id FROM objects WHERE id IN ({sql_in.marks(id_list)})", id_list
             ):
                 live.update(ids[int(i)])
         return live
@@ -428,7 +424,7 @@ class LiveCounts:
             live = self._live(db, keys)
             self._remove([k for k in keys if k not in live], report)
             for part in _parts(keys):
-                db.execute(f"DELETE FROM dead WHERE sha IN ({_marks(part)})", part)
+                db.execute(f"DELETE FROM dead WHERE sha IN ({sql_in.marks(part)})", part)
 
     def _sweep(self, db: sqlite3.Connection, report: CollectReport) -> None:
         """Remove every object no counted manifest names, if an intake left a token."""

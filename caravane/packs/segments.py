@@ -35,6 +35,7 @@ from pathlib import Path
 
 from . import sql_in
 from .errors import DiskFullError, StoreError
+from .sql_in import marks
 
 SEGMENT_DIR = "segments"
 INDEX_NAME = "index.sqlite"
@@ -191,7 +192,7 @@ class SegmentIndex:
         out: dict[str, Location] = {}
         for part in _parts(keys):
             for key, segment, offset, length in db.execute(
-                f"SELECT sha, segment, offset, length FROM objects WHERE sha IN ({_marks(part)})",
+                f"SELECT sha, segment, offset, length FROM objects WHERE sha IN ({marks(part)})",
                 part,
             ):
                 out[bytes(key).hex()] = Location(segment, offset, length)
@@ -208,7 +209,7 @@ class SegmentIndex:
             found.update(
                 bytes(k).hex()
                 for (k,) in db.execute(
-                    f"SELECT sha FROM objects WHERE sha IN ({_marks(part)})", part
+                    f"SELECT sha FROM objects WHERE sha IN ({marks(part)})", part
                 )
             )
         return found
@@ -233,7 +234,7 @@ class SegmentIndex:
             present += [
                 bytes(k)
                 for (k,) in db.execute(
-                    f"SELECT sha FROM objects WHERE sha IN ({_marks(part)})", part
+                    f"SELECT sha FROM objects WHERE sha IN ({marks(part)})", part
                 )
             ]
         if not present:
@@ -245,7 +246,7 @@ class SegmentIndex:
                 found.update(
                     bytes(k).hex()
                     for (k,) in db.execute(
-                        f"UPDATE objects SET mtime = ? WHERE sha IN ({_marks(part)}) RETURNING sha",
+                        f"UPDATE objects SET mtime = ? WHERE sha IN ({marks(part)}) RETURNING sha",
                         (at, *part),
                     ).fetchall()
                 )
@@ -618,10 +619,6 @@ class _write:
 
 def _parts(keys: list[bytes]) -> Iterator[list[bytes]]:
     return sql_in.parts(keys, QUERY_KEYS)
-
-
-def _marks(part: list[bytes]) -> str:
-    return ",".join("?" * len(part))
 
 
 def _views(frames: list[bytes | memoryview], skip: int) -> list[memoryview]:

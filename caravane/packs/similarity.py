@@ -151,9 +151,7 @@ class SketchIndex:
     def known(self, shas: Iterable[str]) -> set[str]:
         """Which of ``shas`` have a sketch here."""
         out: set[str] = set()
-        todo = list(shas)
-        for i in range(0, len(todo), BATCH):
-            batch = sql_in.padded([bytes.fromhex(s) for s in todo[i : i + BATCH]])
+        for batch in sql_in.parts([bytes.fromhex(s) for s in shas], BATCH):
             marks = sql_in.marks(batch)
             for (sha,) in self._db.execute(f"SELECT sha FROM files WHERE sha IN ({marks})", batch):
                 out.add(sha.hex())

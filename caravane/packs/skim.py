@@ -148,8 +148,7 @@ class LeafSummaries:
 
     def get_many(self, shas: list[str]) -> dict[str, LeafSummary]:
         out: dict[str, LeafSummary] = {}
-        for i in range(0, len(shas), 512):
-            batch = sql_in.padded([bytes.fromhex(s) for s in shas[i : i + 512]])
+        for batch in sql_in.parts([bytes.fromhex(s) for s in shas], 512):
             marks = sql_in.marks(batch)
             for sha, data in self._db.execute(
                 f"SELECT sha, data FROM leaves WHERE sha IN ({marks})", batch

@@ -36,7 +36,7 @@ from caravane.packs.files_cache import FilesCache
 from caravane.packs.idset import IdSet
 from caravane.packs.ingest import Ingest, iter_source, iter_source_cached
 from caravane.packs.repository import ingest_files, scan_source
-from caravane.packs.store import DEFAULT_LEVEL, ObjectStore, compress
+from caravane.packs.store import DEFAULT_LEVEL, ObjectStore, compress, compress_many
 from caravane.protocol.metadata import FileEntry, check_channel
 from caravane.protocol.tree import PieceRef, TreeWriter, root_ref
 
@@ -274,8 +274,31 @@ class Outbox:
         return sha, len(frame)
 
     def put_raw_many(self, items: list[tuple[str | None, bytes]]) -> list[tuple[str, int]]:
-        """:meth:`put_raw` for a batch of chunks (what ``ingest_files`` hands its workers)."""
-        return [self.put_raw(data, sha) for sha, data in items]
+        """:meth:`put_raw` for a batch of chunks (what ``ingest_files`` hands its workers),
+        compressed in one call as the local store does (:func:`compress_many`): one call a
+        chunk handed the interpreter lock to the reading thread and back each time, and
+        made the client compress small files at a quarter of a local publish's speed."""
+        shas = [sha or hashlib.sha256(data).hexdigest() for sha, data in items]
+        todo: dict[str, bytes] = {}
+        with self._cond:
+            for sha, (_, data) in zip(shas, items, strict=True):
+                if not self._known(sha):
+                    todo.setdefault(sha, data)
+        frames = dict(zip(todo, compress_many(list(todo.values()), self.level), strict=True))
+        out: list[tuple[str, int]] = []
+        with self._cond:
+            if self.closed:
+                raise UploadCancelled("the upload stopped")
+            for sha in shas:
+                # a repeat in the batch, or a chunk another thread held meanwhile, counts
+                # as known, as with put_raw
+                frame = frames.pop(sha, None)
+                if frame is None or self._known(sha):
+                    out.append((sha, 0))
+                    continue
+                self.frames[sha] = frame
+                out.append((sha, len(frame)))
+        return out
 
     def freshen_many(
         self, shas: Iterable[str], at: float | None = None, expected: bool = False

@@ -8,7 +8,10 @@ import threading
 import time
 from pathlib import Path
 
-from caravane.hub.client import HubClient, Outbox
+import pytest
+import zstandard as zstd
+
+from caravane.hub.client import HubClient, Outbox, UploadCancelled
 from caravane.packs.layout import channel_relpath, object_relpath
 from caravane.packs.repository import Repository
 from caravane.packs.similarity import INDEX_RELPATH, SketchIndex
@@ -283,6 +286,22 @@ def test_reading_waits_while_too_many_chunks_await_the_hubs_answer() -> None:
     box.take(shas[1:3])  # being sent
     assert free.wait(5)
     reader.join(5)
+
+
+def test_a_batch_of_chunks_is_held_as_one_by_one() -> None:
+    """The reading threads hand the outbox batches, compressed in one call: each new chunk
+    is held once (a repeat in the batch, or one held before, is answered 0), in order."""
+    one, many = Outbox(limit=10**9), Outbox(limit=10**9)
+    data = [noise(300 + i, f"b{i}") for i in range(6)]
+    for box in (one, many):
+        box.put_raw(data[0])
+    batch: list[tuple[str | None, bytes]] = [(None, d) for d in [*data, data[2], data[0]]]
+    assert many.put_raw_many(batch) == [one.put_raw(d, sha) for sha, d in batch]
+    assert many.frames == one.frames
+    assert [zstd.ZstdDecompressor().decompress(many.frames[sha]) for sha in many.frames] == (data)
+    many.close()
+    with pytest.raises(UploadCancelled):
+        many.put_raw_many([(None, noise(100, "late"))])
 
 
 async def test_publish_of_many_small_files_with_a_short_backlog_completes(

@@ -16,7 +16,20 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Row, delete, func, insert, inspect, or_, select, text, update
+from sqlalchemy import (
+    Row,
+    String,
+    bindparam,
+    delete,
+    func,
+    insert,
+    inspect,
+    or_,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -614,15 +627,7 @@ class Hub:
         shas = [sha for sha, _ in records]
         with self.db.session() as s:
             head = s.execute(select(Upload.state, Upload.active_at).where(Upload.id == uid)).first()
-            sizes: dict[str, int] = {
-                sha: size
-                for part in sql_in.parts(shas, IN_KEYS, pads_in_lists(s))
-                for sha, size in s.execute(
-                    select(UploadObject.sha, UploadObject.size).where(
-                        UploadObject.upload_id == uid, UploadObject.sha.in_(part)
-                    )
-                )
-            }
+            sizes = self._declared_sizes(s, uid, shas)
         if head is None:
             raise NotFound(f"no upload {uid!r}")
         self._received(uid, head.state, head.active_at)
@@ -636,6 +641,36 @@ class Hub:
             )
         except CaravaneError as exc:
             raise Unprocessable(str(exc)) from None
+
+    def _declared_sizes(self, s: Session, uid: str, shas: list[str]) -> dict[str, int]:
+        """The declared sizes of those of ``shas`` the upload declared.
+
+        On PostgreSQL one probe of the primary key per object (a subquery over the array
+        of keys): with ``sha IN (...)`` the planner, before the table's statistics knew a
+        new upload, scanned every row of the upload for each batch (a first publish of
+        100,000 pages: 4.6 s of the server's CPU against 0.75 s, the hub waiting on it).
+        """
+        if not is_postgresql(self.db.engine):
+            return {
+                sha: size
+                for part in sql_in.parts(shas, IN_KEYS, pads_in_lists(s))
+                for sha, size in s.execute(
+                    select(UploadObject.sha, UploadObject.size).where(
+                        UploadObject.upload_id == uid, UploadObject.sha.in_(part)
+                    )
+                )
+            }
+        key = func.unnest(bindparam("keys", type_=ARRAY(String))).column_valued("wanted")
+        size = (
+            select(UploadObject.size)
+            .where(UploadObject.upload_id == uid, UploadObject.sha == key)
+            .scalar_subquery()
+        )
+        return {
+            sha: n
+            for sha, n in s.execute(select(key, size), {"keys": shas})
+            if n is not None
+        }
 
     def abandon_upload(self, p: Principal, uid: str) -> None:
         """Drop an open upload (the curator decided not to publish it): collection may then

@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Row,
     String,
     bindparam,
@@ -24,6 +25,7 @@ from sqlalchemy import (
     func,
     insert,
     inspect,
+    literal,
     or_,
     select,
     text,
@@ -373,19 +375,40 @@ class Hub:
             head = self._activity(s, uid, STILL_OPEN)
             if head.state not in STILL_OPEN:
                 raise Conflict(f"upload {uid} is {head.state}, not receiving chunks")
-            # objects declared before (a resumed upload, a second pass) are kept as they
-            # are: one INSERT, no lookup first (looking them up was most of a declaration's
-            # time on PostgreSQL), into the table itself (the ORM's bulk insert cost a
-            # third more per row, on both engines)
-            rows = [{"upload_id": uid, "sha": h, "size": n} for h, n in chunks.items()]
-            if rows:
-                s.execute(
-                    insert_or_ignore(s, UploadObject.__table__).on_conflict_do_nothing(
-                        index_elements=["upload_id", "sha"]
-                    ),
-                    rows,
-                )
+            if chunks:
+                self._declare(s, uid, chunks)
         return {"upload": uid, "missing": self._missing(chunks)}
+
+    def _declare(self, s: Session, uid: str, chunks: dict[str, int]) -> None:
+        """Record the upload's objects. Those declared before (a resumed upload, a second
+        pass) are kept as they are: one INSERT, no lookup first (looking them up was most
+        of a declaration's time on PostgreSQL).
+
+        On PostgreSQL the keys and sizes go as two arrays in one statement: rows of
+        parameters (at most 1,000 a statement) cost the server a third more and the hub
+        three times as much per object. Elsewhere, into the table itself: the ORM's bulk
+        insert cost a third more per row.
+        """
+        if is_postgresql(self.db.engine):
+            given = (
+                func.unnest(
+                    bindparam("shas", list(chunks), type_=ARRAY(String)),
+                    bindparam("sizes", list(chunks.values()), type_=ARRAY(BigInteger)),
+                )
+                .table_valued("sha", "size")
+                .render_derived()
+            )
+            stmt = insert_or_ignore(s, UploadObject.__table__).from_select(
+                ["upload_id", "sha", "size"], select(literal(uid), given.c.sha, given.c.size)
+            )
+            s.execute(stmt.on_conflict_do_nothing(index_elements=["upload_id", "sha"]))
+            return
+        s.execute(
+            insert_or_ignore(s, UploadObject.__table__).on_conflict_do_nothing(
+                index_elements=["upload_id", "sha"]
+            ),
+            [{"upload_id": uid, "sha": h, "size": n} for h, n in chunks.items()],
+        )
 
     def set_files(self, p: Principal, uid: str, doc: dict[str, Any]) -> dict[str, Any]:
         """The file list of a receiving upload, every chunk of it declared before; the upload
@@ -667,11 +690,7 @@ class Hub:
             .where(UploadObject.upload_id == uid, UploadObject.sha == key)
             .scalar_subquery()
         )
-        return {
-            sha: n
-            for sha, n in s.execute(select(key, size), {"keys": shas})
-            if n is not None
-        }
+        return {sha: n for sha, n in s.execute(select(key, size), {"keys": shas}) if n is not None}
 
     def abandon_upload(self, p: Principal, uid: str) -> None:
         """Drop an open upload (the curator decided not to publish it): collection may then

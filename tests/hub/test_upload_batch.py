@@ -155,6 +155,9 @@ def test_streaming_upload_declares_then_lists_then_commits(
         http("POST", f"{base}/objects", _batch(local, first.json()["missing"]), rh.admin).status
         == 200
     )
+    # declared again with one more (a resumed client): the stored ones are not missing
+    again = http("POST", f"{base}/chunks", {"chunks": chunks[:4]}, rh.admin)
+    assert again.status == 200 and again.json()["missing"] == [chunks[3][0]]
     # declared objects of a receiving upload are kept by collection, grace period or not
     kept = rh.hub.open_upload_objects()
     assert all(sha in kept for sha in first.json()["missing"])

@@ -8,17 +8,19 @@ first and refuses one older (or newer) than the code, naming the command to run.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, event, inspect, text
+from sqlalchemy import ColumnElement, bindparam, create_engine, event, func, inspect, select, text
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import QueryableAttribute, Session, sessionmaker
 
 from caravane import migrations
+from caravane.packs import sql_in
 
 from .errors import SchemaError
 from .locks import MIGRATE, advisory_lock, file_lock, is_postgresql
@@ -84,6 +86,44 @@ def insert_or_ignore(session: Session, target: Any) -> Any:
 def pads_in_lists(session: Session) -> bool:
     """Whether IN lists are padded to a few sizes: on SQLite only (packs/sql_in.py)."""
     return session.get_bind().dialect.name == "sqlite"
+
+
+#: keys per IN (...) list on SQLite, padded to a power of two (packs/sql_in.py)
+IN_KEYS = 1024
+
+
+def values_by_key(
+    session: Session,
+    key: ColumnElement[Any] | QueryableAttribute[Any],
+    keys: Sequence[Any],
+    value: ColumnElement[Any] | QueryableAttribute[Any],
+    *where: ColumnElement[bool],
+) -> Iterator[tuple[Any, Any]]:
+    """``(key, value)`` of the rows under ``where`` whose ``key`` is one of ``keys``; the
+    key and ``where`` together must name at most one row (a primary or unique key whose
+    last column is ``key``).
+
+    On PostgreSQL one probe of that index per key (a scalar subquery over the array of
+    keys). With ``key IN (...)``, before the table's statistics knew the rows just
+    written (a new hub's first publish: the ministry's first job), the planner used the
+    index for ``where`` alone and filtered the list: every batch of 700 of an upload's
+    objects read all 100,000 of its rows (4.6 s of the server's CPU against 0.75 s). On
+    SQLite, ``IN`` lists of a few padded sizes (:mod:`caravane.packs.sql_in`).
+    """
+    if not keys:
+        return
+    if is_postgresql(session.get_bind().engine):
+        wanted = func.unnest(bindparam(None, list(keys), type_=ARRAY(key.type))).column_valued(
+            "wanted"
+        )
+        found = select(value).where(*where, key == wanted).scalar_subquery()
+        for k, v in session.execute(select(wanted, found)):
+            if v is not None:
+                yield k, v
+        return
+    for part in sql_in.parts(list(keys), IN_KEYS, True):
+        for k, v in session.execute(select(key, value).where(*where, key.in_(part))):
+            yield k, v
 
 
 class Database:

@@ -68,7 +68,7 @@ from caravane.protocol.metadata import check_channel
 from caravane.protocol.paths import check_path
 from caravane.protocol.report import Report
 
-from .db import Database, insert_or_ignore, pads_in_lists
+from .db import Database, insert_or_ignore, pads_in_lists, values_by_key
 
 DEFAULT_MIN_COUNT = 5
 MIN_COUNT_ENV = "CARAVANE_USAGE_MIN_COUNT"
@@ -274,16 +274,11 @@ def _file_ids(session: Session, keys: Iterable[str]) -> dict[str, tuple[int, str
         for c, p in pairs:
             by_channel[c].append(p)
         for c, paths in sorted(by_channel.items()):
-            for part in sql_in.parts(paths, 1024, pads_in_lists(session)):  # a few statement sizes
-                rows = session.execute(
-                    select(usage_files.c.id, usage_files.c.path).where(
-                        usage_files.c.channel == c, usage_files.c.path.in_(part)
-                    )
-                )
-                for fid, p in rows:
-                    out[wanted[(c, p)]] = (int(fid), c)
-                    if remember:
-                        cache[(c, p)] = int(fid)
+            f = usage_files.c
+            for p, fid in values_by_key(session, f.path, paths, f.id, f.channel == c):
+                out[wanted[(c, p)]] = (int(fid), c)
+                if remember:
+                    cache[(c, p)] = int(fid)
 
     if len(cache) > FILE_ID_CACHE:
         cache.clear()

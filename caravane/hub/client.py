@@ -38,7 +38,7 @@ from caravane.packs.files_cache import FilesCache
 from caravane.packs.idset import IdSet
 from caravane.packs.ingest import Ingest, iter_source, iter_source_cached
 from caravane.packs.repository import ingest_files, scan_source
-from caravane.packs.store import DEFAULT_LEVEL, ObjectStore, compress, compress_many
+from caravane.packs.store import DEFAULT_LEVEL, ObjectStore, compress_many
 from caravane.protocol.metadata import FileEntry, check_channel
 from caravane.protocol.tree import PieceRef, TreeWriter, root_ref
 
@@ -262,18 +262,7 @@ class Outbox:
         Called in ``ingest_files``' worker threads; a chunk's frame is held before the
         chunk is declared, because the declaration follows its ``put_raw``.
         """
-        sha = sha or hashlib.sha256(data).hexdigest()
-        with self._cond:
-            if self._known(sha):
-                return sha, 0
-        frame = compress(data, self.level)
-        with self._cond:
-            if self.closed:
-                raise UploadCancelled("the upload stopped")
-            if self._known(sha):  # another thread compressed the same chunk meanwhile
-                return sha, 0
-            self.frames[sha] = frame
-        return sha, len(frame)
+        return self.put_raw_many([(sha, bytes(data))])[0]
 
     def put_raw_many(self, items: list[tuple[str | None, bytes]]) -> list[tuple[str, int]]:
         """:meth:`put_raw` for a batch of chunks (what ``ingest_files`` hands its workers),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
@@ -288,20 +289,24 @@ def test_reading_waits_while_too_many_chunks_await_the_hubs_answer() -> None:
     reader.join(5)
 
 
-def test_a_batch_of_chunks_is_held_as_one_by_one() -> None:
+def test_a_batch_of_chunks_is_held_once_each() -> None:
     """The reading threads hand the outbox batches, compressed in one call: each new chunk
-    is held once (a repeat in the batch, or one held before, is answered 0), in order."""
-    one, many = Outbox(limit=10**9), Outbox(limit=10**9)
+    is held once (a repeat in the batch, or one held before, is answered 0), in order, and
+    nothing is held once the upload stopped."""
+    box = Outbox(limit=10**9)
     data = [noise(300 + i, f"b{i}") for i in range(6)]
-    for box in (one, many):
-        box.put_raw(data[0])
-    batch: list[tuple[str | None, bytes]] = [(None, d) for d in [*data, data[2], data[0]]]
-    assert many.put_raw_many(batch) == [one.put_raw(d, sha) for sha, d in batch]
-    assert many.frames == one.frames
-    assert [zstd.ZstdDecompressor().decompress(many.frames[sha]) for sha in many.frames] == (data)
-    many.close()
+    shas = [hashlib.sha256(d).hexdigest() for d in data]
+    assert box.put_raw(data[0])[0] == shas[0]
+    answers = box.put_raw_many([(None, d) for d in [*data, data[2], data[0]]])
+    assert [sha for sha, _ in answers] == [*shas, shas[2], shas[0]]
+    new = [n for _, n in answers]
+    assert new[0] == 0 and all(n > 0 for n in new[1:6]) and new[6:] == [0, 0]
+    assert list(box.frames) == shas
+    assert [zstd.ZstdDecompressor().decompress(box.frames[h]) for h in shas] == data
+    assert [len(box.frames[h]) for h in shas[1:]] == new[1:6]
+    box.close()
     with pytest.raises(UploadCancelled):
-        many.put_raw_many([(None, noise(100, "late"))])
+        box.put_raw_many([(None, noise(100, "late"))])
 
 
 async def test_publish_of_many_small_files_with_a_short_backlog_completes(

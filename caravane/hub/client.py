@@ -281,8 +281,8 @@ class Outbox:
             if self.closed:
                 raise UploadCancelled("the upload stopped")
             for sha in shas:
-                # a repeat in the batch, or a chunk another thread held meanwhile, counts
-                # as known, as with put_raw
+                # a repeat in the batch, or a chunk another thread held meanwhile, is
+                # known: answered 0, its frame not kept twice
                 frame = frames.pop(sha, None)
                 if frame is None or self._known(sha):
                     out.append((sha, 0))

@@ -26,6 +26,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import secrets
 import sqlite3
 import threading
 import time
@@ -67,6 +68,12 @@ CREATE TABLE IF NOT EXISTS counters (
 _BUMP = (
     "INSERT INTO counters VALUES ('removals', 1) ON CONFLICT (name) DO UPDATE SET value = value + 1"
 )
+#: a new index starts its count at a random value, so that the count names this store too:
+#: a files cache kept beside a repository outlives the repository, and one deleted and made
+#: again at the same path counted from 0 again, so the cache trusted records whose chunks
+#: were never in the new store ("N objects are not in the store" at every publish). An
+#: index from before has no row until its first removal and counts from 0, as it did.
+_START = "INSERT OR IGNORE INTO counters VALUES ('removals', ?)"
 
 
 _FORKS = [0]
@@ -157,6 +164,7 @@ class SegmentIndex:
         """Open the index, creating it; retried while another process sets it up (switching
         to WAL answers "locked" at once instead of waiting for the busy timeout)."""
         deadline = time.monotonic() + 60
+        new = not (self.dir / INDEX_NAME).exists()
         while True:
             conn = sqlite3.connect(
                 self.dir / INDEX_NAME, timeout=60, isolation_level=None, check_same_thread=False
@@ -167,6 +175,8 @@ class SegmentIndex:
                 conn.execute(f"PRAGMA synchronous={'FULL' if self.durable else 'NORMAL'}")
                 conn.execute("PRAGMA journal_size_limit=1048576")  # a live WAL stays small
                 conn.executescript(SCHEMA)
+                if new:  # another process may have made it meanwhile: its start stands
+                    conn.execute(_START, (secrets.randbits(62),))
                 return conn
             except sqlite3.OperationalError as exc:
                 conn.close()
@@ -287,10 +297,10 @@ class SegmentIndex:
         db.execute(_BUMP)
 
     def removals(self) -> int:
-        """How many objects have left this store, ever (see :data:`_BUMP`)."""
-        db = self._db(create=False)
-        if db is None:
-            return 0
+        """A count one higher each time an object leaves this store, from a start of this
+        store's own (:data:`_BUMP`, :data:`_START`)."""
+        db = self._db()  # made now: its count must not change at the first write
+        assert db is not None
         row = db.execute("SELECT value FROM counters WHERE name = 'removals'").fetchone()
         return int(row[0]) if row else 0
 

@@ -423,7 +423,7 @@ class Ingest:
                         [] if on_content and not book and size <= WHOLE_CONTENT else None
                     )
                     with zim.open_stream(Path(f.real)) if book else open(f.real, "rb") as fh:
-                        for piece in iter_chunks(fh, self.avg_chunk):
+                        for piece in iter_chunks(fh, self.avg_chunk, None if book else size):
                             fhash.update(piece)
                             data = bytes(piece)
                             add(None, data, chunks)

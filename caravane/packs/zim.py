@@ -226,6 +226,12 @@ class StreamReader(io.RawIOBase):
         self._buf = data[want:]
         return data[:want]
 
+    def readinto(self, b: Any) -> int:
+        """What :func:`~caravane.packs.chunker.iter_chunks` reads with."""
+        data = self.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
 
 def open_stream(path: Path) -> BinaryIO:
     """The canonical stream of a ZIM file as a binary file object (refuses a bad file)."""

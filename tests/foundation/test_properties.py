@@ -216,3 +216,42 @@ def test_chunk_boundaries_do_not_depend_on_the_read_size(seed: int, size: int, a
     assert results[0] == results[1] == results[2]
     assert sum(results[0]) == len(data)
     assert all(n <= avg * 4 for n in results[0])
+
+
+class _Trickle(io.RawIOBase):
+    """A file that gives at most ``step`` bytes a read (a pipe, a slow drive, a ZIM stream)."""
+
+    def __init__(self, data: bytes, step: int) -> None:
+        self.data, self.step, self.at = data, step, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:  # type: ignore[no-untyped-def, override]
+        n = min(len(b), self.step, len(self.data) - self.at)
+        b[:n] = self.data[self.at : self.at + n]
+        self.at += n
+        return n
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    st.integers(0, 2**32),
+    st.integers(0, 600_000),
+    st.sampled_from([4096, 16384]),
+    st.sampled_from(["exact", "short", "long", "none"]),
+    st.sampled_from([1 << 30, 65_537, 7_000]),
+)
+def test_chunks_are_the_same_whatever_size_the_caller_announces(
+    seed: int, size: int, avg: int, hint: str, step: int
+) -> None:
+    """The buffer is sized from the file's expected length: a file that grew or shrank since
+    it was stat'ed, or one read in short pieces, is still cut where a whole pass cuts it."""
+    data = random.Random(seed).randbytes(size)
+    announced = {"exact": size, "short": size // 3, "long": size * 2 + 5, "none": None}[hint]
+    whole = [bytes(c) for c in chunker.iter_chunks(io.BytesIO(data), avg)]
+    got = [bytes(c) for c in chunker.iter_chunks(_Trickle(data, step), avg, announced)]  # type: ignore[arg-type]
+    assert got == whole
+    assert b"".join(got) == data
+    spans = [(o, n) for o, n in chunker.spans(memoryview(data), *chunker.chunk_limits(avg))]
+    assert [len(c) for c in got] == [n for _, n in spans]

@@ -289,6 +289,26 @@ def test_reading_waits_while_too_many_chunks_await_the_hubs_answer() -> None:
     reader.join(5)
 
 
+def test_frames_being_sent_count_until_the_hub_has_answered() -> None:
+    """A frame taken for a request is still in memory (in the request's body) until the hub
+    answers: the folder's reading waits for the answers too, not only for the handing over
+    (the bodies in flight once held up to 16 MiB beside a full outbox)."""
+    data = [noise(4000, f"s{i}") for i in range(4)]
+    box = Outbox(limit=1, chunks=10**6)
+    shas = [box.put_raw(d)[0] for d in data]
+    assert box.announce(shas[0])  # one frame is past the bound
+    taken = box.take(shas[:1])
+    assert [h for h, _ in taken] == shas[:1] and box.frames.keys() == set(shas[1:])
+    free = threading.Event()
+    reader = threading.Thread(target=lambda: (box.wait_room(), free.set()), daemon=True)
+    reader.start()
+    assert not free.wait(0.3)  # taken, not answered: still held
+    box.landed(len(taken[0][1]))
+    assert free.wait(5)
+    reader.join(5)
+    assert box.announce(shas[1])  # the bound holds again for the next one
+
+
 def test_a_batch_of_chunks_is_held_once_each() -> None:
     """The reading threads hand the outbox batches, compressed in one call: each new chunk
     is held once (a repeat in the batch, or one held before, is answered 0), in order, and

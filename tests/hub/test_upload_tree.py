@@ -182,6 +182,55 @@ def test_a_chunk_not_uploaded_is_named_and_nothing_is_signed(sqlite_hub):
     assert published(sqlite_hub) is None
 
 
+def test_a_chunk_collected_between_the_check_and_the_lock_is_found_by_the_commit(
+    sqlite_hub, monkeypatch
+):
+    """The commit checks the tree before it takes the lock, and does not walk it again
+    under the lock while nothing has left the store since. A chunk removed in between
+    (a collection) makes it walk again, name the chunk, and sign nothing."""
+    entries, chunks = honest()
+    body, pieces = pieces_of(entries)
+    repo = sqlite_hub.hub.repo
+    lost = entries[11].chunks[0][0]
+    committing, real_commit, real_lock = [False], repo.commit_uploaded_tree, repo.lock
+
+    def commit(*args: Any, **kw: Any) -> Any:
+        committing[0] = True
+        return real_commit(*args, **kw)
+
+    def lock(*args: Any, **kw: Any) -> Any:
+        if committing[0]:
+            repo.store.remove(lost)  # collected after the walk, before the lock
+        return real_lock(*args, **kw)
+
+    monkeypatch.setattr(repo, "commit_uploaded_tree", commit)
+    monkeypatch.setattr(repo, "lock", lock)
+    _, answer = upload(sqlite_hub, body, chunks + pieces)
+    assert answer.status == 200 and answer.json()["missing"] == [lost]
+    assert published(sqlite_hub) is None
+
+
+def test_the_summary_of_a_commit_checked_before_the_lock_is_the_whole_diff(sqlite_hub):
+    """Counted by the walk before the lock: a first tree's files all added, an update's
+    added, changed and removed paths, as a local publish reports them."""
+    entries, chunks = honest()
+    body, pieces = pieces_of(entries)
+    _, answer = upload(sqlite_hub, body, chunks + pieces)
+    first = answer.json()["committed"]
+    assert (first["files_added"], first["files_changed"], first["files_removed"]) == (40, 0, 0)
+    assert first["new_files"] == [e.path for e in entries]
+    changed = entry(entries[3].path, b"une autre lecon\n")
+    added = entry("lecons/nouvelle.txt", b"nouvelle\n")
+    after = sorted([*entries[:3], changed, *entries[5:], added], key=lambda e: e.path)
+    body, pieces = pieces_of(after)
+    _, answer = upload(sqlite_hub, body, [b"une autre lecon\n", b"nouvelle\n", *pieces])
+    second = answer.json()["committed"]
+    assert second["version"] == 2
+    assert (second["files_added"], second["files_changed"], second["files_removed"]) == (1, 1, 1)
+    assert second["new_files"] == [added.path] and second["changed_files"] == [changed.path]
+    assert second["removed_files"] == [entries[4].path]
+
+
 def test_a_chunk_never_declared_is_found_missing_by_the_commit(sqlite_hub):
     """The declarations are the client's word: a leaf may name a chunk it never declared
     nor sent. The commit's own walk finds it absent."""

@@ -685,7 +685,7 @@ def plan_target_groups(
         yield group
 
 
-def _looks_compressible(target: bytes) -> bool:
+def _looks_compressible(target: bytes | bytearray) -> bool:
     """A level-1 probe of a few samples of ``target``, without the base (cheap)."""
     if len(target) <= PROBE_SAMPLES * PROBE_SAMPLE:
         sample = target
@@ -696,7 +696,7 @@ def _looks_compressible(target: bytes) -> bool:
     return len(probe) < PROBE_COMPRESSIBLE * len(sample)
 
 
-def compress_group(base: bytes, target: bytes, level: int = LEVEL) -> bytes:
+def compress_group(base: bytes | bytearray, target: bytes | bytearray, level: int = LEVEL) -> bytes:
     """``target`` as one zstd frame with ``base`` as its prefix, at ``level`` unless the
     data does not compress.
 

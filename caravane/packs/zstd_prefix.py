@@ -45,13 +45,13 @@ def _load() -> ctypes.CDLL | None:
             lib.ZSTD_freeCCtx.argtypes = [ctypes.c_void_p]
             lib.ZSTD_CCtx_setParameter.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
             lib.ZSTD_CCtx_setParameter.restype = ctypes.c_size_t
-            lib.ZSTD_CCtx_refPrefix.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t]
+            lib.ZSTD_CCtx_refPrefix.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
             lib.ZSTD_CCtx_refPrefix.restype = ctypes.c_size_t
             lib.ZSTD_compress2.argtypes = [
                 ctypes.c_void_p,
                 ctypes.c_void_p,
                 ctypes.c_size_t,
-                ctypes.c_char_p,
+                ctypes.c_void_p,
                 ctypes.c_size_t,
             ]
             lib.ZSTD_compress2.restype = ctypes.c_size_t
@@ -69,8 +69,19 @@ def available() -> bool:
     return _load() is not None
 
 
+def _pointer(buf: bytes | bytearray) -> Any:
+    """What ctypes passes as the buffer's address (a bytearray is not copied)."""
+    if isinstance(buf, bytearray):
+        return (ctypes.c_char * len(buf)).from_buffer(buf) if buf else None
+    return buf
+
+
 def compress_with_prefix(
-    prefix: bytes, data: bytes, level: int, window_log: int, chain_log: int = 0
+    prefix: bytes | bytearray,
+    data: bytes | bytearray,
+    level: int,
+    window_log: int,
+    chain_log: int = 0,
 ) -> bytes:
     """One zstd frame of ``data`` that may refer back into ``prefix`` (long matching on).
 
@@ -86,7 +97,7 @@ def compress_with_prefix(
         kwargs: dict[str, Any] = {"compression_params": params}
         if prefix:
             kwargs["dict_data"] = zstd.ZstdCompressionDict(
-                prefix, dict_type=zstd.DICT_TYPE_RAWCONTENT
+                bytes(prefix), dict_type=zstd.DICT_TYPE_RAWCONTENT
             )
         return zstd.ZstdCompressor(**kwargs).compress(data)
     cctx = lib.ZSTD_createCCtx()
@@ -99,11 +110,13 @@ def compress_with_prefix(
         for param, value in settings:
             if lib.ZSTD_isError(lib.ZSTD_CCtx_setParameter(cctx, param, value)):
                 raise ValueError(f"zstd: parameter {param}={value} refused")
-        if prefix and lib.ZSTD_isError(lib.ZSTD_CCtx_refPrefix(cctx, prefix, len(prefix))):
+        if prefix and lib.ZSTD_isError(
+            lib.ZSTD_CCtx_refPrefix(cctx, _pointer(prefix), len(prefix))
+        ):
             raise ValueError("zstd: prefix refused")
         cap = lib.ZSTD_compressBound(len(data))
         out = ctypes.create_string_buffer(cap)
-        n = lib.ZSTD_compress2(cctx, out, cap, data, len(data))
+        n = lib.ZSTD_compress2(cctx, out, cap, _pointer(data), len(data))
         if lib.ZSTD_isError(n):
             raise ValueError("zstd: compression failed")
         return ctypes.string_at(out, n)  # not out.raw[:n]: that copies the whole buffer first

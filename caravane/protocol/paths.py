@@ -7,9 +7,11 @@ out of the destination, and nothing a FAT32/exFAT drive or a Windows laptop woul
 from __future__ import annotations
 
 import re
+import tempfile
 import unicodedata
 from array import array
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from typing import IO
 
 from .errors import PathError
 
@@ -116,15 +118,21 @@ class SortedPathChecker:
 
     Two sibling folders that differ only by case are allowed (a case-insensitive drive merges
     them), and their subtrees are not contiguous; for them, each file's folded path is also
-    kept as a 64-bit hash (8 bytes a file) and, only when such folders were seen, compared
-    at :meth:`finish`.
+    kept as a 64-bit hash and, only when such folders were seen, compared at :meth:`finish`.
+    Past ``HELD`` paths those hashes go to a temporary file, ``HELD`` at a time: 8 bytes a
+    file in memory was 8 MB at a million files (16 with the array's growth), in every walk
+    of a release (a pack build, a checkout, a hub's commit), and 80 at ten million.
     """
+
+    #: path hashes kept in memory before they are written out
+    HELD = 1 << 16
 
     def __init__(self) -> None:
         # (folder prefix with its trailing "/", {folded child name: (name, is_folder)})
         self._open: list[tuple[str, dict[str, tuple[str, bool]]]] = [("", {})]
         self._last: str | None = None
         self._hashes = array("q")
+        self._spill: IO[bytes] | None = None  # the hashes written out, HELD at a time
         self._folders: dict[str, str] = {}  # folded folder path: its first spelling
         self._merged: list[tuple[str, str]] = []
         self.count = 0
@@ -155,6 +163,29 @@ class SortedPathChecker:
             stack.append((prefix, children))
         self._name(prefix, children, parts[-1], False)
         self._hashes.append(hash(_fold(path)))
+        if len(self._hashes) >= self.HELD:
+            self._write_out()
+
+    def _write_out(self) -> None:
+        try:
+            if self._spill is None:
+                self._spill = tempfile.TemporaryFile(prefix="caravane-paths-")
+            self._hashes.tofile(self._spill)
+        except OSError:  # no room for a temporary file: they stay in memory
+            self.HELD = len(self._hashes) * 2
+            return
+        self._hashes = array("q")
+
+    def _all_hashes(self) -> Iterator[int]:
+        if self._spill is not None:
+            self._spill.seek(0)
+            while True:
+                block = array("q")
+                block.frombytes(self._spill.read(self.HELD * block.itemsize))
+                if not block:
+                    break
+                yield from block
+        yield from self._hashes
 
     @staticmethod
     def _name(prefix: str, children: dict[str, tuple[str, bool]], name: str, folder: bool) -> None:
@@ -169,11 +200,18 @@ class SortedPathChecker:
 
     def finish(self) -> None:
         """The checks across folders that differ only by case (nothing to do without them)."""
-        if not self._merged:
-            return
+        try:
+            if self._merged:
+                self._compare()
+        finally:
+            if self._spill is not None:
+                self._spill.close()
+                self._spill = None
+
+    def _compare(self) -> None:
         first, other = self._merged[0]
         seen: set[int] = set()
-        for h in self._hashes:
+        for h in self._all_hashes():
             if h in seen:
                 raise PathError(
                     f"manifest lists two files under {first!r} and {other!r} whose paths "

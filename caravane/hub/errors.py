@@ -50,3 +50,9 @@ class SchemaError(HubError):
 
 class BackupError(HubError):
     """A backup that cannot be made or restored (damaged, incomplete, target not empty)."""
+
+
+class PackBuildError(HubError):
+    """A pack the hub builds ahead of time could not be built (its own process failed)."""
+
+    status = 500

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import threading
 import time
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
+
+import caravane.hub.jobs as jobs_module
+from caravane.hub.errors import PackBuildError
 from caravane.hub.jobs import JobRunner
 from caravane.hub.models import Centre, Lease
 from caravane.hub.service import Hub, Principal, now
@@ -57,6 +62,73 @@ def test_build_recent_packs_after_publishes(hub: Hub, tmp_path: Path):
     store = Repository.init(tmp_path / "store", trust_root=hub.repo.path / "metadata/root.json")
     store.apply_pack(hub.repo.pack_path("maths", 0, 3))
     assert store.verify().ok and store.verify().channels == {"maths": [3]}
+
+
+def test_packs_built_ahead_of_time_come_from_a_process_of_their_own(hub: Hub, tmp_path: Path):
+    """The worker's packs are built by ``caravane pack build`` in a child process (its
+    memory is not the server's) and are the bytes an in-process build makes."""
+    runner = JobRunner(hub)
+    publish(hub, tmp_path, {"a.txt": "leçon " * 5000, "b.bin": noise(40_000, "b")})
+    started: list[list[str]] = []
+    real = subprocess.Popen
+
+    def spying(cmd: list[str], **kw: object) -> subprocess.Popen[bytes]:
+        started.append(list(cmd))
+        return real(cmd, **kw)  # type: ignore[call-overload, no-any-return]
+
+    jobs_module.subprocess.Popen = spying  # type: ignore[misc]
+    try:
+        assert runner.build_recent_packs() == ["0-1.pack"]
+    finally:
+        jobs_module.subprocess.Popen = real  # type: ignore[misc]
+    assert [c[2:5] for c in started] == [["caravane", "pack", "build"]]
+    here = tmp_path / "in-process.pack"
+    hub.repo.build_pack("maths", 0, 1, here, level=runner.pack_level("maths", 0, 1))
+    assert hub.repo.pack_path("maths", 0, 1).read_bytes() == here.read_bytes()
+
+
+def test_a_pack_build_that_fails_in_its_process_says_why_and_leaves_nothing(
+    hub: Hub, tmp_path: Path
+):
+    runner = JobRunner(hub)
+    _, entries = publish(hub, tmp_path, {"a.bin": noise(30_000, "a")})
+    hub.repo.store.remove(entries[0].chunks[0][0])  # the store lost an object
+    with pytest.raises(PackBuildError, match=r"maths 0-1 .*could not be built: .*missing"):
+        runner.build_recent_packs()
+    folder = hub.repo.path / "packs" / "maths"
+    assert not list(folder.glob("*")) if folder.is_dir() else True  # no pack, no part file
+
+
+def test_stopping_the_runner_stops_a_pack_build_in_progress(hub: Hub, tmp_path: Path):
+    """A hub that stops does not wait for a long build: the child is interrupted, its part
+    file removed, and the worker told why."""
+    runner = JobRunner(hub)
+    text = "".join(f"ligne {i} de la leçon {i * 7 % 13}\n" for i in range(800_000))
+    publish(hub, tmp_path, {"long.txt": text, "b.bin": noise(3_000_000, "b")})
+    failed: list[BaseException] = []
+
+    def build() -> None:
+        try:
+            runner.build_pack_once("maths", 0, 1, 22, isolated=True)
+        except PackBuildError as exc:
+            failed.append(exc)
+
+    worker = threading.Thread(target=build)
+    worker.start()
+    deadline = time.monotonic() + 30
+    while not runner._children and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert runner._children, "the build did not start"
+    folder = hub.repo.path / "packs" / "maths"
+    while not list(folder.glob(".*.part")) and time.monotonic() < deadline:
+        time.sleep(0.01)  # into the build: its part file is being written
+    assert list(folder.glob(".*.part")), "the build wrote nothing"
+    runner.stop()
+    worker.join(20)
+    assert not worker.is_alive()
+    assert failed and "could not be built" in str(failed[0])
+    assert not hub.repo.pack_path("maths", 0, 1).exists()
+    assert not list(folder.glob(".*.part"))
 
 
 def test_background_worker_builds_packs_after_http_publish(running_hub: RunningHub, tmp_path):

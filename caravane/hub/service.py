@@ -408,6 +408,19 @@ class Hub:
             [{"upload_id": uid, "sha": h, "size": n} for h, n in chunks.items()],
         )
 
+    def declare_stored(self, p: Principal, uid: str, chunks: dict[str, int]) -> None:
+        """Record objects this hub just stored as a receiving upload's (the web page's
+        publish, which writes into the store itself): collection keeps them while the
+        upload is open, as it keeps a client's declared chunks. Nothing is asked back."""
+        p.require("curator")
+        if not chunks:
+            return
+        with self.db.session() as s:
+            head = self._activity(s, uid, STILL_OPEN)
+            if head.state not in STILL_OPEN:
+                raise Conflict(f"upload {uid} is {head.state}, not receiving chunks")
+            self._declare(s, uid, chunks)
+
     def set_files(self, p: Principal, uid: str, doc: dict[str, Any]) -> dict[str, Any]:
         """The file list of a receiving upload, every chunk of it declared before; the upload
         is then open as any other (objects still missing are named, commit follows).

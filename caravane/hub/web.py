@@ -16,6 +16,7 @@ the audit log, retention and the pack queue behave exactly as for ``caravane pub
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import secrets
@@ -39,9 +40,10 @@ from aiohttp import BodyPartReader, web
 
 from caravane.i18n import Translator, negotiate, size_text, switcher
 from caravane.packs.chunker import DEFAULT_AVG
-from caravane.packs.repository import ingest_files, scan_source
+from caravane.packs.ingest import Ingest, iter_source
 from caravane.protocol.errors import CaravaneError, PathError
 from caravane.protocol.paths import check_path
+from caravane.protocol.tree import PieceRef, TreeWriter, root_ref
 
 from .appstate import HUB_KEY, in_thread, queue_packs
 from .auth import ANY_ROLE, Principal, Role, hash_secret, may
@@ -550,13 +552,42 @@ def unpack_archive(archive: Path, kind: str, dest: Path) -> Path:
     return real_dest
 
 
-def _latest_files(hub: Hub, channel: str) -> tuple[int | None, list[Any] | None]:
-    """The newest release of ``channel`` and its files (None, None before the first)."""
-    if channel not in hub.repo.channels():
-        return None, None
-    snap = hub.repo.snapshot()
-    latest = snap.channel(channel).version
-    return latest, snap.manifest(channel, latest).files
+#: objects recorded for a web publish's upload per statement, as a client declares them
+DECLARE_STORED = 2000
+
+
+def _store_tree(
+    hub: Hub, p: Principal, uid: str, root: Path, progress: Callable[[int], None]
+) -> tuple[PieceRef | None, int, int]:
+    """Read ``root`` into the hub's store as a local publish does, the file list as manifest
+    pieces (a :class:`TreeWriter` fed as the entries come), and record every object the
+    release will name as the upload's, in batches, so that collection keeps them while the
+    curator reviews. Nothing here grows with the archive: the list the web page's publish
+    used to build (every entry, then their JSON in the upload's row, then the latest
+    release decoded whole to compare) held some 2 KB a file."""
+    pending: dict[str, int] = {}
+
+    def record(sha: str, size: int) -> None:
+        pending[sha] = size
+        if len(pending) >= DECLARE_STORED:
+            hub.declare_stored(p, uid, pending)
+            pending.clear()
+
+    store = hub.repo.store
+
+    def put_piece(ref: PieceRef, data: bytes) -> None:
+        store.put_raw(data, ref.sha256)
+        record(ref.sha256, ref.length)
+
+    writer = TreeWriter(put_piece, check=False)  # iter_source checked every name
+    for entry in Ingest(store, iter_source(root), DEFAULT_AVG, progress, on_chunk=record):
+        if isinstance(entry, list):
+            writer.add_run(entry)
+        else:
+            writer.add(entry)
+    made = writer.finish()
+    hub.declare_stored(p, uid, pending)
+    return made, writer.files, writer.size
 
 
 def _prepare_blocking(
@@ -568,29 +599,42 @@ def _prepare_blocking(
     archive: Path,
     kind: str,
 ) -> None:
-    """Unpack, store the chunks, record the file list as an open upload (collection keeps
-    its objects meanwhile) and say what it changes; signing waits for the curator."""
-    from caravane.packs.changes import file_changes
+    """Unpack, store the chunks and the file list's pieces, open an upload that names the
+    tree (collection keeps its objects meanwhile) and say what it changes; signing waits
+    for the curator, and checks the tree as it checks a client's (``PUT .../tree``)."""
+    from caravane.packs.changes import summarise_changes
 
-    from .web_curator import changes_view
+    from .web_curator import LIST_LIMIT, changes_view
 
     job.state = "unpacking"
     jobs.save(job)
     root = unpack_archive(archive, kind, work / "content")
     archive.unlink()
-    files = scan_source(root)
-    if not files:
+    count = total = 0
+    for f in iter_source(root):  # a stat each, no list: for the progress bar
+        count += 1
+        total += f.stat.st_size
+    if not count:
         raise HubError("the archive holds no files", 422)
-    job.total = sum(f.stat.st_size for f in files)
+    job.total = total
     job.state = "storing"
     jobs.save(job)
-    entries, *_ = ingest_files(hub.repo.store, files, DEFAULT_AVG, jobs.progress(job))
-    latest, old = _latest_files(hub, job.channel)
+    start = {"channel": job.channel, "notes": job.notes, "stream": True, "tree": True}
+    uid = str(hub.start_upload(p, start)["upload"])
+    try:
+        made = _store_tree(hub, p, uid, root, jobs.progress(job))
+        tree, files, size = made
+        # open, not signed: the curator decides
+        hub.set_tree(p, uid, {"tree": root_ref(tree), "files": files, "size": size})
+        latest, changed = hub.repo.tree_changes(job.channel, *made)
+        job.review = changes_view(summarise_changes(changed, made[1], LIST_LIMIT))
+    except BaseException:
+        with contextlib.suppress(CaravaneError):
+            hub.abandon_upload(p, uid)  # its objects are no longer kept for it
+        raise
     job.latest = latest
-    job.review = changes_view(file_changes(old, entries))
-    doc = {"channel": job.channel, "notes": job.notes, "files": [e.to_dict() for e in entries]}
-    job.upload = str(hub.start_upload(p, doc)["upload"])
-    job.files = len(entries)
+    job.upload = uid
+    job.files = made[1]
     job.state = "review"
 
 

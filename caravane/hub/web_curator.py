@@ -30,7 +30,7 @@ from typing import Any
 from aiohttp import web
 
 from caravane.i18n import Translator
-from caravane.packs.changes import FileChanges, file_changes
+from caravane.packs.changes import FileChanges, summarise_changes
 from caravane.protocol.errors import CaravaneError
 from caravane.protocol.metadata import CHANNEL_RE
 
@@ -110,11 +110,13 @@ def release_changes(hub: Hub, cid: str, version: int) -> dict[str, Any]:
     if version not in held:
         return out
     snap = hub.repo.snapshot()
-    new = snap.manifest(cid, version)
+    new = snap.release(cid, version)
     earlier = sorted(v for v in held if v < version)
-    old = snap.manifest(cid, earlier[-1]) if earlier else None
+    old = snap.release(cid, earlier[-1]) if earlier else None
     out["previous"] = earlier[-1] if earlier else None
-    out["changes"] = changes_view(file_changes(old.files if old else None, new.files))
+    # the diff of the two trees, a few pieces for a weekly update, never the lists whole
+    ch = summarise_changes(new.changes_from(old), new.files, LIST_LIMIT)
+    out["changes"] = changes_view(ch)
     return out
 
 
@@ -125,9 +127,9 @@ def changes_view(ch: FileChanges) -> dict[str, Any]:
         "added": ch.added[:LIST_LIMIT],
         "changed": ch.changed[:LIST_LIMIT],
         "removed": ch.removed[:LIST_LIMIT],
-        "n_added": len(ch.added),
-        "n_changed": len(ch.changed),
-        "n_removed": len(ch.removed),
+        "n_added": ch.n_added,
+        "n_changed": ch.n_changed,
+        "n_removed": ch.n_removed,
         "unchanged": ch.unchanged,
         "added_bytes": ch.added_bytes,
         "removed_bytes": ch.removed_bytes,

@@ -122,7 +122,9 @@ class FileChanges:
     """What a release adds, changes and removes, file by file, against the one before it.
 
     A curator reads it before signing (is this the archive I meant?) and on the release
-    page; ``identical`` warns that publishing would only make a new version number.
+    page; ``identical`` warns that publishing would only make a new version number. The
+    lists may hold only the first paths of each kind (:func:`summarise_changes`); the
+    counts are always whole.
     """
 
     added: list[str] = field(default_factory=list)
@@ -131,10 +133,41 @@ class FileChanges:
     unchanged: int = 0
     added_bytes: int = 0
     removed_bytes: int = 0
+    n_added: int = 0
+    n_changed: int = 0
+    n_removed: int = 0
 
     @property
     def identical(self) -> bool:
-        return not (self.added or self.changed or self.removed)
+        return not (self.n_added or self.n_changed or self.n_removed)
+
+
+def summarise_changes(changed: Iterable[Change], files: int, limit: int) -> FileChanges:
+    """:func:`file_changes` from a tree diff (:meth:`Release.changes_from`): counts of
+    each kind and the first ``limit`` paths of each, in path order; ``files``, the new
+    release's file count, gives the unchanged ones. Holds ``3 * limit`` paths whatever
+    the release: comparing the two lists decoded whole held both (some 500 bytes a file,
+    a gigabyte for a release page at a million files)."""
+    out = FileChanges()
+    for old, new in changed:
+        if new is None:
+            if old is None:
+                continue
+            out.n_removed += 1
+            out.removed_bytes += old.size
+            if len(out.removed) < limit:
+                out.removed.append(old.path)
+        elif old is None:
+            out.n_added += 1
+            out.added_bytes += new.size
+            if len(out.added) < limit:
+                out.added.append(new.path)
+        elif old.sha256 != new.sha256 or old.mode != new.mode:
+            out.n_changed += 1
+            if len(out.changed) < limit:
+                out.changed.append(new.path)
+    out.unchanged = files - out.n_added - out.n_changed
+    return out
 
 
 def file_changes(old: list[FileEntry] | None, new: list[FileEntry]) -> FileChanges:
@@ -163,12 +196,14 @@ def file_changes(old: list[FileEntry] | None, new: list[FileEntry]) -> FileChang
     out.added.sort()
     out.changed.sort()
     out.removed.sort()
+    out.n_added, out.n_changed, out.n_removed = len(out.added), len(out.changed), len(out.removed)
     return out
 
 
 __all__ = [
     "FileChanges",
     "file_changes",
+    "summarise_changes",
     "missing_chunks",
     "missing_in_changes",
     "new_bytes",

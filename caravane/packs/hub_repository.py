@@ -14,7 +14,7 @@ import os
 import shutil
 import sqlite3
 import time
-from collections.abc import Callable, Collection, Container, Iterable
+from collections.abc import Callable, Collection, Container, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -36,7 +36,7 @@ from caravane.protocol.metadata import (
     sign_envelope,
 )
 from caravane.protocol.release import Release
-from caravane.protocol.tree import encode_doc
+from caravane.protocol.tree import Change, encode_doc
 
 from . import similarity
 from .changes import new_contents
@@ -404,6 +404,22 @@ class HubRepository(RepositoryBase):
                 early=True,
                 walked=walked,
             )
+
+    def tree_changes(
+        self, channel: str, root: treefmt.PieceRef | None, files: int, size: int
+    ) -> tuple[int | None, Iterator[Change]]:
+        """The latest release of ``channel`` (None before the first) and the diff from it
+        of a tree whose pieces are in the store (what a curator reviews before signing):
+        the pieces the two trees do not share are read, each checked by its hash."""
+        what = f"the file list of {channel!r} to review"
+        doc = treefmt.parse_doc(encode_doc(channel, 0, "", "", files, size, root), what)
+        new = Release(
+            channel, 0, "", "", files, size, treefmt.TREE_SPEC_VERSION, doc=doc, read=self.pieces()
+        )
+        snap = self.snapshot()
+        meta = snap.channel_or_none(channel)
+        previous = snap.release(channel, meta.version) if meta else None
+        return (meta.version if meta else None), new.changes_from(previous)
 
     def _commit_tree(
         self,

@@ -179,3 +179,68 @@ def test_first_carry_answers_wanted_until_carried() -> None:
     assert carry.pop(sha) == 1
     assert sha not in carry and carry.pop(sha) is None
     carry.close()
+
+
+def _tree_release(version: int, files: list[FileEntry], pieces: dict[str, bytes]) -> object:
+    """A format 2 release of ``files``, its pieces added to ``pieces`` (one store)."""
+    from caravane.protocol import tree
+    from caravane.protocol.release import Release
+
+    m = Manifest("lecons", version, "2026-12-01T00:00:00Z", files, "")
+    enc = tree.encode_manifest(m)
+    pieces.update({ref.sha256: data for ref, data in enc.pieces})
+    doc = tree.parse_doc(enc.doc)
+    return Release(
+        "lecons",
+        version,
+        m.created,
+        "",
+        len(files),
+        m.total_size,
+        tree.TREE_SPEC_VERSION,
+        doc=doc,
+        read=lambda refs: [pieces[r.sha256] for r in refs],
+    )
+
+
+_files = st.dictionaries(
+    st.sampled_from([f"d{i % 3}/p{i:02d}" for i in range(40)]),
+    st.tuples(st.integers(0, 5), st.sampled_from([0o644, 0o755])),
+    max_size=40,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(_files, _files, st.integers(1, 4))
+def test_a_summary_of_the_tree_diff_is_the_comparison_of_the_two_lists(
+    old: dict[str, tuple[int, int]], new: dict[str, tuple[int, int]], limit: int
+) -> None:
+    """What the review and the release page show (counts whole, first paths of each kind)
+    from the diff of two trees is what comparing the two whole lists gives."""
+    from caravane.packs.changes import file_changes, summarise_changes
+
+    def entries(d: dict[str, tuple[int, int]]) -> list[FileEntry]:
+        return [
+            FileEntry(p, _size(c), mode, _sha(c), [(_sha(c), _size(c))])
+            for p, (c, mode) in sorted(d.items())
+        ]
+
+    a, b = entries(old), entries(new)
+    whole = file_changes(a if old else None, b)
+    store: dict[str, bytes] = {}
+    ra = _tree_release(1, a, store) if old else None
+    rb = _tree_release(2, b, store)
+    got = summarise_changes(rb.changes_from(ra), len(b), limit)  # type: ignore[attr-defined]
+    assert (got.n_added, got.n_changed, got.n_removed, got.unchanged) == (
+        len(whole.added),
+        len(whole.changed),
+        len(whole.removed),
+        whole.unchanged,
+    )
+    assert (got.added, got.changed, got.removed) == (
+        whole.added[:limit],
+        whole.changed[:limit],
+        whole.removed[:limit],
+    )
+    assert (got.added_bytes, got.removed_bytes) == (whole.added_bytes, whole.removed_bytes)
+    assert got.identical == whole.identical

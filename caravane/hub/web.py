@@ -527,6 +527,9 @@ def unpack_archive(archive: Path, kind: str, dest: Path) -> Path:
             raise PathError("the file is not a valid .tar.gz archive") from None
         with tf:
             for member in tf:
+                # TarFile keeps every member it has read (for getmembers): some 600 bytes
+                # a file, 60 MB for an archive of 100,000 pages; nothing here reads them back
+                tf.members = []
                 count += 1
                 if count > MAX_ARCHIVE_MEMBERS:
                     raise PathError(f"archive has more than {MAX_ARCHIVE_MEMBERS} members")

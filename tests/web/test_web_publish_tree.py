@@ -3,22 +3,13 @@ sends it: the review is the diff of the two trees, and signing checks the tree w
 
 from __future__ import annotations
 
-import io
 import time
-import zipfile
 
 from caravane.hub.models import Upload
 from caravane.hub.service import Principal
 from tests.node.conftest import World
 from tests.web.test_safety import Browser, _post_multipart
-
-
-def _zipped(files: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        for name, data in files.items():
-            zf.writestr(name, data)
-    return buf.getvalue()
+from tests.zim.test_web_upload import _zipped
 
 
 def _publish(world: World, b: Browser, csrf: str, files: dict[str, bytes]) -> tuple[str, str]:

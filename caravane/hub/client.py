@@ -37,10 +37,11 @@ from caravane.packs.chunker import DEFAULT_AVG
 from caravane.packs.files_cache import FilesCache
 from caravane.packs.idset import IdSet
 from caravane.packs.ingest import Ingest, iter_source, iter_source_cached
+from caravane.packs.ingest import ingest_tree as read_tree
 from caravane.packs.repository import ingest_files, scan_source
 from caravane.packs.store import DEFAULT_LEVEL, ObjectStore, compress_many
 from caravane.protocol.metadata import FileEntry, check_channel
-from caravane.protocol.tree import PieceRef, TreeWriter, root_ref
+from caravane.protocol.tree import PieceRef, root_ref
 
 from .errors import HubError
 
@@ -428,52 +429,26 @@ def ingest_tree(
     on_object: Callable[[str, int], object] | None = None,
     pieces: SentPieces | None = None,
 ) -> tuple[PieceRef | None, int, int]:
-    """Read ``folder`` into ``sink`` as a local publish does, the file list included: its
-    entries go into a :class:`TreeWriter` as they come, and each manifest piece it closes
-    goes to ``sink`` and ``on_object`` like a chunk. Returns the root and the counts.
+    """Read ``folder`` into ``sink`` as a local publish does, the file list included
+    (:func:`caravane.packs.ingest.ingest_tree`); the hub gets the pieces as objects and the
+    root in one small request (``PUT .../tree``). ``pieces``: those of the last tree
+    published from this cache, not sent again."""
 
-    Nothing here grows with the folder (the scan is a generator, the tree holds one open
-    run per level), so a million-file publish holds what a thousand-file one does; the
-    hub gets the pieces as objects and the root in one small request (``PUT .../tree``).
-    ``pieces``: those of the last tree published from this cache, not sent again.
-    """
-
-    def put_piece(ref: PieceRef, data: bytes) -> None:
-        if pieces is not None:
-            pieces.made.append(ref.sha256)
-            if ref.sha256 in pieces.known:
-                return
-        sink.put_raw(data, ref.sha256)
-        if on_object is not None:
-            on_object(ref.sha256, ref.length)
+    def keep(sha: str) -> bool:
+        if pieces is None:
+            return True
+        pieces.made.append(sha)
+        return sha not in pieces.known
 
     # with a cache, runs of unchanged files come whole from it (a stat each, no lookup per
-    # file), as in a local republish: it is trusted here, see below
+    # file), as in a local republish
     files = (
         iter_source_cached(folder, cache, DEFAULT_AVG) if cache is not None else iter_source(folder)
     )
-    run = Ingest(
-        sink,
-        files,
-        DEFAULT_AVG,
-        None,
-        cache,
-        on_object,
-        encoded=True,
-        # files the cache knows unchanged go on unasked: the hub checks every chunk the
-        # tree names when it commits, and names those it lacks (sent then, _send_again)
-        trust_cache=True,
-    )
-    writer = TreeWriter(put_piece, check=False)  # iter_source checked every name
-    for entry in run:
-        if isinstance(entry, list):
-            writer.add_run(entry)
-        else:
-            writer.add(entry)
-    root = writer.finish()
-    if pieces is not None and root is not None:
-        pieces.root = root.sha256
-    return root, writer.files, writer.size
+    made = read_tree(sink, files, cache, on_object, keep_piece=keep)
+    if pieces is not None and made[0] is not None:
+        pieces.root = made[0].sha256
+    return made
 
 
 def root_doc(root: PieceRef | None, files: int, size: int) -> dict[str, Any]:

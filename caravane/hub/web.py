@@ -39,11 +39,10 @@ import jinja2
 from aiohttp import BodyPartReader, web
 
 from caravane.i18n import Translator, negotiate, size_text, switcher
-from caravane.packs.chunker import DEFAULT_AVG
-from caravane.packs.ingest import Ingest, iter_source
+from caravane.packs.ingest import ingest_tree, iter_source, scan_totals
 from caravane.protocol.errors import CaravaneError, PathError
 from caravane.protocol.paths import check_path
-from caravane.protocol.tree import PieceRef, TreeWriter, root_ref
+from caravane.protocol.tree import PieceRef, root_ref
 
 from .appstate import HUB_KEY, in_thread, queue_packs
 from .auth import ANY_ROLE, Principal, Role, hash_secret, may
@@ -529,7 +528,7 @@ def unpack_archive(archive: Path, kind: str, dest: Path) -> Path:
             for member in tf:
                 # TarFile keeps every member it has read (for getmembers): some 600 bytes
                 # a file, 60 MB for an archive of 100,000 pages; nothing here reads them back
-                tf.members = []
+                tf.members = []  # type: ignore[attr-defined]  # (not in typeshed)
                 count += 1
                 if count > MAX_ARCHIVE_MEMBERS:
                     raise PathError(f"archive has more than {MAX_ARCHIVE_MEMBERS} members")
@@ -562,12 +561,12 @@ DECLARE_STORED = 2000
 def _store_tree(
     hub: Hub, p: Principal, uid: str, root: Path, progress: Callable[[int], None]
 ) -> tuple[PieceRef | None, int, int]:
-    """Read ``root`` into the hub's store as a local publish does, the file list as manifest
-    pieces (a :class:`TreeWriter` fed as the entries come), and record every object the
-    release will name as the upload's, in batches, so that collection keeps them while the
-    curator reviews. Nothing here grows with the archive: the list the web page's publish
-    used to build (every entry, then their JSON in the upload's row, then the latest
-    release decoded whole to compare) held some 2 KB a file."""
+    """Read ``root`` into the hub's store as a curator's client reads a folder for it, the
+    file list as manifest pieces (:func:`ingest_tree`), and record every object the release
+    will name as the upload's, in batches, so that collection keeps them while the curator
+    reviews. Nothing here grows with the archive: the list the web page's publish used to
+    build (every entry, then their JSON in the upload's row, then the latest release
+    decoded whole to compare) held some 2 KB a file."""
     pending: dict[str, int] = {}
 
     def record(sha: str, size: int) -> None:
@@ -576,21 +575,9 @@ def _store_tree(
             hub.declare_stored(p, uid, pending)
             pending.clear()
 
-    store = hub.repo.store
-
-    def put_piece(ref: PieceRef, data: bytes) -> None:
-        store.put_raw(data, ref.sha256)
-        record(ref.sha256, ref.length)
-
-    writer = TreeWriter(put_piece, check=False)  # iter_source checked every name
-    for entry in Ingest(store, iter_source(root), DEFAULT_AVG, progress, on_chunk=record):
-        if isinstance(entry, list):
-            writer.add_run(entry)
-        else:
-            writer.add(entry)
-    made = writer.finish()
+    made = ingest_tree(hub.repo.store, iter_source(root), on_object=record, progress=progress)
     hub.declare_stored(p, uid, pending)
-    return made, writer.files, writer.size
+    return made
 
 
 def _prepare_blocking(
@@ -613,10 +600,7 @@ def _prepare_blocking(
     jobs.save(job)
     root = unpack_archive(archive, kind, work / "content")
     archive.unlink()
-    count = total = 0
-    for f in iter_source(root):  # a stat each, no list: for the progress bar
-        count += 1
-        total += f.stat.st_size
+    count, total = scan_totals(root)  # a stat each, no list: for the progress bar
     if not count:
         raise HubError("the archive holds no files", 422)
     job.total = total

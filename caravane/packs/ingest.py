@@ -21,10 +21,10 @@ from typing import NamedTuple, Protocol, cast
 from caravane.protocol.errors import NotFoundError, PathError
 from caravane.protocol.metadata import FileEntry
 from caravane.protocol.paths import ListingChecker, check_paths
-from caravane.protocol.tree import EncodedEntry, encode_entry
+from caravane.protocol.tree import EncodedEntry, PieceRef, TreeWriter, encode_entry
 
 from . import zim
-from .chunker import chunk_limits, iter_chunks
+from .chunker import DEFAULT_AVG, chunk_limits, iter_chunks
 from .errors import StoreError
 from .files_cache import FilesCache, Folder, unchanged
 
@@ -511,14 +511,52 @@ def ingest_files(
     held: Callable[[dict[str, int]], set[str]] | None = None,
 ) -> tuple[list[FileEntry], int, int, int]:
     """:class:`Ingest` as a list: (file entries sorted by path, new objects, their raw
-    bytes, their stored bytes). For callers that hold the list anyway (a curator's client,
-    the hub's web upload); a publish streams :class:`Ingest` instead."""
+    bytes, their stored bytes). For callers that hold the list anyway (a client sending
+    to a hub from before file lists as pieces); a publish streams :class:`Ingest`, or
+    :func:`ingest_tree`, instead."""
     run = Ingest(store, files, avg_chunk, progress, cache, on_chunk, held)
     entries = cast(list[FileEntry], list(run))  # not ``encoded``: FileEntry each
     if run.books:
         entries.sort(key=lambda e: e.path.encode())
         check_paths(e.path for e in entries)
     return entries, run.new_objects, run.new_bytes, run.stored
+
+
+def ingest_tree(
+    sink: ChunkSink,
+    files: Iterable[SourceFile | CachedRun],
+    cache: FilesCache | None = None,
+    on_object: Callable[[str, int], object] | None = None,
+    progress: Progress = None,
+    keep_piece: Callable[[str], bool] | None = None,
+) -> tuple[PieceRef | None, int, int]:
+    """Read ``files`` (:func:`iter_source`, or :func:`iter_source_cached` with ``cache``)
+    into ``sink`` with the file list as manifest pieces: the entries go into a
+    :class:`TreeWriter` as they come, and each piece it closes goes to ``sink`` and
+    ``on_object`` like a chunk (unless ``keep_piece`` says the receiver holds it already).
+    Returns the root and the counts. What a curator's client sends a hub and what the hub's
+    publish page stores: nothing held grows with the folder (one open run per level of
+    the tree), so a million files cost what a thousand do. Runs of unchanged files come
+    whole from the cache, trusted (the hub checks every chunk the tree names at its commit).
+    """
+
+    def put_piece(ref: PieceRef, data: bytes) -> None:
+        if keep_piece is not None and not keep_piece(ref.sha256):
+            return
+        sink.put_raw_many([(ref.sha256, data)])
+        if on_object is not None:
+            on_object(ref.sha256, ref.length)
+
+    run = Ingest(
+        sink, files, DEFAULT_AVG, progress, cache, on_object, encoded=True, trust_cache=True
+    )
+    writer = TreeWriter(put_piece, check=False)  # iter_source checked every name
+    for entry in run:
+        if isinstance(entry, list):
+            writer.add_run(entry)
+        else:
+            writer.add(entry)
+    return writer.finish(), writer.files, writer.size
 
 
 def _with_stat(item: SourceFile | tuple[str, Path]) -> SourceFile:

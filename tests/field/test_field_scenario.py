@@ -78,6 +78,30 @@ def _check(world: World, dirs: dict[str, Path], ids: dict[str, str], when: str) 
             assert row["last_error"] == (newest["errors"][-1] if newest["errors"] else None)
 
 
+def _lost(
+    name: str,
+    d: Path,
+    held: list[int],
+    made: dict[int, dict],
+    last: subprocess.CompletedProcess[str] | None,
+) -> str:
+    """What a failure of the final report check needs to be understood from CI's log alone:
+    which reports are where, what the centre still queues and what its last pass said."""
+    n = NodeAgent.open(d)
+    try:
+        with closing(sqlite3.connect(n.state.path)) as db:
+            queue = db.execute("SELECT seq, sent_at, sent_by FROM report_queue").fetchall()
+    finally:
+        n.close()
+    said = ""
+    if last is not None:
+        said = f"\nlast sync's stdout:\n{last.stdout[-4000:]}\nstderr:\n{last.stderr[-4000:]}"
+    return (
+        f"{name}: reports lost or doubled: hub holds {held}, centre made {sorted(made)}, "
+        f"its queue (seq, sent_at, sent_by) {queue}{said}"
+    )
+
+
 def test_three_centres_every_route_kill_9(world_any_db: World, tmp_path: Path) -> None:
     world = world_any_db  # the hub on SQLite, then on PostgreSQL
     rng = random.Random(SEED)
@@ -132,8 +156,9 @@ def test_three_centres_every_route_kill_9(world_any_db: World, tmp_path: Path) -
     # clean passes: A whole, B from A, A forwards B's reports; C's drive goes there and back
     proxy.faults = Faults()
     latest = max(world.versions)
+    last: dict[str, subprocess.CompletedProcess[str]] = {}
     for name in ("A", "B", "A"):
-        done = _run(sync(name))
+        done = last[name] = _run(sync(name))
         assert done.returncode == 0, (name, done.stdout, done.stderr)
     drive = drive_for_c(99)
     assert _run(_cmd("usb", "import", str(drive), "-d", str(dirs["C"]))).returncode == 0
@@ -147,7 +172,7 @@ def test_three_centres_every_route_kill_9(world_any_db: World, tmp_path: Path) -
         assert read_tree(d / "live" / "lecons") == world.versions[latest], name
         made = _queue(d)
         held = sorted(r["seq"] for r in world.rh.hub.centre_detail(ids[name])["reports"])
-        assert held == sorted(made), f"{name}: reports lost or doubled"
+        assert held == sorted(made), _lost(name, d, held, made, last.get(name))
         row = rows[ids[name]]
         assert row["installed"] == {"lecons": latest} and row["last_error"] is None, row
     assert rows[ids["A"]]["last_route"] == "network"

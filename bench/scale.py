@@ -141,6 +141,8 @@ def measure(files: int, work: Path) -> dict[str, Any]:
     r["publish_s"], r["publish_rss"] = child(
         [*cv, "repo", "publish", str(repo), CHANNEL, str(tree)], "first publish"
     )
+    # what a connected centre holding v1 holds of the channel: its signed metadata
+    v1_meta = (repo / "metadata" / "channels" / f"{CHANNEL}.json").read_bytes()
     tar_a = work / "a.tar"
     subprocess.run(["tar", "-C", str(tree), "-cf", str(tar_a), "."], check=True)
     r["tar_zstd_s"] = shell(f"tar -C {tree} -cf - . | zstd -3 -T0 -q -o {work}/a.tar.zst")
@@ -165,11 +167,15 @@ def measure(files: int, work: Path) -> dict[str, Any]:
         "pack build",
     )
     r["pack_bytes"] = sum(p.stat().st_size for p in work.glob("1-2.pack*"))
-    # a connected centre holding v1: the signed channel metadata, then the pack 1->2, which
-    # carries the new manifest as a delta (node/sync.py asks for it before any manifest;
+    # a connected centre holding v1: the signed channel metadata, as the hub sends it (a
+    # delta from the centre's copy, packs/compact.py), then the pack 1->2, which carries
+    # the new manifest as a delta (node/sync.py asks for it before any manifest;
     # tests/node/test_engine.py checks that no manifests/ path is fetched); before this the
     # whole manifest came first, which is what the "whole manifest" column still shows
-    r["online_bytes"] = meta.stat().st_size + r["pack_bytes"]
+    from caravane.packs.compact import metadata_delta
+
+    r["channel_delta_bytes"] = len(metadata_delta(v1_meta, meta.read_bytes()))
+    r["online_bytes"] = r["channel_delta_bytes"] + r["pack_bytes"]
     r.update(_metadata_costs(repo, pack, meta))
 
     patch = work / "patch.zst"
@@ -262,8 +268,9 @@ def rows_of(results: list[dict[str, Any]]) -> list[str]:
             "One-file update, bytes a centre receives",
             [
                 "files",
-                "online (metadata + pack)",
-                "of which signed metadata",
+                "online (metadata delta + pack)",
+                "channel metadata: file / delta",
+                "signed metadata in the pack",
                 "online, no pack: metadata + changed pieces",
                 "format 1: metadata + whole manifest",
                 "pack (drive)",
@@ -277,6 +284,7 @@ def rows_of(results: list[dict[str, Any]]) -> list[str]:
                 [
                     r["files"],
                     r["online_bytes"],
+                    f"{r['channel_meta_bytes']} / {r['channel_delta_bytes']}",
                     r["pack_metadata_bytes"],
                     r["online_metadata_bytes"],
                     r["flat_manifest_bytes"],

@@ -27,7 +27,7 @@ from typing import Any
 
 from aiohttp import web
 
-from caravane.packs import delta
+from caravane.packs import compact, delta
 from caravane.protocol.errors import CaravaneError
 from caravane.protocol.metadata import HEX64
 from caravane.served_objects import object_id, object_response
@@ -353,6 +353,10 @@ async def repo_file(request: web.Request) -> web.StreamResponse:
         if not path.is_file():
             raise web.HTTPNotFound()
     cache = MUTABLE if tail.startswith("metadata/") else IMMUTABLE
+    if CHANNEL_RE.match(tail):
+        delta = _channel_delta(request, hub.repo.path, tail, path)
+        if delta is not None:
+            return delta
     small = _small_file(request, path, cache)
     if small is not None:
         return small
@@ -360,6 +364,40 @@ async def repo_file(request: web.Request) -> web.StreamResponse:
 
 
 SMALL_FILE = 1024 * 1024
+CHANNEL_RE = re.compile(r"^metadata/channels/([a-z0-9][a-z0-9._-]{0,63})\.json$")
+
+
+def _channel_delta(
+    request: web.Request, repo: Path, tail: str, path: Path
+) -> web.Response | None:
+    """Channel metadata as a delta from the copy a centre names (packs/compact.py).
+
+    A centre reads its channels' metadata at every pass, about 700 bytes each, where a
+    delta from its own copy is some 20 bytes unchanged and 200 with a new release. Only a
+    whole GET naming a copy this hub signed and still keeps gets one; the answer says so
+    in its own header, so a reader that asked nothing, or a cache between, gets the file.
+    """
+    base_sha = request.headers.get(compact.DELTA_BASE_HEADER, "").strip().lower()
+    if not base_sha or "Range" in request.headers:
+        return None
+    m = CHANNEL_RE.match(tail)
+    assert m is not None
+    base = compact.recall(repo, m.group(1), base_sha)
+    if base is None:
+        return None
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    return web.Response(
+        body=compact.metadata_delta(base, data),
+        headers={
+            "Cache-Control": "no-store",
+            "Vary": compact.DELTA_BASE_HEADER,
+            compact.DELTA_HEADER: base_sha,
+        },
+        content_type="application/zstd",
+    )
 
 
 def _small_file(request: web.Request, path: Path, cache: str) -> web.Response | None:

@@ -345,8 +345,11 @@ class SyncEngine:
     def _load_channel(self, channel: str) -> ChannelMeta | None:
         """The newest channel metadata that verifies, from all upstreams (freeze defence)."""
 
+        # the copy held here: the hub sends the new one as a delta from it (packs/compact.py)
+        held = self.repo.snapshot().channel_bytes(channel)
+
         def from_up(up: Upstream) -> tuple[ChannelMeta, bytes]:
-            data = self.transfer.read(up, channel_relpath(channel), MAX_METADATA_BYTES)
+            data = self.transfer.read(up, channel_relpath(channel), MAX_METADATA_BYTES, held)
             what = f"channel metadata for {channel!r} from {up.name}"
             return self.repo.check_channel_bytes(channel, data, what), data
 

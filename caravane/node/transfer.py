@@ -231,8 +231,10 @@ class Transfer:
         offset: int,
         max_length: int,
         write: Callable[[bytes], object],
+        since: bytes | None = None,
     ) -> int:
-        """Copy ``path`` from ``offset`` into ``write``, at most ``max_length`` bytes.
+        """Copy ``path`` from ``offset`` into ``write``, at most ``max_length`` bytes
+        (``since``: the whole file, as a delta from these bytes where the upstream can).
 
         Before each block the pass's budget and deadline are checked, so the pass ends
         between two blocks, never with a block half kept; every block already handed to
@@ -241,7 +243,11 @@ class Transfer:
         """
         started = time.monotonic()
         got = 0
-        blocks = up.fetch(path, offset, max_length)
+        blocks = (
+            up.fetch(path, offset, max_length)
+            if since is None
+            else up.fetch_since(path, since, max_length)
+        )
         try:
             while True:
                 self._check_pass(up)
@@ -254,10 +260,13 @@ class Transfer:
         finally:
             blocks.close()  # a generator left early closes its connection now
 
-    def read(self, up: Upstream, path: str, max_length: int) -> bytes:
-        """A whole small file (metadata, a manifest, one object), bounded."""
+    def read(
+        self, up: Upstream, path: str, max_length: int, since: bytes | None = None
+    ) -> bytes:
+        """A whole small file (metadata, a manifest, one object), bounded; ``since``: the
+        reader's copy of an earlier version, which an upstream may send a delta from."""
         parts: list[bytes] = []
-        self.copy(up, path, 0, max_length, parts.append)
+        self.copy(up, path, 0, max_length, parts.append, since)
         return b"".join(parts)
 
     def retrying(self, fn: Callable[[], T], progress: Callable[[], int]) -> T:

@@ -11,6 +11,8 @@ endless data is cut off.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import logging
 import shutil
 import subprocess
 import tempfile
@@ -21,12 +23,16 @@ from pathlib import Path
 
 import httpx
 
+from caravane.packs import compact
+from caravane.protocol.errors import CaravaneError
 from caravane.protocol.paths import check_path
 
 from .config import UpstreamConfig
 from .errors import TooMuchData, UpstreamError, UpstreamNotFound
 
 BLOCK = 64 * 1024
+log = logging.getLogger(__name__)
+
 MAX_REDIRECTS = 5
 USER_AGENT = "caravane-node"
 
@@ -41,6 +47,11 @@ def http_client(timeout: float, max_redirects: int = MAX_REDIRECTS) -> httpx.Cli
         timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
         headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
     )
+
+
+def _zstd_bound(size: int) -> int:
+    """The most a zstd frame of ``size`` bytes takes (ZSTD_COMPRESSBOUND, with room)."""
+    return size + (size >> 7) + 1024
 
 
 def _check_repo_path(path: str) -> str:
@@ -93,6 +104,13 @@ class Upstream(ABC):
 
     def read(self, path: str, max_length: int) -> bytes:
         return b"".join(self.fetch(path, 0, max_length))
+
+    def fetch_since(
+        self, path: str, base: bytes, max_length: int = 1 << 20
+    ) -> Generator[bytes, None, None]:
+        """The whole of ``path``; an upstream that can sends it as a delta from ``base``
+        (the reader's copy of an earlier version), decoded here. Others send the file."""
+        return self.fetch(path, 0, max_length)
 
     def prefetch(self, paths: list[str], max_size: int = 0) -> None:  # noqa: B027 (optional hook)
         """A hint that these paths come next, none over ``max_size`` (rsync batches them)."""
@@ -207,6 +225,52 @@ class HttpUpstream(Upstream):
         except httpx.HTTPError as exc:
             self.close()  # whatever state the connection is in, the next fetch starts clean
             raise UpstreamError(self.name, f"{path}: {type(exc).__name__}: {exc}") from None
+
+    def fetch_since(
+        self, path: str, base: bytes, max_length: int = 1 << 20
+    ) -> Generator[bytes, None, None]:
+        """The hub answers a GET naming ``base`` by its hash with a delta from it
+        (``packs/compact.py``); a mirror, a peer or a cache answers with the file."""
+        _check_repo_path(path)
+        sha = hashlib.sha256(base).hexdigest()
+        url = self.base_url + urllib.parse.quote(path)
+        what = f"{path} from {self.name}"
+        try:
+            with self._http().stream(
+                "GET", url, headers={compact.DELTA_BASE_HEADER: sha}
+            ) as resp:
+                named = resp.headers.get(compact.DELTA_HEADER)
+                bound = max_length if named is None else _zstd_bound(max_length)
+                body = bytearray()
+                for block in self._body(resp, path, 0):
+                    body += block
+                    if len(body) > bound:
+                        raise TooMuchData(
+                            self.name, f"{path}: sent more than the {bound} bytes expected"
+                        )
+            if named is None:
+                data = bytes(body)
+            elif named.strip().lower() != sha:
+                raise UpstreamError(self.name, f"{path}: a delta from a copy it was not asked for")
+            else:
+                data = compact.undo_metadata_delta(base, bytes(body), max_length, what)
+        except httpx.TooManyRedirects:
+            raise UpstreamError(
+                self.name,
+                f"{path}: more than {self.max_redirects} redirects (a redirect loop?); "
+                "check the upstream's URL",
+            ) from None
+        except httpx.HTTPError as exc:
+            self.close()
+            raise UpstreamError(self.name, f"{path}: {type(exc).__name__}: {exc}") from None
+        except UpstreamError:
+            raise
+        except CaravaneError as exc:
+            # the whole file then: a hub that answers deltas badly still serves its files
+            log.warning("%s: a damaged delta (%s); reading the whole file", what, exc)
+            yield from self.fetch(path, 0, max_length)
+            return
+        yield data
 
     def _body(self, resp: httpx.Response, path: str, offset: int) -> Iterator[bytes]:
         if resp.status_code == 404:

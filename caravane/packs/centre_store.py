@@ -47,7 +47,7 @@ from caravane.protocol.trust import (
     too_many_roots,
 )
 
-from . import delta
+from . import compact, delta
 from .errors import PackError, StoreError, TruncatedPackError
 from .ingest import Progress
 from .layout import channel_relpath, manifest_relpath
@@ -335,7 +335,24 @@ class CentreStore(RepositoryBase):
     def _apply_metadata(self, entry: Any, snap: Snapshot, what: str) -> Pending | None:
         state = self.trusted
         path = str(entry.header.get("path", ""))
-        data = delta.decompress_group(b"", entry.payload, _frame_size(entry.payload, what), what)
+        if path.startswith("metadata/channels/") and path.endswith(".json"):
+            channel = check_channel(path[len("metadata/channels/") : -len(".json")])
+            if self._subscribed is not None and channel not in self._subscribed:
+                self._trusted = None  # forget the roots this pack carried: none was kept
+                raise PackError(
+                    f"{what}: this pack is for channel {channel!r}, which this centre does "
+                    f"not subscribe to ({', '.join(sorted(self._subscribed)) or 'none'}); "
+                    "nothing from it was kept"
+                )
+        root_version = _root_version_of_path(path)
+        if root_version is not None and root_version <= state.root.version:
+            return None  # a root this centre took already (the pack serves older ones too)
+        data = delta.decompress_group(
+            self._metadata_prefix(entry.header, path, snap, what),
+            entry.payload,
+            _frame_size(entry.payload, what),
+            what,
+        )
         if path.startswith("metadata/root/"):
             version = root_version_of(data)
             if version > state.root.version:
@@ -347,14 +364,6 @@ class CentreStore(RepositoryBase):
                 self._unwritten_roots.append((version, data))
             return None
         if path.startswith("metadata/channels/") and path.endswith(".json"):
-            channel = check_channel(path[len("metadata/channels/") : -len(".json")])
-            if self._subscribed is not None and channel not in self._subscribed:
-                self._trusted = None  # forget the roots this pack carried: none was kept
-                raise PackError(
-                    f"{what}: this pack is for channel {channel!r}, which this centre does "
-                    f"not subscribe to ({', '.join(sorted(self._subscribed)) or 'none'}); "
-                    "nothing from it was kept"
-                )
             for version, root in self._unwritten_roots:
                 self._write_root(version, root)
             self._unwritten_roots.clear()
@@ -368,6 +377,45 @@ class CentreStore(RepositoryBase):
                 return channel, current, known
             return channel, data, meta
         raise PackError(f"{what}: unexpected metadata path {path!r}")
+
+    def _metadata_prefix(
+        self, header: dict[str, Any], path: str, snap: Snapshot, what: str
+    ) -> bytes:
+        """What a metadata entry was compressed against (``packs/compact.py``): nothing,
+        or the channel skeleton and the entry of the base release, read from its document
+        here. A prefix this store cannot build is a clear refusal, not a wrong guess."""
+        name = header.get("dict")
+        if name is None:
+            return b""  # packs built before the prefix
+        if name == compact.ROOT_DICT:
+            version = _root_version_of_path(path)
+            state = self.trusted
+            if version is None or version != state.root.version + 1:
+                raise PackError(
+                    f"{what}: root {path!r} follows a root this centre does not hold (it "
+                    f"trusts root version {state.root.version}); the pack is damaged, or "
+                    "take the missing root from the hub or a newer drive first"
+                )
+            return compact.root_prefix(state.root_bytes)
+        if name != compact.CHANNEL_DICT:
+            raise PackError(
+                f"{what}: metadata compressed against {str(name)[:32]!r}, which this version "
+                "of Caravane does not know; upgrade this centre's software, then import again"
+            )
+        base_version = header.get("base_version", 0)
+        if not isinstance(base_version, int) or isinstance(base_version, bool):
+            raise PackError(f"{what}: malformed metadata entry")
+        if not base_version:
+            return compact.channel_prefix(None)
+        channel = path[len("metadata/channels/") : -len(".json")]
+        if not path.startswith("metadata/channels/") or not snap.has_manifest(
+            check_channel(channel), base_version
+        ):
+            raise NotFoundError(
+                f"manifest of {channel!r} version {base_version} is not in {self.path}: "
+                "this pack updates from that release; apply the packs in order"
+            )
+        return compact.channel_prefix(self.manifest_bytes(channel, base_version))
 
     def _apply_manifest(
         self, entry: Any, pending: Pending | None, snap: Snapshot, what: str
@@ -408,7 +456,8 @@ class CentreStore(RepositoryBase):
             doc = tree.parse_doc(data, what)
             if doc.channel != channel or doc.version != ref.version:
                 raise VerificationError(f"{what}: it claims {doc.channel!r} v{doc.version}")
-            return None, data, old, _TreeIntake(channel, ref, doc, base)
+            root = old.doc.root if old is not None and old.doc is not None else None
+            return None, data, old, _TreeIntake(channel, ref, doc, base, root)
         flat = self.trusted.verify_manifest(data, ref, channel)
         return Release.of_manifest(flat), data, old, None
 
@@ -443,32 +492,32 @@ class CentreStore(RepositoryBase):
         nothing to this store that the signed release does not use.
         """
         h = entry.header
-        sizes, base_refs = h.get("sizes"), h.get("base", [])
+        # "bases": short names among the base pieces known so far, or full ids; "base":
+        # full ids only (packs built before compact.py)
+        sizes, base_refs = h.get("sizes"), h.get("bases", h.get("base", []))
         if not isinstance(sizes, list) or not sizes or not isinstance(base_refs, list):
             raise PackError(f"{what}: malformed manifest pieces entry")
         if not all(isinstance(n, int) and 0 < n <= tree.MAX_PIECE_BYTES for n in sizes):
             raise PackError(f"{what}: malformed manifest piece size")
+        if "bases" not in h and any(isinstance(item, str) for item in base_refs):
+            raise PackError(f"{what}: malformed base piece")
         base_parts = []
         if h.get("base_manifest"):
             base_parts.append(intake.old_doc)
         spent = 0
         for item in base_refs:
-            if (
-                not isinstance(item, list)
-                or len(item) != 2
-                or not isinstance(item[0], str)
-                or not isinstance(item[1], int)
-            ):
-                raise PackError(f"{what}: malformed base piece")
-            spent += item[1]
+            sha, length, ref = intake.known.resolve(item, what)
+            spent += length
             if spent > delta.GROUP_BASE:
                 raise PackError(f"{what}: base larger than the format allows")
             try:
-                base_parts.append(self.store.read(item[0], item[1]))
+                base_parts.append(self.store.read(sha, length))
             except (StoreError, VerificationError):
                 raise PackError(
                     f"{what}: needs manifest pieces this store lacks; apply the packs in order"
                 ) from None
+            if ref is not None:
+                intake.known.learn(ref, base_parts[-1], what)
         data = delta.decompress_group(b"".join(base_parts), entry.payload, sum(sizes), what)
         added = pos = 0
         for n in sizes:
@@ -524,8 +573,17 @@ class _TreeIntake:
     names. A piece named by nothing verified so far is refused.
     """
 
-    def __init__(self, channel: str, ref: ReleaseRef, doc: tree.TreeDoc, old_doc: bytes) -> None:
+    def __init__(
+        self,
+        channel: str,
+        ref: ReleaseRef,
+        doc: tree.TreeDoc,
+        old_doc: bytes,
+        old_root: tree.PieceRef | None = None,
+    ) -> None:
         self.channel, self.ref, self.old_doc = channel, ref, old_doc
+        #: the base release's pieces the pack may name short (compact.py)
+        self.known = compact.KnownPieces(old_root)
         self.named: dict[str, tree.PieceRef] = {}
         if doc.root is not None:
             self.named[doc.root.sha256] = doc.root
@@ -604,6 +662,14 @@ def _positional(release: Release) -> Manifest:
     view = _Positional(release.doc, release.read, release.what)
     # resolve_runs reads only ``.files`` (its length and items by index): a view will do
     return cast(Manifest, SimpleNamespace(files=view))
+
+
+def _root_version_of_path(path: str) -> int | None:
+    """N for ``metadata/root/N.json``, else None."""
+    stem = path[len("metadata/root/") : -len(".json")]
+    if path.startswith("metadata/root/") and path.endswith(".json") and stem.isdigit():
+        return int(stem)
+    return None
 
 
 def _zstd_bound(size: int) -> int:

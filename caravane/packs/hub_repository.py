@@ -38,7 +38,7 @@ from caravane.protocol.metadata import (
 from caravane.protocol.release import Release
 from caravane.protocol.tree import Change, encode_doc
 
-from . import similarity
+from . import compact, similarity
 from .changes import new_contents
 from .chunker import DEFAULT_AVG
 from .errors import MissingObjects, StoreError
@@ -569,6 +569,7 @@ class HubRepository(RepositoryBase):
         meta = ChannelMeta(channel, version, releases, title, expires)
         data = sign_envelope(meta.to_dict(), [key or self._key("release")])
         write_atomic(self.path / channel_relpath(channel), data, True)
+        compact.remember(self.path, channel, data)  # what a centre may hold, for deltas
         return meta
 
     def refresh_expiry(self, channel: str, expires_days: int) -> ChannelMeta:

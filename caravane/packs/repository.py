@@ -55,7 +55,7 @@ from caravane.protocol.paths import check_path
 from caravane.protocol.release import Release
 from caravane.protocol.trust import TrustedState
 
-from . import changes, delta, similarity, skim
+from . import changes, compact, delta, similarity, skim
 from .errors import StoreError
 from .idset import IdSet
 from .ingest import PREFETCH, Progress, ingest_files, scan_source
@@ -887,16 +887,29 @@ class RepositoryBase:
             index = delta.SimilarityIndex(None, chunk_bytes)
         writer = PackWriter(Path(out), volume_size)
         try:
+            previous: tuple[int, bytes] | None = None
             for v in self.root_versions():
-                if v == 1:
-                    continue  # every reader pinned a root: version 1 at least
-                writer.add(
-                    "metadata",
-                    {"path": root_relpath(v)},
-                    compress((self.path / root_relpath(v)).read_bytes(), level),
-                )
+                data = (self.path / root_relpath(v)).read_bytes()
+                if v > 1:  # every reader pinned a root: version 1 at least
+                    # a reader that must take root v holds root v - 1 by then (compact.py)
+                    if previous is not None and previous[0] == v - 1:
+                        header = {"path": root_relpath(v), "dict": compact.ROOT_DICT}
+                        prefix = compact.root_prefix(previous[1])
+                        payload = delta.compress_group(prefix, data, level)
+                    else:
+                        header, payload = {"path": root_relpath(v)}, compress(data, level)
+                    writer.add("metadata", header, payload)
+                previous = (v, data)
+            # against a prefix the receiver builds from the base release's document (the
+            # skeleton and that release's entry: about half the bytes, compact.py)
             writer.add(
-                "metadata", {"path": channel_relpath(channel)}, compress(channel_data, level)
+                "metadata",
+                {
+                    "path": channel_relpath(channel),
+                    "dict": compact.CHANNEL_DICT,
+                    "base_version": from_version,
+                },
+                delta.compress_group(compact.channel_prefix(old_mbytes), channel_data, level),
             )
             writer.add(
                 "manifest",
@@ -1020,21 +1033,28 @@ class RepositoryBase:
             whole_old = len(old_doc) <= delta.GROUP_BASE
         have = {r.sha256 for r in old_refs}
         todo = [r for r in new_refs if r.sha256 not in have]
+        # the bases the receiver can find by a short name, as it will learn them
+        known = compact.KnownPieces(old.doc.root if old is not None and old.doc else None)
 
         def flush(group: list[tree.PieceRef]) -> None:
             bases = tree.bases_for(group, old_refs)
-            base = (old_doc if whole_old else b"") + b"".join(read(bases))
+            datas = read(bases)
+            names: list[str | list[Any]] = []
+            for ref, data in zip(bases, datas, strict=True):
+                names.append(known.name(ref))
+                if isinstance(names[-1], str):
+                    known.learn(ref, data, f"{self.path}: piece {ref.sha256[:12]}")
+            base = (old_doc if whole_old else b"") + b"".join(datas)
+            del datas
             target = b"".join(read(group))
-            writer.add(
-                "tree",
-                {
-                    "base_version": from_version,
-                    "base_manifest": whole_old,
-                    "base": [[b.sha256, b.length] for b in bases],
-                    "sizes": [r.length for r in group],
-                },
-                delta.compress_group(base, target, level),
-            )
+            header: dict[str, Any] = {
+                "base_version": from_version,
+                "bases": names,
+                "sizes": [r.length for r in group],
+            }
+            if whole_old:
+                header["base_manifest"] = True
+            writer.add("tree", header, delta.compress_group(base, target, level))
 
         group: list[tree.PieceRef] = []
         size = 0

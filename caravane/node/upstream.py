@@ -210,12 +210,11 @@ class HttpUpstream(Upstream):
             self._client.close()
             self._client = None
 
-    def _fetch(self, path: str, offset: int, limit: int) -> Iterator[bytes]:
-        headers = {"Range": f"bytes={offset}-"} if offset else {}
-        url = self.base_url + urllib.parse.quote(path)
+    @contextlib.contextmanager
+    def _http_errors(self, path: str) -> Iterator[None]:
+        """httpx's failures as the one :class:`UpstreamError` a caller sorts."""
         try:
-            with self._http().stream("GET", url, headers=headers) as resp:
-                yield from self._body(resp, path, offset)
+            yield
         except httpx.TooManyRedirects:
             raise UpstreamError(
                 self.name,
@@ -226,6 +225,12 @@ class HttpUpstream(Upstream):
             self.close()  # whatever state the connection is in, the next fetch starts clean
             raise UpstreamError(self.name, f"{path}: {type(exc).__name__}: {exc}") from None
 
+    def _fetch(self, path: str, offset: int, limit: int) -> Iterator[bytes]:
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        url = self.base_url + urllib.parse.quote(path)
+        with self._http_errors(path), self._http().stream("GET", url, headers=headers) as resp:
+            yield from self._body(resp, path, offset)
+
     def fetch_since(
         self, path: str, base: bytes, max_length: int = 1 << 20
     ) -> Generator[bytes, None, None]:
@@ -235,10 +240,9 @@ class HttpUpstream(Upstream):
         sha = hashlib.sha256(base).hexdigest()
         url = self.base_url + urllib.parse.quote(path)
         what = f"{path} from {self.name}"
+        headers = {compact.DELTA_BASE_HEADER: sha}
         try:
-            with self._http().stream(
-                "GET", url, headers={compact.DELTA_BASE_HEADER: sha}
-            ) as resp:
+            with self._http_errors(path), self._http().stream("GET", url, headers=headers) as resp:
                 named = resp.headers.get(compact.DELTA_HEADER)
                 bound = max_length if named is None else _zstd_bound(max_length)
                 body = bytearray()
@@ -254,15 +258,6 @@ class HttpUpstream(Upstream):
                 raise UpstreamError(self.name, f"{path}: a delta from a copy it was not asked for")
             else:
                 data = compact.undo_metadata_delta(base, bytes(body), max_length, what)
-        except httpx.TooManyRedirects:
-            raise UpstreamError(
-                self.name,
-                f"{path}: more than {self.max_redirects} redirects (a redirect loop?); "
-                "check the upstream's URL",
-            ) from None
-        except httpx.HTTPError as exc:
-            self.close()
-            raise UpstreamError(self.name, f"{path}: {type(exc).__name__}: {exc}") from None
         except UpstreamError:
             raise
         except CaravaneError as exc:

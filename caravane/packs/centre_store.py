@@ -21,8 +21,6 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
-import zstandard as zstd
-
 from caravane.protocol import tree
 from caravane.protocol.errors import (
     CaravaneError,
@@ -350,7 +348,7 @@ class CentreStore(RepositoryBase):
         data = delta.decompress_group(
             self._metadata_prefix(entry.header, path, snap, what),
             entry.payload,
-            _frame_size(entry.payload, what),
+            compact.metadata_size(entry.payload, MAX_METADATA_BYTES, what),
             what,
         )
         if path.startswith("metadata/root/"):
@@ -710,17 +708,6 @@ def _entry_bound(
             return 0
         return _zstd_bound(min(sum(n for _, n in targets), delta.GROUP_TARGET + (16 << 20)))
     return 0
-
-
-def _frame_size(frame: bytes, what: str) -> int:
-    """Declared size of a metadata frame, bounded like any metadata read."""
-    try:
-        size = zstd.get_frame_parameters(frame).content_size
-    except zstd.ZstdError:
-        raise PackError(f"{what}: metadata is not a zstd frame") from None
-    if not 0 <= size <= MAX_METADATA_BYTES:
-        raise PackError(f"{what}: metadata larger than {MAX_METADATA_BYTES} bytes")
-    return int(size)
 
 
 __all__ = ["CentreStore"]

@@ -242,13 +242,19 @@ def _led(base: bytes) -> bytes:
 
 def undo_metadata_delta(base: bytes, frame: bytes, max_length: int, what: str) -> bytes:
     """The metadata a :func:`metadata_delta` frame holds, never more than ``max_length``."""
+    return delta.decompress_group(_led(base), frame, metadata_size(frame, max_length, what), what)
+
+
+def metadata_size(frame: bytes, max_length: int, what: str) -> int:
+    """The size a frame of metadata declares, refused past ``max_length`` before a byte of
+    it is decompressed (a pack's metadata entry, or a hub's delta of channel metadata)."""
     try:
         size = zstd.get_frame_parameters(frame).content_size
     except zstd.ZstdError:
-        raise PackError(f"{what}: the delta is not a zstd frame") from None
+        raise PackError(f"{what}: metadata is not a zstd frame") from None
     if not 0 <= size <= max_length:
-        raise PackError(f"{what}: the delta declares {size} bytes, more than {max_length}")
-    return delta.decompress_group(_led(base), frame, size, what)
+        raise PackError(f"{what}: metadata larger than {max_length} bytes")
+    return int(size)
 
 
 __all__ = [
@@ -260,6 +266,7 @@ __all__ = [
     "SHORT",
     "channel_prefix",
     "metadata_delta",
+    "metadata_size",
     "recall",
     "remember",
     "root_prefix",

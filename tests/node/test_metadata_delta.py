@@ -9,6 +9,7 @@ hostile hub or a proxy between gains nothing by lying in one.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -86,78 +87,86 @@ def test_the_hub_keeps_a_bounded_history_of_what_it_signed(tmp_path: Path) -> No
     assert compact.recall(tmp_path, "lecons", kept[0].stem) is None
 
 
+Answer = Callable[[web.Request, str], "web.Response | None"]
+
+
+@pytest.fixture
+def in_front(world: World) -> Iterator[Callable[[Answer], str]]:
+    """A server in front of the hub: ``answer(request, base)`` may reply to a GET naming a
+    copy (``base``, the hash it gives); everything else is redirected to the hub."""
+    running: list[ServerThread] = []
+
+    def start(answer: Answer) -> str:
+        async def handle(request: web.Request) -> web.StreamResponse:
+            base = request.headers.get(compact.DELTA_BASE_HEADER)
+            reply = answer(request, base) if base else None
+            if reply is not None:
+                return reply
+            raise web.HTTPFound(world.rh.url + request.path_qs)
+
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", handle)
+        port = free_port()
+        server = ServerThread(app, port)
+        server.start()
+        running.append(server)
+        return f"http://127.0.0.1:{port}"
+
+    yield start
+    for server in running:
+        server.stop()
+
+
 def _centre(world: World, url: str):
     return world.node("centre-a", upstreams=[UpstreamConfig("hub", "http", url)])
 
 
 def test_a_delta_that_decodes_to_forged_metadata_is_refused_and_the_release_kept(
-    world: World, tmp_path: Path
+    world: World, in_front: Callable[[Answer], str]
 ) -> None:
     world.publish(content(1, big=20_000, files=3))
     answers: dict[str, bytes] = {}
-    port = free_port()
-    held: dict[str, bytes] = {}
 
-    async def handle(request: web.Request) -> web.StreamResponse:
-        base = request.headers.get(compact.DELTA_BASE_HEADER)
-        if request.path.endswith(f"channels/{world.channel}.json") and base and answers:
-            return web.Response(
-                body=compact.metadata_delta(held["copy"], answers["forged"]),
-                headers={compact.DELTA_HEADER: base},
-            )
-        raise web.HTTPFound(world.rh.url + request.path_qs)
+    def forge(request: web.Request, base: str) -> web.Response | None:
+        if not request.path.endswith(f"channels/{world.channel}.json") or not answers:
+            return None
+        body = compact.metadata_delta(answers["copy"], answers["forged"])
+        return web.Response(body=body, headers={compact.DELTA_HEADER: base})
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handle)
-    server = ServerThread(app, port)
-    server.start()
-    try:
-        n = _centre(world, f"http://127.0.0.1:{port}")
-        assert world.sync(n).complete
-        held["copy"] = (n.repo.path / channel_relpath(world.channel)).read_bytes()
-        world.publish(content(2, big=20_000, files=3))
-        real = (world.hub_repo / channel_relpath(world.channel)).read_bytes()
-        answers["forged"] = real.replace(b'"version":2', b'"version":3', 1)
-        result = world.sync(n)
-        assert result.channels[0].active == 1
-        assert any("signature" in e for e in result.errors), result.errors
-        assert world.live(n) == world.versions[1]
-        answers.clear()  # the same hub, honest again: the centre moves on
-        assert world.sync(n, ignore_demotion=True).complete
-        assert world.live(n) == world.versions[2]
-    finally:
-        server.stop()
+    n = _centre(world, in_front(forge))
+    assert world.sync(n).complete
+    answers["copy"] = (n.repo.path / channel_relpath(world.channel)).read_bytes()
+    world.publish(content(2, big=20_000, files=3))
+    real = (world.hub_repo / channel_relpath(world.channel)).read_bytes()
+    answers["forged"] = real.replace(b'"version":2', b'"version":3', 1)
+    result = world.sync(n)
+    assert result.channels[0].active == 1
+    assert any("signature" in e for e in result.errors), result.errors
+    assert world.live(n) == world.versions[1]
+    answers.clear()  # the same hub, honest again: the centre moves on
+    assert world.sync(n, ignore_demotion=True).complete
+    assert world.live(n) == world.versions[2]
 
 
 def test_a_damaged_delta_is_read_again_whole_and_a_delta_from_another_copy_refused(
-    world: World,
+    world: World, in_front: Callable[[Answer], str]
 ) -> None:
     v1, v2 = _held(world)
-    port = free_port()
     mode: dict[str, str] = {}
 
-    async def handle(request: web.Request) -> web.StreamResponse:
-        base = request.headers.get(compact.DELTA_BASE_HEADER)
-        if base and mode.get("as") == "garbage":
-            return web.Response(
-                body=b"\x28\xb5\x2f\xfd not zstd", headers={compact.DELTA_HEADER: base}
-            )
-        if base and mode.get("as") == "other":
+    def lie(request: web.Request, base: str) -> web.Response | None:
+        if mode.get("as") == "garbage":
+            body = b"\x28\xb5\x2f\xfd not zstd"
+            return web.Response(body=body, headers={compact.DELTA_HEADER: base})
+        if mode.get("as") == "other":
             return web.Response(body=b"x", headers={compact.DELTA_HEADER: "0" * 64})
-        raise web.HTTPFound(world.rh.url + request.path_qs)
+        return None
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handle)
-    server = ServerThread(app, port)
-    server.start()
-    try:
-        up, wire = _metered(f"http://127.0.0.1:{port}")
-        rel = channel_relpath(world.channel)
-        mode["as"] = "garbage"
-        assert b"".join(up.fetch_since(rel, v1, 1 << 20)) == v2  # the whole file instead
-        mode["as"] = "other"
-        with pytest.raises(UpstreamError, match="not asked for"):
-            b"".join(up.fetch_since(rel, v1, 1 << 20))
-        up.close()
-    finally:
-        server.stop()
+    up, _ = _metered(in_front(lie))
+    rel = channel_relpath(world.channel)
+    mode["as"] = "garbage"
+    assert b"".join(up.fetch_since(rel, v1, 1 << 20)) == v2  # the whole file instead
+    mode["as"] = "other"
+    with pytest.raises(UpstreamError, match="not asked for"):
+        b"".join(up.fetch_since(rel, v1, 1 << 20))
+    up.close()

@@ -1,8 +1,8 @@
-"""How a pack names, in few bytes, what its receiver already holds.
+"""How a pack, or the hub, names in few bytes what its receiver already holds.
 
 A one-file update is a few hundred bytes of content, and the signed metadata around it is
 what a centre pays for every week (issue 10 asks for about 1 KB whatever the channel's
-size). Two parts of that metadata repeated what the receiver already had:
+size). Four parts of that metadata repeated what the receiver already had:
 
 - the **channel metadata** (its JSON keys, and the entry of the release the pack starts
   from) was compressed alone, and zstd has nothing to match in 700 bytes. It is now

@@ -609,19 +609,18 @@ def _prepare_blocking(
     start = {"channel": job.channel, "notes": job.notes, "stream": True, "tree": True}
     uid = str(hub.start_upload(p, start)["upload"])
     try:
-        made = _store_tree(hub, p, uid, root, jobs.progress(job))
-        tree, files, size = made
+        tree, files, size = _store_tree(hub, p, uid, root, jobs.progress(job))
         # open, not signed: the curator decides
         hub.set_tree(p, uid, {"tree": root_ref(tree), "files": files, "size": size})
-        latest, changed = hub.repo.tree_changes(job.channel, *made)
-        job.review = changes_view(summarise_changes(changed, made[1], LIST_LIMIT))
+        latest, changed = hub.repo.tree_changes(job.channel, tree, files, size)
+        job.review = changes_view(summarise_changes(changed, files, LIST_LIMIT))
     except BaseException:
         with contextlib.suppress(CaravaneError):
             hub.abandon_upload(p, uid)  # its objects are no longer kept for it
         raise
     job.latest = latest
     job.upload = uid
-    job.files = made[1]
+    job.files = files
     job.state = "review"
 
 

@@ -333,6 +333,7 @@ class CentreStore(RepositoryBase):
     def _apply_metadata(self, entry: Any, snap: Snapshot, what: str) -> Pending | None:
         state = self.trusted
         path = str(entry.header.get("path", ""))
+        channel: str | None = None
         if path.startswith("metadata/channels/") and path.endswith(".json"):
             channel = check_channel(path[len("metadata/channels/") : -len(".json")])
             if self._subscribed is not None and channel not in self._subscribed:
@@ -346,7 +347,7 @@ class CentreStore(RepositoryBase):
         if root_version is not None and root_version <= state.root.version:
             return None  # a root this centre took already (the pack serves older ones too)
         data = delta.decompress_group(
-            self._metadata_prefix(entry.header, path, snap, what),
+            self._metadata_prefix(entry.header, path, channel, snap, what),
             entry.payload,
             compact.metadata_size(entry.payload, MAX_METADATA_BYTES, what),
             what,
@@ -361,7 +362,7 @@ class CentreStore(RepositoryBase):
                 # written with the channel's metadata, once the pack is known to be for us
                 self._unwritten_roots.append((version, data))
             return None
-        if path.startswith("metadata/channels/") and path.endswith(".json"):
+        if channel is not None:
             for version, root in self._unwritten_roots:
                 self._write_root(version, root)
             self._unwritten_roots.clear()
@@ -377,7 +378,7 @@ class CentreStore(RepositoryBase):
         raise PackError(f"{what}: unexpected metadata path {path!r}")
 
     def _metadata_prefix(
-        self, header: dict[str, Any], path: str, snap: Snapshot, what: str
+        self, header: dict[str, Any], path: str, channel: str | None, snap: Snapshot, what: str
     ) -> bytes:
         """What a metadata entry was compressed against (``packs/compact.py``): nothing,
         or the channel skeleton and the entry of the base release, read from its document
@@ -405,10 +406,12 @@ class CentreStore(RepositoryBase):
             raise PackError(f"{what}: malformed metadata entry")
         if not base_version:
             return compact.channel_prefix(None)
-        channel = path[len("metadata/channels/") : -len(".json")]
-        if not path.startswith("metadata/channels/") or not snap.has_manifest(
-            check_channel(channel), base_version
-        ):
+        if channel is None:
+            raise PackError(
+                f"{what}: {path[:80]!r} is not channel metadata, yet names its prefix; the "
+                "pack is damaged or forged"
+            )
+        if not snap.has_manifest(channel, base_version):
             raise NotFoundError(
                 f"manifest of {channel!r} version {base_version} is not in {self.path}: "
                 "this pack updates from that release; apply the packs in order"
